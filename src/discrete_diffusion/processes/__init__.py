@@ -1,0 +1,23 @@
+"""Forward processes (one file each) and their registry."""
+
+from __future__ import annotations
+
+from .base import ForwardProcess, Prediction, expand_to_sites, sample_categorical
+from .blackout import BlackoutProcess
+
+PROCESSES: dict[str, type[ForwardProcess]] = {
+    BlackoutProcess.name: BlackoutProcess,
+}
+
+
+def build_process(name: str, num_states: int, **options) -> ForwardProcess:
+    """Build a forward process by registry name; unknown names raise ValueError listing the valid ones."""
+    if name not in PROCESSES:
+        raise ValueError(f"unknown process {name!r}; valid processes: {', '.join(sorted(PROCESSES))}")
+    try:
+        return PROCESSES[name](num_states=num_states, **options)
+    except TypeError as err:
+        raise ValueError(f"bad options for process {name!r}: {err}") from None
+
+
+__all__ = ["ForwardProcess", "Prediction", "expand_to_sites", "sample_categorical", "BlackoutProcess", "PROCESSES", "build_process"]

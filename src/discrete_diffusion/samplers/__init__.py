@@ -1,0 +1,27 @@
+"""Samplers (one file each) and their registry."""
+
+from __future__ import annotations
+
+from .base import ProgressCallback, Sampler
+from .bridge import BridgeSampler
+from .exact import ExactSimulationSampler
+from .mean_bridge import MeanBridgeSampler
+from .tau_leaping import TauLeapingSampler
+
+SAMPLERS: dict[str, type[Sampler]] = {
+    cls.name: cls for cls in (BridgeSampler, MeanBridgeSampler, TauLeapingSampler, ExactSimulationSampler)
+}
+
+
+def build_sampler(name: str, **options) -> Sampler:
+    """Build a sampler by registry name; unknown names raise ValueError listing the valid ones."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(sorted(SAMPLERS))}")
+    try:
+        return SAMPLERS[name](**options)
+    except TypeError as err:
+        raise ValueError(f"bad options for sampler {name!r}: {err}") from None
+
+
+__all__ = ["Sampler", "ProgressCallback", "SAMPLERS", "build_sampler", "BridgeSampler", "MeanBridgeSampler",
+           "TauLeapingSampler", "ExactSimulationSampler"]
