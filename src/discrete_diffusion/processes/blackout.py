@@ -57,6 +57,7 @@ class BlackoutProcess(ForwardProcess):
 
     name = "blackout"
     parameterizations = ("mean", "logits")
+    prior_description = "Binomial(N, alpha(1)) per site (full support; all zeros with probability ~1)"
 
     @property
     def max_count(self) -> int:

@@ -1,0 +1,108 @@
+"""Builders: the only place where a run config reaches the classes (DESIGN.md section 4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from .data import DiscreteDataset, load_dataset
+from .denoiser import NetworkDenoiser
+from .losses import LogitAlphaProposal, Weighting, build_weighting
+from .nn import MLP, UNet
+from .processes import ForwardProcess, build_process
+from .samplers import Sampler, build_sampler
+from .schedules import Schedule, build_schedule
+
+BACKBONE_NAMES = ("unet", "mlp")
+
+
+def build_dataset(config: DictConfig) -> DiscreteDataset:
+    """Load the dataset named in ``config.data`` with the options that apply to it."""
+    data = config.data
+    options: dict[str, Any] = {"split_seed": data.split_seed}
+    if data.path is not None:
+        options["path"] = data.path
+    if data.num_states is not None:
+        options["num_states"] = data.num_states
+    if data.levels is not None:
+        options["levels"] = data.levels
+    return load_dataset(data.name, **options)
+
+
+def build_schedule_from(config: DictConfig) -> Schedule:
+    p = config.process
+    if p.schedule == "blackout":
+        return build_schedule("blackout", t_end=p.t_end)
+    if p.schedule in ("log-linear", "cosine"):
+        return build_schedule(p.schedule, eps=p.eps)
+    return build_schedule(p.schedule)
+
+
+def build_process_from(config: DictConfig, num_states: int) -> ForwardProcess:
+    process = build_process(config.process.name, num_states)
+    process.check_parameterization(config.process.parameterization)
+    return process
+
+
+class SiteChannelFold(nn.Module):
+    """Runs a 2-D backbone on images with a site channel axis: (B, C, S, H, W) <-> (B, C * S, H, W)."""
+
+    def __init__(self, backbone: nn.Module, out_channels: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.out_channels = out_channels
+
+    def forward(self, features: Tensor, noise_level: Tensor) -> Tensor:
+        b, c, s, h, w = features.shape
+        out = self.backbone(features.reshape(b, c * s, h, w), noise_level)
+        return out.reshape(b, self.out_channels, s, h, w)
+
+
+def build_backbone(config: DictConfig, process: ForwardProcess, site_shape: tuple[int, ...]) -> nn.Module:
+    m = config.model
+    c_in = process.feature_channels
+    c_out = process.output_channels(config.process.parameterization)
+    if m.backbone == "unet":
+        if len(site_shape) not in (2, 3):
+            raise ValueError(f"backbone 'unet' needs images of shape (H, W) or (C, H, W), got sites {site_shape}")
+        fold = 1 if len(site_shape) == 2 else site_shape[0]
+        unet = UNet(c_in * fold, c_out * fold, image_size=tuple(site_shape[-2:]), base_channels=m.base_channels,
+                    channel_mults=tuple(m.channel_mults), num_res_blocks=m.num_res_blocks,
+                    attention_resolutions=tuple(m.attention_resolutions), dropout=m.dropout)
+        return unet if fold == 1 else SiteChannelFold(unet, c_out)
+    if m.backbone == "mlp":
+        return MLP(c_in, c_out, site_shape=tuple(site_shape), hidden=m.hidden, depth=m.depth, dropout=m.dropout)
+    raise ValueError(f"unknown backbone {m.backbone!r}; valid backbones: {', '.join(BACKBONE_NAMES)}")
+
+
+def build_denoiser(config: DictConfig, process: ForwardProcess, site_shape: tuple[int, ...]) -> NetworkDenoiser:
+    backbone = build_backbone(config, process, site_shape)
+    return NetworkDenoiser(backbone, process, config.process.parameterization)
+
+
+def build_proposal(config: DictConfig) -> LogitAlphaProposal:
+    return LogitAlphaProposal(loc=config.train.proposal_loc, scale=config.train.proposal_scale)
+
+
+def build_weighting_from(config: DictConfig) -> Weighting:
+    name = config.train.weighting
+    if name == "finite-time":
+        return build_weighting(name, t_end=config.process.t_end)
+    return build_weighting(name)
+
+
+def build_sampler_from(config: DictConfig, name: str | None = None, steps: int | None = None) -> Sampler:
+    return build_sampler(name or config.sample.sampler, num_steps=steps or config.sample.steps)
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" picks CUDA when present, else CPU; an unavailable explicit CUDA device is a ValueError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use device=cpu or auto")
+    return device

@@ -1,0 +1,51 @@
+"""Discrete-state datasets: integer tensors ``(N, *site_shape)`` with values in ``0..K-1``.
+
+Use :func:`load_dataset` with a registered name (see :data:`DATASETS`), or build a
+:class:`DiscreteDataset` from arrays with :func:`dataset_from_arrays`.
+"""
+
+from .arrays import dataset_from_arrays, load_array_file
+from .base import (
+    KINDS,
+    DiscreteDataset,
+    quantize,
+    split_counts,
+    split_indices,
+    validate_labels,
+    validate_values,
+)
+from .digits import load_digits_binary, load_digits_dataset
+from .fashion_mnist import (
+    DEBIAN_PACKAGE,
+    DatasetUnavailableError,
+    load_fashion_mnist,
+    load_fashion_mnist_binary,
+)
+from .idx import parse_idx, read_idx
+from .png_folder import load_png_folder
+from .registry import DATASETS, dataset_options, load_dataset, register_dataset
+
+__all__ = [
+    "KINDS",
+    "DATASETS",
+    "DEBIAN_PACKAGE",
+    "DatasetUnavailableError",
+    "DiscreteDataset",
+    "dataset_from_arrays",
+    "dataset_options",
+    "load_array_file",
+    "load_dataset",
+    "load_digits_binary",
+    "load_digits_dataset",
+    "load_fashion_mnist",
+    "load_fashion_mnist_binary",
+    "load_png_folder",
+    "parse_idx",
+    "quantize",
+    "read_idx",
+    "register_dataset",
+    "split_counts",
+    "split_indices",
+    "validate_labels",
+    "validate_values",
+]

@@ -1,0 +1,593 @@
+"""Crash-safe, pickle-free training checkpoints.
+
+On-disk layout of one checkpoint with step ``N`` in ``directory``::
+
+    ckpt_{N:08d}.{sha256[:12]}.safetensors   every tensor:
+        model.<state-dict name>                model weights and buffers
+        ema.<state-dict name>                  EMA shadow (when an EMA is saved)
+        optim.<path>                           optimizer state tensors, e.g. optim.state.3.exp_avg
+        sched.<path>                           scheduler tensors (rare; LambdaLR has none)
+        rng.<path>                             RNG states, e.g. rng.torch_cpu, rng.generators.data
+        extra.<path>                           tensors found in ``extra``
+    ckpt_{N:08d}.json                        the manifest (written last): step, versions,
+        tensors_file + tensors_sha256 + tensors_bytes, optimizer/scheduler/EMA/RNG
+        non-tensor state, config + config_hash, extra.
+
+Non-tensor state is stored as JSON in which a tensor is replaced by
+``{"__tensor__": "<name in the safetensors file>"}``, a tuple by ``{"__tuple__": [...]}``
+and a dict with non-string keys (e.g. optimizer state indexed by int) by
+``{"__items__": [[key, value], ...]}``, so state dicts round-trip exactly.
+
+A checkpoint exists only once its manifest exists, parses and names a safetensors file
+whose SHA-256 matches.  Every file is written to a temporary file in the same directory,
+flushed, fsync'ed, moved into place with ``os.replace`` and the directory is fsync'ed.
+The tensors file name contains its hash, so re-saving a step never overwrites the
+tensors the previous manifest points to: a crash at any point leaves the previous
+checkpoint loadable.  The newest checkpoint is found by scanning (no ``latest`` pointer
+that could go stale).  Only one process (rank 0) should save into a directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .ema import EMA, _compare_tensors, unwrap_model
+from .rng import capture_rng_state, restore_rng_state
+
+__all__ = ["save_checkpoint", "load_checkpoint", "find_latest_checkpoint", "load_model_weights"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "discrete_diffusion.checkpoint"
+FORMAT_VERSION = 1
+_MANIFEST_RE = re.compile(r"^ckpt_(\d+)\.json$")
+_TENSORS_RE = re.compile(r"^ckpt_(\d+)\.[0-9a-f]+\.safetensors$")
+_TMP_RE = re.compile(r"^\.ckpt_.*\.tmp$")
+_OPT_SHAPED_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg")
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    ema: EMA | None = None,
+    rng_generators: Mapping[str, torch.Generator] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    keep_last: int | None = 3,
+) -> Path:
+    """Atomically write the checkpoint for ``step`` and prune old ones.
+
+    Args:
+        directory: checkpoint folder (created if needed).
+        step: global step; names the files (``ckpt_{step:08d}``).
+        model: model (DDP / ``torch.compile`` wrappers are unwrapped).
+        optimizer, scheduler, ema: saved when given.
+        rng_generators: named ``torch.Generator`` objects to save alongside the global
+            torch / CUDA / numpy / python RNG states (which are always saved).
+        extra: JSON-able metadata (tensors allowed).  ``extra["config"]`` (dict or
+            OmegaConf config) is stored as the manifest's ``config`` and checked by
+            ``load_checkpoint(expected_config=...)``; ``extra["config_hash"]`` is stored
+            as ``config_hash`` (computed from the config when absent).  Other keys go
+            to the manifest's ``extra``.
+        keep_last: keep this many newest complete checkpoints (``None``/``<= 0``: all).
+            The checkpoint just written is never pruned.
+
+    Returns:
+        Path of the manifest ``ckpt_{step:08d}.json``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    step = int(step)
+    stem = f"ckpt_{step:08d}"
+    extra = dict(extra or {})
+    config = _plain_json(extra.pop("config")) if "config" in extra else None
+    config_hash = extra.pop("config_hash", None)
+    if config is not None and config_hash is None:
+        config_hash = _config_hash(config)
+
+    tensors: dict[str, torch.Tensor] = {}
+    for name, t in unwrap_model(model).state_dict().items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"model state {name!r} is a {type(t).__name__}; only tensors can be saved")
+        tensors[f"model.{name}"] = t
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "step": step,
+        "library_version": _library_version(),
+        "torch_version": torch.__version__,
+        "created_unix": time.time(),
+        "config": config,
+        "config_hash": config_hash,
+        "optimizer": None,
+        "scheduler": None,
+        "ema": None,
+    }
+    if optimizer is not None:
+        meta["optimizer"] = {
+            "class": type(optimizer).__name__,
+            "state_dict": _encode(optimizer.state_dict(), "optim", tensors),
+        }
+    if scheduler is not None:
+        meta["scheduler"] = {
+            "class": type(scheduler).__name__,
+            "state_dict": _encode(scheduler.state_dict(), "sched", tensors),
+        }
+    if ema is not None:
+        ema_state = ema.state_dict()
+        for name, t in ema_state.pop("shadow").items():
+            tensors[f"ema.{name}"] = t
+        meta["ema"] = ema_state
+    meta["rng"] = _encode(capture_rng_state(rng_generators), "rng", tensors)
+    meta["extra"] = _encode(extra, "extra", tensors)
+
+    # 1) tensors: temp file -> fsync -> hash -> os.replace to a hash-named file.
+    tmp = _tmp_path(directory, stem + ".safetensors")
+    try:
+        save_file(_storable(tensors), str(tmp), metadata={"format": "pt", "step": str(step)})
+        _fsync_file(tmp)
+        digest = _sha256(tmp)
+        tensors_name = f"{stem}.{digest[:12]}.safetensors"
+        meta.update(tensors_file=tensors_name, tensors_sha256=digest, tensors_bytes=tmp.stat().st_size)
+        _commit(tmp, directory / tensors_name)
+    finally:
+        _unlink_quietly(tmp)
+    # 2) manifest, last: from here on the checkpoint exists.
+    manifest = directory / f"{stem}.json"
+    payload = json.dumps(meta, indent=1).encode("utf-8")
+    _atomic_write(manifest, lambda f: f.write(payload))
+    # 3) prune older checkpoints and leftovers of crashed saves.
+    _prune(directory, manifest, keep_last)
+    return manifest
+
+
+def find_latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """Manifest path of the newest *complete* checkpoint in ``directory``, or ``None``.
+
+    Checkpoints are tried newest step first; one whose manifest is missing or does not
+    parse, or whose tensors file is missing or fails the recorded SHA-256, is skipped
+    (with a log warning) in favour of the next older one.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    for _, manifest in sorted(_manifests(directory), reverse=True):
+        try:
+            meta = _read_manifest(manifest)
+            _verify_tensors(manifest, meta)
+        except (ValueError, OSError) as exc:
+            log.warning("skipping checkpoint %s: %s", manifest, exc)
+            continue
+        return manifest
+    return None
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    ema: EMA | None = None,
+    rng_generators: Mapping[str, torch.Generator] | None = None,
+    expected_config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Restore a checkpoint into the given objects and return its manifest.
+
+    Args:
+        path: a manifest (``ckpt_*.json``), its tensors file, the ``ckpt_*`` stem, or a
+            directory (its latest complete checkpoint is loaded).
+        model: receives ``model.*`` tensors; names and shapes must match exactly.
+        optimizer, scheduler, ema: restored when given (the checkpoint must contain them).
+        rng_generators: when not ``None`` (``{}`` is allowed), the global torch / CUDA /
+            numpy / python RNG states *and* these named generators are restored;
+            when ``None`` no RNG state is touched.
+        expected_config: the model-defining config values, compared at the same key
+            paths against the stored ``config`` (e.g. ``{"model": cfg.model}``); any
+            difference raises ``ValueError`` listing every key with both values.
+
+    Returns:
+        The manifest dict (``step``, ``config``, ``config_hash``, ``library_version``, ...)
+        with ``extra`` decoded to Python objects.
+
+    Raises:
+        ValueError: corrupt / unreadable files (the file is named), config mismatch,
+            missing, unexpected or mis-shaped tensors, or state absent from the checkpoint.
+        FileNotFoundError: no checkpoint at ``path``.
+    """
+    manifest = _resolve(path)
+    meta = _read_manifest(manifest)
+    if expected_config is not None:
+        _check_config(meta.get("config"), expected_config, manifest)
+    tensors = _load_tensors(manifest, meta)
+
+    # Validate everything that can be validated before mutating anything.
+    target = unwrap_model(model)
+    model_sd = _strip(tensors, "model.")
+    _raise_on_mismatch("model", target.state_dict(), model_sd, manifest)
+    for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (ema, "ema")):
+        if obj is not None and meta.get(key) is None:
+            raise ValueError(f"checkpoint {manifest} has no {key} state")
+    if ema is not None:
+        _raise_on_mismatch("EMA", ema.shadow, _strip(tensors, "ema."), manifest)
+    opt_sd = None
+    if optimizer is not None:
+        saved_cls = meta["optimizer"]["class"]
+        if saved_cls != type(optimizer).__name__:
+            raise ValueError(f"checkpoint {manifest} holds {saved_cls} state, got a {type(optimizer).__name__}")
+        opt_sd = _decode(meta["optimizer"]["state_dict"], tensors)
+        _check_optimizer_state(optimizer, opt_sd, manifest)
+    rng_state = _decode(meta["rng"], tensors) if rng_generators is not None else None
+    if rng_state is not None:
+        missing = sorted(set(rng_generators) - set(rng_state.get("generators", {})))
+        if missing:
+            raise ValueError(f"checkpoint {manifest} has no RNG state for generator(s) {missing}")
+
+    target.load_state_dict(model_sd, strict=True)
+    if opt_sd is not None:
+        optimizer.load_state_dict(opt_sd)
+    if scheduler is not None:
+        scheduler.load_state_dict(_decode(meta["scheduler"]["state_dict"], tensors))
+    if ema is not None:
+        ema.load_state_dict({**meta["ema"], "shadow": _strip(tensors, "ema.")})
+    if rng_state is not None:
+        restore_rng_state(rng_state, rng_generators)
+    meta["extra"] = _decode(meta.get("extra") or {}, tensors)
+    return meta
+
+
+def load_model_weights(path: str | os.PathLike, model: nn.Module, use_ema: bool = True) -> dict[str, Any]:
+    """Load weights for inference: the EMA weights when ``use_ema`` and the checkpoint has
+    them (non-float buffers come from the raw model), else the raw model weights.
+
+    Returns the manifest with ``"weights"`` set to ``"ema"`` or ``"model"``.
+    Raises ``ValueError`` like :func:`load_checkpoint`.
+    """
+    manifest = _resolve(path)
+    meta = _read_manifest(manifest)
+    tensors = _load_tensors(manifest, meta)
+    target = unwrap_model(model)
+    state = _strip(tensors, "model.")
+    use = "ema" if use_ema and meta.get("ema") is not None else "model"
+    if use == "ema":
+        state.update(_strip(tensors, "ema."))
+    _raise_on_mismatch("model", target.state_dict(), state, manifest)
+    target.load_state_dict(state, strict=True)
+    meta["extra"] = _decode(meta.get("extra") or {}, tensors)
+    meta["weights"] = use
+    return meta
+
+
+# --------------------------------------------------------------------------- JSON <-> tensors codec
+
+
+def _encode(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """JSON-able form of ``obj``; tensors are moved into ``tensors`` under ``prefix``-paths."""
+    if isinstance(obj, torch.Tensor):
+        name = prefix if prefix not in tensors else f"{prefix}#{len(tensors)}"
+        tensors[name] = obj
+        return {"__tensor__": name}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if hasattr(obj, "item") and getattr(obj, "shape", None) == ():  # numpy scalars
+        return obj.item()
+    if type(obj).__module__.startswith("omegaconf"):
+        return _encode(_plain_json(obj), prefix, tensors)
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, Mapping):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _encode(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}
+        return {
+            "__items__": [[_encode(k, f"{prefix}.key", {}), _encode(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()]
+        }
+    raise TypeError(f"cannot store a {type(obj).__name__} at {prefix!r} without pickle")
+
+
+def _decode(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if len(obj) == 1:
+        if "__tensor__" in obj:
+            name = obj["__tensor__"]
+            if name not in tensors:
+                raise ValueError(f"checkpoint references tensor {name!r}, which is not in the tensors file")
+            return tensors[name]
+        if "__tuple__" in obj:
+            return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+        if "__items__" in obj:
+            return {_hashable(_decode(k, tensors)): _decode(v, tensors) for k, v in obj["__items__"]}
+    return {k: _decode(v, tensors) for k, v in obj.items()}
+
+
+def _hashable(key: Any) -> Any:
+    return tuple(_hashable(k) for k in key) if isinstance(key, (list, tuple)) else key
+
+
+def _plain_json(obj: Any) -> Any:
+    """``obj`` (dict / OmegaConf config / tuples) as plain JSON types; TypeError otherwise."""
+    if type(obj).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        obj = OmegaConf.to_container(obj, resolve=True)
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def _json_default(obj: Any) -> Any:
+    if type(obj).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(obj, resolve=True)
+    if hasattr(obj, "item") and getattr(obj, "shape", None) == ():
+        return obj.item()
+    raise TypeError(f"config value of type {type(obj).__name__} is not JSON-serialisable")
+
+
+def _config_hash(config: Any) -> str:
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, Mapping) and obj:
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
+def _check_config(stored: Any, expected: Any, manifest: Path) -> None:
+    if stored is None:
+        raise ValueError(f"checkpoint {manifest} stores no config to compare with expected_config")
+    want, have = _flatten(_plain_json(expected)), _flatten(stored)
+    missing = object()
+    diffs = []
+    for key, value in want.items():
+        got = have.get(key, missing)
+        if got is missing or not _same_value(got, value):
+            shown = "<absent>" if got is missing else repr(got)
+            diffs.append(f"{key} (checkpoint: {shown}, expected: {value!r})")
+    if diffs:
+        raise ValueError(f"checkpoint {manifest} config differs on: " + "; ".join(diffs))
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    return a == b
+
+
+def _raise_on_mismatch(what: str, expected: Mapping[str, torch.Tensor], got: Mapping[str, Any], manifest: Path) -> None:
+    problems = _compare_tensors(expected, got)
+    if problems:
+        raise ValueError(f"{what} tensors in {manifest} do not match: " + "; ".join(problems))
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any], manifest: Path) -> None:
+    groups, saved_groups = optimizer.param_groups, state["param_groups"]
+    if len(groups) != len(saved_groups):
+        raise ValueError(
+            f"optimizer in {manifest} has {len(saved_groups)} parameter groups, the given one has {len(groups)}"
+        )
+    params: dict[int, torch.Tensor] = {}
+    for i, (g, sg) in enumerate(zip(groups, saved_groups)):
+        if len(g["params"]) != len(sg["params"]):
+            raise ValueError(
+                f"optimizer group {i} in {manifest} has {len(sg['params'])} parameters, "
+                f"the given one has {len(g['params'])}"
+            )
+        params.update(zip(sg["params"], g["params"]))
+    for idx, pstate in state["state"].items():
+        for key in _OPT_SHAPED_KEYS:
+            t = pstate.get(key)
+            if isinstance(t, torch.Tensor) and idx in params and t.shape != params[idx].shape:
+                raise ValueError(
+                    f"optimizer state optim.state.{idx}.{key} in {manifest} has shape {list(t.shape)}, "
+                    f"parameter has shape {list(params[idx].shape)}"
+                )
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _manifests(directory: Path) -> list[tuple[int, Path]]:
+    out = []
+    for p in directory.iterdir():
+        m = _MANIFEST_RE.match(p.name)
+        if m and p.is_file():
+            out.append((int(m.group(1)), p))
+    return out
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        latest = find_latest_checkpoint(p)
+        if latest is None:
+            raise FileNotFoundError(f"no complete checkpoint in {p}")
+        return latest
+    m = re.match(r"^(ckpt_\d+)", p.name)
+    manifest = p.with_name(m.group(1) + ".json") if m else p
+    if not manifest.is_file():
+        raise FileNotFoundError(f"checkpoint manifest {manifest} does not exist")
+    return manifest
+
+
+def _read_manifest(manifest: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"corrupt checkpoint manifest {manifest}: {exc}") from exc
+    required = ("format", "step", "tensors_file", "tensors_sha256", "rng")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or any(k not in meta for k in required):
+        raise ValueError(f"{manifest} is not a {FORMAT} manifest")
+    if not isinstance(meta["tensors_file"], str) or not _TENSORS_RE.match(meta["tensors_file"]):
+        raise ValueError(f"{manifest} names an invalid tensors file {meta['tensors_file']!r}")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise ValueError(f"{manifest} has format_version {meta['format_version']} > supported {FORMAT_VERSION}")
+    return meta
+
+
+def _verify_tensors(manifest: Path, meta: Mapping[str, Any]) -> Path:
+    tensors_path = manifest.parent / meta["tensors_file"]
+    if not tensors_path.is_file():
+        raise ValueError(f"tensors file {tensors_path} named by {manifest} is missing")
+    digest = _sha256(tensors_path)
+    if digest != meta["tensors_sha256"]:
+        raise ValueError(
+            f"corrupt tensors file {tensors_path}: SHA-256 {digest} != recorded {meta['tensors_sha256']}"
+        )
+    return tensors_path
+
+
+def _load_tensors(manifest: Path, meta: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    tensors_path = _verify_tensors(manifest, meta)
+    try:
+        return load_file(str(tensors_path), device="cpu")
+    except Exception as exc:  # safetensors raises its own error type
+        raise ValueError(f"cannot read tensors file {tensors_path}: {exc}") from exc
+
+
+def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _storable(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous tensors with no shared storage (safetensors refuses aliasing)."""
+    out, seen = {}, set()
+    for name, t in tensors.items():
+        t = t.detach()
+        key = (t.device, t.untyped_storage().data_ptr())
+        if not t.is_contiguous() or (t.numel() and key in seen):
+            t = t.contiguous().clone()
+        elif t.numel():
+            seen.add(key)
+        out[name] = t
+    return out
+
+
+def _tmp_path(directory: Path, name: str) -> Path:
+    return directory / f".{name}.{uuid.uuid4().hex}.tmp"
+
+
+def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
+    """Write ``path`` via a same-directory temp file, fsync, ``os.replace``, fsync(dir)."""
+    tmp = _tmp_path(path.parent, path.name)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        _commit(tmp, path)
+    finally:
+        _unlink_quietly(tmp)
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc)
+
+
+def _prune(directory: Path, current: Path, keep_last: int | None) -> None:
+    """Drop checkpoints beyond ``keep_last`` (never ``current``), unreferenced tensors files
+    up to the current step and temp files of crashed saves."""
+    current_step = int(_MANIFEST_RE.match(current.name).group(1))
+    readable: list[tuple[int, Path, str]] = []
+    for step, manifest in _manifests(directory):
+        try:
+            tensors_file = json.loads(manifest.read_text(encoding="utf-8"))["tensors_file"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(tensors_file, str) and _TENSORS_RE.match(tensors_file):
+            readable.append((step, manifest, tensors_file))
+    readable.sort(reverse=True)
+    if keep_last is not None and keep_last > 0:
+        others = [r for r in readable if r[1] != current]
+        doomed = others[keep_last - 1:]
+        for _, manifest, _ in doomed:  # manifest first: the checkpoint stops existing
+            _unlink_quietly(manifest)
+        if doomed:
+            _fsync_dir(directory)
+        for _, _, tensors_file in doomed:
+            _unlink_quietly(directory / tensors_file)
+        readable = [r for r in readable if r not in doomed]
+    referenced = {r[2] for r in readable}
+    for p in directory.iterdir():
+        m = _TENSORS_RE.match(p.name)
+        if m and p.name not in referenced and int(m.group(1)) <= current_step:
+            _unlink_quietly(p)
+        elif _TMP_RE.match(p.name):
+            _unlink_quietly(p)
+
+
+def _library_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("discrete-diffusion")
+    except Exception:
+        import discrete_diffusion
+
+        return str(getattr(discrete_diffusion, "__version__", "unknown"))
