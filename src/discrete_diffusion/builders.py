@@ -95,7 +95,8 @@ def build_weighting_from(config: DictConfig) -> Weighting:
 
 
 def build_sampler_from(config: DictConfig, name: str | None = None, steps: int | None = None) -> Sampler:
-    return build_sampler(name or config.sample.sampler, num_steps=steps or config.sample.steps)
+    return build_sampler(config.sample.sampler if name is None else name,
+                         num_steps=config.sample.steps if steps is None else steps)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -142,9 +142,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     run = load_run(args.run_dir, args.checkpoint, args.device)
     sampler = build_sampler_from(run.config, args.sampler, args.steps)
-    num = args.num or run.config.sample.num_samples
-    samples = generate_samples(run, sampler, num, args.batch_size or run.config.sample.batch_size, args.seed,
-                               progress=not args.no_progress)
+    num = run.config.sample.num_samples if args.num is None else args.num
+    batch_size = run.config.sample.batch_size if args.batch_size is None else args.batch_size
+    samples = generate_samples(run, sampler, num, batch_size, args.seed, progress=not args.no_progress)
     out = Path(args.out) if args.out else Path(args.run_dir) / "samples"
     paths = save_samples(samples, run, out, stem=f"{sampler.name}_{sampler.num_steps}steps_seed{args.seed}")
     for kind, path in paths.items():

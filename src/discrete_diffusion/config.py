@@ -66,6 +66,7 @@ class TrainConfig:
     keep_last: int = 3
     seed: int = 0
     device: str = "auto"               # auto | cpu | cuda | cuda:N
+    time_limit_minutes: Optional[float] = None  # stop early (evaluate + checkpoint) once training took this long
 
 
 @dataclass
@@ -113,7 +114,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 raise ValueError(f"malformed override {item!r}: expected section.key=value, e.g. train.steps=100")
             config = OmegaConf.merge(config, OmegaConf.from_dotlist([item]))
     except OmegaConfBaseException as err:
-        raise ValueError(f"invalid configuration: {str(err).splitlines()[0]}") from None
+        key = getattr(err, "full_key", None)
+        where = f" at {key}" if key else ""
+        raise ValueError(f"invalid configuration{where}: {str(err).splitlines()[0]}") from None
     return config
 
 

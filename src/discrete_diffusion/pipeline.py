@@ -69,8 +69,8 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
 def generate_samples(run: LoadedRun, sampler: Sampler, num_samples: int, batch_size: int = 256, seed: int = 0,
                      progress: bool = True) -> torch.Tensor:
     """Draw ``num_samples`` samples (N, *sites) long on CPU, deterministically for a seed."""
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
     generator = torch.Generator(device=run.device).manual_seed(seed)
     chunks = []
     steps = sampler.num_steps * math.ceil(num_samples / batch_size)
@@ -98,11 +98,14 @@ def evaluate_run(run: LoadedRun, split: str = "test", t_samples: int | None = No
                  seed: int = 0, progress: bool = True) -> LikelihoodResult:
     """NLL upper bound of a data split in bits per dimension."""
     data = run.dataset.split(split)
-    t_samples = t_samples or run.config.evaluate.t_samples
+    t_samples = run.config.evaluate.t_samples if t_samples is None else t_samples
+    batch_size = run.config.evaluate.batch_size if batch_size is None else batch_size
+    if t_samples < 1 or batch_size < 1:
+        raise ValueError(f"t_samples and batch_size must be >= 1, got {t_samples} and {batch_size}")
     generator = torch.Generator(device=run.device).manual_seed(seed)
     with tqdm(total=data.shape[0], desc=f"evaluate ({split})", disable=not progress, dynamic_ncols=True) as bar:
         return evaluate_nll(run.process, run.denoiser, run.schedule, data, build_proposal(run.config), t_samples,
-                            batch_size or run.config.evaluate.batch_size, generator, run.device, progress=bar.update)
+                            batch_size, generator, run.device, progress=bar.update)
 
 
 def write_json(path: Path, payload: dict) -> None:

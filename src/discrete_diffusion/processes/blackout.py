@@ -104,7 +104,7 @@ class BlackoutProcess(ForwardProcess):
         x = xt.float()
         alpha = expand_to_sites(torch.sigmoid(lam.float()), x)
         scaled = 2.0 * x / self.max_count - 1.0
-        x0_estimate = (x / (alpha * self.max_count)).clamp(0.0, 2.0) - 1.0
+        x0_estimate = (x / (alpha.clamp_min(1e-12) * self.max_count)).clamp(0.0, 2.0) - 1.0
         return torch.stack([scaled, x0_estimate], dim=1)
 
     def prediction_from_output(self, output: Tensor, xt: Tensor, lam: Tensor, parameterization: str) -> Prediction:
@@ -121,7 +121,8 @@ class BlackoutProcess(ForwardProcess):
         safe_missing = missing.clamp_min(0)
         log_choose = (torch.lgamma(x0_values + 1) - torch.lgamma(safe_missing + 1)
                       - torch.lgamma(xt[..., None].to(output.dtype) + 1))
-        log_lik = log_choose + safe_missing * F.logsigmoid(-lam_sites)[..., None]
+        log_1m_alpha = F.logsigmoid(-lam_sites)[..., None]
+        log_lik = log_choose + torch.where(safe_missing > 0, safe_missing * log_1m_alpha, torch.zeros_like(log_choose))
         log_lik = torch.where(valid, log_lik, torch.full_like(log_lik, -torch.inf))
         log_probs = torch.log_softmax(logits + log_lik, dim=-1)
         mean_missing = (log_probs.exp() * safe_missing).sum(-1)
@@ -138,8 +139,8 @@ class BlackoutProcess(ForwardProcess):
         """yhat - m log yhat + m log m - m per site, (B, *sites); >= 0 and zero iff yhat = m."""
         yhat = self.expected_missing(prediction)
         m = (x0 - xt).to(yhat.dtype)
-        log_yhat = torch.log(yhat.clamp_min(1e-30))
-        return yhat - m * log_yhat + torch.xlogy(m, m) - m
+        log_ratio = torch.log(m.clamp_min(1.0)) - torch.log(yhat.clamp_min(1e-30))  # log(m / yhat) where m > 0
+        return yhat - m + torch.where(m > 0, m * log_ratio, torch.zeros_like(m))
 
     def elbo_integrand(self, x0: Tensor, xt: Tensor, lam: Tensor, prediction: Prediction) -> Tensor:
         terms = self.bregman_terms(x0, xt, prediction)

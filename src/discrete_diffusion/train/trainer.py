@@ -92,7 +92,6 @@ class Trainer:
             probe.unlink()
         except OSError as err:
             raise ValueError(f"run directory {self.run_dir} is not writable: {err}") from None
-        save_config(self.config, self.run_dir / "config.yaml")
         if not resume and find_latest_checkpoint(self.run_dir / "checkpoints") is not None:
             raise ValueError(f"{self.run_dir} already holds checkpoints; resume it (--resume) or use a new --out")
 
@@ -139,7 +138,7 @@ class Trainer:
         out = training_loss(self.process, self.denoiser, x0, self.schedule, self.proposal, self.weighting,
                             self.noise_generator)
         if not torch.isfinite(out.loss):
-            raise FloatingPointError(f"loss is {float(out.loss)} at step {self.step + 1}; the last checkpoint in "
+            raise FloatingPointError(f"loss is {out.loss.item()} at step {self.step + 1}; the last checkpoint in "
                                      f"{self.run_dir / 'checkpoints'} is intact")
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -178,18 +177,23 @@ class Trainer:
     def fit(self, resume: bool = False) -> TrainResult:
         self._prepare_run_dir(resume)
         if resume:
-            self._resume()
+            self._resume()  # validates the config against the checkpoint before anything is written
+        save_config(self.config, self.run_dir / "config.yaml")
         tc = self.config.train
         bar = tqdm(total=tc.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
         start = time.time()
+        deadline = None if tc.time_limit_minutes is None else start + 60.0 * tc.time_limit_minutes
         while self.step < tc.steps:
             record = self.train_step()
             bar.update(1)
-            if self.step % 10 == 0 or self.step == tc.steps:
+            last = self.step == tc.steps or (deadline is not None and time.time() > deadline)
+            if last and self.step < tc.steps:
+                bar.write(f"time limit of {tc.time_limit_minutes} min reached at step {self.step}; stopping")
+            if self.step % 10 == 0 or last:
                 record["elapsed_s"] = round(time.time() - start, 2)
                 self._write_metrics(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", bpd=f"{record['train_elbo_diffusion_bpd']:.3f}")
-            if self.step % tc.eval_every == 0 or self.step == tc.steps:
+            if self.step % tc.eval_every == 0 or last:
                 metrics = self.validate()
                 self._write_metrics(metrics)
                 bar.write(f"step {self.step}: val NLL {metrics['val_nll_bits_per_dim']:.4f} "
@@ -199,8 +203,10 @@ class Trainer:
                     self._save(self.run_dir / "best", keep_last=1)
             if self.step % tc.sample_every == 0:
                 self.sample_grid()
-            if self.step % tc.checkpoint_every == 0 or self.step == tc.steps:
+            if self.step % tc.checkpoint_every == 0 or last:
                 self._save(self.run_dir / "checkpoints", keep_last=tc.keep_last)
+            if last:
+                break
         bar.close()
         return TrainResult(self.run_dir, self.step, self.best[0] if self.best else None,
                            self.best[1] if self.best else None)
