@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from .base import ForwardProcess, Prediction, expand_to_sites, sample_categorical
 from .blackout import BlackoutProcess
+from .generators import GENERATORS, spectral_gap
+from .masking import MaskingProcess
+from .matrix import MatrixProcess
+from .uniform import UniformProcess
 
 PROCESSES: dict[str, type[ForwardProcess]] = {
-    BlackoutProcess.name: BlackoutProcess,
+    cls.name: cls for cls in (BlackoutProcess, MaskingProcess, UniformProcess, MatrixProcess)
 }
 
 
@@ -20,4 +24,6 @@ def build_process(name: str, num_states: int, **options) -> ForwardProcess:
         raise ValueError(f"bad options for process {name!r}: {err}") from None
 
 
-__all__ = ["ForwardProcess", "Prediction", "expand_to_sites", "sample_categorical", "BlackoutProcess", "PROCESSES", "build_process"]
+__all__ = ["ForwardProcess", "Prediction", "expand_to_sites", "sample_categorical", "BlackoutProcess",
+           "MaskingProcess", "UniformProcess", "MatrixProcess", "GENERATORS", "spectral_gap", "PROCESSES",
+           "build_process"]

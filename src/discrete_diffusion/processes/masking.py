@@ -1,0 +1,147 @@
+"""Masking (absorbing-state) diffusion.
+
+References: Sahoo et al., "Simple and Effective Masked Diffusion Language Models" (MDLM), NeurIPS 2024
+(SUBS parameterisation, the continuous-time loss); Austin et al., "Structured Denoising Diffusion Models in
+Discrete State-Spaces" (D3PM-absorbing), NeurIPS 2021; Shi et al., "Simplified and Generalized Masked
+Diffusion for Discrete Data" (MD4), 2024.
+
+Values: data 0..K-1 and MASK = K (num_values = K + 1). In sigma-time every data value jumps to MASK at rate
+1 (Q[x, MASK] = 1), so q_t(x_t | x0) = alpha 1[x_t = x0] + (1 - alpha) 1[x_t = MASK].
+
+ELBO integrand per unit of lam, from the generic form (1 - alpha) sum_{y != x_t} Q[y, x_t] Bregman(s_y, r_y):
+only x_t = MASK contributes (no rate leads *into* an unmasked value), with y ranging over 0..K-1,
+Q[y, MASK] = 1, r_y = q(y|x0)/q(MASK|x0) = 1[y = x0] alpha/(1 - alpha) and s_y = p(y|x_t) alpha/(1 - alpha).
+Summing s_y - r_y log s_y + r_y log r_y - r_y over y gives alpha/(1 - alpha) (sum_y p_y - 1 - log p_x0) =
+alpha/(1 - alpha) (-log p_x0) because the SUBS prediction puts no mass on MASK, hence
+
+    elbo_integrand = alpha * sum_{masked d} -log p(x0^d | x_t).
+
+Reverse rates per unit of lam (same algebra): MASK -> y at alpha p(y | x_t); the total at a masked site is
+alpha, so the total rate is exactly sigmoid(lam) * (number of masked sites): the exact simulator's bound.
+
+Prior (honest version of "all MASK"): a delta on MASK gives KL(q_1(.|x0) || prior) = inf whenever
+alpha(1) > 0. The prior used here puts mass 1 - alpha1 on MASK and alpha1 / K on every data value; its KL
+is alpha1 log K per site exactly (alpha1 log(alpha1 / (alpha1/K)) + (1 - alpha1) log 1), and the samplers
+draw from this same prior (a fraction alpha1 of random unmasked values, 1e-4 for the log-linear schedule).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import ForwardProcess, Prediction, expand_to_sites
+
+
+def unmask_probability(lam_t: Tensor, lam_s: Tensor) -> Tensor:
+    """(alpha_s - alpha_t) / (1 - alpha_t) = 1 - (1 - alpha_s)/(1 - alpha_t), float64 (B,), computed as
+    -expm1(log(1 - alpha_s) - log(1 - alpha_t)) so that it stays accurate as alpha_t -> 1."""
+    lam_t, lam_s = lam_t.double(), lam_s.double()
+    return (-torch.expm1(F.logsigmoid(-lam_s) - F.logsigmoid(-lam_t))).clamp(0.0, 1.0)
+
+
+class MaskingProcess(ForwardProcess):
+    """Absorbing-state diffusion with MASK = K and the SUBS parameterisation ("logits" over the K data values)."""
+
+    name = "masking"
+    parameterizations = ("logits",)
+    prior_description = "MASK with probability 1 - alpha(1), else a uniform data value (KL = alpha(1) log K per site)"
+
+    def __init__(self, num_states: int) -> None:
+        super().__init__(num_states)
+        self.num_values = self.num_states + 1
+
+    @property
+    def mask_index(self) -> int:
+        """The MASK value, K."""
+        return self.num_states
+
+    # ----- forward marginals -------------------------------------------------------------------
+    def sample_marginal(self, x0: Tensor, lam: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        alpha = expand_to_sites(torch.sigmoid(lam.double()), x0)
+        u = torch.rand(x0.shape, generator=generator, dtype=torch.float64, device=x0.device)
+        return torch.where(u < alpha, x0, torch.full_like(x0, self.mask_index))
+
+    def log_marginal_matrix(self, lam: Tensor) -> Tensor:
+        lam64 = lam.double()
+        k = self.num_states
+        out = torch.full((lam.shape[0], k, k + 1), -torch.inf, dtype=torch.float64, device=lam.device)
+        idx = torch.arange(k, device=lam.device)
+        out[:, idx, idx] = F.logsigmoid(lam64)[:, None]
+        out[:, :, k] = F.logsigmoid(-lam64)[:, None]
+        return out
+
+    # ----- prior ---------------------------------------------------------------------------------
+    def prior_log_probs(self, lam: Tensor) -> Tensor:
+        """log prior(y) over the K + 1 values at noise level lam (B,): (B, K + 1) float64."""
+        lam64 = lam.double()
+        values = (F.logsigmoid(lam64) - math.log(self.num_states))[:, None].expand(-1, self.num_states)
+        return torch.cat([values, F.logsigmoid(-lam64)[:, None]], dim=1)
+
+    def sample_prior(self, shape: tuple[int, ...], lam: float, generator: torch.Generator | None = None,
+                     device: torch.device | str = "cpu") -> Tensor:
+        alpha = 1.0 / (1.0 + math.exp(-float(lam))) if lam > -700 else 0.0
+        u = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
+        values = torch.randint(0, self.num_states, shape, generator=generator, device=device)
+        return torch.where(u < alpha, values, torch.full_like(values, self.mask_index))
+
+    def prior_kl(self, x0: Tensor, lam: Tensor) -> Tensor:
+        sites = x0[0].numel()
+        return (torch.sigmoid(lam.double()) * math.log(self.num_states) * sites).to(torch.get_default_dtype())
+
+    # ----- denoiser output -----------------------------------------------------------------------
+    @property
+    def feature_channels(self) -> int:
+        return self.num_values
+
+    def network_features(self, xt: Tensor, lam: Tensor) -> Tensor:
+        """One-hot of the K + 1 values as channels: (B, K + 1, *sites) float."""
+        return F.one_hot(xt, self.num_values).movedim(-1, 1).to(torch.get_default_dtype())
+
+    def prediction_from_output(self, output: Tensor, xt: Tensor, lam: Tensor, parameterization: str) -> Prediction:
+        """SUBS: log_softmax over the K data values at masked sites; unmasked sites copied through
+        (log-prob 0 on x_t, -inf elsewhere). output: (B, K, *sites) -> x0_log_probs (B, *sites, K)."""
+        self.check_parameterization(parameterization)
+        log_probs = torch.log_softmax(output.movedim(1, -1), dim=-1)
+        masked = (xt == self.mask_index)[..., None]
+        copy = F.one_hot(xt.clamp_max(self.num_states - 1), self.num_states).bool()
+        carried = torch.where(copy, torch.zeros_like(log_probs), torch.full_like(log_probs, -torch.inf))
+        return Prediction(x0_log_probs=torch.where(masked, log_probs, carried))
+
+    # ----- training and likelihood ---------------------------------------------------------------
+    def elbo_integrand(self, x0: Tensor, xt: Tensor, lam: Tensor, prediction: Prediction) -> Tensor:
+        log_probs = self.x0_log_probs(prediction, xt)
+        nll = -torch.gather(log_probs, -1, x0[..., None])[..., 0]
+        nll = torch.where(xt == self.mask_index, nll, torch.zeros_like(nll))
+        alpha = torch.sigmoid(lam.to(nll.dtype))
+        return alpha * nll.reshape(nll.shape[0], -1).sum(1)
+
+    def reconstruction_nll(self, x0: Tensor, xt: Tensor, prediction: Prediction) -> Tensor:
+        log_probs = self.x0_log_probs(prediction, xt)
+        nll = -torch.gather(log_probs, -1, x0[..., None])[..., 0]
+        nll = torch.where(xt == self.mask_index, nll, torch.zeros_like(nll))
+        return nll.reshape(nll.shape[0], -1).sum(1)
+
+    # ----- generation ------------------------------------------------------------------------------
+    def bridge_from_x0(self, xt: Tensor, x0: Tensor, lam_t: Tensor, lam_s: Tensor,
+                       generator: torch.Generator | None = None) -> Tensor:
+        """A masked site becomes x0 with probability (alpha_s - alpha_t)/(1 - alpha_t); others stay."""
+        p = expand_to_sites(unmask_probability(lam_t, lam_s), xt)
+        u = torch.rand(xt.shape, generator=generator, dtype=torch.float64, device=xt.device)
+        return torch.where((xt == self.mask_index) & (u < p), x0, xt)
+
+    def reverse_rates(self, xt: Tensor, prediction: Prediction, lam: Tensor) -> Tensor:
+        """MASK -> y at rate alpha p(y | x_t) per unit of lam (p renormalised over the K values in float64);
+        zero at unmasked sites. (B, *sites, K + 1) float64."""
+        probs = torch.softmax(self.x0_log_probs(prediction, xt).double(), dim=-1)
+        alpha = expand_to_sites(torch.sigmoid(lam.double()), xt)[..., None]
+        masked = (xt == self.mask_index)[..., None]
+        rates = torch.where(masked, alpha * probs, torch.zeros_like(probs))
+        return torch.cat([rates, torch.zeros_like(rates[..., :1])], dim=-1)
+
+    def reverse_rate_bound(self, xt: Tensor) -> Tensor:
+        """The total rate is exactly sigmoid(lam) * (number of masked sites)."""
+        return (xt == self.mask_index).reshape(xt.shape[0], -1).sum(1).double()

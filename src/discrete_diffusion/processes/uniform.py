@@ -1,0 +1,159 @@
+"""Uniform-noise diffusion.
+
+References: Austin et al., "Structured Denoising Diffusion Models in Discrete State-Spaces" (D3PM-uniform),
+NeurIPS 2021; Hoogeboom et al., "Argmax Flows and Multinomial Diffusion", NeurIPS 2021; Schiff et al.,
+"Simple Guidance Mechanisms for Discrete Diffusion Models" (UDLM), 2024.
+
+In sigma-time every site jumps at rate 1 to a uniformly drawn value: Q = (1/K) 1 1^T - I, so
+P_t = alpha I + (1 - alpha)/K 1 1^T and q_t(y | x0) = alpha 1[y = x0] + (1 - alpha)/K.
+
+Write x = x_t, g = K alpha / (1 - alpha) (so q(y|x0) = (1 - alpha)/K (1 + g 1[y = x0])) and p = p(x0 | x_t).
+For y != x, Q[y, x] = 1/K and
+    r_y = q(y|x0)/q(x|x0) = 1/(1 + g) (all y)  if x = x0;   1 + g (y = x0), 1 (other y)  if x != x0,
+    s_y = sum_x0 p_x0 q(y|x0)/q(x|x0) = (1 - p_x) + p_x/(1 + g) + g p_y.
+The ELBO integrand per lam is (1 - alpha)/K sum_{y != x} [s_y - r_y log s_y + r_y log r_y - r_y]: O(K) per
+site. With the "logits" parameterisation p ∝ softmax(net) * (1 + g 1[x0 = x]) (the exact single-site
+likelihood added to the logits), s_y becomes UDLM's (1 + g pi_y) / (1 + g pi_x), pi = softmax(net), and
+p(x0 = x | x) -> 1 as alpha -> 1, which keeps the integrand finite at t -> 0 (DESIGN.md section 3).
+
+Reverse rates per lam: x -> y at (1 - alpha)/K s_y. At a site the total is
+(K-1)/K (1 - alpha)^2/(1 - alpha + K alpha) p_x + (1 - p_x) ((K-1)/K (1 - alpha) + alpha), which tends to
+(K - 1)/K as alpha -> 0, so no bound of the form c(x) sigmoid(lam) exists: ``reverse_rate_bound`` raises
+(the exact simulator is not available for this process).
+
+Bridge: q(x_s | x_t, x0) ∝ P_{s->t}[x_s, x_t] q_s(x_s | x0), P_{s->t} = rho I + (1 - rho)/K 1 1^T,
+rho = alpha_t / alpha_s; sampled exactly per site in float64. Prior: uniform over the K values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import ForwardProcess, Prediction, expand_to_sites, sample_categorical
+
+#: lam is clamped here before exp(lam) (g = K e^lam stays finite in float64; 1 - alpha is ~1e-217 there).
+_LAM_MAX = 500.0
+
+
+class UniformProcess(ForwardProcess):
+    """Uniform jumps over K values; "logits" parameterisation with the single-site likelihood added."""
+
+    name = "uniform"
+    parameterizations = ("logits",)
+    prior_description = "uniform over the K values"
+
+    # ----- forward marginals -------------------------------------------------------------------
+    def sample_marginal(self, x0: Tensor, lam: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        alpha = expand_to_sites(torch.sigmoid(lam.double()), x0)
+        u = torch.rand(x0.shape, generator=generator, dtype=torch.float64, device=x0.device)
+        noise = torch.randint(0, self.num_states, x0.shape, generator=generator, device=x0.device)
+        return torch.where(u < alpha, x0, noise)
+
+    def _log_boost(self, lam: Tensor) -> Tensor:
+        """log(1 + g) = log(1 + K alpha/(1 - alpha)) = softplus(lam + log K), float64, same shape as lam."""
+        return F.softplus(lam.double().clamp_max(_LAM_MAX) + math.log(self.num_states))
+
+    def log_marginal_matrix(self, lam: Tensor) -> Tensor:
+        k = self.num_states
+        lam64 = lam.double()[:, None, None]
+        off = F.logsigmoid(-lam64) - math.log(k)                                       # log (1 - alpha)/K
+        diag = torch.logaddexp(F.logsigmoid(lam64), off)                               # log(alpha + (1 - alpha)/K)
+        eye = torch.eye(k, dtype=torch.bool, device=lam.device)
+        return torch.where(eye, diag, off)
+
+    # ----- prior ---------------------------------------------------------------------------------
+    def prior_log_probs(self, lam: Tensor) -> Tensor:
+        """log prior(y) = -log K over the K values: (B, K) float64."""
+        return torch.full((lam.shape[0], self.num_states), -math.log(self.num_states), dtype=torch.float64,
+                          device=lam.device)
+
+    def sample_prior(self, shape: tuple[int, ...], lam: float, generator: torch.Generator | None = None,
+                     device: torch.device | str = "cpu") -> Tensor:
+        return torch.randint(0, self.num_states, shape, generator=generator, device=device)
+
+    def prior_kl(self, x0: Tensor, lam: Tensor) -> Tensor:
+        """KL(q_1(.|x0) || uniform) is the same for every x0: sum_y q log(K q), times the number of sites."""
+        row = self.log_marginal_matrix(lam)[:, 0, :]                                   # (B, K)
+        kl = (row.exp() * (row + math.log(self.num_states))).sum(1)
+        return (kl * x0[0].numel()).to(torch.get_default_dtype())
+
+    # ----- denoiser output -----------------------------------------------------------------------
+    @property
+    def feature_channels(self) -> int:
+        return self.num_states
+
+    def network_features(self, xt: Tensor, lam: Tensor) -> Tensor:
+        """One-hot of the K values as channels: (B, K, *sites) float."""
+        return F.one_hot(xt, self.num_states).movedim(-1, 1).to(torch.get_default_dtype())
+
+    def prediction_from_output(self, output: Tensor, xt: Tensor, lam: Tensor, parameterization: str) -> Prediction:
+        """p(x0 | x_t) = softmax(net + log(1 + g) 1[x0 = x_t]). output (B, K, *sites) -> (B, *sites, K)."""
+        self.check_parameterization(parameterization)
+        logits = output.movedim(1, -1)
+        boost = expand_to_sites(self._log_boost(lam), xt).to(logits.dtype)[..., None]
+        onehot = F.one_hot(xt, self.num_states).to(logits.dtype)
+        return Prediction(x0_log_probs=torch.log_softmax(logits + boost * onehot, dim=-1))
+
+    # ----- training and likelihood ---------------------------------------------------------------
+    def ratio_estimates(self, xt: Tensor, prediction: Prediction, lam: Tensor) -> Tensor:
+        """s_y = (1 - p_x) + p_x/(1 + g) + g p_y for every y (the entry y = x_t is meaningless): float64
+        (B, *sites, K). 1 - p_x is summed from the other probabilities to keep it accurate near p_x = 1."""
+        probs = self.x0_log_probs(prediction, xt).double().exp()
+        lam_sites = expand_to_sites(lam.double().clamp_max(_LAM_MAX), xt)[..., None]
+        at_x = F.one_hot(xt, self.num_states).bool()
+        p_x = torch.where(at_x, probs, torch.zeros_like(probs)).sum(-1, keepdim=True)
+        rest = torch.where(at_x, torch.zeros_like(probs), probs).sum(-1, keepdim=True)
+        g = torch.exp(lam_sites + math.log(self.num_states))
+        return rest + p_x * torch.exp(-self._log_boost(lam_sites)) + g * probs
+
+    def elbo_integrand(self, x0: Tensor, xt: Tensor, lam: Tensor, prediction: Prediction) -> Tensor:
+        s = self.ratio_estimates(xt, prediction, lam)                                   # (B, *sites, K)
+        log_boost = self._log_boost(expand_to_sites(lam, xt))[..., None]               # log(1 + g)
+        at_x = F.one_hot(xt, self.num_states).bool()
+        at_x0 = F.one_hot(x0, self.num_states).bool()
+        clean = (xt == x0)[..., None]
+        log_r = torch.where(clean, -log_boost, torch.where(at_x0, log_boost, torch.zeros_like(log_boost)))
+        r = log_r.exp()
+        bracket = s - r * torch.log(s.clamp_min(1e-300)) + r * log_r - r
+        bracket = torch.where(at_x, torch.zeros_like(bracket), bracket)
+        weight = torch.sigmoid(-lam.double()) / self.num_states                         # (1 - alpha)/K
+        total = weight * bracket.reshape(bracket.shape[0], -1).sum(1)
+        return total.to(self.x0_log_probs(prediction, xt).dtype)
+
+    def reconstruction_nll(self, x0: Tensor, xt: Tensor, prediction: Prediction) -> Tensor:
+        nll = -torch.gather(self.x0_log_probs(prediction, xt), -1, x0[..., None])[..., 0]
+        return nll.reshape(nll.shape[0], -1).sum(1)
+
+    # ----- generation ------------------------------------------------------------------------------
+    def bridge_log_probs(self, xt: Tensor, x0: Tensor, lam_t: Tensor, lam_s: Tensor) -> Tensor:
+        """log q(x_s | x_t, x0) for every x_s, normalised: float64 (B, *sites, K)."""
+        lam_t, lam_s = lam_t.double(), lam_s.double()
+        k = self.num_states
+        log_rho = expand_to_sites(F.logsigmoid(lam_t) - F.logsigmoid(lam_s), xt)[..., None].clamp_max(0.0)
+        log_jump = torch.log(-torch.expm1(log_rho)) - math.log(k)                      # log (1 - rho)/K
+        to_xt = F.one_hot(xt, k).bool()
+        log_forward = torch.where(to_xt, torch.logaddexp(log_rho, log_jump), log_jump)  # P_{s->t}[x_s, x_t]
+        log_qs = self.log_marginal_matrix(lam_s)                                       # (B, K, K)
+        flat = x0.reshape(x0.shape[0], -1)
+        rows = torch.gather(log_qs, 1, flat[:, :, None].expand(-1, -1, k)).reshape(x0.shape + (k,))
+        return torch.log_softmax(log_forward + rows, dim=-1)
+
+    def bridge_from_x0(self, xt: Tensor, x0: Tensor, lam_t: Tensor, lam_s: Tensor,
+                       generator: torch.Generator | None = None) -> Tensor:
+        return sample_categorical(self.bridge_log_probs(xt, x0, lam_t, lam_s), generator)
+
+    def reverse_rates(self, xt: Tensor, prediction: Prediction, lam: Tensor) -> Tensor:
+        """x -> y at (1 - alpha)/K s_y per unit of lam, zero at y = x_t: (B, *sites, K) float64."""
+        s = self.ratio_estimates(xt, prediction, lam)
+        weight = expand_to_sites(torch.sigmoid(-lam.double()), xt)[..., None] / self.num_states
+        rates = weight * s
+        return torch.where(F.one_hot(xt, self.num_states).bool(), torch.zeros_like(rates), rates)
+
+    def reverse_rate_bound(self, xt: Tensor) -> Tensor:
+        raise ValueError("process 'uniform' has no reverse_rate_bound: its reverse rate per unit of lam tends to "
+                         "(K - 1)/K per site as alpha -> 0, so no bound c(x) * sigmoid(lam) exists (use the "
+                         "bridge sampler)")
