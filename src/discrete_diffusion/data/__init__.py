@@ -15,6 +15,7 @@ from .base import (
     validate_values,
 )
 from .digits import load_digits_binary, load_digits_dataset
+from .dna import decode_dna, encode_dna, load_ecoli, load_fasta, read_fasta
 from .fashion_mnist import (
     DEBIAN_PACKAGE,
     DatasetUnavailableError,
@@ -24,6 +25,7 @@ from .fashion_mnist import (
 from .idx import parse_idx, read_idx
 from .png_folder import load_png_folder
 from .registry import DATASETS, dataset_options, load_dataset, register_dataset
+from .text import decode_text, encode_text, load_kjv, load_text_file
 
 __all__ = [
     "KINDS",
@@ -33,15 +35,24 @@ __all__ = [
     "DiscreteDataset",
     "dataset_from_arrays",
     "dataset_options",
+    "decode_dna",
+    "decode_text",
+    "encode_dna",
+    "encode_text",
     "load_array_file",
     "load_dataset",
     "load_digits_binary",
     "load_digits_dataset",
+    "load_ecoli",
+    "load_fasta",
     "load_fashion_mnist",
     "load_fashion_mnist_binary",
+    "load_kjv",
     "load_png_folder",
+    "load_text_file",
     "parse_idx",
     "quantize",
+    "read_fasta",
     "read_idx",
     "register_dataset",
     "split_counts",

@@ -8,8 +8,10 @@ from typing import Any, Callable
 from .arrays import load_array_file
 from .base import DiscreteDataset
 from .digits import load_digits_binary, load_digits_dataset
+from .dna import load_ecoli, load_fasta
 from .fashion_mnist import load_fashion_mnist, load_fashion_mnist_binary
 from .png_folder import load_png_folder
+from .text import load_kjv, load_text_file
 
 __all__ = ["DATASETS", "load_dataset", "register_dataset", "dataset_options"]
 
@@ -21,6 +23,10 @@ DATASETS: dict[str, Callable[..., DiscreteDataset]] = {
     "fashion-mnist-binary": load_fashion_mnist_binary,
     "array": load_array_file,
     "png-folder": load_png_folder,
+    "text": load_text_file,
+    "kjv": load_kjv,
+    "fasta": load_fasta,
+    "ecoli": load_ecoli,
 }
 
 

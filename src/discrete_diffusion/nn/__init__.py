@@ -15,8 +15,9 @@ from torch import nn
 
 from .embeddings import NoiseLevelEmbedding, SinusoidalEmbedding
 from .mlp import MLP
+from .transformer import SequenceTransformer
 from .unet import UNet
 
-BACKBONES: dict[str, type[nn.Module]] = {"unet": UNet, "mlp": MLP}
+BACKBONES: dict[str, type[nn.Module]] = {"unet": UNet, "mlp": MLP, "transformer": SequenceTransformer}
 
-__all__ = ["BACKBONES", "MLP", "NoiseLevelEmbedding", "SinusoidalEmbedding", "UNet"]
+__all__ = ["BACKBONES", "MLP", "NoiseLevelEmbedding", "SequenceTransformer", "SinusoidalEmbedding", "UNet"]

@@ -1,0 +1,360 @@
+"""Character-level text datasets: any UTF-8 file (``"text"``) and the King James Bible (``"kjv"``).
+
+Tokenisation is one token per Unicode code point (a "character"); nothing is normalised (line endings,
+case and whitespace are kept as in the file), except that a leading UTF-8 byte-order mark is dropped.
+
+Splits are contiguous blocks of the text, by position (no shuffling, so no window of the validation or
+test text overlaps a training window and nothing leaks across the boundary): with ``n`` characters, the
+last ``round(n * test_fraction)`` characters form the test block, the ``round(n * val_fraction)`` before
+them the validation block, and everything before that the training block. Each block is then cut into
+non-overlapping windows of ``seq_len`` characters, in order; the remainder of a block shorter than
+``seq_len`` is dropped (the count is in ``metadata["dropped_chars"]``). ``split_seed`` is accepted for
+a uniform loader signature but does not affect this positional split.
+
+Vocabulary: the sorted unique characters of the *training* block (or the ``vocab`` passed in). When the
+validation or test block (or, with a given ``vocab``, the training block) contains a character outside
+the vocabulary, one extra symbol :data:`UNK` (``"<unk>"``) is appended and every such character maps to
+its index; ``metadata["unk_index"]`` is that index, or ``None`` when no UNK was needed, and
+``metadata["unk_count"]`` counts the replaced characters per split. ``metadata["vocab"]`` is the list of
+symbols (JSON-serialisable), so a run directory can decode samples with :func:`decode_text`.
+``num_states = len(metadata["vocab"])``.
+
+KJV: the Debian package ``bible-kjv`` provides the ``bible`` program; the text is
+``bible -f off Gen1:1-Rev22:21 </dev/null`` with the stray first line (the program echoes a verse that
+is not Genesis 1:1, e.g. ``Obad1:1 ...``, before the requested range) and the leading verse references
+(``Ge1:1 ``, ``Rev22:21 ``) removed: one verse per line, lines joined by ``"\\n"`` and ending with one.
+That is 31,102 verses, 4,137,850 characters and 63 distinct symbols. The extracted text is cached
+(atomic write) as ``$DDIFF_DATA_DIR/kjv.txt`` or ``~/.cache/discrete-diffusion/kjv.txt`` so ``bible``
+runs once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .base import DiscreteDataset, split_counts
+from .fashion_mnist import DatasetUnavailableError
+
+__all__ = [
+    "UNK",
+    "KJV_DEBIAN_PACKAGE",
+    "load_text_file",
+    "dataset_from_text",
+    "read_utf8",
+    "encode_text",
+    "decode_text",
+    "load_kjv",
+    "kjv_text",
+    "kjv_cache_path",
+    "extract_kjv_verses",
+]
+
+#: Vocabulary entry for characters not in the vocabulary (multi-character, so it cannot clash).
+UNK = "<unk>"
+#: Debian/Ubuntu package that installs the ``bible`` program and the KJV text.
+KJV_DEBIAN_PACKAGE = "bible-kjv"
+
+_BOM = "\ufeff"
+_VERSE_REF = re.compile(r"^(?:[1-3]?[A-Z][A-Za-z]*)(\d+):(\d+) ")
+
+
+def read_utf8(path: str | os.PathLike) -> str:
+    """Read a whole file as UTF-8 (a leading byte-order mark is dropped).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the bytes are not valid UTF-8 (names the file and the byte offset) or the file is
+            empty.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"text file not found: {p}")
+    raw = p.read_bytes()
+    if not raw:
+        raise ValueError(f"{p}: the text file is empty")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start : exc.start + 4]
+        raise ValueError(
+            f"{p}: not valid UTF-8 at byte offset {exc.start} ({exc.reason}; bytes {bad!r}); "
+            f"convert the file to UTF-8 first (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+    if text.startswith(_BOM):
+        text = text[1:]
+    if not text:
+        raise ValueError(f"{p}: the text file is empty")
+    return text
+
+
+def _vocab_list(vocab: str | Sequence[str]) -> list[str]:
+    symbols = list(vocab)
+    if not symbols:
+        raise ValueError("vocab must not be empty")
+    for s in symbols:
+        if not isinstance(s, str) or (len(s) != 1 and s != UNK):
+            raise ValueError(f"vocab entries must be single characters (or {UNK!r}), got {s!r}")
+    if len(set(symbols)) != len(symbols):
+        raise ValueError("vocab entries must be distinct")
+    return symbols
+
+
+def encode_text(text: str, vocab: str | Sequence[str]) -> Tensor:
+    """Map each character of ``text`` to its index in ``vocab``: ``(len(text),)`` long.
+
+    Characters outside the vocabulary map to the index of :data:`UNK` when ``vocab`` contains it;
+    otherwise they raise ``ValueError`` naming the first one and its position.
+    """
+    symbols = _vocab_list(vocab)
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    table = np.array(sorted(ord(s) for s in symbols if s != UNK), dtype=np.int64)
+    index_of = {ord(s): i for i, s in enumerate(symbols) if s != UNK}
+    order = np.array([index_of[int(c)] for c in table], dtype=np.int64)
+    pos = np.searchsorted(table, codes)
+    pos_c = np.minimum(pos, max(len(table) - 1, 0))
+    known = (table[pos_c] == codes) if len(table) else np.zeros(codes.shape, dtype=bool)
+    out = np.empty(codes.shape, dtype=np.int64)
+    out[known] = order[pos_c[known]]
+    if not known.all():
+        if UNK not in symbols:
+            i = int(np.argmin(known))
+            raise ValueError(
+                f"character {text[i]!r} (U+{ord(text[i]):04X}) at position {i} is not in the vocabulary "
+                f"and the vocabulary has no {UNK!r} entry"
+            )
+        out[~known] = symbols.index(UNK)
+    return torch.from_numpy(out)
+
+
+def decode_text(tokens: Tensor | Sequence[Sequence[int]], vocab: str | Sequence[str]) -> list[str]:
+    """Turn token rows back into strings: ``(N, L)`` (or ``(L,)``) ints -> ``N`` strings.
+
+    Each index is replaced by its vocabulary entry (the UNK entry appears as ``"<unk>"``). An index
+    outside ``0..len(vocab)-1`` (e.g. a mask index) is rendered as ``"\\ufffd"``.
+    """
+    symbols = list(vocab)
+    t = torch.as_tensor(tokens)
+    if t.dim() == 1:
+        t = t[None]
+    if t.dim() != 2:
+        raise ValueError(f"tokens must have shape (N, L), got {tuple(t.shape)}")
+    k = len(symbols)
+    return ["".join(symbols[i] if 0 <= i < k else "\ufffd" for i in row) for row in t.tolist()]
+
+
+def _windows(tokens: Tensor, seq_len: int) -> Tensor:
+    n = tokens.shape[0] // seq_len
+    return tokens[: n * seq_len].reshape(n, seq_len).clone()
+
+
+def dataset_from_text(
+    text: str,
+    *,
+    seq_len: int = 256,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    split_seed: int = 0,
+    vocab: str | Sequence[str] | None = None,
+    name: str = "text",
+    metadata: dict[str, Any] | None = None,
+    where: str = "text",
+) -> DiscreteDataset:
+    """Character-level :class:`DiscreteDataset` from a string (see the module docstring for the rules).
+
+    Returns ``kind="sequence"`` splits of shape ``(n, seq_len)``; ``val``/``test`` may be empty when their
+    block is shorter than ``seq_len``.
+    """
+    if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+    seq_len = int(seq_len)
+    if not text:
+        raise ValueError(f"{where}: the text is empty")
+    n = len(text)
+    n_train, n_val, n_test = split_counts(n, val_fraction, test_fraction)
+    blocks = {
+        "train": text[:n_train],
+        "val": text[n_train : n_train + n_val],
+        "test": text[n_train + n_val :],
+    }
+    if n_train < seq_len:
+        raise ValueError(
+            f"{where}: the training block has {n_train} characters, fewer than seq_len={seq_len}; "
+            f"use a smaller seq_len or a longer text"
+        )
+    if vocab is None:
+        symbols = sorted(set(blocks["train"]))
+    else:
+        symbols = [s for s in _vocab_list(vocab) if s != UNK]
+    known = set(symbols)
+    unk_count = {split: sum(b.count(ch) for ch in set(b) - known) for split, b in blocks.items()}
+    need_unk = any(unk_count.values()) or (vocab is not None and UNK in list(vocab))
+    if need_unk:
+        symbols = symbols + [UNK]
+    parts = {split: _windows(encode_text(b, symbols), seq_len) for split, b in blocks.items()}
+    dropped = {split: len(b) - parts[split].numel() for split, b in blocks.items()}
+    meta = dict(metadata or {})
+    meta.update(
+        vocab=symbols,
+        unk_index=symbols.index(UNK) if need_unk else None,
+        unk_count=unk_count,
+        seq_len=seq_len,
+        num_chars=n,
+        dropped_chars=dropped,
+        split={
+            "method": "contiguous blocks by position: train | val | test",
+            "chars": {"train": n_train, "val": n_val, "test": n_test},
+            "val_fraction": float(val_fraction),
+            "test_fraction": float(test_fraction),
+            "split_seed": int(split_seed),
+        },
+    )
+    return DiscreteDataset(
+        train=parts["train"], val=parts["val"], test=parts["test"], num_states=len(symbols),
+        name=name, kind="sequence", metadata=meta,
+    )
+
+
+def load_text_file(
+    path: str | os.PathLike,
+    seq_len: int = 256,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    split_seed: int = 0,
+    vocab: str | Sequence[str] | None = None,
+    name: str = "text",
+) -> DiscreteDataset:
+    """Character-level dataset from any UTF-8 text file (registry name ``"text"``).
+
+    Args:
+        path: the text file (UTF-8; a BOM is dropped).
+        seq_len: window length; windows do not overlap.
+        val_fraction, test_fraction: sizes of the validation and test blocks (the end of the text).
+        split_seed: unused by the positional split; kept for a uniform loader signature.
+        vocab: a fixed vocabulary (string or list of characters, optionally with ``"<unk>"``), e.g. the
+            ``metadata["vocab"]`` of an earlier run; ``None`` builds it from the training block.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not UTF-8 (file and byte offset named), empty file, text too short for ``seq_len``.
+    """
+    p = Path(path).expanduser()
+    text = read_utf8(p)
+    return dataset_from_text(
+        text, seq_len=seq_len, val_fraction=val_fraction, test_fraction=test_fraction,
+        split_seed=split_seed, vocab=vocab, name=name, metadata={"source": str(p.resolve())}, where=str(p),
+    )
+
+
+# --------------------------------------------------------------------------------------------- KJV
+
+
+def kjv_cache_path() -> Path:
+    """``$DDIFF_DATA_DIR/kjv.txt`` when ``DDIFF_DATA_DIR`` is set, else ``~/.cache/discrete-diffusion/kjv.txt``."""
+    root = os.environ.get("DDIFF_DATA_DIR")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "discrete-diffusion"
+    return base / "kjv.txt"
+
+
+def extract_kjv_verses(raw: str) -> str:
+    """Verse text from the output of ``bible -f off Gen1:1-Rev22:21``.
+
+    Lines before the first ``Ge1:1`` line (the stray echoed verse) are dropped, the reference prefix
+    (``Ge1:1 ``) of every line is removed, and the verses are joined with ``"\\n"`` (one per line, with a
+    final newline). A line without a reference is an error (the output format changed).
+    """
+    lines = raw.split("\n")
+    start = next((i for i, line in enumerate(lines) if line.startswith("Ge1:1 ")), None)
+    if start is None:
+        raise ValueError("unexpected output of `bible`: no line starts with the reference 'Ge1:1 '")
+    verses = []
+    for i, line in enumerate(lines[start:], start):
+        line = line.rstrip("\r")
+        if not line:
+            continue
+        m = _VERSE_REF.match(line)
+        if m is None:
+            raise ValueError(f"unexpected output of `bible` at line {i + 1}: no verse reference in {line[:60]!r}")
+        verses.append(line[m.end():])
+    return "\n".join(verses) + "\n"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def kjv_text(cache: bool = True) -> str:
+    """The KJV verse text (see :func:`extract_kjv_verses`), from the cache or by running ``bible`` once.
+
+    Raises:
+        DatasetUnavailableError: no cached copy and the ``bible`` program is missing (names the apt
+            package ``bible-kjv``) or fails.
+    """
+    path = kjv_cache_path()
+    if cache and path.is_file():
+        return read_utf8(path)
+    exe = shutil.which("bible")
+    if exe is None:
+        raise DatasetUnavailableError(
+            f"dataset 'kjv' needs the `bible` program from the Debian/Ubuntu package {KJV_DEBIAN_PACKAGE!r} "
+            f"(apt-get install {KJV_DEBIAN_PACKAGE}); no cached text at {path}"
+        )
+    try:
+        proc = subprocess.run([exe, "-f", "off", "Gen1:1-Rev22:21"], stdin=subprocess.DEVNULL,
+                              capture_output=True, check=False, timeout=300)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise DatasetUnavailableError(f"running `bible` (package {KJV_DEBIAN_PACKAGE}) failed: {exc}") from exc
+    if proc.returncode != 0:
+        raise DatasetUnavailableError(
+            f"`bible -f off Gen1:1-Rev22:21` exited with status {proc.returncode}: "
+            f"{proc.stderr.decode('utf-8', 'replace')[-500:]}"
+        )
+    text = extract_kjv_verses(proc.stdout.decode("utf-8"))
+    if cache:
+        _atomic_write_text(path, text)
+    return text
+
+
+def load_kjv(
+    seq_len: int = 256,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    split_seed: int = 0,
+    vocab: str | Sequence[str] | None = None,
+) -> DiscreteDataset:
+    """The King James Bible at character level (registry name ``"kjv"``; about 4.1 MB, 63 symbols).
+
+    Split and vocabulary rules as in :func:`load_text_file`; the last 5% of the Bible (the end of the New
+    Testament) is the test block. Needs the Debian package ``bible-kjv`` the first time (then cached).
+    """
+    text = kjv_text()
+    return dataset_from_text(
+        text, seq_len=seq_len, val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
+        vocab=vocab, name="kjv", where="kjv",
+        metadata={"source": f"Debian package {KJV_DEBIAN_PACKAGE}: bible -f off Gen1:1-Rev22:21",
+                  "cache": str(kjv_cache_path())},
+    )
