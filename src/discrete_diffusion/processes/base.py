@@ -62,6 +62,9 @@ class ForwardProcess(ABC):
 
     name: str = ""
     parameterizations: tuple[str, ...] = ("logits",)
+    #: Whether the exact p(x0 | x_t) changes with the noise level while x_t stays fixed. When False (masking:
+    #: a mask carries no information whatever alpha is), a sampler may reuse a prediction until x_t changes.
+    posterior_depends_on_noise_level: bool = True
 
     def __init__(self, num_states: int) -> None:
         if int(num_states) < 2:
@@ -141,6 +144,16 @@ class ForwardProcess(ABC):
         """Reverse-time jump rates per unit of lam, (B, *sites, num_values), zero at the current value.
         Needed only by the exact simulator; processes that support it override this."""
         raise ValueError(f"process {self.name!r} does not provide reverse_rates (needed by exact simulation)")
+
+    def integrated_reverse_rates(self, xt: Tensor, prediction: Prediction, lam: Tensor, lam_from: Tensor,
+                                 lam_to: Tensor) -> Tensor:
+        """Expected jumps per (site, target) over [lam_from, lam_to] with x_t and the prediction (made at lam)
+        frozen: (B, *sites, num_values) float64, zero at the current value. The default freezes the whole rate:
+        reverse_rates(lam) * (lam_to - lam_from). Processes whose rate is a known function of lam times a
+        lam-free factor override this with the exact integral."""
+        rates = self.reverse_rates(xt, prediction, lam)
+        width = expand_to_sites((lam_to.double() - lam_from.double()).clamp_min(0.0), xt)[..., None]
+        return rates * width
 
     def reverse_rate_bound(self, xt: Tensor) -> Tensor:
         """c(x) (B,) with total reverse rate <= c(x) * sigmoid(lam) until the next jump (exact simulation)."""

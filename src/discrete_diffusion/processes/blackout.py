@@ -172,6 +172,13 @@ class BlackoutProcess(ForwardProcess):
         rates.scatter_(-1, target, (birth * (xt < self.max_count))[..., None])
         return rates
 
+    def integrated_reverse_rates(self, xt: Tensor, prediction: Prediction, lam: Tensor, lam_from: Tensor,
+                                 lam_to: Tensor) -> Tensor:
+        """Births at alpha(lam) * yhat with yhat frozen: yhat * (softplus(lam_to) - softplus(lam_from)), exact in lam."""
+        rates = self.reverse_rates(xt, prediction, torch.full_like(lam.double(), torch.inf))   # alpha = 1: yhat
+        hazard = (F.softplus(lam_to.double()) - F.softplus(lam_from.double())).clamp_min(0.0)
+        return rates * expand_to_sites(hazard, xt)[..., None]
+
     def reverse_rate_bound(self, xt: Tensor) -> Tensor:
         """yhat <= N - x_t at every site, so the total rate is <= sigmoid(lam) * sum_d (N - x_t^d)."""
         return (self.max_count - xt).reshape(xt.shape[0], -1).sum(1).double()

@@ -48,6 +48,7 @@ class MaskingProcess(ForwardProcess):
 
     name = "masking"
     parameterizations = ("logits",)
+    posterior_depends_on_noise_level = False
     prior_description = "MASK with probability 1 - alpha(1), else a uniform data value (KL = alpha(1) log K per site)"
 
     def __init__(self, num_states: int) -> None:
@@ -141,6 +142,37 @@ class MaskingProcess(ForwardProcess):
         masked = (xt == self.mask_index)[..., None]
         rates = torch.where(masked, alpha * probs, torch.zeros_like(probs))
         return torch.cat([rates, torch.zeros_like(rates[..., :1])], dim=-1)
+
+    def integrated_reverse_rates(self, xt: Tensor, prediction: Prediction, lam: Tensor, lam_from: Tensor,
+                                 lam_to: Tensor) -> Tensor:
+        """The rate is alpha(lam) p(y | x_t) and p does not depend on lam at fixed x_t, so the integral is exact:
+        p(y | x_t) * (softplus(lam_to) - softplus(lam_from)) at masked sites (int alpha dlam = softplus)."""
+        rates = self.reverse_rates(xt, prediction, torch.full_like(lam.double(), torch.inf))   # alpha = 1: p itself
+        hazard = (F.softplus(lam_to.double()) - F.softplus(lam_from.double())).clamp_min(0.0)
+        return rates * expand_to_sites(hazard, xt)[..., None]
+
+    def max_remask_probability(self, lam_t: Tensor, lam_s: Tensor) -> Tensor:
+        """ReMDM's sigma_max = min(1, (1 - alpha_s) / alpha_t), float64 (B,): the largest remasking probability
+        that keeps the marginals q_s(. | x0) (Wang et al., 2025)."""
+        lam_t, lam_s = lam_t.double(), lam_s.double()
+        return torch.exp(F.logsigmoid(-lam_s) - F.logsigmoid(lam_t)).clamp(0.0, 1.0)
+
+    def remasking_bridge(self, xt: Tensor, x0: Tensor, lam_t: Tensor, lam_s: Tensor, sigma: Tensor,
+                         generator: torch.Generator | None = None) -> Tensor:
+        """ReMDM's posterior (Wang et al., 2025, "Remasking Discrete Diffusion Models with Inference-Time
+        Scaling"), sigma (B,) in [0, max_remask_probability]: an unmasked site is remasked with probability
+        sigma; a masked site becomes x0 with probability (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t).
+        Both keep q_s(x_s | x0) = alpha_s 1[x_s = x0] + (1 - alpha_s) 1[x_s = MASK]; sigma = 0 is bridge_from_x0."""
+        alpha_t, alpha_s = torch.sigmoid(lam_t.double()), torch.sigmoid(lam_s.double())
+        sigma = torch.minimum(sigma.double().clamp_min(0.0), self.max_remask_probability(lam_t, lam_s))
+        # (alpha_s - alpha_t)/(1 - alpha_t) + sigma alpha_t/(1 - alpha_t), the first term computed stably
+        odds = torch.exp(F.logsigmoid(lam_t.double()) - F.logsigmoid(-lam_t.double()))
+        unmask = (unmask_probability(lam_t, lam_s) + sigma * odds).clamp(0.0, 1.0)
+        u = torch.rand(xt.shape, generator=generator, dtype=torch.float64, device=xt.device)
+        masked = xt == self.mask_index
+        unmasked_to = torch.where(u < expand_to_sites(unmask, xt), x0, xt)
+        remasked_to = torch.where(u < expand_to_sites(sigma, xt), torch.full_like(xt, self.mask_index), xt)
+        return torch.where(masked, unmasked_to, remasked_to)
 
     def reverse_rate_bound(self, xt: Tensor) -> Tensor:
         """The total rate is exactly sigmoid(lam) * (number of masked sites)."""

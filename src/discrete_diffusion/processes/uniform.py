@@ -153,6 +153,15 @@ class UniformProcess(ForwardProcess):
         rates = weight * s
         return torch.where(F.one_hot(xt, self.num_states).bool(), torch.zeros_like(rates), rates)
 
+    def reverse_rate_bound_terms(self, xt: Tensor) -> tuple[Tensor, Tensor]:
+        """(c_alpha, c_noise), each (B,) float64: the total reverse rate per lam is <= c_alpha sigmoid(lam) +
+        c_noise sigmoid(-lam) for every prediction. Per site the total is (K-1)/K (1 - alpha) [(1 - p_x) +
+        p_x/(1 + g)] + alpha (1 - p_x) <= (K-1)/K (1 - alpha) + alpha, so c_alpha = S and c_noise = S (K-1)/K
+        for S sites (used by the "exact-thinning" sampler)."""
+        sites = float(xt[0].numel())
+        c_alpha = torch.full((xt.shape[0],), sites, dtype=torch.float64, device=xt.device)
+        return c_alpha, c_alpha * (self.num_states - 1) / self.num_states
+
     def reverse_rate_bound(self, xt: Tensor) -> Tensor:
         raise ValueError("process 'uniform' has no reverse_rate_bound: its reverse rate per unit of lam tends to "
                          "(K - 1)/K per site as alpha -> 0, so no bound c(x) * sigmoid(lam) exists (use the "

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from .base import ProgressCallback, Sampler
 from .bridge import BridgeSampler
-from .exact import ExactSimulationSampler
+from .confidence import ConfidenceSampler
+from .ddpd import PlannedDenoisingSampler
+from .euler import EulerSampler
+from .exact import ExactSimulationSampler, TwoTermThinningSampler
 from .mean_bridge import MeanBridgeSampler
+from .remdm import ReMDMSampler
 from .tau_leaping import TauLeapingSampler
+from .theta_rk2 import ThetaRK2Sampler
+from .theta_trapezoidal import ThetaTrapezoidalSampler
 
 SAMPLERS: dict[str, type[Sampler]] = {
-    cls.name: cls for cls in (BridgeSampler, MeanBridgeSampler, TauLeapingSampler, ExactSimulationSampler)
+    cls.name: cls for cls in (BridgeSampler, MeanBridgeSampler, TauLeapingSampler, ExactSimulationSampler,
+                              EulerSampler, ThetaTrapezoidalSampler, ThetaRK2Sampler, ReMDMSampler,
+                              ConfidenceSampler, TwoTermThinningSampler, PlannedDenoisingSampler)
 }
 
 
@@ -24,4 +32,6 @@ def build_sampler(name: str, **options) -> Sampler:
 
 
 __all__ = ["Sampler", "ProgressCallback", "SAMPLERS", "build_sampler", "BridgeSampler", "MeanBridgeSampler",
-           "TauLeapingSampler", "ExactSimulationSampler"]
+           "TauLeapingSampler", "ExactSimulationSampler", "EulerSampler", "ThetaTrapezoidalSampler",
+           "ThetaRK2Sampler", "ReMDMSampler", "ConfidenceSampler", "TwoTermThinningSampler",
+           "PlannedDenoisingSampler"]

@@ -5,6 +5,19 @@ calling only the process's methods (a sampler never re-derives a rate). The grid
 mapped through the schedule, so the Blackout schedule gives the paper's grid (uniform in logit(alpha)).
 With ``final_denoise`` the last step goes to alpha = 1 (lam = +inf): every remaining unit of noise is
 removed by drawing x0 from the denoiser.
+
+Options every sampler honours (the base wraps the denoiser, so subclasses see their effect without code):
+- ``temperature`` and ``top_p``: applied to the predicted log p(x0 | x_t) before any sampling or rate
+  (``transform_x0_log_probs``); a mean-only Blackout prediction cannot be transformed and raises, and a
+  Blackout "logits" prediction loses its mean (it would no longer match), so only samplers that draw x0
+  (bridge) accept it there.
+- ``cache``: reuse the previous prediction of a batch row while its x_t is unchanged, calling the network on
+  the changed rows only. Exact only for processes whose posterior does not depend on the noise level at fixed
+  x_t (masking); other processes raise.
+- after ``sample``, ``network_calls`` (batched denoiser calls) and ``network_evaluations`` (rows evaluated,
+  summed over calls) report the cost; ``nfe`` = network_evaluations / batch size.
+
+``jump_from_rates`` is the shared multi-jump rule of the rate-based samplers (tau-leaping, theta methods).
 """
 
 from __future__ import annotations
@@ -16,23 +29,174 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from ..processes.base import ForwardProcess
+from ..processes.base import ForwardProcess, Prediction, sample_categorical
 from ..schedules import Schedule
 
 #: callback(step, num_steps, x) after each step; step counts from 1.
 ProgressCallback = Callable[[int, int, Tensor], None]
 
 
+MULTI_JUMP_RULES = ("reject", "first")
+
+
+def transform_x0_log_probs(log_probs: Tensor, temperature: float = 1.0, top_p: float = 1.0) -> Tensor:
+    """Temperature then nucleus (top-p) on log p(x0 | x_t) (..., K): renormalised float64 log-probs.
+
+    Temperature divides the log-probs (-inf stays -inf, so SUBS's copied sites stay copied). Top-p keeps the
+    smallest set of most probable values whose mass reaches top_p (always at least the most probable one)."""
+    out = log_probs.double()
+    if temperature != 1.0:
+        out = torch.log_softmax(out / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_lp, order = torch.sort(out, dim=-1, descending=True)
+        mass_before = torch.cumsum(sorted_lp.exp(), dim=-1) - sorted_lp.exp()
+        keep_sorted = mass_before < top_p
+        keep_sorted[..., 0] = True
+        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+        out = torch.log_softmax(torch.where(keep, out, torch.full_like(out, -torch.inf)), dim=-1)
+    return out
+
+
+def jump_from_rates(xt: Tensor, expected_jumps: Tensor, generator: torch.Generator | None = None,
+                    rule: str = "reject") -> Tensor:
+    """Apply one leap: expected_jumps (B, *sites, M) >= 0 per (site, target), zero at the current value.
+
+    "reject" (Campbell et al., 2022): Poisson counts per (site, target); a site with exactly one jump moves
+    to its target, a site with none or several keeps its value. "first": a site moves with probability
+    1 - exp(-total) to a target drawn in proportion to the rates (the first jump of competing exponential
+    clocks; exact for frozen rates out of an absorbing state, as in masking)."""
+    rates = expected_jumps.double().clamp_min(0.0)
+    if rule == "reject":
+        counts = torch.poisson(rates, generator=generator)
+        move = counts.sum(-1) == 1
+        target = counts.argmax(-1)
+    elif rule == "first":
+        total = rates.sum(-1)
+        u = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=xt.device)
+        move = u < -torch.expm1(-total)
+        target = sample_categorical(torch.log(rates), generator)
+    else:
+        raise ValueError(f"multi_jump must be one of {list(MULTI_JUMP_RULES)}, got {rule!r}")
+    return torch.where(move, target, xt)
+
+
+def without_current(rates: Tensor, xt: Tensor) -> Tensor:
+    """rates (B, *sites, M) with the entry at x_t zeroed (a jump to the current value is no jump)."""
+    return rates.scatter(-1, xt[..., None], 0.0)
+
+
+class _CountingDenoiser:
+    """Counts batched calls and evaluated rows of the wrapped denoiser."""
+
+    def __init__(self, denoiser: Denoiser) -> None:
+        self.denoiser, self.calls, self.rows = denoiser, 0, 0
+
+    def __call__(self, xt: Tensor, lam: Tensor) -> Prediction:
+        self.calls += 1
+        self.rows += int(xt.shape[0])
+        return self.denoiser(xt, lam)
+
+
+def _take(value: Tensor | None, rows: Tensor) -> Tensor | None:
+    return None if value is None else value[rows]
+
+
+class _CachingDenoiser:
+    """Reuses each row's last prediction while its x_t is unchanged; calls the network on changed rows only."""
+
+    def __init__(self, denoiser: Denoiser) -> None:
+        self.denoiser = denoiser
+        self.last_x: Tensor | None = None
+        self.last: Prediction | None = None
+
+    def __call__(self, xt: Tensor, lam: Tensor) -> Prediction:
+        if self.last_x is None or self.last_x.shape != xt.shape:
+            self.last_x, self.last = xt.clone(), self.denoiser(xt, lam)
+            return self.last
+        changed = (xt != self.last_x).reshape(xt.shape[0], -1).any(1)
+        if bool(changed.any()):
+            rows = changed.nonzero()[:, 0]
+            fresh = self.denoiser(xt[rows], lam[rows])
+            merged = []
+            for old, new in ((self.last.x0_log_probs, fresh.x0_log_probs), (self.last.mean_missing, fresh.mean_missing)):
+                if old is None or new is None:
+                    merged.append(None)
+                else:
+                    old = old.clone()
+                    old[rows] = new.to(old.dtype)
+                    merged.append(old)
+            self.last = Prediction(*merged)
+            self.last_x = xt.clone()
+        return self.last
+
+
+class _TransformedDenoiser:
+    """Applies temperature / top-p to every prediction's x0 log-probs."""
+
+    def __init__(self, denoiser: Denoiser, temperature: float, top_p: float) -> None:
+        self.denoiser, self.temperature, self.top_p = denoiser, temperature, top_p
+
+    def __call__(self, xt: Tensor, lam: Tensor) -> Prediction:
+        prediction = self.denoiser(xt, lam)
+        if prediction.x0_log_probs is None:
+            raise ValueError("temperature / top_p need a prediction with x0 log-probs (not a mean-only model)")
+        # a count process's mean would no longer match the transformed probabilities: drop it
+        return Prediction(x0_log_probs=transform_x0_log_probs(prediction.x0_log_probs, self.temperature, self.top_p))
+
+
 class Sampler(ABC):
     """Base of every sampler. ``num_steps`` is the number of grid intervals (network calls for most)."""
 
     name: str = ""
+    #: registry names of the processes this sampler applies to; None means every process.
+    supported_processes: tuple[str, ...] | None = None
 
-    def __init__(self, num_steps: int = 100, final_denoise: bool = True) -> None:
+    @classmethod
+    def supports(cls, process: ForwardProcess | str) -> bool:
+        """Whether the sampler applies to a process (an instance or a registry name)."""
+        name = process if isinstance(process, str) else process.name
+        return cls.supported_processes is None or name in cls.supported_processes
+
+    def __init__(self, num_steps: int = 100, final_denoise: bool = True, temperature: float = 1.0,
+                 top_p: float = 1.0, cache: bool = False) -> None:
         if int(num_steps) < 1:
             raise ValueError(f"{type(self).__name__}: num_steps must be >= 1, got {num_steps}")
+        if not float(temperature) > 0:
+            raise ValueError(f"{type(self).__name__}: temperature must be > 0, got {temperature}")
+        if not 0.0 < float(top_p) <= 1.0:
+            raise ValueError(f"{type(self).__name__}: top_p must lie in (0, 1], got {top_p}")
         self.num_steps = int(num_steps)
         self.final_denoise = bool(final_denoise)
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        self.cache = bool(cache)
+        self.network_calls = 0
+        self.network_evaluations = 0
+        self.nfe = 0.0
+        self._counter: _CountingDenoiser | None = None
+        self._batch = 1
+
+    def wrap_denoiser(self, process: ForwardProcess, denoiser: Denoiser, batch: int) -> Denoiser:
+        """The denoiser as the steps see it: counted, cached (option) and transformed (options)."""
+        if self.cache and process.posterior_depends_on_noise_level:
+            raise ValueError(f"cache=True reuses predictions across noise levels, which is exact only when p(x0 | "
+                             f"x_t) does not depend on the noise level (masking); process {process.name!r} does")
+        self._counter = _CountingDenoiser(denoiser)
+        self._batch = max(int(batch), 1)
+        self.network_calls = self.network_evaluations = 0
+        self.nfe = 0.0
+        wrapped: Denoiser = self._counter
+        if self.cache:
+            wrapped = _CachingDenoiser(wrapped)
+        if self.temperature != 1.0 or self.top_p < 1.0:
+            wrapped = _TransformedDenoiser(wrapped, self.temperature, self.top_p)
+        return wrapped
+
+    def _record_cost(self) -> None:
+        if self._counter is not None:
+            self.network_calls = self._counter.calls
+            self.network_evaluations = self._counter.rows
+            self.nfe = self.network_evaluations / self._batch
 
     def time_grid(self, schedule: Schedule) -> Tensor:
         """lam_k = logit(alpha(t_k)) for t_k = 1 - k / num_steps, k = 0..num_steps, float64 and increasing;
@@ -51,10 +215,12 @@ class Sampler(ABC):
         grid = self.time_grid(schedule)
         x = process.sample_prior(tuple(shape), float(grid[0]), generator, device=device)
         batch = x.shape[0]
+        denoiser = self.wrap_denoiser(process, denoiser, batch)
         for k in range(self.num_steps):
             lam_t = torch.full((batch,), float(grid[k]), device=device)
             lam_s = torch.full((batch,), float(grid[k + 1]), device=device)
             x = self.step(process, denoiser, x, lam_t, lam_s, generator)
+            self._record_cost()
             if callback is not None:
                 callback(k + 1, self.num_steps, x)
         return x
@@ -65,4 +231,12 @@ class Sampler(ABC):
         """One reverse step x_t -> x_s, lam_s > lam_t (both (B,)). Returns (B, *sites) long."""
 
     def config(self) -> dict:
-        return {"name": self.name, "num_steps": self.num_steps, "final_denoise": self.final_denoise}
+        """Constructor arguments; the options are listed only when they differ from their defaults."""
+        out = {"name": self.name, "num_steps": self.num_steps, "final_denoise": self.final_denoise}
+        if self.temperature != 1.0:
+            out["temperature"] = self.temperature
+        if self.top_p != 1.0:
+            out["top_p"] = self.top_p
+        if self.cache:
+            out["cache"] = True
+        return out

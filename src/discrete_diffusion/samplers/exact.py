@@ -28,8 +28,9 @@ from .base import ProgressCallback, Sampler
 class ExactSimulationSampler(Sampler):
     name = "exact"
 
-    def __init__(self, num_steps: int = 1, final_denoise: bool = True, lam_stop: float = 25.0) -> None:
-        super().__init__(num_steps, final_denoise)
+    def __init__(self, num_steps: int = 1, final_denoise: bool = True, lam_stop: float = 25.0,
+                 temperature: float = 1.0, top_p: float = 1.0, cache: bool = False) -> None:
+        super().__init__(num_steps, final_denoise, temperature, top_p, cache)
         self.lam_stop = float(lam_stop)
 
     @torch.no_grad()
@@ -40,16 +41,16 @@ class ExactSimulationSampler(Sampler):
         lam_end = min(float(torch.logit(torch.tensor(schedule.alpha_max, dtype=torch.float64))), self.lam_stop)
         x = process.sample_prior(tuple(shape), float(grid[0]), generator, device=device)
         batch = x.shape[0]
+        denoiser = self.wrap_denoiser(process, denoiser, batch)
         lam = torch.full((batch,), float(grid[0]), dtype=torch.float64, device=device)
         active = torch.ones(batch, dtype=torch.bool, device=device)
         events = 0
         while bool(active.any()):
             idx = active.nonzero()[:, 0]
-            bound = process.reverse_rate_bound(x[idx]).clamp_min(1e-12)
+            bound = self.rate_bound(process, x[idx])                       # (b, 2): [c_alpha, c_noise]
             exp_draw = -torch.log1p(-torch.rand(idx.shape[0], generator=generator, dtype=torch.float64, device=device))
-            target = F.softplus(lam[idx]) + exp_draw / bound
-            new_lam = torch.log(torch.expm1(target))                      # inverse of softplus
-            finished = (new_lam >= lam_end) | (bound <= 1e-12)
+            new_lam = self.next_candidate(bound, lam[idx], exp_draw)
+            finished = (new_lam >= lam_end) | (bound.sum(1) <= 1e-12)
             lam[idx] = torch.minimum(new_lam, torch.full_like(new_lam, lam_end))
             active[idx[finished]] = False
             idx = idx[~finished]
@@ -58,7 +59,8 @@ class ExactSimulationSampler(Sampler):
             xs, lams = x[idx], lam[idx]
             rates = process.reverse_rates(xs, denoiser(xs, lams.float()), lams)  # (b, *sites, M)
             flat = rates.reshape(idx.shape[0], -1)
-            accept_prob = flat.sum(1) / (torch.sigmoid(lams) * bound[~finished])
+            live = bound[~finished]
+            accept_prob = flat.sum(1) / (torch.sigmoid(lams) * live[:, 0] + torch.sigmoid(-lams) * live[:, 1])
             u = torch.rand(idx.shape[0], generator=generator, dtype=torch.float64, device=device)
             accepted = u < accept_prob
             if bool(accepted.any()):
@@ -70,12 +72,44 @@ class ExactSimulationSampler(Sampler):
                 x_flat[rows, site] = value
                 x = x_flat.reshape(x.shape)
             events += 1
+            self._record_cost()
             if callback is not None:
                 callback(events, 0, x)
         if self.final_denoise:
             lam_f = torch.full((batch,), lam_end, device=device)
             x = process.sample_x0(x, denoiser(x, lam_f), generator)
+        self._record_cost()
         return x
+
+    def rate_bound(self, process: ForwardProcess, xt: Tensor) -> Tensor:
+        """(b, 2) float64 [c_alpha, c_noise]: total reverse rate <= c_alpha sigmoid(lam) + c_noise sigmoid(-lam)
+        until the next jump. Here c_noise = 0 (the process's ``reverse_rate_bound``)."""
+        c = process.reverse_rate_bound(xt).double().clamp_min(1e-12)
+        return torch.stack([c, torch.zeros_like(c)], dim=1)
+
+    @staticmethod
+    def next_candidate(bound: Tensor, lam: Tensor, exp_draw: Tensor) -> Tensor:
+        """The lam' > lam at which the bound's integral, c_alpha softplus(lam) - c_noise softplus(-lam), has grown
+        by exp_draw: in closed form when c_noise = 0, else by bisection (the integral increases in lam)."""
+        c_alpha, c_noise = bound[:, 0], bound[:, 1]
+        if not bool((c_noise > 0).any()):
+            target = F.softplus(lam) + exp_draw / c_alpha
+            return torch.log(torch.expm1(target))                          # inverse of softplus
+
+        def integral(value: Tensor) -> Tensor:
+            return c_alpha * F.softplus(value) - c_noise * F.softplus(-value)
+
+        target = integral(lam) + exp_draw
+        low = lam.clone()
+        high = lam + exp_draw / torch.minimum(c_alpha, c_noise).clamp_min(1e-12)   # the rate is >= min(c) everywhere
+        for _ in range(200):
+            mid = 0.5 * (low + high)
+            below = integral(mid) < target
+            low = torch.where(below, mid, low)
+            high = torch.where(below, high, mid)
+            if bool(((high - low) <= 1e-12 * (1.0 + high.abs())).all()):
+                break
+        return high
 
     def step(self, process: ForwardProcess, denoiser: Denoiser, xt: Tensor, lam_t: Tensor, lam_s: Tensor,
              generator: torch.Generator | None) -> Tensor:
@@ -83,3 +117,21 @@ class ExactSimulationSampler(Sampler):
 
     def config(self) -> dict:
         return {**super().config(), "lam_stop": self.lam_stop}
+
+
+class TwoTermThinningSampler(ExactSimulationSampler):
+    """Exact simulation for processes whose reverse rate is not bounded by c(x) sigmoid(lam) but by
+    c_alpha(x) sigmoid(lam) + c_noise(x) sigmoid(-lam) (the process's ``reverse_rate_bound_terms``): the
+    uniform process, whose rate per site is <= (K-1)/K (1 - alpha) + alpha for every prediction. Same thinning
+    algorithm; candidate times are found by bisection on the bound's integral. The bound stays ~S per unit lam
+    as alpha -> 1, so this costs about S * (lam_stop - lam(1)) candidate events per sample (small problems)."""
+
+    name = "exact-thinning"
+    supported_processes = ("uniform",)
+
+    def rate_bound(self, process: ForwardProcess, xt: Tensor) -> Tensor:
+        if not hasattr(process, "reverse_rate_bound_terms"):
+            raise ValueError(f"sampler {self.name!r} needs a process with reverse_rate_bound_terms (uniform); "
+                             f"got {process.name!r} (use 'exact' for masking and blackout)")
+        c_alpha, c_noise = process.reverse_rate_bound_terms(xt)
+        return torch.stack([c_alpha.double(), c_noise.double()], dim=1)

@@ -19,6 +19,7 @@ from .base import Sampler
 
 class MeanBridgeSampler(Sampler):
     name = "mean-bridge"
+    supported_processes = ("blackout",)
 
     def step(self, process: ForwardProcess, denoiser: Denoiser, xt: Tensor, lam_t: Tensor, lam_s: Tensor,
              generator: torch.Generator | None) -> Tensor:
