@@ -5,18 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from .data import DiscreteDataset, load_dataset
 from .denoiser import NetworkDenoiser
 from .losses import LogitAlphaProposal, Weighting, build_weighting
-from .nn import MLP, UNet
+from .nn import MLP, SequenceTransformer, UNet
 from .processes import ForwardProcess, build_process
 from .samplers import Sampler, build_sampler
 from .schedules import Schedule, build_schedule
 
-BACKBONE_NAMES = ("unet", "mlp")
+BACKBONE_NAMES = ("unet", "mlp", "transformer")
 
 
 def build_dataset(config: DictConfig) -> DiscreteDataset:
@@ -27,8 +27,9 @@ def build_dataset(config: DictConfig) -> DiscreteDataset:
         options["path"] = data.path
     if data.num_states is not None:
         options["num_states"] = data.num_states
-    if data.levels is not None:
-        options["levels"] = data.levels
+    for key in ("levels", "seq_len", "unknown"):
+        if data[key] is not None:
+            options[key] = data[key]
     return load_dataset(data.name, **options)
 
 
@@ -42,7 +43,8 @@ def build_schedule_from(config: DictConfig) -> Schedule:
 
 
 def build_process_from(config: DictConfig, num_states: int) -> ForwardProcess:
-    process = build_process(config.process.name, num_states)
+    options = OmegaConf.to_container(config.process.options, resolve=True)
+    process = build_process(config.process.name, num_states, **options)
     process.check_parameterization(config.process.parameterization)
     return process
 
@@ -73,6 +75,9 @@ def build_backbone(config: DictConfig, process: ForwardProcess, site_shape: tupl
                     channel_mults=tuple(m.channel_mults), num_res_blocks=m.num_res_blocks,
                     attention_resolutions=tuple(m.attention_resolutions), dropout=m.dropout)
         return unet if fold == 1 else SiteChannelFold(unet, c_out)
+    if m.backbone == "transformer":
+        return SequenceTransformer(c_in, c_out, seq_len=tuple(site_shape), dim=m.dim, depth=m.depth, heads=m.heads,
+                                   mlp_ratio=m.mlp_ratio, dropout=m.dropout)
     if m.backbone == "mlp":
         return MLP(c_in, c_out, site_shape=tuple(site_shape), hidden=m.hidden, depth=m.depth, dropout=m.dropout)
     raise ValueError(f"unknown backbone {m.backbone!r}; valid backbones: {', '.join(BACKBONE_NAMES)}")
@@ -95,8 +100,10 @@ def build_weighting_from(config: DictConfig) -> Weighting:
 
 
 def build_sampler_from(config: DictConfig, name: str | None = None, steps: int | None = None) -> Sampler:
+    """The run's sampler; a different ``name`` drops ``sample.options`` (they belong to the configured one)."""
+    options = OmegaConf.to_container(config.sample.options, resolve=True) if name is None else {}
     return build_sampler(config.sample.sampler if name is None else name,
-                         num_steps=config.sample.steps if steps is None else steps)
+                         num_steps=config.sample.steps if steps is None else steps, **options)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -7,6 +7,7 @@ The resolved config is written as ``config.yaml`` in every run directory; ``ddif
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -21,6 +22,8 @@ class DataConfig:
     path: Optional[str] = None      # file or folder for "array" / "png-folder"
     num_states: Optional[int] = None  # for user arrays: K; default max value + 1
     levels: Optional[int] = None    # quantise 256-level images to this many levels
+    seq_len: Optional[int] = None   # text / fasta / kjv / ecoli: window length
+    unknown: Optional[str] = None   # fasta / ecoli: "error" (default) or "skip" windows with non-ACGT
     split_seed: int = 0
 
 
@@ -31,6 +34,8 @@ class ProcessConfig:
     schedule: str = "blackout"         # alpha(t) family, used for the sampling grid and time input
     t_end: float = 15.0                # blackout schedule only
     eps: float = 1e-4                  # log-linear and cosine schedules only
+    # extra constructor options of the process, e.g. for matrix: {rates: gaussian, rates_options: {...}}
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -42,13 +47,18 @@ class ModelConfig:
     attention_resolutions: list[int] = field(default_factory=list)
     dropout: float = 0.1
     hidden: int = 256                  # mlp only
-    depth: int = 3                     # mlp only
+    depth: int = 3                     # mlp and transformer
+    dim: int = 256                     # transformer only
+    heads: int = 4                     # transformer only
+    mlp_ratio: float = 4.0             # transformer only
 
 
 @dataclass
 class TrainConfig:
     steps: int = 3000
-    batch_size: int = 128
+    batch_size: int = 128              # the global batch of one optimizer step (over all ranks and micro-batches)
+    grad_accumulation: int = 1         # micro-batches per optimizer step (each rank: batch_size / world / this)
+    precision: str = "fp32"            # fp32 | bf16 (autocast of the backbone; the loss math stays float32)
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_steps: int = 200
@@ -73,6 +83,8 @@ class TrainConfig:
 class SampleConfig:
     sampler: str = "bridge"
     steps: int = 200
+    # extra sampler options, e.g. {temperature: 0.9, top_p: 0.95, cache: true, theta: 0.5}
+    options: dict[str, Any] = field(default_factory=dict)
     num_samples: int = 64
     batch_size: int = 256
 
@@ -108,16 +120,54 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             path = Path(path)
             if not path.is_file():
                 raise ValueError(f"config file {path} does not exist")
-            config = OmegaConf.merge(config, OmegaConf.load(path))
+            config = OmegaConf.merge(config, _load_file(path))
         for item in overrides or []:
-            if "=" not in item or item.startswith("="):
-                raise ValueError(f"malformed override {item!r}: expected section.key=value, e.g. train.steps=100")
-            config = OmegaConf.merge(config, OmegaConf.from_dotlist([item]))
-    except OmegaConfBaseException as err:
+            try:
+                config = OmegaConf.merge(config, _parse_override(item))
+            except TypeError as err:  # e.g. a mapping given for a list option
+                raise ValueError(f"invalid override {item!r}: {_first_line(err)}") from None
+        # resolve every interpolation now, so a bad or missing value is an error here and not mid-run
+        OmegaConf.to_container(config, resolve=True, throw_on_missing=True)
+    except (OmegaConfBaseException, TypeError) as err:  # TypeError: e.g. a mapping for a list option in a file
         key = getattr(err, "full_key", None)
         where = f" at {key}" if key else ""
-        raise ValueError(f"invalid configuration{where}: {str(err).splitlines()[0]}") from None
+        raise ValueError(f"invalid configuration{where}: {_first_line(err)}") from None
     return config
+
+
+def _load_file(path: Path) -> DictConfig:
+    """A YAML / JSON config file as a mapping (ValueError naming the file when it is not one)."""
+    try:
+        loaded = OmegaConf.load(path)
+    except OmegaConfBaseException:
+        raise
+    except Exception as err:  # YAML syntax errors, non-UTF-8 bytes, unreadable file, ...
+        raise ValueError(f"config file {path} is not valid YAML/JSON: {_first_line(err)}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ValueError(f"config file {path} must hold a mapping of sections (data, process, model, train, "
+                         f"sample, evaluate), got a {type(loaded).__name__}")
+    return loaded
+
+
+_OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
+
+
+def _parse_override(item: str) -> DictConfig:
+    """One ``section.key=value`` override as a config (the value is parsed as YAML)."""
+    key, sep, value = item.partition("=")
+    if not sep or not _OVERRIDE_KEY.match(key.strip()):
+        raise ValueError(f"malformed override {item!r}: expected section.key=value, e.g. train.steps=100")
+    try:
+        return OmegaConf.from_dotlist([f"{key.strip()}={value}"])
+    except OmegaConfBaseException:
+        raise
+    except Exception as err:  # YAML syntax errors in the value, control characters, ...
+        raise ValueError(f"malformed override {item!r}: cannot parse the value {value!r} ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def save_config(config: DictConfig, path: str | Path) -> None:

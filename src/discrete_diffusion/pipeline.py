@@ -16,8 +16,9 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from .builders import build_dataset, build_denoiser, build_process_from, build_proposal, build_schedule_from, resolve_device
-from .config import load_config
+from .config import MODEL_SECTIONS, load_config, to_dict
 from .data import DiscreteDataset
+from .data.text import decode_text
 from .denoiser import NetworkDenoiser
 from .evaluate.likelihood import LikelihoodResult, evaluate_nll
 from .processes import ForwardProcess
@@ -61,7 +62,8 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
     process = build_process_from(config, dataset.num_states)
     denoiser = build_denoiser(config, process, dataset.site_shape)
     checkpoint = find_weights(run_dir, which)
-    load_model_weights(checkpoint, denoiser, use_ema=True)
+    full = to_dict(config)  # a config.yaml edited after training must still describe the saved model
+    load_model_weights(checkpoint, denoiser, use_ema=True, expected_config={k: full[k] for k in MODEL_SECTIONS})
     denoiser.to(dev).eval()
     return LoadedRun(config, dataset, process, build_schedule_from(config), denoiser, dev, checkpoint)
 
@@ -91,6 +93,11 @@ def save_samples(samples: torch.Tensor, run: LoadedRun, out_dir: Path, stem: str
     paths = {"npy": str(npy)}
     if run.dataset.kind == "image":
         paths["png"] = str(save_image_grid(samples[:256], run.dataset.num_states, out_dir / f"{stem}.png"))
+    vocab = run.dataset.metadata.get("vocab")
+    if vocab is not None:  # text and DNA: one decoded sample per line
+        text = out_dir / f"{stem}.txt"
+        text.write_text("".join(line.replace("\n", "\\n") + "\n" for line in decode_text(samples, vocab)))
+        paths["txt"] = str(text)
     return paths
 
 

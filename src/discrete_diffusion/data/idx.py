@@ -9,6 +9,7 @@ content, not the file name).
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -72,7 +73,9 @@ def parse_idx(data: bytes, where: str = "<bytes>") -> np.ndarray:
         )
     dims = struct.unpack(f">{ndim}I", data[4:header_len])
     dtype = _IDX_TYPES[type_code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if math.prod(max(d, 1) for d in dims) * dtype.itemsize >= 2**62:  # Python ints: no overflow
+        raise ValueError(f"{where}: corrupt IDX header: shape {dims} is impossibly large")
+    expected = math.prod(dims) * dtype.itemsize
     got = len(data) - header_len
     if got < expected:
         raise ValueError(
@@ -84,7 +87,7 @@ def parse_idx(data: bytes, where: str = "<bytes>") -> np.ndarray:
             f"{where}: corrupt IDX file: {got - expected} unexpected trailing bytes "
             f"after data of shape {dims}"
         )
-    arr = np.frombuffer(data, dtype=dtype, count=int(np.prod(dims)), offset=header_len)
+    arr = np.frombuffer(data, dtype=dtype, count=math.prod(dims), offset=header_len)
     return arr.reshape(dims).astype(dtype.newbyteorder("="))
 
 

@@ -29,6 +29,7 @@ that could go stale).  Only one process (rank 0) should save into a directory.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -41,13 +42,14 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 from torch import nn
 
 from .ema import EMA, _compare_tensors, unwrap_model
 from .rng import capture_rng_state, restore_rng_state
 
-__all__ = ["save_checkpoint", "load_checkpoint", "find_latest_checkpoint", "load_model_weights"]
+__all__ = ["save_checkpoint", "load_checkpoint", "find_latest_checkpoint", "load_model_weights",
+           "CheckpointWriteError", "safe_torch_load"]
 
 log = logging.getLogger(__name__)
 
@@ -139,24 +141,52 @@ def save_checkpoint(
     meta["rng"] = _encode(capture_rng_state(rng_generators), "rng", tensors)
     meta["extra"] = _encode(extra, "extra", tensors)
 
-    # 1) tensors: temp file -> fsync -> hash -> os.replace to a hash-named file.
-    tmp = _tmp_path(directory, stem + ".safetensors")
     try:
-        save_file(_storable(tensors), str(tmp), metadata={"format": "pt", "step": str(step)})
-        _fsync_file(tmp)
-        digest = _sha256(tmp)
+        # 1) tensors: temp file -> fsync -> os.replace to a file named by its hash.
+        blob = save(_storable(tensors), metadata={"format": "pt", "step": str(step)})
+        digest = hashlib.sha256(blob).hexdigest()
         tensors_name = f"{stem}.{digest[:12]}.safetensors"
-        meta.update(tensors_file=tensors_name, tensors_sha256=digest, tensors_bytes=tmp.stat().st_size)
-        _commit(tmp, directory / tensors_name)
-    finally:
-        _unlink_quietly(tmp)
-    # 2) manifest, last: from here on the checkpoint exists.
-    manifest = directory / f"{stem}.json"
-    payload = json.dumps(meta, indent=1).encode("utf-8")
-    _atomic_write(manifest, lambda f: f.write(payload))
+        meta.update(tensors_file=tensors_name, tensors_sha256=digest, tensors_bytes=len(blob))
+        _atomic_write(directory / tensors_name, lambda f: _write_chunks(f, blob))
+        del blob
+        # 2) manifest, last: from here on the checkpoint exists.
+        manifest = directory / f"{stem}.json"
+        payload = json.dumps(meta, indent=1).encode("utf-8")
+        _atomic_write(manifest, lambda f: _write_chunks(f, payload))
+    except OSError as err:
+        raise _write_error(err, directory, stem) from err
     # 3) prune older checkpoints and leftovers of crashed saves.
     _prune(directory, manifest, keep_last)
     return manifest
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permissions, I/O error). Nothing older was touched:
+    the message names the previous checkpoint, which stays loadable."""
+
+
+def _write_error(err: OSError, directory: Path, stem: str) -> CheckpointWriteError:
+    if isinstance(err, CheckpointWriteError):
+        return err
+    try:
+        previous = find_latest_checkpoint(directory)
+    except OSError:
+        previous = None
+    kept = (f"the previous checkpoint {previous} is intact" if previous is not None
+            else "no earlier checkpoint exists in that directory")
+    reason = err.strerror or str(err)
+    if err.errno == errno.ENOSPC:
+        reason = "the disk is full (No space left on device)"
+    out = CheckpointWriteError(f"could not write checkpoint {stem} in {directory}: {reason} ({err}); {kept}")
+    out.errno = err.errno
+    return out
+
+
+def _write_chunks(f: Any, data: bytes, chunk: int = 1 << 24) -> None:
+    """Write ``data`` to the open file ``f`` (in chunks, so a full disk fails part-way like a real write)."""
+    view = memoryview(data)
+    for start in range(0, len(view), chunk):
+        f.write(view[start:start + chunk])
 
 
 def find_latest_checkpoint(directory: str | os.PathLike) -> Path | None:
@@ -253,15 +283,20 @@ def load_checkpoint(
     return meta
 
 
-def load_model_weights(path: str | os.PathLike, model: nn.Module, use_ema: bool = True) -> dict[str, Any]:
+def load_model_weights(path: str | os.PathLike, model: nn.Module, use_ema: bool = True,
+                       expected_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Load weights for inference: the EMA weights when ``use_ema`` and the checkpoint has
     them (non-float buffers come from the raw model), else the raw model weights.
 
+    ``expected_config`` is checked as in :func:`load_checkpoint` before any tensor is read, except that
+    keys absent from the checkpoint's config are not compared (options added after it was trained).
     Returns the manifest with ``"weights"`` set to ``"ema"`` or ``"model"``.
     Raises ``ValueError`` like :func:`load_checkpoint`.
     """
     manifest = _resolve(path)
     meta = _read_manifest(manifest)
+    if expected_config is not None:
+        _check_config(meta.get("config"), expected_config, manifest, absent_ok=True)
     tensors = _load_tensors(manifest, meta)
     target = unwrap_model(model)
     state = _strip(tensors, "model.")
@@ -273,6 +308,24 @@ def load_model_weights(path: str | os.PathLike, model: nn.Module, use_ema: bool 
     meta["extra"] = _decode(meta.get("extra") or {}, tensors)
     meta["weights"] = use
     return meta
+
+
+def safe_torch_load(path: str | os.PathLike) -> Any:
+    """Load a ``torch.save`` file without executing code: ``torch.load(..., weights_only=True)``, which
+    unpickles only tensors and plain containers and refuses any other object (such as a pickled payload
+    that would run code). Checkpoints of this library never need it (safetensors + JSON); it is the one
+    allowed way to read third-party ``.pt`` / ``.pth`` / ``.bin`` tensors.
+
+    Raises ValueError naming the file when it is not a plain tensor file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tensor file {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError, RuntimeError for a non-torch file, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"refusing to load {path}: not a plain tensor file ({first}); only tensors, "
+                         "safetensors and JSON are loaded, never arbitrary pickled objects") from None
 
 
 # --------------------------------------------------------------------------- JSON <-> tensors codec
@@ -361,7 +414,7 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: obj}
 
 
-def _check_config(stored: Any, expected: Any, manifest: Path) -> None:
+def _check_config(stored: Any, expected: Any, manifest: Path, absent_ok: bool = False) -> None:
     if stored is None:
         raise ValueError(f"checkpoint {manifest} stores no config to compare with expected_config")
     want, have = _flatten(_plain_json(expected)), _flatten(stored)
@@ -369,6 +422,8 @@ def _check_config(stored: Any, expected: Any, manifest: Path) -> None:
     diffs = []
     for key, value in want.items():
         got = have.get(key, missing)
+        if got is missing and absent_ok:
+            continue
         if got is missing or not _same_value(got, value):
             shown = "<absent>" if got is missing else repr(got)
             diffs.append(f"{key} (checkpoint: {shown}, expected: {value!r})")
@@ -468,11 +523,21 @@ def _verify_tensors(manifest: Path, meta: Mapping[str, Any]) -> Path:
 
 
 def _load_tensors(manifest: Path, meta: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    tensors_path = _verify_tensors(manifest, meta)
+    """Read the tensors file once, check its SHA-256, parse it with safetensors (never pickle)."""
+    tensors_path = manifest.parent / meta["tensors_file"]
     try:
-        return load_file(str(tensors_path), device="cpu")
-    except Exception as exc:  # safetensors raises its own error type
+        data = tensors_path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"tensors file {tensors_path} named by {manifest} is missing") from None
+    except OSError as exc:
         raise ValueError(f"cannot read tensors file {tensors_path}: {exc}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != meta["tensors_sha256"]:
+        raise ValueError(f"corrupt tensors file {tensors_path}: SHA-256 {digest} != recorded {meta['tensors_sha256']}")
+    try:
+        return load(data)
+    except Exception as exc:  # safetensors raises its own error type
+        raise ValueError(f"cannot read tensors file {tensors_path}: not a safetensors file ({exc})") from exc
 
 
 def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -513,11 +578,6 @@ def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
 def _commit(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
     _fsync_dir(final.parent)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 def _fsync_dir(directory: Path) -> None:

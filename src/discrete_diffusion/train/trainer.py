@@ -1,5 +1,6 @@
 """The training loop: AdamW with warmup and clipping, EMA, periodic validation, sample grids, checkpoints
-with exact resume, and best-checkpoint selection on the validation NLL.
+with exact resume, best-checkpoint selection on the validation NLL, and data-parallel training under
+``torchrun`` (DistributedDataParallel; see docs/distributed.md).
 
 Run directory layout (DESIGN.md section 5):
     config.yaml            the resolved config
@@ -7,31 +8,52 @@ Run directory layout (DESIGN.md section 5):
     checkpoints/           ckpt_XXXXXXXX.{safetensors,json}: model, EMA, optimizer, scheduler, RNG, step
     best/                  the checkpoint with the lowest validation NLL so far (EMA weights evaluated)
     samples/               sample grids during training (images)
+
+Batches. ``train.batch_size`` is the *global* batch of one optimizer step. Every rank draws the whole
+global batch from identically seeded generators (example indices, augmentation, lam and x_t) and keeps
+its contiguous chunk; the chunk is split again into ``train.grad_accumulation`` micro-batches. Each
+micro-batch contributes ``sum(per-example loss) * world_size / global_batch`` to the gradient, so DDP's
+averaging over ranks and the accumulation over micro-batches give exactly the gradient of the mean over the
+global batch: one process, two processes and two micro-batches train the same model up to float rounding
+(tests/test_distributed.py). With one process, one micro-batch and fp32 the step is
+:func:`~discrete_diffusion.losses.training_loss` itself.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
+import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..builders import (build_dataset, build_denoiser, build_process_from, build_proposal, build_sampler_from,
-                        build_schedule_from, build_weighting_from, resolve_device)
+                        build_schedule_from, build_weighting_from)
 from ..config import MODEL_SECTIONS, save_config, to_dict
-from ..evaluate.likelihood import evaluate_nll
-from ..losses import training_loss
+from ..denoiser import NetworkDenoiser, noise_level_input
+from ..losses import logit_alpha_range, training_loss
+from ..processes.base import Prediction
 from ..visualize import save_image_grid
 from .augment import build_augmentation
 from .checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
+from .distributed import env_world, evaluate_nll_sharded, sample_sharded, setup, shard_bounds
 from .ema import EMA
 from .optim import build_optimizer, clip_gradients, warmup_cosine_schedule
+
+#: Values of ``train.precision``.
+PRECISIONS = ("fp32", "bf16")
+#: A schedule must bring alpha(1) at least this close to 0: the prior at t = 1 is then (nearly) pure noise.
+MAX_ALPHA_AT_ONE = 0.01
 
 
 @dataclass
@@ -48,26 +70,96 @@ def model_config(config: DictConfig) -> dict:
     return {k: full[k] for k in MODEL_SECTIONS}
 
 
+def check_train_config(config: DictConfig, world_size: int = 1) -> None:
+    """Refuse impossible settings before anything is built or written (ValueError listing every problem)."""
+    tc = config.train
+    problems: list[str] = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    for key in ("steps", "batch_size", "grad_accumulation", "eval_every", "checkpoint_every", "sample_every",
+                "keep_last", "eval_t_samples"):
+        need(tc[key] >= 1, f"train.{key} must be >= 1, got {tc[key]}")
+    need(config.evaluate.batch_size >= 1, f"evaluate.batch_size must be >= 1, got {config.evaluate.batch_size}")
+    need(tc.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {tc.warmup_steps}")
+    need(math.isfinite(tc.lr) and tc.lr > 0, f"train.lr must be > 0, got {tc.lr}")
+    need(tc.weight_decay >= 0, f"train.weight_decay must be >= 0, got {tc.weight_decay}")
+    need(tc.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 = no clipping), got {tc.grad_clip}")
+    need(0.0 <= tc.ema_decay <= 1.0, f"train.ema_decay must lie in [0, 1], got {tc.ema_decay}")
+    need(0.0 <= tc.min_lr_ratio <= 1.0, f"train.min_lr_ratio must lie in [0, 1], got {tc.min_lr_ratio}")
+    need(tc.time_limit_minutes is None or tc.time_limit_minutes > 0,
+         f"train.time_limit_minutes must be > 0 (or null), got {tc.time_limit_minutes}")
+    need(tc.precision in PRECISIONS, f"unknown train.precision {tc.precision!r}; valid: {', '.join(PRECISIONS)}")
+    if tc.batch_size >= 1 and tc.grad_accumulation >= 1:
+        parts = world_size * tc.grad_accumulation
+        need(tc.batch_size % parts == 0,
+             f"train.batch_size ({tc.batch_size}) must be divisible by world size x train.grad_accumulation "
+             f"({world_size} x {tc.grad_accumulation} = {parts}): it is the global batch of one optimizer step")
+    if problems:
+        raise ValueError("impossible training settings: " + "; ".join(problems))
+    schedule = build_schedule_from(config)  # unknown names raise, listing the valid ones
+    build_sampler_from(config)  # used for sample grids mid-run: fail now, not at the first grid
+    build_weighting_from(config)
+    if not schedule.alpha_min <= MAX_ALPHA_AT_ONE:
+        raise ValueError(
+            f"impossible setting: schedule {config.process.schedule!r} has alpha(1) = {schedule.alpha_min:.4g}, but "
+            f"t = 1 must be (nearly) pure noise, alpha(1) <= {MAX_ALPHA_AT_ONE}; lower process.eps "
+            f"(log-linear, cosine) or raise process.t_end (blackout)")
+
+
+class AutocastDenoiser(nn.Module):
+    """Runs a :class:`NetworkDenoiser`'s backbone under bf16 autocast; its input features and everything after
+    the backbone (the parameterisation and the loss) stay in float32. Holds no weights of its own."""
+
+    def __init__(self, denoiser: NetworkDenoiser, device_type: str) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.device_type = device_type
+
+    def forward(self, xt: Tensor, lam: Tensor) -> Prediction:
+        d = self.denoiser
+        features = d.process.network_features(xt, lam)
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            output = d.backbone(features, noise_level_input(lam))
+        return d.process.prediction_from_output(output.float(), xt, lam, d.parameterization)
+
+
 class Trainer:
-    """Builds everything from a config and trains it into ``run_dir``."""
+    """Builds everything from a config and trains it into ``run_dir``.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) it joins the process group, wraps the denoiser in
+    DistributedDataParallel and lets rank 0 alone write the run directory."""
 
     def __init__(self, config: DictConfig, run_dir: str | Path, progress: bool = True,
                  log: Callable[[str], None] = print) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
-        self.progress = progress
-        self.log = log
         tc = config.train
-        if tc.steps < 1 or tc.batch_size < 1:
-            raise ValueError(f"train.steps and train.batch_size must be >= 1, got {tc.steps} and {tc.batch_size}")
-        self.device = resolve_device(tc.device)
+        check_train_config(config, env_world()[1])
+        self.ctx, self.device = setup(tc.device)
+        self.progress = progress and self.ctx.is_main
+        self.log = log if self.ctx.is_main else (lambda _message: None)
+        if tc.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"train.precision=bf16 is not supported on {torch.cuda.get_device_name(self.device)}; "
+                             "use train.precision=fp32")
+        self.ctx.agree(self._build, "building the run")
+        self.model = self._training_module()
+        self.step = 0
+        self.best: tuple[float, int] | None = None
+
+    def _build(self) -> None:
+        config, tc = self.config, self.config.train
         self.dataset = build_dataset(config)
         self.process = build_process_from(config, self.dataset.num_states)
         self.schedule = build_schedule_from(config)
         self.proposal = build_proposal(config)
         self.weighting = build_weighting_from(config)
         self.augment = build_augmentation(tc.augment, self.dataset.kind)
-        torch.manual_seed(tc.seed)
+        torch.manual_seed(tc.seed)  # same on every rank: identical initial weights
+        random.seed(tc.seed)  # unused by the library, but checkpointed: a resumed run must match a straight one
+        np.random.seed(tc.seed % 2**32)
         self.denoiser = build_denoiser(config, self.process, self.dataset.site_shape).to(self.device)
         self.optimizer = build_optimizer(self.denoiser, lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = warmup_cosine_schedule(self.optimizer, min(tc.warmup_steps, tc.steps), tc.steps,
@@ -76,8 +168,21 @@ class Trainer:
         self.data_generator = torch.Generator().manual_seed(tc.seed + 1)
         self.noise_generator = torch.Generator(device=self.device).manual_seed(tc.seed + 2)
         self.train_data = self.dataset.train.to(self.device)
-        self.step = 0
-        self.best: tuple[float, int] | None = None
+
+    def _training_module(self) -> nn.Module:
+        module: nn.Module = self.denoiser
+        if self.config.train.precision == "bf16":
+            module = AutocastDenoiser(self.denoiser, self.device.type)
+        if self.ctx.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+        return module
+
+    @property
+    def _plain_step(self) -> bool:
+        """One process, one micro-batch, fp32: the step is ``training_loss`` on the whole batch."""
+        tc = self.config.train
+        return not self.ctx.enabled and tc.grad_accumulation == 1 and tc.precision == "fp32"
 
     # ----- run directory -------------------------------------------------------------------------
     @property
@@ -85,38 +190,73 @@ class Trainer:
         return {"data": self.data_generator, "noise": self.noise_generator}
 
     def _prepare_run_dir(self, resume: bool) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        probe = self.run_dir / ".write_test"
         try:
-            probe.write_text("ok")
-            probe.unlink()
+            for directory in (self.run_dir, self.run_dir / "checkpoints"):
+                directory.mkdir(parents=True, exist_ok=True)
+                probe = directory / ".write_test"
+                probe.write_text("ok")
+                probe.unlink()
         except OSError as err:
             raise ValueError(f"run directory {self.run_dir} is not writable: {err}") from None
         if not resume and find_latest_checkpoint(self.run_dir / "checkpoints") is not None:
             raise ValueError(f"{self.run_dir} already holds checkpoints; resume it (--resume) or use a new --out")
+        self._check_free_space()
+
+    def checkpoint_bytes(self) -> int:
+        """About how many bytes one checkpoint takes: weights, EMA and two Adam moments."""
+        weights = sum(t.numel() * t.element_size() for t in self.denoiser.state_dict().values())
+        return 4 * weights + 64 * 1024
+
+    def _check_free_space(self) -> None:
+        """Refuse to start when the disk cannot hold the checkpoints the run will keep."""
+        keep = self.config.train.keep_last
+        each = self.checkpoint_bytes()
+        need = (keep + 3) * each  # kept ones + the one being written + best/ (old and new)
+        free = shutil.disk_usage(self.run_dir).free
+        if free < need:
+            mb = 1024 * 1024
+            raise ValueError(f"not enough free disk space in {self.run_dir}: the run keeps {keep} checkpoints of "
+                             f"about {each / mb:.1f} MB each plus best/ (about {need / mb:.1f} MB), but only "
+                             f"{free / mb:.1f} MB are free; free some space, lower train.keep_last or use another --out")
 
     def _resume(self) -> None:
         latest = find_latest_checkpoint(self.run_dir / "checkpoints")
-        if latest is None:
-            return
-        meta = load_checkpoint(latest, self.denoiser, self.optimizer, self.scheduler, self.ema, self.generators,
-                               expected_config=model_config(self.config))
-        self.step = int(meta["step"])
-        best = meta.get("extra", {}).get("best")
-        self.best = (float(best[0]), int(best[1])) if best else None
-        self._truncate_metrics(self.step)
-        self.log(f"resumed from {latest.name} at step {self.step}")
+        if latest is not None:
+            meta = load_checkpoint(latest, self.denoiser, self.optimizer, self.scheduler, self.ema, self.generators,
+                                   expected_config=model_config(self.config))
+            self.step = int(meta["step"])
+            best = meta.get("extra", {}).get("best")
+            self.best = (float(best[0]), int(best[1])) if best else None
+        if self.ctx.enabled:  # every rank must resume from the same step (shared run directory)
+            steps = torch.tensor([self.step, -self.step], dtype=torch.float64, device=self.ctx.collective_device())
+            steps = self.ctx.all_reduce(steps, "max")
+            if int(steps[0]) != -int(steps[1]):
+                raise ValueError(f"ranks found different checkpoints in {self.run_dir} (rank {self.ctx.rank}: step "
+                                 f"{self.step}); the run directory must be on a filesystem shared by all nodes")
+        if latest is not None and self.ctx.is_main:
+            self._truncate_metrics(self.step)
+            self.log(f"resumed from {latest.name} at step {self.step}")
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop metric lines logged after the checkpoint we resume from (they will be logged again)."""
+        """Drop metric lines logged after the checkpoint we resume from (they will be logged again), and a
+        line torn by a crash mid-write. Rewritten atomically."""
         path = self.run_dir / "metrics.jsonl"
         if not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+        kept = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        tmp.replace(path)
 
     def _write_metrics(self, record: dict) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 
     def _save(self, directory: Path, keep_last: int) -> None:
@@ -124,61 +264,123 @@ class Trainer:
                         self.generators, extra={"config": model_config(self.config), "best": list(self.best or [])},
                         keep_last=keep_last)
 
+    def _on_main(self, fn: Callable[[], object], what: str) -> None:
+        self.ctx.on_main(fn, what)
+
     # ----- the loop ------------------------------------------------------------------------------------
     def _next_batch(self) -> torch.Tensor:
+        """The global batch (identical on every rank)."""
         n = self.train_data.shape[0]
         batch = min(self.config.train.batch_size, n)
         index = torch.randperm(n, generator=self.data_generator)[:batch].to(self.device)
         x0 = self.train_data[index]
         return self.augment(x0, self.data_generator) if self.augment is not None else x0
 
+    def _non_finite(self, value: float) -> FloatingPointError:
+        latest = find_latest_checkpoint(self.run_dir / "checkpoints")
+        kept = (f"the last good checkpoint {latest} is intact" if latest is not None
+                else "no checkpoint had been written yet")
+        return FloatingPointError(f"loss is {value} at step {self.step + 1}; training stopped, {kept}")
+
     def train_step(self) -> dict:
-        self.denoiser.train()
+        self.model.train()
         x0 = self._next_batch()
-        out = training_loss(self.process, self.denoiser, x0, self.schedule, self.proposal, self.weighting,
-                            self.noise_generator)
-        if not torch.isfinite(out.loss):
-            raise FloatingPointError(f"loss is {out.loss.item()} at step {self.step + 1}; the last checkpoint in "
-                                     f"{self.run_dir / 'checkpoints'} is intact")
-        self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        if self._plain_step:
+            out = training_loss(self.process, self.denoiser, x0, self.schedule, self.proposal, self.weighting,
+                                self.noise_generator)
+            if not torch.isfinite(out.loss):
+                raise self._non_finite(out.loss.item())
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            loss, elbo_mean = float(out.loss.detach()), float(out.elbo_diffusion.mean())
+        else:
+            loss, elbo_mean = self._sharded_backward(x0)
         grad_norm = clip_gradients(self.denoiser, self.config.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.ema.update(self.denoiser)
         self.step += 1
-        bits = float(out.elbo_diffusion.mean()) / (x0[0].numel() * math.log(2.0))
-        return {"step": self.step, "loss": float(out.loss.detach()), "train_elbo_diffusion_bpd": bits,
+        bits = elbo_mean / (x0[0].numel() * math.log(2.0))
+        return {"step": self.step, "loss": loss, "train_elbo_diffusion_bpd": bits,
                 "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
 
+    def _sharded_backward(self, x0: Tensor) -> tuple[float, float]:
+        """Accumulate this rank's share of the gradient of the global-batch loss; returns the global mean
+        loss and mean ELBO diffusion term. The noise is drawn for the global batch exactly as
+        ``training_loss`` draws it, so the per-example randomness does not depend on the split."""
+        ctx, accum = self.ctx, self.config.train.grad_accumulation
+        batch, sites = x0.shape[0], x0[0].numel()
+        if batch < ctx.world_size * accum:
+            raise ValueError(f"the training split has {batch} examples, fewer than world size x "
+                             f"train.grad_accumulation = {ctx.world_size * accum}")
+        lam_low, lam_high = logit_alpha_range(self.schedule)
+        lam, inv_density = self.proposal.sample(batch, lam_low, lam_high, self.noise_generator, device=x0.device)
+        xt = self.process.sample_marginal(x0, lam, self.noise_generator)
+        lam = lam.to(torch.get_default_dtype())
+        weights = self.weighting(lam)
+        start, stop = shard_bounds(batch, ctx.rank, ctx.world_size)
+        scale = ctx.world_size / (batch * sites)
+        sums = torch.zeros(2, dtype=torch.float64, device=x0.device)  # loss * sites, ELBO term: over examples
+        self.optimizer.zero_grad(set_to_none=True)
+        for m in range(accum):
+            a, b = shard_bounds(stop - start, m, accum)
+            part = slice(start + a, start + b)
+            sync = m == accum - 1 or not ctx.enabled
+            with nullcontext() if sync else self.model.no_sync():
+                prediction = self.model(xt[part], lam[part])
+                integrand = self.process.elbo_integrand(x0[part], xt[part], lam[part], prediction)
+                elbo = integrand * inv_density[part].to(integrand.dtype)
+                per_example = elbo * weights[part].to(elbo.dtype)
+                micro_loss = per_example.sum() * scale
+                self._check_finite(micro_loss)
+                micro_loss.backward()
+            sums += torch.stack([per_example.detach().sum(), elbo.detach().sum()]).double()
+        sums = ctx.all_reduce(sums.to(ctx.collective_device(x0.device))).cpu()
+        return float(sums[0]) / (batch * sites), float(sums[1]) / batch
+
+    def _check_finite(self, micro_loss: Tensor) -> None:
+        """Stop every rank together (before any backward) when the loss is NaN or infinite on any rank."""
+        value = micro_loss.detach().double().reshape(1)
+        if self.ctx.enabled:
+            value = self.ctx.all_reduce(value.to(self.ctx.collective_device(value.device)))
+        if not torch.isfinite(value).all():
+            raise self._non_finite(float(value[0]))
+
     def validate(self) -> dict:
-        """Validation NLL (bits/dim) of the EMA weights, with a fixed seed so evaluations compare."""
+        """Validation NLL (bits/dim) of the EMA weights, with a fixed seed so evaluations compare. Under
+        torchrun every rank evaluates its shard of the split and the statistics are all-reduced."""
         split = self.dataset.val if self.dataset.val.shape[0] else self.dataset.test
-        generator = torch.Generator(device=self.device).manual_seed(self.config.train.seed + 3)
         self.denoiser.eval()
         with self.ema.swap_into(self.denoiser):
-            result = evaluate_nll(self.process, self.denoiser, self.schedule, split, self.proposal,
-                                  self.config.train.eval_t_samples, self.config.evaluate.batch_size, generator,
-                                  self.device)
+            result = evaluate_nll_sharded(self.ctx, self.process, self.denoiser, self.schedule, split, self.proposal,
+                                          self.config.train.eval_t_samples, self.config.evaluate.batch_size,
+                                          self.config.train.seed + 3, self.device)
         return {"step": self.step, "val_nll_bits_per_dim": result.nll_bits_per_dim,
                 "val_nll_bits_per_dim_stderr": result.nll_bits_per_dim_stderr}
 
     def sample_grid(self) -> Path | None:
+        """A grid of 64 samples from the EMA weights (split over ranks; rank 0 writes it)."""
         if self.dataset.kind != "image":
             return None
-        generator = torch.Generator(device=self.device).manual_seed(self.config.train.seed + 4)
         sampler = build_sampler_from(self.config)
+        shape = tuple(self.dataset.site_shape)
+
+        def draw(n: int, seed: int) -> Tensor:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            return sampler.sample(self.process, self.denoiser, self.schedule, (n, *shape), generator, self.device)
+
         self.denoiser.eval()
         with self.ema.swap_into(self.denoiser):
-            x = sampler.sample(self.process, self.denoiser, self.schedule, (64, *self.dataset.site_shape),
-                               generator, self.device)
-        return save_image_grid(x.cpu(), self.dataset.num_states, self.run_dir / "samples" / f"step_{self.step:08d}.png")
+            x = sample_sharded(self.ctx, draw, 64, shape, self.config.train.seed + 4)
+        path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
+        self._on_main(lambda: save_image_grid(x.cpu(), self.dataset.num_states, path), "writing a sample grid")
+        return path if self.ctx.is_main else None
 
     def fit(self, resume: bool = False) -> TrainResult:
-        self._prepare_run_dir(resume)
-        if resume:
-            self._resume()  # validates the config against the checkpoint before anything is written
-        save_config(self.config, self.run_dir / "config.yaml")
+        self._on_main(lambda: self._prepare_run_dir(resume), "preparing the run directory")
+        if resume:  # validates the config against the checkpoint before anything is written
+            self.ctx.agree(self._resume, "resuming")
+        self._on_main(lambda: save_config(self.config, self.run_dir / "config.yaml"), "writing config.yaml")
         tc = self.config.train
         bar = tqdm(total=tc.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
         start = time.time()
@@ -186,25 +388,29 @@ class Trainer:
         while self.step < tc.steps:
             record = self.train_step()
             bar.update(1)
-            last = self.step == tc.steps or (deadline is not None and time.time() > deadline)
+            out_of_time = deadline is not None and self.ctx.any_true(time.time() > deadline)
+            last = self.step == tc.steps or out_of_time
             if last and self.step < tc.steps:
-                bar.write(f"time limit of {tc.time_limit_minutes} min reached at step {self.step}; stopping")
+                if self.ctx.is_main:
+                    bar.write(f"time limit of {tc.time_limit_minutes} min reached at step {self.step}; stopping")
             if self.step % 10 == 0 or last:
                 record["elapsed_s"] = round(time.time() - start, 2)
-                self._write_metrics(record)
+                self._on_main(lambda: self._write_metrics(record), "writing metrics")
                 bar.set_postfix(loss=f"{record['loss']:.4f}", bpd=f"{record['train_elbo_diffusion_bpd']:.3f}")
             if self.step % tc.eval_every == 0 or last:
                 metrics = self.validate()
-                self._write_metrics(metrics)
-                bar.write(f"step {self.step}: val NLL {metrics['val_nll_bits_per_dim']:.4f} "
-                          f"± {metrics['val_nll_bits_per_dim_stderr']:.4f} bits/dim")
+                self._on_main(lambda: self._write_metrics(metrics), "writing metrics")
+                if self.ctx.is_main:
+                    bar.write(f"step {self.step}: val NLL {metrics['val_nll_bits_per_dim']:.4f} "
+                              f"± {metrics['val_nll_bits_per_dim_stderr']:.4f} bits/dim")
                 if self.best is None or metrics["val_nll_bits_per_dim"] < self.best[0]:
                     self.best = (metrics["val_nll_bits_per_dim"], self.step)
-                    self._save(self.run_dir / "best", keep_last=1)
+                    self._on_main(lambda: self._save(self.run_dir / "best", keep_last=1), "saving best/")
             if self.step % tc.sample_every == 0:
                 self.sample_grid()
             if self.step % tc.checkpoint_every == 0 or last:
-                self._save(self.run_dir / "checkpoints", keep_last=tc.keep_last)
+                self._on_main(lambda: self._save(self.run_dir / "checkpoints", keep_last=tc.keep_last),
+                              "saving a checkpoint")
             if last:
                 break
         bar.close()
