@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import torch
 from torch import Tensor, nn
 
 from .processes.base import ForwardProcess, Prediction

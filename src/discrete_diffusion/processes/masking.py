@@ -163,7 +163,6 @@ class MaskingProcess(ForwardProcess):
         Scaling"), sigma (B,) in [0, max_remask_probability]: an unmasked site is remasked with probability
         sigma; a masked site becomes x0 with probability (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t).
         Both keep q_s(x_s | x0) = alpha_s 1[x_s = x0] + (1 - alpha_s) 1[x_s = MASK]; sigma = 0 is bridge_from_x0."""
-        alpha_t, alpha_s = torch.sigmoid(lam_t.double()), torch.sigmoid(lam_s.double())
         sigma = torch.minimum(sigma.double().clamp_min(0.0), self.max_remask_probability(lam_t, lam_s))
         # (alpha_s - alpha_t)/(1 - alpha_t) + sigma alpha_t/(1 - alpha_t), the first term computed stably
         odds = torch.exp(F.logsigmoid(lam_t.double()) - F.logsigmoid(-lam_t.double()))

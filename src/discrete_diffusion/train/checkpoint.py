@@ -33,20 +33,20 @@ import errno
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import time
-import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from safetensors.torch import load, save
 from torch import nn
 
+from .atomic_io import atomic_write, fsync_dir, sha256_file, unlink_quietly
 from .ema import EMA, _compare_tensors, unwrap_model
 from .rng import capture_rng_state, restore_rng_state
+from .state_codec import check_config, config_hash, decode_state, encode_state, plain_json
 
 __all__ = ["save_checkpoint", "load_checkpoint", "find_latest_checkpoint", "load_model_weights",
            "CheckpointWriteError", "safe_torch_load"]
@@ -100,10 +100,10 @@ def save_checkpoint(
     step = int(step)
     stem = f"ckpt_{step:08d}"
     extra = dict(extra or {})
-    config = _plain_json(extra.pop("config")) if "config" in extra else None
-    config_hash = extra.pop("config_hash", None)
-    if config is not None and config_hash is None:
-        config_hash = _config_hash(config)
+    config = plain_json(extra.pop("config")) if "config" in extra else None
+    stored_hash = extra.pop("config_hash", None)
+    if config is not None and stored_hash is None:
+        stored_hash = config_hash(config)
 
     tensors: dict[str, torch.Tensor] = {}
     for name, t in unwrap_model(model).state_dict().items():
@@ -118,7 +118,7 @@ def save_checkpoint(
         "torch_version": torch.__version__,
         "created_unix": time.time(),
         "config": config,
-        "config_hash": config_hash,
+        "config_hash": stored_hash,
         "optimizer": None,
         "scheduler": None,
         "ema": None,
@@ -126,20 +126,20 @@ def save_checkpoint(
     if optimizer is not None:
         meta["optimizer"] = {
             "class": type(optimizer).__name__,
-            "state_dict": _encode(optimizer.state_dict(), "optim", tensors),
+            "state_dict": encode_state(optimizer.state_dict(), "optim", tensors),
         }
     if scheduler is not None:
         meta["scheduler"] = {
             "class": type(scheduler).__name__,
-            "state_dict": _encode(scheduler.state_dict(), "sched", tensors),
+            "state_dict": encode_state(scheduler.state_dict(), "sched", tensors),
         }
     if ema is not None:
         ema_state = ema.state_dict()
         for name, t in ema_state.pop("shadow").items():
             tensors[f"ema.{name}"] = t
         meta["ema"] = ema_state
-    meta["rng"] = _encode(capture_rng_state(rng_generators), "rng", tensors)
-    meta["extra"] = _encode(extra, "extra", tensors)
+    meta["rng"] = encode_state(capture_rng_state(rng_generators), "rng", tensors)
+    meta["extra"] = encode_state(extra, "extra", tensors)
 
     try:
         # 1) tensors: temp file -> fsync -> os.replace to a file named by its hash.
@@ -147,12 +147,12 @@ def save_checkpoint(
         digest = hashlib.sha256(blob).hexdigest()
         tensors_name = f"{stem}.{digest[:12]}.safetensors"
         meta.update(tensors_file=tensors_name, tensors_sha256=digest, tensors_bytes=len(blob))
-        _atomic_write(directory / tensors_name, lambda f: _write_chunks(f, blob))
+        atomic_write(directory / tensors_name, lambda f: _write_chunks(f, blob))
         del blob
         # 2) manifest, last: from here on the checkpoint exists.
         manifest = directory / f"{stem}.json"
         payload = json.dumps(meta, indent=1).encode("utf-8")
-        _atomic_write(manifest, lambda f: _write_chunks(f, payload))
+        atomic_write(manifest, lambda f: _write_chunks(f, payload))
     except OSError as err:
         raise _write_error(err, directory, stem) from err
     # 3) prune older checkpoints and leftovers of crashed saves.
@@ -245,7 +245,7 @@ def load_checkpoint(
     manifest = _resolve(path)
     meta = _read_manifest(manifest)
     if expected_config is not None:
-        _check_config(meta.get("config"), expected_config, manifest)
+        check_config(meta.get("config"), expected_config, manifest)
     tensors = _load_tensors(manifest, meta)
 
     # Validate everything that can be validated before mutating anything.
@@ -262,9 +262,9 @@ def load_checkpoint(
         saved_cls = meta["optimizer"]["class"]
         if saved_cls != type(optimizer).__name__:
             raise ValueError(f"checkpoint {manifest} holds {saved_cls} state, got a {type(optimizer).__name__}")
-        opt_sd = _decode(meta["optimizer"]["state_dict"], tensors)
+        opt_sd = decode_state(meta["optimizer"]["state_dict"], tensors)
         _check_optimizer_state(optimizer, opt_sd, manifest)
-    rng_state = _decode(meta["rng"], tensors) if rng_generators is not None else None
+    rng_state = decode_state(meta["rng"], tensors) if rng_generators is not None else None
     if rng_state is not None:
         missing = sorted(set(rng_generators) - set(rng_state.get("generators", {})))
         if missing:
@@ -274,12 +274,12 @@ def load_checkpoint(
     if opt_sd is not None:
         optimizer.load_state_dict(opt_sd)
     if scheduler is not None:
-        scheduler.load_state_dict(_decode(meta["scheduler"]["state_dict"], tensors))
+        scheduler.load_state_dict(decode_state(meta["scheduler"]["state_dict"], tensors))
     if ema is not None:
         ema.load_state_dict({**meta["ema"], "shadow": _strip(tensors, "ema.")})
     if rng_state is not None:
         restore_rng_state(rng_state, rng_generators)
-    meta["extra"] = _decode(meta.get("extra") or {}, tensors)
+    meta["extra"] = decode_state(meta.get("extra") or {}, tensors)
     return meta
 
 
@@ -296,7 +296,7 @@ def load_model_weights(path: str | os.PathLike, model: nn.Module, use_ema: bool 
     manifest = _resolve(path)
     meta = _read_manifest(manifest)
     if expected_config is not None:
-        _check_config(meta.get("config"), expected_config, manifest, absent_ok=True)
+        check_config(meta.get("config"), expected_config, manifest, absent_ok=True)
     tensors = _load_tensors(manifest, meta)
     target = unwrap_model(model)
     state = _strip(tensors, "model.")
@@ -305,7 +305,7 @@ def load_model_weights(path: str | os.PathLike, model: nn.Module, use_ema: bool 
         state.update(_strip(tensors, "ema."))
     _raise_on_mismatch("model", target.state_dict(), state, manifest)
     target.load_state_dict(state, strict=True)
-    meta["extra"] = _decode(meta.get("extra") or {}, tensors)
+    meta["extra"] = decode_state(meta.get("extra") or {}, tensors)
     meta["weights"] = use
     return meta
 
@@ -328,115 +328,7 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
                          "safetensors and JSON are loaded, never arbitrary pickled objects") from None
 
 
-# --------------------------------------------------------------------------- JSON <-> tensors codec
-
-
-def _encode(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
-    """JSON-able form of ``obj``; tensors are moved into ``tensors`` under ``prefix``-paths."""
-    if isinstance(obj, torch.Tensor):
-        name = prefix if prefix not in tensors else f"{prefix}#{len(tensors)}"
-        tensors[name] = obj
-        return {"__tensor__": name}
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if hasattr(obj, "item") and getattr(obj, "shape", None) == ():  # numpy scalars
-        return obj.item()
-    if type(obj).__module__.startswith("omegaconf"):
-        return _encode(_plain_json(obj), prefix, tensors)
-    if isinstance(obj, tuple):
-        return {"__tuple__": [_encode(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]}
-    if isinstance(obj, list):
-        return [_encode(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
-    if isinstance(obj, Mapping):
-        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
-            return {k: _encode(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}
-        return {
-            "__items__": [[_encode(k, f"{prefix}.key", {}), _encode(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()]
-        }
-    raise TypeError(f"cannot store a {type(obj).__name__} at {prefix!r} without pickle")
-
-
-def _decode(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
-    if isinstance(obj, list):
-        return [_decode(v, tensors) for v in obj]
-    if not isinstance(obj, dict):
-        return obj
-    if len(obj) == 1:
-        if "__tensor__" in obj:
-            name = obj["__tensor__"]
-            if name not in tensors:
-                raise ValueError(f"checkpoint references tensor {name!r}, which is not in the tensors file")
-            return tensors[name]
-        if "__tuple__" in obj:
-            return tuple(_decode(v, tensors) for v in obj["__tuple__"])
-        if "__items__" in obj:
-            return {_hashable(_decode(k, tensors)): _decode(v, tensors) for k, v in obj["__items__"]}
-    return {k: _decode(v, tensors) for k, v in obj.items()}
-
-
-def _hashable(key: Any) -> Any:
-    return tuple(_hashable(k) for k in key) if isinstance(key, (list, tuple)) else key
-
-
-def _plain_json(obj: Any) -> Any:
-    """``obj`` (dict / OmegaConf config / tuples) as plain JSON types; TypeError otherwise."""
-    if type(obj).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
-
-        obj = OmegaConf.to_container(obj, resolve=True)
-    return json.loads(json.dumps(obj, default=_json_default))
-
-
-def _json_default(obj: Any) -> Any:
-    if type(obj).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(obj, resolve=True)
-    if hasattr(obj, "item") and getattr(obj, "shape", None) == ():
-        return obj.item()
-    raise TypeError(f"config value of type {type(obj).__name__} is not JSON-serialisable")
-
-
-def _config_hash(config: Any) -> str:
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 # --------------------------------------------------------------------------- validation
-
-
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, Mapping) and obj:
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: obj}
-
-
-def _check_config(stored: Any, expected: Any, manifest: Path, absent_ok: bool = False) -> None:
-    if stored is None:
-        raise ValueError(f"checkpoint {manifest} stores no config to compare with expected_config")
-    want, have = _flatten(_plain_json(expected)), _flatten(stored)
-    missing = object()
-    diffs = []
-    for key, value in want.items():
-        got = have.get(key, missing)
-        if got is missing and absent_ok:
-            continue
-        if got is missing or not _same_value(got, value):
-            shown = "<absent>" if got is missing else repr(got)
-            diffs.append(f"{key} (checkpoint: {shown}, expected: {value!r})")
-    if diffs:
-        raise ValueError(f"checkpoint {manifest} config differs on: " + "; ".join(diffs))
-
-
-def _same_value(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return a == b or (math.isnan(a) and math.isnan(b))
-    return a == b
 
 
 def _raise_on_mismatch(what: str, expected: Mapping[str, torch.Tensor], got: Mapping[str, Any], manifest: Path) -> None:
@@ -514,7 +406,7 @@ def _verify_tensors(manifest: Path, meta: Mapping[str, Any]) -> Path:
     tensors_path = manifest.parent / meta["tensors_file"]
     if not tensors_path.is_file():
         raise ValueError(f"tensors file {tensors_path} named by {manifest} is missing")
-    digest = _sha256(tensors_path)
+    digest = sha256_file(tensors_path)
     if digest != meta["tensors_sha256"]:
         raise ValueError(
             f"corrupt tensors file {tensors_path}: SHA-256 {digest} != recorded {meta['tensors_sha256']}"
@@ -558,58 +450,6 @@ def _storable(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _tmp_path(directory: Path, name: str) -> Path:
-    return directory / f".{name}.{uuid.uuid4().hex}.tmp"
-
-
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    """Write ``path`` via a same-directory temp file, fsync, ``os.replace``, fsync(dir)."""
-    tmp = _tmp_path(path.parent, path.name)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        _commit(tmp, path)
-    finally:
-        _unlink_quietly(tmp)
-
-
-def _commit(tmp: Path, final: Path) -> None:
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("could not remove %s: %s", path, exc)
-
-
 def _prune(directory: Path, current: Path, keep_last: int | None) -> None:
     """Drop checkpoints beyond ``keep_last`` (never ``current``), unreferenced tensors files
     up to the current step and temp files of crashed saves."""
@@ -627,19 +467,19 @@ def _prune(directory: Path, current: Path, keep_last: int | None) -> None:
         others = [r for r in readable if r[1] != current]
         doomed = others[keep_last - 1:]
         for _, manifest, _ in doomed:  # manifest first: the checkpoint stops existing
-            _unlink_quietly(manifest)
+            unlink_quietly(manifest)
         if doomed:
-            _fsync_dir(directory)
+            fsync_dir(directory)
         for _, _, tensors_file in doomed:
-            _unlink_quietly(directory / tensors_file)
+            unlink_quietly(directory / tensors_file)
         readable = [r for r in readable if r not in doomed]
     referenced = {r[2] for r in readable}
     for p in directory.iterdir():
         m = _TENSORS_RE.match(p.name)
         if m and p.name not in referenced and int(m.group(1)) <= current_step:
-            _unlink_quietly(p)
+            unlink_quietly(p)
         elif _TMP_RE.match(p.name):
-            _unlink_quietly(p)
+            unlink_quietly(p)
 
 
 def _library_version() -> str:
