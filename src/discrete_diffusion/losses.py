@@ -156,15 +156,34 @@ class TrainingLoss:
     elbo_diffusion: Tensor
 
 
-def _diffusion_samples(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, schedule: Schedule,
-                       proposal: LogitAlphaProposal, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
-    """Return (integrand (B,), lam (B,), 1/g (B,)) for one importance draw of lam per example."""
+@dataclass
+class NoiseDraw:
+    """One importance draw per example: x_t (B, *sites), lam (B,) and the inverse proposal density (B,)."""
+
+    xt: Tensor
+    lam: Tensor
+    inverse_density: Tensor
+
+    def __getitem__(self, index: slice) -> "NoiseDraw":
+        return NoiseDraw(self.xt[index], self.lam[index], self.inverse_density[index])
+
+
+def draw_noise(process: ForwardProcess, x0: Tensor, schedule: Schedule, proposal: LogitAlphaProposal,
+               generator: torch.Generator | None) -> NoiseDraw:
+    """Draw lam from the proposal (stratified over the batch) and x_t ~ q(. | x0, lam)."""
     lam_low, lam_high = logit_alpha_range(schedule)
     lam, inv_density = proposal.sample(x0.shape[0], lam_low, lam_high, generator, device=x0.device)
     xt = process.sample_marginal(x0, lam, generator)
-    lam_f = lam.to(torch.get_default_dtype())
-    integrand = process.elbo_integrand(x0, xt, lam_f, denoiser(xt, lam_f))
-    return integrand, lam_f, inv_density.to(integrand.dtype)
+    return NoiseDraw(xt, lam.to(torch.get_default_dtype()), inv_density.to(torch.get_default_dtype()))
+
+
+def diffusion_terms(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, noise: NoiseDraw,
+                    weighting: Weighting | None = None) -> tuple[Tensor, Tensor]:
+    """(weighted training term, unweighted ELBO diffusion term), both (B,) in nats, for a noise draw."""
+    integrand = process.elbo_integrand(x0, noise.xt, noise.lam, denoiser(noise.xt, noise.lam))
+    elbo = integrand * noise.inverse_density.to(integrand.dtype)
+    weights = weighting(noise.lam) if weighting is not None else torch.ones_like(noise.lam)
+    return elbo * weights.to(elbo.dtype), elbo
 
 
 def _reconstruction(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, schedule: Schedule,
@@ -186,10 +205,8 @@ def training_loss(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, sched
     off by default because for the shipped schedules alpha(0) >= 1 - 1e-4 makes it negligible
     (about 1e-6 bits/dim for the Blackout schedule). Evaluation always includes it.
     """
-    integrand, lam, inv_density = _diffusion_samples(process, denoiser, x0, schedule, proposal, generator)
-    elbo_diffusion = integrand * inv_density
-    weights = weighting(lam) if weighting is not None else torch.ones_like(lam)
-    per_example = elbo_diffusion * weights.to(elbo_diffusion.dtype)
+    noise = draw_noise(process, x0, schedule, proposal, generator)
+    per_example, elbo_diffusion = diffusion_terms(process, denoiser, x0, noise, weighting)
     if reconstruction:
         per_example = per_example + _reconstruction(process, denoiser, x0, schedule, generator)
     sites = x0[0].numel()
@@ -207,8 +224,8 @@ def estimate_elbo(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, sched
     diffusion = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
     reconstruction = torch.zeros_like(diffusion)
     for _ in range(num_samples):
-        integrand, _, inv_density = _diffusion_samples(process, denoiser, x0, schedule, proposal, generator)
-        diffusion += (integrand * inv_density).double()
+        noise = draw_noise(process, x0, schedule, proposal, generator)
+        diffusion += diffusion_terms(process, denoiser, x0, noise)[1].double()
         reconstruction += _reconstruction(process, denoiser, x0, schedule, generator).double()
     lam_low, _ = logit_alpha_range(schedule)
     prior = process.prior_kl(x0, torch.full((x0.shape[0],), lam_low, device=x0.device)).double()

@@ -148,7 +148,6 @@ def save_checkpoint(
         tensors_name = f"{stem}.{digest[:12]}.safetensors"
         meta.update(tensors_file=tensors_name, tensors_sha256=digest, tensors_bytes=len(blob))
         atomic_write(directory / tensors_name, lambda f: _write_chunks(f, blob))
-        del blob
         # 2) manifest, last: from here on the checkpoint exists.
         manifest = directory / f"{stem}.json"
         payload = json.dumps(meta, indent=1).encode("utf-8")

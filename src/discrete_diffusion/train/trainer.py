@@ -41,7 +41,7 @@ from ..builders import (build_dataset, build_denoiser, build_process_from, build
                         build_schedule_from, build_weighting_from)
 from ..config import MODEL_SECTIONS, save_config, to_dict
 from ..denoiser import NetworkDenoiser, noise_level_input
-from ..losses import logit_alpha_range, training_loss
+from ..losses import diffusion_terms, draw_noise, training_loss
 from ..processes.base import Prediction
 from ..visualize import save_image_grid
 from .augment import build_augmentation
@@ -313,11 +313,7 @@ class Trainer:
         if batch < ctx.world_size * accum:
             raise ValueError(f"the training split has {batch} examples, fewer than world size x "
                              f"train.grad_accumulation = {ctx.world_size * accum}")
-        lam_low, lam_high = logit_alpha_range(self.schedule)
-        lam, inv_density = self.proposal.sample(batch, lam_low, lam_high, self.noise_generator, device=x0.device)
-        xt = self.process.sample_marginal(x0, lam, self.noise_generator)
-        lam = lam.to(torch.get_default_dtype())
-        weights = self.weighting(lam)
+        noise = draw_noise(self.process, x0, self.schedule, self.proposal, self.noise_generator)
         start, stop = shard_bounds(batch, ctx.rank, ctx.world_size)
         scale = ctx.world_size / (batch * sites)
         sums = torch.zeros(2, dtype=torch.float64, device=x0.device)  # loss * sites, ELBO term: over examples
@@ -327,10 +323,7 @@ class Trainer:
             part = slice(start + a, start + b)
             sync = m == accum - 1 or not ctx.enabled
             with nullcontext() if sync else self.model.no_sync():
-                prediction = self.model(xt[part], lam[part])
-                integrand = self.process.elbo_integrand(x0[part], xt[part], lam[part], prediction)
-                elbo = integrand * inv_density[part].to(integrand.dtype)
-                per_example = elbo * weights[part].to(elbo.dtype)
+                per_example, elbo = diffusion_terms(self.process, self.model, x0[part], noise[part], self.weighting)
                 micro_loss = per_example.sum() * scale
                 self._check_finite(micro_loss)
                 micro_loss.backward()
