@@ -37,7 +37,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from discrete_diffusion.baselines import GatedPixelCNN, IndependentCategorical
+from discrete_diffusion.builders import build_proposal
 from discrete_diffusion.config import load_config, to_dict
+from discrete_diffusion.losses import estimate_elbo
 from discrete_diffusion.data import load_dataset
 from discrete_diffusion.pipeline import evaluate_run, load_run
 from discrete_diffusion.train.ema import EMA
@@ -88,13 +90,15 @@ def bits_mean_se(bits: torch.Tensor) -> tuple[float, float]:
 def run_categorical(dataset) -> dict:
     start = time.time()
     model, scores = IndependentCategorical.select_alpha(dataset.train, dataset.val, dataset.num_states)
-    mean, se = bits_mean_se(model.bits_per_dim(dataset.test))
+    per_image = model.bits_per_dim(dataset.test)
+    mean, se = bits_mean_se(per_image)
     num_params = int(dataset.train[0].numel() * (dataset.num_states - 1))
     return {"model": "per-pixel categorical", "test_bpd": mean, "test_bpd_se": se,
             "val_bpd": scores[model.alpha], "params": num_params, "train_seconds": time.time() - start,
             "steps": 0, "best_step": None, "exact": True,
             "notes": f"add-alpha smoothing, alpha={model.alpha:.3g} chosen on val",
-            "alpha": model.alpha, "val_bpd_by_alpha": {f"{a:.4g}": s for a, s in scores.items()}}
+            "alpha": model.alpha, "val_bpd_by_alpha": {f"{a:.4g}": s for a, s in scores.items()},
+            "test_bpd_per_image": per_image.tolist()}
 
 
 # ----- baseline 2: gated PixelCNN, trained like the diffusion model -------------------------------------------
@@ -131,13 +135,14 @@ def run_pixelcnn(args: argparse.Namespace, config, dataset, run_dir: Path, devic
         meta["settings"] = settings
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     model.load_state_dict(load_file(str(weights_path)))
-    mean, se = bits_mean_se(pixelcnn_bits(model, dataset.test, device))
+    per_image = pixelcnn_bits(model, dataset.test, device)
+    mean, se = bits_mean_se(per_image)
     return {"model": "gated PixelCNN (autoregressive)", "test_bpd": mean, "test_bpd_se": se,
             "val_bpd": meta["best_val_bpd"], "params": num_params, "train_seconds": meta["train_seconds"],
             "steps": meta["steps_done"], "best_step": meta["best_step"], "exact": True,
             "notes": f"{args.ar_layers} gated layers x {args.ar_channels} ch, dropout {dropout}",
             "settings": settings, "run_dir": str(run_dir), "val_curve": meta["val_curve"],
-            "reused_run": bool(meta.get("reused"))}
+            "reused_run": bool(meta.get("reused")), "test_bpd_per_image": per_image.tolist()}
 
 
 def train_pixelcnn(model: GatedPixelCNN, s: dict, dataset, device: torch.device, weights_path: Path) -> dict:
@@ -229,6 +234,9 @@ def run_blackout(args: argparse.Namespace, config, run_dir: Path) -> dict:
     num_params = sum(p.numel() for p in run.denoiser.parameters())
     start = time.time()
     nll = evaluate_run(run, "test", t_samples=args.t_samples, seed=args.seed, progress=False)
+    per_image = blackout_bits_per_image(run, args.t_samples, args.seed)
+    assert abs(float(per_image.mean()) - nll.nll_bits_per_dim) < 1e-6 * max(1.0, nll.nll_bits_per_dim), \
+        "per-image replay of evaluate_run disagrees with it"
     return {"model": "Blackout diffusion (ELBO bound)", "test_bpd": nll.nll_bits_per_dim,
             "test_bpd_se": nll.nll_bits_per_dim_stderr, "val_bpd": meta["best_val_bpd"], "params": num_params,
             "train_seconds": meta["train_seconds"], "steps": meta["steps_done"], "best_step": meta["best_step"],
@@ -238,18 +246,49 @@ def run_blackout(args: argparse.Namespace, config, run_dir: Path) -> dict:
             "nll_parts_bpd": {"diffusion": nll.diffusion_bits_per_dim, "prior": nll.prior_bits_per_dim,
                               "reconstruction": nll.reconstruction_bits_per_dim},
             "prior": nll.prior, "eval_seconds": time.time() - start, "run_dir": str(run_dir),
-            "checkpoint": str(run.checkpoint), "val_curve": val_curve, "reused_run": bool(meta.get("reused"))}
+            "checkpoint": str(run.checkpoint), "val_curve": val_curve, "reused_run": bool(meta.get("reused")),
+            "test_bpd_per_image": per_image.tolist()}
+
+
+@torch.no_grad()
+def blackout_bits_per_image(run, t_samples: int, seed: int) -> torch.Tensor:
+    """Per-image test bound in bits/dim: the same batches, generator and draws as ``evaluate_run``, kept per
+    image so that differences to the baselines can be paired."""
+    data = run.dataset.split("test")
+    batch = run.config.evaluate.batch_size
+    generator = torch.Generator(device=run.device).manual_seed(seed)
+    totals = [estimate_elbo(run.process, run.denoiser, data[i:i + batch].to(run.device), run.schedule,
+                            build_proposal(run.config), generator, num_samples=t_samples).total.cpu()
+              for i in range(0, data.shape[0], batch)]
+    return torch.cat(totals).double() / (data[0].numel() * math.log(2.0))
 
 
 # ----- report -----------------------------------------------------------------------------------------------
+def add_paired_differences(rows: list[dict]) -> None:
+    """For each row, test bits/dim minus Blackout's on the same images (mean ± SE of the paired differences)."""
+    reference = next((r for r in rows if r["model"].startswith("Blackout")), None)
+    for r in rows:
+        if reference is None or r is reference:
+            continue
+        diff = torch.tensor(r["test_bpd_per_image"]) - torch.tensor(reference["test_bpd_per_image"])
+        r["minus_blackout_bpd"], r["minus_blackout_bpd_se"] = bits_mean_se(diff)
+
+
+def format_count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 100_000 else f"{n:,}"
+
+
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| model | test NLL (bits/dim) | best val (bits/dim) | params | steps (best) | train s | notes |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | test NLL (bits/dim) | minus Blackout, paired | best val (bits/dim) | params | steps (best) "
+             "| train s | notes |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         bound = "" if r["exact"] else " (bound)"
         steps = f"{r['steps']} ({r['best_step']})" if r["steps"] else "-"
-        lines.append(f"| {r['model']} | {r['test_bpd']:.3f} ± {r['test_bpd_se']:.3f}{bound} | {r['val_bpd']:.3f} "
-                     f"| {r['params'] / 1e6:.2f}M | {steps} | {r['train_seconds']:.0f} | {r['notes']} |")
+        diff = (f"{r['minus_blackout_bpd']:+.3f} ± {r['minus_blackout_bpd_se']:.3f}" if "minus_blackout_bpd" in r
+                else "-")
+        lines.append(f"| {r['model']} | {r['test_bpd']:.3f} ± {r['test_bpd_se']:.3f}{bound} | {diff} "
+                     f"| {r['val_bpd']:.3f} | {format_count(r['params'])} | {steps} | {r['train_seconds']:.0f} "
+                     f"| {r['notes']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -282,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.extend(ar_rows)
         else:
             rows.append(run_blackout(args, config, out / "runs" / f"digits_nll_blackout_{tag}"))
+    add_paired_differences(rows)
     table = markdown_table(rows)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = (f"Digits 8x8, 17 levels: test NLL (297 images, ± standard error over images); "

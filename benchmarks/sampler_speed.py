@@ -59,8 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256, help="samples per batch (speed)")
     p.add_argument("--oracle-steps", type=int, nargs="+", default=[2, 5, 10, 20, 50, 100, 200, 1000],
                    help="sampler step counts (oracle convergence)")
-    p.add_argument("--oracle-samplers", nargs="+", default=list(ORACLE_SAMPLERS),
-                   help="fixed-grid samplers for the oracle table (the exact simulator is always added)")
+    p.add_argument("--oracle-samplers", nargs="+", default=None,
+                   help="fixed-grid samplers for the oracle table (default: bridge, mean-bridge, tau-leaping, then "
+                        "every other registered sampler that runs on Blackout; the exact simulator is always added)")
     p.add_argument("--oracle-samples", type=int, default=20000, help="samples per oracle measurement")
     p.add_argument("--oracle-states", type=int, default=4, help="K of the oracle problem")
     p.add_argument("--oracle-sites", type=int, default=2, help="D of the oracle problem")
@@ -70,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--quick", action="store_true", help="smoke run: few steps, small batches")
+    p.add_argument("--render", default=None, metavar="JSON", help="only reprint the tables of a saved result JSON")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output folder")
     args = p.parse_args(argv)
     if args.quick:
@@ -142,14 +144,19 @@ def ensure_run(args: argparse.Namespace) -> Path:
     return run_dir
 
 
-def applicable(name: str, run, device: torch.device) -> str | None:
-    """None if sampler ``name`` runs on the run's process, else the reason it does not."""
+def applicable(name: str, process, denoiser, schedule, shape: tuple[int, ...],
+               device: torch.device | str = "cpu") -> str | None:
+    """None if sampler ``name`` runs on ``process`` (a 1-step draw of ``shape``), else the reason it does not."""
     try:
-        build_sampler(name, num_steps=1).sample(run.process, run.denoiser, run.schedule,
-                                                (2, *run.dataset.site_shape), torch.Generator(device=device), device)
+        build_sampler(name, num_steps=1).sample(process, denoiser, schedule, shape, torch.Generator(device=device),
+                                                device)
     except ValueError as err:
         return str(err)
     return None
+
+
+def runs_on(name: str, process, denoiser, schedule, shape: tuple[int, ...]) -> bool:
+    return applicable(name, process, denoiser, schedule, shape) is None
 
 
 def speed_benchmark(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], dict]:
@@ -172,7 +179,7 @@ def speed_benchmark(args: argparse.Namespace, device: torch.device) -> tuple[lis
         if name == "exact":
             info["skipped"][name] = "exact simulation is for tiny problems: see the oracle table"
             continue
-        reason = applicable(name, run, device)
+        reason = applicable(name, run.process, run.denoiser, run.schedule, (2, *run.dataset.site_shape), device)
         if reason is not None:
             info["skipped"][name] = reason
         else:
@@ -226,8 +233,13 @@ def oracle_benchmark(args: argparse.Namespace) -> tuple[list[dict], dict]:
                                                      k), table) for i in range(5)]
     info = {"num_states": k, "num_sites": d, "samples": n, "table": table.tolist(), "schedule": "blackout t_end=15",
             "monte_carlo_floor_tv": statistics.mean(floors), "monte_carlo_floor_tv_runs": floors}
+    names = args.oracle_samplers
+    if names is None:
+        names = list(ORACLE_SAMPLERS) + [name for name in SAMPLERS if name not in ORACLE_SAMPLERS
+                                         and not name.startswith("exact")
+                                         and runs_on(name, process, oracle, schedule, (2, d))]
     rows = []
-    for name in (*args.oracle_samplers, "exact"):
+    for name in (*names, "exact"):
         for steps in (args.oracle_steps if name != "exact" else [None]):
             sampler = build_sampler(name, **({} if steps is None else {"num_steps": steps}))
             generator = torch.Generator().manual_seed(args.seed + 1)
@@ -255,8 +267,28 @@ def oracle_table(rows: list[dict], info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render(payload: dict) -> str:
+    """The Markdown tables of a result payload (also used by --render to reprint a saved JSON)."""
+    text = ""
+    if "speed" in payload:
+        info = payload["speed"]
+        skipped = "; ".join(f"{k}: {v}" for k, v in info["skipped"].items())
+        text += (f"Sampler speed, digits Blackout run `{info['run_dir']}` ({info['params'] / 1e6:.2f}M params, "
+                 f"{info['parameterization']} parameterisation), batch {info['batch_size']}; {payload['date']}; "
+                 f"{payload['machine']}. Skipped: {skipped or 'none'}.\n\n" + speed_table(info["rows"]) + "\n")
+    if "oracle" in payload:
+        info = payload["oracle"]
+        text += (f"Oracle convergence: Blackout, K={info['num_states']}, D={info['num_sites']}, random Dirichlet(1) "
+                 f"table, exact denoiser, blackout schedule (t_end 15), {info['samples']} samples per cell; "
+                 f"total variation to the table.\n\n" + oracle_table(info["rows"], info))
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render is not None:
+        print(render(json.loads(Path(args.render).read_text())))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -268,22 +300,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     payload: dict = {"command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), "args": vars(args),
                      "date": stamp, "machine": machine}
-    text = ""
     if not args.skip_speed:
         rows, info = speed_benchmark(args, device)
         payload["speed"] = {"rows": rows, **info}
         payload["speed"]["run_config"] = to_dict(load_config(Path(info["run_dir"]) / "config.yaml"))
-        skipped = "; ".join(f"{k}: {v}" for k, v in info["skipped"].items())
-        text += (f"Sampler speed, digits Blackout run `{info['run_dir']}` ({info['params'] / 1e6:.2f}M params, "
-                 f"{info['parameterization']} parameterisation), batch {info['batch_size']}; {stamp}; {machine}. "
-                 f"Skipped: {skipped or 'none'}.\n\n" + speed_table(rows) + "\n")
     if not args.skip_oracle:
         rows, info = oracle_benchmark(args)
         payload["oracle"] = {"rows": rows, **info}
-        text += (f"Oracle convergence: Blackout, K={info['num_states']}, D={info['num_sites']}, random Dirichlet(1) "
-                 f"table, exact denoiser, blackout schedule (t_end 15), {info['samples']} samples per cell; "
-                 f"total variation to the table.\n\n" + oracle_table(rows, info))
     payload["total_seconds"] = time.time() - started
+    text = render(payload)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
     stem = "sampler_speed_quick" if args.quick else "sampler_speed"
