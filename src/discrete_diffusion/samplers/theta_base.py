@@ -1,0 +1,74 @@
+"""Shared first stage of the two-stage theta samplers (theta-trapezoidal, theta-RK-2).
+
+Reference: Ren, Chen, Zhu, Guo, Chen, Rotskoff, Tao, Ying, "Fast Solvers for Discrete Diffusion Models:
+Theory and Applications of High-Order Algorithms", 2025.
+
+Both methods first leap from x_t over [lam_t, lam_m], lam_m = lam_t + theta (lam_s - lam_t), with the rates
+at (x_t, lam_t), evaluate the denoiser at the intermediate state, then combine rates from both points in
+``second_stage``. The last interval to alpha = 1 draws x0 from the denoiser (one call).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..denoiser import Denoiser
+from ..processes.base import ForwardProcess, Prediction
+from .base import MULTI_JUMP_RULES, Sampler, jump_from_rates
+
+
+@dataclass
+class FirstStage:
+    """x_t's prediction at lam_t, the intermediate state y* (B, *sites) and its prediction at lam_m."""
+
+    prediction: Prediction
+    lam_m: Tensor
+    mid: Tensor
+    prediction_mid: Prediction
+
+
+class ThetaSampler(Sampler):
+    """Base of the theta samplers: options, validation, config, and the first stage."""
+
+    #: whether theta = 1 is allowed (theta-RK-2) or theta must stay below 1 (theta-trapezoidal)
+    allow_theta_one: bool = False
+
+    def __init__(self, num_steps: int = 100, final_denoise: bool = True, theta: float = 0.5,
+                 multi_jump: str = "reject", temperature: float = 1.0, top_p: float = 1.0,
+                 cache: bool = False) -> None:
+        super().__init__(num_steps, final_denoise, temperature, top_p, cache)
+        upper_ok = float(theta) <= 1.0 if self.allow_theta_one else float(theta) < 1.0
+        if not (0.0 < float(theta) and upper_ok):
+            interval = "(0, 1]" if self.allow_theta_one else "(0, 1)"
+            raise ValueError(f"{self.name}: theta must lie in {interval}, got {theta}")
+        if multi_jump not in MULTI_JUMP_RULES:
+            raise ValueError(f"multi_jump must be one of {list(MULTI_JUMP_RULES)}, got {multi_jump!r}")
+        self.theta = float(theta)
+        self.multi_jump = multi_jump
+
+    def step(self, process: ForwardProcess, denoiser: Denoiser, xt: Tensor, lam_t: Tensor, lam_s: Tensor,
+             generator: torch.Generator | None) -> Tensor:
+        prediction = denoiser(xt, lam_t)
+        if math.isinf(float(lam_s[0])):
+            return process.sample_x0(xt, prediction, generator)
+        lam_m = lam_t.double() + self.theta * (lam_s.double() - lam_t.double())
+        first = process.integrated_reverse_rates(xt, prediction, lam_t, lam_t, lam_m)
+        mid = jump_from_rates(xt, first, generator, self.multi_jump)
+        stage = FirstStage(prediction, lam_m, mid, denoiser(mid, lam_m.to(lam_t.dtype)))
+        return self.second_stage(process, xt, lam_t, lam_s, stage, generator)
+
+    @abstractmethod
+    def second_stage(self, process: ForwardProcess, xt: Tensor, lam_t: Tensor, lam_s: Tensor, stage: FirstStage,
+                     generator: torch.Generator | None) -> Tensor:
+        """Combine the rates at (x_t, lam_t) and (y*, lam_m) and leap to x_s."""
+
+    def config(self) -> dict:
+        out = {**super().config(), "theta": self.theta}
+        if self.multi_jump != "reject":
+            out["multi_jump"] = self.multi_jump
+        return out
