@@ -220,3 +220,17 @@ def test_ecoli_loads() -> None:
     assert d.metadata["bases"] == 4_938_920
     assert d.train.shape[0] + d.val.shape[0] + d.test.shape[0] == 4_938_920 // 1024
     assert decode_dna(d.train[:1])[0].startswith("AGCTTTTCATTCTGACTGCAACGG")
+
+
+def test_likelihood_unit_names_characters_and_bases() -> None:
+    from discrete_diffusion.data import DiscreteDataset
+    from discrete_diffusion.pipeline import likelihood_unit
+
+    def dataset(vocab):
+        x = torch.zeros(2, 4, dtype=torch.long)
+        meta = {} if vocab is None else {"vocab": vocab}
+        return DiscreteDataset(x, x[:0], x[:0], num_states=4, name="t", kind="sequence", metadata=meta)
+
+    assert likelihood_unit(dataset(list("ACGT"))) == "bits/base"
+    assert likelihood_unit(dataset(list("abc "))) == "bits/char"
+    assert likelihood_unit(dataset(None)) == "bits/dim"

@@ -177,7 +177,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from .builders import build_proposal
-    from .pipeline import evaluate_run, load_run
+    from .pipeline import evaluate_run, likelihood_unit, load_run
     from .train.distributed import evaluate_nll_sharded, setup
 
     ctx, device = setup(args.device)  # under torchrun the examples are split over the ranks
@@ -194,9 +194,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not ctx.is_main:
             return 0
     if args.json:
-        print(json.dumps({**result.to_dict(), "split": args.split, "checkpoint": str(run.checkpoint)}, indent=2))
+        print(json.dumps({**result.to_dict(), "unit": likelihood_unit(run.dataset), "split": args.split,
+                          "checkpoint": str(run.checkpoint)}, indent=2))
     else:
-        print(f"{args.split} NLL <= {result.nll_bits_per_dim:.4f} ± {result.nll_bits_per_dim_stderr:.4f} bits/dim "
+        print(f"{args.split} NLL <= {result.nll_bits_per_dim:.4f} ± {result.nll_bits_per_dim_stderr:.4f} "
+              f"{likelihood_unit(run.dataset)} "
               f"({result.num_examples} examples, {result.t_samples} t-samples each; prior: {result.prior})")
     return 0
 

@@ -115,6 +115,14 @@ def evaluate_run(run: LoadedRun, split: str = "test", t_samples: int | None = No
                             batch_size, generator, run.device, progress=bar.update)
 
 
+def likelihood_unit(dataset: DiscreteDataset) -> str:
+    """How bits per site read for a dataset: per base (DNA), per character (text), else per dimension."""
+    vocab = dataset.metadata.get("vocab")
+    if vocab is None:
+        return "bits/dim"
+    return "bits/base" if list(vocab) == list("ACGT") else "bits/char"
+
+
 def write_json(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
