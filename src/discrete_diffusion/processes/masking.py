@@ -107,10 +107,13 @@ class MaskingProcess(ForwardProcess):
         (log-prob 0 on x_t, -inf elsewhere). output: (B, K, *sites) -> x0_log_probs (B, *sites, K)."""
         self.check_parameterization(parameterization)
         log_probs = torch.log_softmax(output.movedim(1, -1), dim=-1)
-        masked = (xt == self.mask_index)[..., None]
-        copy = F.one_hot(xt.clamp_max(self.num_states - 1), self.num_states).bool()
-        carried = torch.where(copy, torch.zeros_like(log_probs), torch.full_like(log_probs, -torch.inf))
-        return Prediction(x0_log_probs=torch.where(masked, log_probs, carried))
+        unmasked = xt != self.mask_index
+        index = xt.clamp_max(self.num_states - 1)[..., None]
+        # -inf everywhere at unmasked sites, then log-prob 0 on x_t there (masked sites keep their value)
+        kept = torch.gather(log_probs, -1, index)
+        value = torch.where(unmasked[..., None], torch.zeros_like(kept), kept)
+        carried = log_probs.masked_fill(unmasked[..., None], -torch.inf).scatter(-1, index, value)
+        return Prediction(x0_log_probs=carried)
 
     # ----- training and likelihood ---------------------------------------------------------------
     def elbo_integrand(self, x0: Tensor, xt: Tensor, lam: Tensor, prediction: Prediction) -> Tensor:
