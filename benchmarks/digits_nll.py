@@ -39,11 +39,15 @@ from safetensors.torch import load_file, save_file
 from discrete_diffusion.baselines import GatedPixelCNN, IndependentCategorical
 from discrete_diffusion.builders import build_proposal
 from discrete_diffusion.config import load_config, to_dict
-from discrete_diffusion.losses import estimate_elbo
 from discrete_diffusion.data import load_dataset
+from discrete_diffusion.losses import estimate_elbo
 from discrete_diffusion.pipeline import evaluate_run, load_run
 from discrete_diffusion.train.ema import EMA
-from discrete_diffusion.train.optim import build_optimizer, clip_gradients, warmup_cosine_schedule
+from discrete_diffusion.train.optim import (
+    build_optimizer,
+    clip_gradients,
+    warmup_cosine_schedule,
+)
 from discrete_diffusion.train.trainer import Trainer
 
 MODELS = ("categorical", "pixelcnn", "blackout")
@@ -279,8 +283,8 @@ def format_count(n: int) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| model | test NLL (bits/dim) | minus Blackout, paired | best val (bits/dim) | params | steps (best) "
-             "| train s | notes |", "|---|---|---|---|---|---|---|---|"]
+    lines = [("| model | test NLL (bits/dim) | minus Blackout, paired | best val (bits/dim) | params | steps (best) "
+              "| train s | notes |"), "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         bound = "" if r["exact"] else " (bound)"
         steps = f"{r['steps']} ({r['best_step']})" if r["steps"] else "-"

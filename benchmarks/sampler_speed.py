@@ -39,7 +39,11 @@ import torch
 from torch import Tensor, nn
 
 from discrete_diffusion.config import load_config, to_dict
-from discrete_diffusion.oracle import OracleDenoiser, empirical_distribution, total_variation
+from discrete_diffusion.oracle import (
+    OracleDenoiser,
+    empirical_distribution,
+    total_variation,
+)
 from discrete_diffusion.pipeline import load_run
 from discrete_diffusion.processes import BlackoutProcess
 from discrete_diffusion.samplers import SAMPLERS, build_sampler
@@ -211,8 +215,8 @@ def speed_benchmark(args: argparse.Namespace, device: torch.device) -> tuple[lis
 
 
 def speed_table(rows: list[dict]) -> str:
-    lines = ["| sampler | steps | network calls | wall s | samples/s | ms/step | backbone ms/call | wall / backbone | "
-             "features+param. share | sampler math share |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| sampler | steps | network calls | wall s | samples/s | ms/step | backbone ms/call | wall / backbone | "
+              "features+param. share | sampler math share |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['sampler']} | {r['steps']} | {r['network_calls']} | {r['wall_s']:.1f} | {r['samples_per_s']:.1f} "
                      f"| {r['ms_per_step']:.1f} | {r['backbone_ms_per_call']:.1f} | {r['wall_over_backbone']:.3f} "
@@ -263,7 +267,7 @@ def oracle_table(rows: list[dict], info: dict) -> str:
     if exact is not None:
         lines.append("| exact simulation (no grid) | " + " | ".join([f"{exact:.4f}"] * len(names)) + " |")
     floor = info["monte_carlo_floor_tv"]
-    lines.append(f"| i.i.d. draws from the table (MC floor) | " + " | ".join([f"{floor:.4f}"] * len(names)) + " |")
+    lines.append("| i.i.d. draws from the table (MC floor) | " + " | ".join([f"{floor:.4f}"] * len(names)) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -7,4 +7,4 @@ from .ar_transformer import ARTransformer
 from .categorical import IndependentCategorical
 from .pixelcnn import GatedPixelCNN
 
-__all__ = ["ARTransformer", "IndependentCategorical", "GatedPixelCNN"]
+__all__ = ["ARTransformer", "GatedPixelCNN", "IndependentCategorical"]

@@ -11,7 +11,7 @@ examples whose site d has value k. The NLL is exact; alpha is chosen on a valida
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -32,7 +32,7 @@ class IndependentCategorical:
         self.counts: Tensor | None = None        # (*sites, K) float64
         self.num_examples = 0
 
-    def fit(self, data: Tensor) -> "IndependentCategorical":
+    def fit(self, data: Tensor) -> IndependentCategorical:
         """Count values per site: data (N, *sites) long with values in 0..K-1."""
         if data.min() < 0 or data.max() >= self.num_states:
             raise ValueError(f"values must lie in 0..{self.num_states - 1}")
@@ -61,7 +61,7 @@ class IndependentCategorical:
 
     @classmethod
     def select_alpha(cls, train: Tensor, val: Tensor, num_states: int,
-                     grid: Sequence[float] | None = None) -> tuple["IndependentCategorical", dict[float, float]]:
+                     grid: Sequence[float] | None = None) -> tuple[IndependentCategorical, dict[float, float]]:
         """Fit on ``train`` for each alpha in ``grid`` (default 1e-3..10, log-spaced) and keep the one with
         the lowest mean validation bits/dim. Returns (fitted model, {alpha: val bits/dim})."""
         grid = list(grid) if grid is not None else [10.0 ** (-3 + 0.25 * i) for i in range(17)]
