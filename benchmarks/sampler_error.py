@@ -34,10 +34,9 @@ from pathlib import Path
 
 import torch
 
-from discrete_diffusion.oracle import (OracleDenoiser, all_configurations, configuration_index,
-                                       empirical_distribution, total_variation)
+from discrete_diffusion.oracle import (SharedLevelOracle, OracleDenoiser, empirical_distribution, total_variation)
 from discrete_diffusion.processes import (BlackoutProcess, ForwardProcess, MaskingProcess, MatrixProcess,
-                                          Prediction, UniformProcess)
+                                          UniformProcess)
 from discrete_diffusion.samplers import SAMPLERS, build_sampler
 from discrete_diffusion.schedules import build_schedule
 
@@ -66,22 +65,6 @@ def build(name: str, k: int) -> ForwardProcess:
     if name == "gaussian":
         return MatrixProcess(k, "gaussian", normalize=True)
     return {"masking": MaskingProcess, "uniform": UniformProcess, "blackout": BlackoutProcess}[name](k)
-
-
-class SharedLevelOracle:
-    """The oracle evaluated once per distinct x_t when the batch shares one noise level, then gathered."""
-
-    def __init__(self, oracle: OracleDenoiser, sites: int) -> None:
-        self.oracle = oracle
-        self.num_values = oracle.process.num_values
-        self.configs = all_configurations(self.num_values, sites)
-
-    def __call__(self, xt: torch.Tensor, lam: torch.Tensor) -> Prediction:
-        if not bool((lam == lam[0]).all()):
-            return self.oracle(xt, lam)
-        pred = self.oracle(self.configs, lam[:1].expand(self.configs.shape[0]))
-        index = configuration_index(xt, self.num_values)
-        return Prediction(pred.x0_log_probs[index], pred.mean_missing[index])
 
 
 def distances(samples: torch.Tensor, probs: torch.Tensor, k: int) -> dict:

@@ -22,10 +22,8 @@ import pytest
 import torch
 
 from discrete_diffusion.losses import estimate_elbo
-from discrete_diffusion.oracle import (OracleDenoiser, all_configurations, configuration_index,
-                                       empirical_distribution, total_variation)
-from discrete_diffusion.processes import (ForwardProcess, MaskingProcess, MatrixProcess, Prediction,
-                                          UniformProcess)
+from discrete_diffusion.oracle import (SharedLevelOracle, OracleDenoiser, all_configurations, empirical_distribution, total_variation)
+from discrete_diffusion.processes import (ForwardProcess, MaskingProcess, MatrixProcess, UniformProcess)
 from discrete_diffusion.processes import masking as masking_module
 from discrete_diffusion.samplers import build_sampler
 from discrete_diffusion.schedules import build_schedule
@@ -61,23 +59,6 @@ def _prior_gap(proc: ForwardProcess, probs: torch.Tensor, alpha1: float) -> floa
     q1 = probs @ transition[xs[:, None, :], ys[None, :, :]].prod(-1)
     p1 = prior[ys].prod(-1)
     return float(torch.where(q1 > 0, q1 * (q1.log() - p1.log()), torch.zeros_like(q1)).sum())
-
-
-class SharedLevelOracle:
-    """The oracle evaluated once per distinct x_t (over all M^D of them) when the batch shares one noise
-    level, then gathered: the same numbers as the oracle, far fewer enumerations."""
-
-    def __init__(self, oracle: OracleDenoiser) -> None:
-        self.oracle = oracle
-        self.num_values = oracle.process.num_values
-        self.configs = all_configurations(self.num_values, D)
-
-    def __call__(self, xt: torch.Tensor, lam: torch.Tensor) -> Prediction:
-        if not bool((lam == lam[0]).all()):
-            return self.oracle(xt, lam)
-        pred = self.oracle(self.configs, lam[:1].expand(self.configs.shape[0]))
-        index = configuration_index(xt, self.num_values)
-        return Prediction(pred.x0_log_probs[index], pred.mean_missing[index])
 
 
 def _elbo(proc: ForwardProcess, probs: torch.Tensor, seed: int, denoiser=None) -> tuple[float, float, float]:
@@ -131,7 +112,7 @@ def _sample_tv(proc: ForwardProcess, sampler_name: str = "bridge", num_steps: in
     probs = _table(proc.num_states, seed=1)
     oracle = OracleDenoiser(proc, probs, D)
     sampler = build_sampler(sampler_name, num_steps=num_steps, **options)
-    x = sampler.sample(proc, SharedLevelOracle(oracle) if shared else oracle, build_schedule("log-linear"),
+    x = sampler.sample(proc, SharedLevelOracle(oracle, D) if shared else oracle, build_schedule("log-linear"),
                        (N_SAMPLES, D), generator=_gen(seed))
     assert x.shape == (N_SAMPLES, D) and int(x.min()) >= 0 and int(x.max()) < proc.num_states
     return total_variation(empirical_distribution(x, proc.num_states), probs)

@@ -15,8 +15,7 @@ import math
 import pytest
 import torch
 
-from discrete_diffusion.oracle import (OracleDenoiser, all_configurations, configuration_index,
-                                       empirical_distribution, total_variation)
+from discrete_diffusion.oracle import (SharedLevelOracle, OracleDenoiser, empirical_distribution, total_variation)
 from discrete_diffusion.processes import (ForwardProcess, MaskingProcess, MatrixProcess, Prediction,
                                           UniformProcess)
 from discrete_diffusion.samplers import SAMPLERS, build_sampler
@@ -55,23 +54,6 @@ def _table(num_states: int, num_sites: int, seed: int) -> torch.Tensor:
     return probs / probs.sum()
 
 
-class SharedLevelOracle:
-    """The oracle evaluated once per distinct x_t (all M^D of them) when the batch shares one noise level,
-    then gathered: the same numbers as the oracle, far fewer enumerations."""
-
-    def __init__(self, oracle: OracleDenoiser, num_sites: int = D) -> None:
-        self.oracle = oracle
-        self.num_values = oracle.process.num_values
-        self.configs = all_configurations(self.num_values, num_sites)
-
-    def __call__(self, xt: torch.Tensor, lam: torch.Tensor) -> Prediction:
-        if not bool((lam == lam[0]).all()):
-            return self.oracle(xt, lam)
-        pred = self.oracle(self.configs, lam[:1].expand(self.configs.shape[0]))
-        index = configuration_index(xt, self.num_values)
-        return Prediction(pred.x0_log_probs[index], pred.mean_missing[index])
-
-
 @pytest.fixture(scope="module")
 def floor() -> float:
     probs = _table(K, D, seed=1)
@@ -83,7 +65,7 @@ def floor() -> float:
 def _sample(proc: ForwardProcess, name: str, num_steps: int, seed: int = 1, num: int = N, denoiser=None,
             schedule: str = "log-linear", **options) -> tuple[torch.Tensor, torch.Tensor]:
     probs = _table(proc.num_states, D, seed=1)
-    denoiser = denoiser or SharedLevelOracle(OracleDenoiser(proc, probs, D))
+    denoiser = denoiser or SharedLevelOracle(OracleDenoiser(proc, probs, D), D)
     sampler = build_sampler(name, num_steps=num_steps, **options)
     x = sampler.sample(proc, denoiser, build_schedule(schedule), (num, D), generator=_gen(seed))
     assert x.shape == (num, D) and x.dtype == torch.long
@@ -166,7 +148,7 @@ def test_same_seed_same_samples(name, case):
 
 def test_network_call_counts():
     proc = MaskingProcess(K)
-    oracle = SharedLevelOracle(OracleDenoiser(proc, _table(K, D, seed=1), D))
+    oracle = SharedLevelOracle(OracleDenoiser(proc, _table(K, D, seed=1), D), D)
     for name, calls in (("tau-leaping", 8), ("euler", 8), ("theta-trapezoidal", 15), ("theta-rk2", 15)):
         sampler = build_sampler(name, num_steps=8)
         sampler.sample(proc, oracle, build_schedule("log-linear"), (50, D), generator=_gen(0))
@@ -178,7 +160,7 @@ def test_caching_same_samples_fewer_evaluations(name):
     """Masking's posterior does not depend on the noise level at fixed x_t, so reusing a row's prediction
     until it changes gives the same samples (same seed) with fewer network evaluations (steps > sites)."""
     proc = MaskingProcess(K)
-    oracle = SharedLevelOracle(OracleDenoiser(proc, _table(K, D, seed=1), D))
+    oracle = SharedLevelOracle(OracleDenoiser(proc, _table(K, D, seed=1), D), D)
     runs = {}
     for cache in (False, True):
         sampler = build_sampler(name, num_steps=32, cache=cache)
@@ -278,7 +260,7 @@ def test_ddpd_one_site_per_step_is_exact(floor):
 
 def test_ddpd_learned_planner_is_used_and_network_skipped_when_done():
     proc = MaskingProcess(K)
-    oracle = SharedLevelOracle(OracleDenoiser(proc, _table(K, D, seed=1), D))
+    oracle = SharedLevelOracle(OracleDenoiser(proc, _table(K, D, seed=1), D), D)
     # a planner that only ever proposes site 0 leaves site 1 to the final denoising step
     planner = lambda xt, lam: torch.tensor([1.0, 0.0]).expand(xt.shape) * (xt == proc.mask_index)
     seen = []

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embeddings import NoiseLevelEmbedding
+from .embeddings import NoiseLevelEmbedding, _prepare_inputs
 
 __all__ = [
     "PreNormBlock",
@@ -224,20 +224,14 @@ class SequenceTransformer(nn.Module):
 
     def forward(self, features: Tensor, noise_level: Tensor) -> Tensor:
         """``(B, C_in, *site_shape)``, ``(B,)`` -> ``(B, C_out, *site_shape)``."""
-        if features.dim() != 2 + len(self.site_shape) or features.shape[1] != self.in_channels \
-                or tuple(features.shape[2:]) != self.site_shape:
+        noise_level = _prepare_inputs(features, noise_level, self.in_channels, len(self.site_shape))
+        if tuple(features.shape[2:]) != self.site_shape:
             raise ValueError(
                 f"features must have shape (B, {self.in_channels}, {', '.join(map(str, self.site_shape))}), "
                 f"got {tuple(features.shape)}"
             )
         batch = features.shape[0]
-        if noise_level.dim() == 0:
-            noise_level = noise_level.expand(batch)
-        elif noise_level.dim() == 2 and noise_level.shape[1] == 1:
-            noise_level = noise_level[:, 0]
-        if noise_level.shape != (batch,):
-            raise ValueError(f"noise_level must have shape ({batch},), got {tuple(noise_level.shape)}")
-        c = self.noise_embedding(noise_level.to(features.device))
+        c = self.noise_embedding(noise_level)
         h = self.input_proj(features.reshape(batch, self.in_channels, self.seq_len).transpose(1, 2).to(c.dtype))
         for block in self.blocks:
             h = block(h, c)
