@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .data import DiscreteDataset, load_dataset
 from .denoiser import NetworkDenoiser
-from .losses import LogitAlphaProposal, Weighting, build_weighting
+from .losses import LogitAlphaProposal, Objective, Weighting, build_weighting
 from .nn import MLP, SequenceTransformer, UNet
 from .processes import ForwardProcess, build_process
 from .samplers import Sampler, build_sampler
@@ -90,6 +90,15 @@ def build_denoiser(config: DictConfig, process: ForwardProcess, site_shape: tupl
 
 def build_proposal(config: DictConfig) -> LogitAlphaProposal:
     return LogitAlphaProposal(loc=config.train.proposal_loc, scale=config.train.proposal_scale)
+
+
+def build_objective_from(config: DictConfig) -> Objective:
+    """The training objective; the CE objectives need x0 log-probabilities (not Blackout's mean output)."""
+    objective = Objective(config.train.objective, config.train.ce_weight)
+    if objective.uses_cross_entropy and config.process.parameterization == "mean":
+        raise ValueError(f"train.objective={objective.name} needs x0 log-probabilities; the 'mean' "
+                         "parameterization has none: use process.parameterization=logits or train.objective=elbo")
+    return objective
 
 
 def build_weighting_from(config: DictConfig) -> Weighting:

@@ -65,7 +65,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    weighting: str = "elbo"            # elbo | instantaneous | finite-time
+    objective: str = "elbo"            # elbo | hybrid (D3PM: ELBO + ce_weight * CE on x0) | x0-ce (CE alone)
+    ce_weight: float = 0.01            # hybrid only: lambda of D3PM's hybrid loss
+    weighting: str = "elbo"            # elbo | instantaneous | finite-time (multiplies the ELBO term)
     proposal_loc: float = 0.0          # importance density over logit(alpha) for t
     proposal_scale: float = 2.0
     augment: str = "none"              # none | shift (random +-1 pixel translation, integer levels kept)

@@ -7,6 +7,10 @@ References:
 - Santos et al., "Blackout Diffusion", ICML 2023 (the "instantaneous" and "finite-time" weightings).
 - Kingma et al., "Variational Diffusion Models", 2021 (the ELBO is invariant to the schedule except at its
   end points, so it is written as an integral over lam = logit(alpha)).
+- Austin et al., "Structured Denoising Diffusion Models in Discrete State-Spaces" (D3PM), NeurIPS 2021, eq. 5:
+  the hybrid loss L_vb + lambda * E[-log p(x0 | x_t)].
+- Gat et al., "Discrete Flow Matching", NeurIPS 2024, and Campbell et al., "Generative Flows on Discrete
+  State-Spaces", ICML 2024: training by plain cross-entropy on x0.
 
 With lam = logit(alpha), every bound in this library is
 
@@ -27,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .denoiser import Denoiser
-from .processes.base import ForwardProcess
+from .processes.base import ForwardProcess, Prediction
 from .schedules import Schedule
 
 
@@ -133,6 +137,45 @@ def build_weighting(name: str, **options) -> Weighting:
     return WEIGHTINGS[name](**options)
 
 
+# ----- training objectives ---------------------------------------------------------------------------
+OBJECTIVES = ("elbo", "hybrid", "x0-ce")
+
+
+@dataclass
+class Objective:
+    """What training minimises per example, from one network call at one noise draw (lam, x_t):
+
+    - ``elbo``:   w(lam) * f(x0, x_t, lam) / g(lam), the importance-sampled (re)weighted continuous-time bound;
+    - ``hybrid``: that plus ``ce_weight`` * CE (D3PM's hybrid loss, L_vb + lambda L_ce; D3PM used lambda = 0.001
+      on CIFAR-10 and 0.01 on text);
+    - ``x0-ce``:  CE alone (the discrete-flow-matching objective; not a bound on -log p(x0)),
+
+    with CE = -sum_d log p_model(x0^d | x_t). The CE term has no importance weight: its noise levels are
+    distributed as the proposal draws them (logistic in lam; the log-linear schedule's uniform t is the
+    standard logistic). Both CE objectives need a prediction with x0 log-probabilities.
+    """
+
+    name: str = "elbo"
+    ce_weight: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.name not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.name!r}; valid objectives: {', '.join(OBJECTIVES)}")
+        if not (math.isfinite(self.ce_weight) and self.ce_weight >= 0):
+            raise ValueError(f"objective ce_weight must be a finite number >= 0, got {self.ce_weight}")
+
+    @property
+    def uses_cross_entropy(self) -> bool:
+        return self.name != "elbo"
+
+
+def x0_cross_entropy(process: ForwardProcess, x0: Tensor, xt: Tensor, prediction: Prediction) -> Tensor:
+    """-sum_d log p_model(x0^d | x_t) in nats: (B,)."""
+    log_probs = process.x0_log_probs(prediction, xt)
+    picked = log_probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    return -picked.reshape(x0.shape[0], -1).sum(dim=1)
+
+
 # ----- estimators ---------------------------------------------------------------------------------------
 @dataclass
 class ElboEstimate:
@@ -178,12 +221,20 @@ def draw_noise(process: ForwardProcess, x0: Tensor, schedule: Schedule, proposal
 
 
 def diffusion_terms(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, noise: NoiseDraw,
-                    weighting: Weighting | None = None) -> tuple[Tensor, Tensor]:
-    """(weighted training term, unweighted ELBO diffusion term), both (B,) in nats, for a noise draw."""
-    integrand = process.elbo_integrand(x0, noise.xt, noise.lam, denoiser(noise.xt, noise.lam))
+                    weighting: Weighting | None = None, objective: Objective | None = None) -> tuple[Tensor, Tensor]:
+    """(training term of the objective, unweighted ELBO diffusion term), both (B,) in nats, for a noise draw
+    (one network call)."""
+    prediction = denoiser(noise.xt, noise.lam)
+    integrand = process.elbo_integrand(x0, noise.xt, noise.lam, prediction)
     elbo = integrand * noise.inverse_density.to(integrand.dtype)
+    objective = objective or Objective()
+    if objective.name == "x0-ce":
+        return x0_cross_entropy(process, x0, noise.xt, prediction), elbo
     weights = weighting(noise.lam) if weighting is not None else torch.ones_like(noise.lam)
-    return elbo * weights.to(elbo.dtype), elbo
+    term = elbo * weights.to(elbo.dtype)
+    if objective.name == "hybrid":
+        term = term + objective.ce_weight * x0_cross_entropy(process, x0, noise.xt, prediction)
+    return term, elbo
 
 
 def _reconstruction(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, schedule: Schedule,
@@ -198,15 +249,17 @@ def _reconstruction(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, sch
 
 def training_loss(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, schedule: Schedule,
                   proposal: LogitAlphaProposal, weighting: Weighting | None = None,
-                  generator: torch.Generator | None = None, reconstruction: bool = False) -> TrainingLoss:
-    """One stochastic estimate of the (weighted) objective on a batch x0 (B, *sites).
+                  generator: torch.Generator | None = None, reconstruction: bool = False,
+                  objective: Objective | None = None) -> TrainingLoss:
+    """One stochastic estimate of the objective (default: the ELBO, optionally reweighted) on a batch x0
+    (B, *sites), per site.
 
     The t -> 0 reconstruction term (present only when alpha(0) < 1) costs a second network pass; it is
     off by default because for the shipped schedules alpha(0) >= 1 - 1e-4 makes it negligible
     (about 1e-6 bits/dim for the Blackout schedule). Evaluation always includes it.
     """
     noise = draw_noise(process, x0, schedule, proposal, generator)
-    per_example, elbo_diffusion = diffusion_terms(process, denoiser, x0, noise, weighting)
+    per_example, elbo_diffusion = diffusion_terms(process, denoiser, x0, noise, weighting, objective)
     if reconstruction:
         per_example = per_example + _reconstruction(process, denoiser, x0, schedule, generator)
     sites = x0[0].numel()

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..builders import (build_dataset, build_denoiser, build_process_from, build_proposal, build_sampler_from,
-                        build_schedule_from, build_weighting_from)
+                        build_objective_from, build_schedule_from, build_weighting_from)
 from ..config import MODEL_SECTIONS, save_config, to_dict
 from ..denoiser import NetworkDenoiser, noise_level_input
 from ..losses import diffusion_terms, draw_noise, training_loss
@@ -102,6 +102,7 @@ def check_train_config(config: DictConfig, world_size: int = 1) -> None:
     schedule = build_schedule_from(config)  # unknown names raise, listing the valid ones
     build_sampler_from(config)  # used for sample grids mid-run: fail now, not at the first grid
     build_weighting_from(config)
+    build_objective_from(config)
     if not schedule.alpha_min <= MAX_ALPHA_AT_ONE:
         raise ValueError(
             f"impossible setting: schedule {config.process.schedule!r} has alpha(1) = {schedule.alpha_min:.4g}, but "
@@ -156,6 +157,7 @@ class Trainer:
         self.schedule = build_schedule_from(config)
         self.proposal = build_proposal(config)
         self.weighting = build_weighting_from(config)
+        self.objective = build_objective_from(config)
         self.augment = build_augmentation(tc.augment, self.dataset.kind)
         torch.manual_seed(tc.seed)  # same on every rank: identical initial weights
         random.seed(tc.seed)  # unused by the library, but checkpointed: a resumed run must match a straight one
@@ -287,7 +289,7 @@ class Trainer:
         x0 = self._next_batch()
         if self._plain_step:
             out = training_loss(self.process, self.denoiser, x0, self.schedule, self.proposal, self.weighting,
-                                self.noise_generator)
+                                self.noise_generator, objective=self.objective)
             if not torch.isfinite(out.loss):
                 raise self._non_finite(out.loss.item())
             self.optimizer.zero_grad(set_to_none=True)
@@ -323,7 +325,8 @@ class Trainer:
             part = slice(start + a, start + b)
             sync = m == accum - 1 or not ctx.enabled
             with nullcontext() if sync else self.model.no_sync():
-                per_example, elbo = diffusion_terms(self.process, self.model, x0[part], noise[part], self.weighting)
+                per_example, elbo = diffusion_terms(self.process, self.model, x0[part], noise[part], self.weighting,
+                                                     self.objective)
                 micro_loss = per_example.sum() * scale
                 self._check_finite(micro_loss)
                 micro_loss.backward()
