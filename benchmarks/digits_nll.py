@@ -34,20 +34,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from discrete_diffusion.baselines import GatedPixelCNN, IndependentCategorical
+from discrete_diffusion.baselines.fit import FitSettings, fit_exact_model
+from discrete_diffusion.baselines.fit import bits_per_dim as exact_bits_per_dim
 from discrete_diffusion.builders import build_proposal
 from discrete_diffusion.config import load_config, to_dict
 from discrete_diffusion.data import load_dataset
 from discrete_diffusion.losses import estimate_elbo
 from discrete_diffusion.pipeline import evaluate_run, load_run
-from discrete_diffusion.train.ema import EMA
-from discrete_diffusion.train.optim import (
-    build_optimizer,
-    clip_gradients,
-    warmup_cosine_schedule,
-)
 from discrete_diffusion.train.trainer import Trainer
 
 MODELS = ("categorical", "pixelcnn", "blackout")
@@ -107,22 +103,15 @@ def run_categorical(dataset) -> dict:
 
 # ----- baseline 2: gated PixelCNN, trained like the diffusion model -------------------------------------------
 def pixelcnn_settings(args: argparse.Namespace, config, dropout: float) -> dict:
-    tc = config.train
-    return {"channels": args.ar_channels, "num_layers": args.ar_layers, "dropout": dropout,
-            "steps": args.steps, "batch_size": args.batch_size, "lr": tc.lr, "weight_decay": tc.weight_decay,
-            "warmup_steps": tc.warmup_steps, "min_lr_ratio": tc.min_lr_ratio, "grad_clip": tc.grad_clip,
-            "ema_decay": tc.ema_decay, "eval_every": args.eval_every, "seed": args.seed,
-            "wall_budget": args.wall_budget}
-
-
-@torch.no_grad()
-def pixelcnn_bits(model: GatedPixelCNN, data: torch.Tensor, device: torch.device, batch: int = 512) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model.bits_per_dim(data[i:i + batch].to(device)).cpu() for i in range(0, data.shape[0], batch)])
+    fit = FitSettings.from_train_config(config.train, steps=args.steps, batch_size=args.batch_size,
+                                        eval_every=args.eval_every, seed=args.seed, wall_budget=args.wall_budget)
+    return {"channels": args.ar_channels, "num_layers": args.ar_layers, "dropout": dropout, **fit.to_dict()}
 
 
 def run_pixelcnn(args: argparse.Namespace, config, dataset, run_dir: Path, device: torch.device,
                  dropout: float) -> dict:
+    """The library's exact-NLL loop (``baselines.fit_exact_model``: the Trainer's recipe with the exact NLL as
+    the loss), best EMA weights on validation."""
     settings = pixelcnn_settings(args, config, dropout)
     meta_path, weights_path = run_dir / "result.json", run_dir / "best_ema.safetensors"
     torch.manual_seed(args.seed)
@@ -132,14 +121,18 @@ def run_pixelcnn(args: argparse.Namespace, config, dataset, run_dir: Path, devic
         meta = json.loads(meta_path.read_text())
         meta["reused"] = True
         print(f"[pixelcnn] reusing {run_dir}", file=sys.stderr)
+        model.load_state_dict(load_file(str(weights_path)))
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
-        meta = train_pixelcnn(model, settings, dataset, device, weights_path)
-        meta["settings"] = settings
+        fit_settings = FitSettings(**{k: v for k, v in settings.items() if k not in ("channels", "num_layers", "dropout")})
+        result = fit_exact_model(model, dataset.train, dataset.val, fit_settings, weights_path, device,
+                                 log=lambda msg: print(f"[pixelcnn] {msg}", file=sys.stderr, flush=True))
+        meta = {"best_val_bpd": result.best_val_bits_per_dim, "best_step": result.best_step,
+                "steps_done": result.steps_done, "train_seconds": result.train_seconds,
+                "val_curve": result.val_curve, "settings": settings}
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    model.load_state_dict(load_file(str(weights_path)))
-    per_image = pixelcnn_bits(model, dataset.test, device)
+    per_image = exact_bits_per_dim(model, dataset.test, device)
     mean, se = bits_mean_se(per_image)
     return {"model": "gated PixelCNN (autoregressive)", "test_bpd": mean, "test_bpd_se": se,
             "val_bpd": meta["best_val_bpd"], "params": num_params, "train_seconds": meta["train_seconds"],
@@ -147,48 +140,6 @@ def run_pixelcnn(args: argparse.Namespace, config, dataset, run_dir: Path, devic
             "notes": f"{args.ar_layers} gated layers x {args.ar_channels} ch, dropout {dropout}",
             "settings": settings, "run_dir": str(run_dir), "val_curve": meta["val_curve"],
             "reused_run": bool(meta.get("reused")), "test_bpd_per_image": per_image.tolist()}
-
-
-def train_pixelcnn(model: GatedPixelCNN, s: dict, dataset, device: torch.device, weights_path: Path) -> dict:
-    """The library Trainer's recipe (batch draw, AdamW groups, warmup-cosine, clipping, EMA with warmup,
-    validation of the EMA weights every eval_every steps), with the exact NLL as the loss."""
-    optimizer = build_optimizer(model, lr=s["lr"], weight_decay=s["weight_decay"])
-    scheduler = warmup_cosine_schedule(optimizer, min(s["warmup_steps"], s["steps"]), s["steps"], s["min_lr_ratio"])
-    ema = EMA(model, decay=s["ema_decay"])
-    data_generator = torch.Generator().manual_seed(s["seed"] + 1)
-    train = dataset.train.to(device)
-    n, dims = train.shape[0], train[0].numel()
-    best: tuple[float, int] | None = None
-    curve = []
-    start = time.time()
-    step = 0
-    while step < s["steps"]:
-        model.train()
-        index = torch.randperm(n, generator=data_generator)[:min(s["batch_size"], n)].to(device)
-        loss = -model.log_likelihood(train[index]).mean() / dims        # nats per dim
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_gradients(model, s["grad_clip"])
-        optimizer.step()
-        scheduler.step()
-        ema.update(model)
-        step += 1
-        out_of_time = s["wall_budget"] is not None and time.time() - start > s["wall_budget"]
-        if step % s["eval_every"] == 0 or step == s["steps"] or out_of_time:
-            with ema.swap_into(model):
-                val = float(pixelcnn_bits(model, dataset.val, device).mean())
-                if best is None or val < best[0]:
-                    best = (val, step)
-                    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                              str(weights_path))
-            curve.append([step, val, round(time.time() - start, 1)])
-            print(f"[pixelcnn] step {step}: train {loss.item() / math.log(2):.4f} bits/dim, "
-                  f"val (EMA) {val:.4f} bits/dim, {time.time() - start:.0f} s", file=sys.stderr, flush=True)
-        if out_of_time:
-            break
-    assert best is not None
-    return {"best_val_bpd": best[0], "best_step": best[1], "steps_done": step,
-            "train_seconds": time.time() - start, "val_curve": curve}
 
 
 # ----- the diffusion model ----------------------------------------------------------------------------------
