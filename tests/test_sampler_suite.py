@@ -178,11 +178,24 @@ def test_caching_refuses_processes_whose_posterior_moves_with_the_noise_level():
 
 
 # ----- ReMDM -----------------------------------------------------------------------------------------------
-def test_remdm_with_eta_zero_is_the_bridge_sampler():
+def test_remasking_bridge_with_sigma_zero_is_the_bridge():
     proc = MaskingProcess(K)
-    bridge, _ = _sample(proc, "bridge", 16, seed=5, num=2000)
-    remdm, _ = _sample(proc, "remdm", 16, seed=5, num=2000, eta=0.0)
+    x0 = torch.randint(0, K, (2000, D), generator=_gen(5))
+    lam_t, lam_s = torch.full((2000,), -0.5), torch.full((2000,), 0.7)
+    xt = proc.sample_marginal(x0, lam_t, _gen(6))
+    bridge = proc.bridge_from_x0(xt, x0, lam_t, lam_s, _gen(7))
+    remdm = proc.remasking_bridge(xt, x0, lam_t, lam_s, torch.zeros(2000), _gen(7))
     assert torch.equal(bridge, remdm)
+
+
+def test_remdm_with_eta_zero_matches_the_bridge_sampler_in_law():
+    proc = MaskingProcess(K)
+    bridge, probs = _sample(proc, "bridge", 16, seed=5, num=20000)
+    remdm, _ = _sample(proc, "remdm", 16, seed=6, num=20000, eta=0.0)
+    # both sample the same chain: their TVs to the table agree within Monte-Carlo error (~0.01 at 20000 draws)
+    tv = [total_variation(empirical_distribution(x, K), probs) for x in (bridge, remdm)]
+    assert abs(tv[0] - tv[1]) < 0.02, tv
+    assert total_variation(empirical_distribution(bridge, K), empirical_distribution(remdm, K)) < 0.04
 
 
 @pytest.mark.parametrize("sigma_fraction", [0.0, 0.5, 1.0])
@@ -322,6 +335,35 @@ def test_jump_rules():
     assert abs(float(moved_first) - (1 - math.exp(-total))) < 0.006       # at least one
     to_two = jump_from_rates(xt, rates, _gen(2), "first")
     assert abs(float((to_two == 2).double().mean()) - 0.5 / total * (1 - math.exp(-total))) < 0.006
+
+
+def test_jump_rules_euler_and_unknown():
+    xt = torch.zeros(100_000, 1, dtype=torch.long)
+    small = torch.tensor([0.0, 0.3, 0.5], dtype=torch.float64).expand(100_000, 1, 3)
+    moved = (jump_from_rates(xt, small, _gen(3), "euler") != 0).double().mean()
+    assert abs(float(moved) - 0.8) < 0.006                      # min(E, 1)
+    big = small * 2.0                                           # E = 1.6: always moves, target 3:5
+    out = jump_from_rates(xt, big, _gen(4), "euler")
+    assert bool((out != 0).all()) and abs(float((out == 2).double().mean()) - 0.625) < 0.006
+    with pytest.raises(ValueError, match="reject.*first.*euler"):
+        jump_from_rates(xt, small, _gen(4), "second")
+
+
+@pytest.mark.parametrize("rule", ["reject", "first", "euler"])
+def test_masking_leap_has_the_law_of_the_generic_leap(rule):
+    """Masking's leap draws targets only at moving sites; it must match jump_from_rates on its rates."""
+    proc = MaskingProcess(K)
+    n = 60_000
+    xt = torch.tensor([K, 2]).expand(n, 2).clone()             # site 0 masked, site 1 unmasked
+    logits = torch.randn(1, K, 2, generator=_gen(8)).expand(n, K, 2)
+    pred = proc.prediction_from_output(logits, xt, torch.zeros(n), "logits")
+    lam = torch.full((n,), -1.0)
+    lam_to = torch.full((n,), 0.4)
+    fast = proc.leap(xt, pred, lam, lam, lam_to, rule, _gen(9))
+    generic = jump_from_rates(xt, proc.integrated_reverse_rates(xt, pred, lam, lam, lam_to), _gen(10), rule)
+    assert bool((fast[:, 1] == 2).all()) and bool((generic[:, 1] == 2).all())
+    freq = [torch.bincount(x[:, 0], minlength=K + 1).double() / n for x in (fast, generic)]
+    assert float((freq[0] - freq[1]).abs().max()) < 0.01, freq
 
 
 def test_masking_integrated_rates_are_exact_in_lam():

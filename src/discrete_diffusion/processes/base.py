@@ -47,6 +47,42 @@ def sample_categorical(log_probs: Tensor, generator: torch.Generator | None = No
     return index.clamp_max(probs.shape[-1] - 1)
 
 
+#: How a leap turns expected jump counts into at most one move per site (see ``jump_from_rates``).
+JUMP_RULES = ("reject", "first", "euler")
+
+
+def jump_from_rates(xt: Tensor, expected_jumps: Tensor, generator: torch.Generator | None = None,
+                    rule: str = "reject") -> Tensor:
+    """Apply one leap: expected_jumps (B, *sites, M) >= 0 per (site, target), zero at the current value.
+    With total E = sum_y E_y per site and the target y drawn in proportion to E_y, a site moves with probability
+
+    - "reject" (Campbell et al., 2022): E exp(-E), the chance of exactly one jump among Poisson counts per
+      (site, target) (a site with none or several keeps its value);
+    - "first": 1 - exp(-E), the first jump of competing exponential clocks (exact for frozen rates out of an
+      absorbing state, as in masking);
+    - "euler": min(E, 1), the Euler step of the reverse CTMC (discrete flow matching).
+    """
+    if rule not in JUMP_RULES:
+        raise ValueError(f"jump rule must be one of {list(JUMP_RULES)}, got {rule!r}")
+    rates = expected_jumps.double().clamp_min(0.0)
+    total = rates.sum(-1)
+    move = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=xt.device) < move_probability(total, rule)
+    if not bool(move.any()):
+        return xt
+    out = xt.clone()
+    out[move] = sample_categorical(torch.log(rates[move]), generator)
+    return out
+
+
+def move_probability(total: Tensor, rule: str) -> Tensor:
+    """The probability that a site with E = ``total`` expected jumps moves in one leap under ``rule``."""
+    if rule == "reject":
+        return total * torch.exp(-total)
+    if rule == "first":
+        return -torch.expm1(-total)
+    return total.clamp_max(1.0)
+
+
 def expand_to_sites(values: Tensor, like: Tensor) -> Tensor:
     """Reshape per-example values (B,) so they broadcast against a (B, *sites) tensor."""
     return values.reshape(values.shape + (1,) * (like.dim() - 1))
@@ -139,6 +175,29 @@ class ForwardProcess(ABC):
     def sample_x0(self, xt: Tensor, prediction: Prediction, generator: torch.Generator | None = None) -> Tensor:
         """Draw x0 ~ p(x0 | x_t) independently per site (float64 inverse-CDF sampling): (B, *sites) long."""
         return sample_categorical(self.x0_log_probs(prediction, xt), generator)
+
+    def sample_x0_where(self, xt: Tensor, prediction: Prediction, where: Tensor,
+                        generator: torch.Generator | None = None) -> Tensor:
+        """x_t with the sites in ``where`` (B, *sites) bool replaced by draws of x0 ~ p(x0 | x_t): (B, *sites) long.
+        Only the selected rows of the prediction are touched (float64 inverse CDF)."""
+        out = xt.clone()
+        if bool(where.any()):
+            out[where] = sample_categorical(self.x0_log_probs(prediction, xt)[where], generator)
+        return out
+
+    def bridge_step(self, xt: Tensor, prediction: Prediction, lam_t: Tensor, lam_s: Tensor,
+                    generator: torch.Generator | None = None) -> Tensor:
+        """One ancestral step: x0 ~ p(x0 | x_t), then x_s ~ q(x_s | x_t, x0). Processes that need x0 at a few
+        sites only (masking: the sites that unmask) override this with the same law at less cost."""
+        return self.bridge_from_x0(xt, self.sample_x0(xt, prediction, generator), lam_t, lam_s, generator)
+
+    def leap(self, xt: Tensor, prediction: Prediction, lam: Tensor, lam_from: Tensor, lam_to: Tensor,
+             rule: str = "reject", generator: torch.Generator | None = None) -> Tensor:
+        """One leap over [lam_from, lam_to] with the reverse rates frozen at x_t (prediction made at lam):
+        ``jump_from_rates(integrated_reverse_rates(...), rule)``. Processes whose rates factorise (masking:
+        a per-site hazard times p(x0 | x_t)) override it to draw targets only where a site moves."""
+        expected = self.integrated_reverse_rates(xt, prediction, lam, lam_from, lam_to)
+        return jump_from_rates(xt, expected, generator, rule)
 
     def reverse_rates(self, xt: Tensor, prediction: Prediction, lam: Tensor) -> Tensor:
         """Reverse-time jump rates per unit of lam, (B, *sites, num_values), zero at the current value.

@@ -33,7 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import ForwardProcess, Prediction, expand_to_sites
+from .base import (
+    JUMP_RULES,
+    ForwardProcess,
+    Prediction,
+    expand_to_sites,
+    move_probability,
+)
 
 
 def unmask_probability(lam_t: Tensor, lam_s: Tensor) -> Tensor:
@@ -136,6 +142,26 @@ class MaskingProcess(ForwardProcess):
         p = expand_to_sites(unmask_probability(lam_t, lam_s), xt)
         u = torch.rand(xt.shape, generator=generator, dtype=torch.float64, device=xt.device)
         return torch.where((xt == self.mask_index) & (u < p), x0, xt)
+
+    def bridge_step(self, xt: Tensor, prediction: Prediction, lam_t: Tensor, lam_s: Tensor,
+                    generator: torch.Generator | None = None) -> Tensor:
+        """The bridge step with x0 drawn only where a masked site unmasks (same law as bridge_from_x0 after
+        sample_x0, a fraction of the cost when few sites unmask per step)."""
+        p = expand_to_sites(unmask_probability(lam_t, lam_s), xt)
+        u = torch.rand(xt.shape, generator=generator, dtype=torch.float64, device=xt.device)
+        return self.sample_x0_where(xt, prediction, (xt == self.mask_index) & (u < p), generator)
+
+    def leap(self, xt: Tensor, prediction: Prediction, lam: Tensor, lam_from: Tensor, lam_to: Tensor,
+             rule: str = "reject", generator: torch.Generator | None = None) -> Tensor:
+        """The rates out of MASK are a hazard h = softplus(lam_to) - softplus(lam_from) per masked site times
+        p(y | x_t), which sums to 1: a masked site moves with probability move_probability(h, rule) and its
+        target is drawn from p(x0 | x_t) only then. Same law as jump_from_rates on integrated_reverse_rates."""
+        if rule not in JUMP_RULES:
+            raise ValueError(f"jump rule must be one of {list(JUMP_RULES)}, got {rule!r}")
+        hazard = (F.softplus(lam_to.double()) - F.softplus(lam_from.double())).clamp_min(0.0)
+        p = expand_to_sites(move_probability(hazard, rule), xt)
+        u = torch.rand(xt.shape, generator=generator, dtype=torch.float64, device=xt.device)
+        return self.sample_x0_where(xt, prediction, (xt == self.mask_index) & (u < p), generator)
 
     def reverse_rates(self, xt: Tensor, prediction: Prediction, lam: Tensor) -> Tensor:
         """MASK -> y at rate alpha p(y | x_t) per unit of lam (p renormalised over the K values in float64);

@@ -17,7 +17,7 @@ Options every sampler honours (the base wraps the denoiser, so subclasses see th
 - after ``sample``, ``network_calls`` (batched denoiser calls) and ``network_evaluations`` (rows evaluated,
   summed over calls) report the cost; ``nfe`` = network_evaluations / batch size.
 
-``jump_from_rates`` is the shared multi-jump rule of the rate-based samplers (tau-leaping, theta methods).
+``jump_from_rates`` (from ``processes.base``) is the shared multi-jump rule of the rate-based samplers.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from ..processes.base import ForwardProcess, Prediction, sample_categorical
+from ..processes.base import ForwardProcess, Prediction, jump_from_rates  # noqa: F401  (re-exported)
 from ..schedules import Schedule
 
 #: callback(step, num_steps, x) after each step; step counts from 1.
 ProgressCallback = Callable[[int, int, Tensor], None]
 
 
+#: The multi-jump rules of the leaping samplers (tau-leaping, theta methods); "euler" is the Euler sampler's.
 MULTI_JUMP_RULES = ("reject", "first")
 
 
@@ -55,29 +56,6 @@ def transform_x0_log_probs(log_probs: Tensor, temperature: float = 1.0, top_p: f
         keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
         out = torch.log_softmax(torch.where(keep, out, torch.full_like(out, -torch.inf)), dim=-1)
     return out
-
-
-def jump_from_rates(xt: Tensor, expected_jumps: Tensor, generator: torch.Generator | None = None,
-                    rule: str = "reject") -> Tensor:
-    """Apply one leap: expected_jumps (B, *sites, M) >= 0 per (site, target), zero at the current value.
-
-    "reject" (Campbell et al., 2022): Poisson counts per (site, target); a site with exactly one jump moves
-    to its target, a site with none or several keeps its value. "first": a site moves with probability
-    1 - exp(-total) to a target drawn in proportion to the rates (the first jump of competing exponential
-    clocks; exact for frozen rates out of an absorbing state, as in masking)."""
-    rates = expected_jumps.double().clamp_min(0.0)
-    if rule == "reject":
-        counts = torch.poisson(rates, generator=generator)
-        move = counts.sum(-1) == 1
-        target = counts.argmax(-1)
-    elif rule == "first":
-        total = rates.sum(-1)
-        u = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=xt.device)
-        move = u < -torch.expm1(-total)
-        target = sample_categorical(torch.log(rates), generator)
-    else:
-        raise ValueError(f"multi_jump must be one of {list(MULTI_JUMP_RULES)}, got {rule!r}")
-    return torch.where(move, target, xt)
 
 
 def without_current(rates: Tensor, xt: Tensor) -> Tensor:

@@ -23,5 +23,4 @@ class BridgeSampler(Sampler):
 
     def step(self, process: ForwardProcess, denoiser: Denoiser, xt: Tensor, lam_t: Tensor, lam_s: Tensor,
              generator: torch.Generator | None) -> Tensor:
-        x0 = process.sample_x0(xt, denoiser(xt, lam_t), generator)
-        return process.bridge_from_x0(xt, x0, lam_t, lam_s, generator)
+        return process.bridge_step(xt, denoiser(xt, lam_t), lam_t, lam_s, generator)

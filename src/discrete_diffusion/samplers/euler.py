@@ -6,7 +6,9 @@ Discrete State-Spaces" (multiflow), ICML 2024.
 Per site, independently: with E_y the expected jumps to y over the step (the process's
 ``integrated_reverse_rates``, i.e. rate * dlam, exact in lam for masking and Blackout), move to y with
 probability E_y and stay with probability 1 - sum_y E_y. Where sum_y E_y > 1 the jump probabilities are
-scaled to sum to one (stay probability clipped at 0). At most one change per site per step. The last
+scaled to sum to one (stay probability clipped at 0). At most one change per site per step. This is the
+"euler" rule of the process's ``leap`` (move with probability min(E, 1), target in proportion to E_y), which
+masking draws only at the sites that move. The last
 interval to alpha = 1 draws x0 from the denoiser.
 """
 
@@ -18,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from ..processes.base import ForwardProcess, sample_categorical
+from ..processes.base import ForwardProcess
 from .base import Sampler
 
 
@@ -30,10 +32,4 @@ class EulerSampler(Sampler):
         prediction = denoiser(xt, lam_t)
         if math.isinf(float(lam_s[0])):
             return process.sample_x0(xt, prediction, generator)
-        jump = process.integrated_reverse_rates(xt, prediction, lam_t, lam_t, lam_s).clamp_min(0.0)
-        jump = jump.scatter(-1, xt[..., None], 0.0)
-        total = jump.sum(-1, keepdim=True)
-        jump = jump / total.clamp_min(1.0)
-        stay = (1.0 - total).clamp_min(0.0)
-        probs = jump.scatter(-1, xt[..., None], stay)
-        return sample_categorical(torch.log(probs), generator)
+        return process.leap(xt, prediction, lam_t, lam_t, lam_s, "euler", generator)

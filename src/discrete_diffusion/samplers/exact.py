@@ -13,7 +13,6 @@ lam_stop (alpha = 1 - 1e-11 by default). ``num_steps`` is not used.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..denoiser import Denoiser
 from ..processes.base import ForwardProcess
-from .base import MULTI_JUMP_RULES, Sampler, jump_from_rates
+from .base import MULTI_JUMP_RULES, Sampler
 
 
 class TauLeapingSampler(Sampler):
@@ -43,8 +43,7 @@ class TauLeapingSampler(Sampler):
             return process.sample_x0(xt, prediction, generator)
         if hasattr(process, "tau_leap"):
             return process.tau_leap(xt, process.expected_missing(prediction), lam_t, lam_s, generator)
-        expected = process.integrated_reverse_rates(xt, prediction, lam_t, lam_t, lam_s)
-        return jump_from_rates(xt, expected, generator, self.multi_jump)
+        return process.leap(xt, prediction, lam_t, lam_t, lam_s, self.multi_jump, generator)
 
     def config(self) -> dict:
         out = super().config()

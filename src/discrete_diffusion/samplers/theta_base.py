@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..denoiser import Denoiser
 from ..processes.base import ForwardProcess, Prediction
-from .base import MULTI_JUMP_RULES, Sampler, jump_from_rates
+from .base import MULTI_JUMP_RULES, Sampler
 
 
 @dataclass
@@ -57,8 +57,7 @@ class ThetaSampler(Sampler):
         if math.isinf(float(lam_s[0])):
             return process.sample_x0(xt, prediction, generator)
         lam_m = lam_t.double() + self.theta * (lam_s.double() - lam_t.double())
-        first = process.integrated_reverse_rates(xt, prediction, lam_t, lam_t, lam_m)
-        mid = jump_from_rates(xt, first, generator, self.multi_jump)
+        mid = process.leap(xt, prediction, lam_t, lam_t, lam_m, self.multi_jump, generator)
         stage = FirstStage(prediction, lam_m, mid, denoiser(mid, lam_m.to(lam_t.dtype)))
         return self.second_stage(process, xt, lam_t, lam_s, stage, generator)
 
