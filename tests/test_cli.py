@@ -87,6 +87,34 @@ def test_sample_other_samplers(ddiff, trained_run, tmp_path, sampler):
     assert x.shape == (4, 8, 8) and x.min() >= 0 and x.max() <= 16
 
 
+def test_sample_options_from_flags_reach_the_sampler(ddiff, trained_run, tmp_path):
+    res = ddiff("sample", trained_run, "--sampler", "theta-trapezoidal", "--steps", 4, "--num", 4, "-o", "theta=0.3",
+                "--option", "multi_jump=first", "--out", tmp_path / "theta", "--no-progress")
+    assert res.rc == 0, res
+    record = json.loads((tmp_path / "theta" / "theta-trapezoidal_4steps_seed0.json").read_text())
+    assert record["sampler"]["theta"] == 0.3 and record["sampler"]["multi_jump"] == "first"
+    assert record["nfe_last_batch"] == 2 * 3 + 1 and record["num_samples"] == 4
+    plain = _sample(ddiff, trained_run, tmp_path / "plain", "bridge", seed=3)
+    res = ddiff("sample", trained_run, "--sampler", "bridge", "--steps", 5, "--num", 8, "--seed", 3,
+                "--temperature", "0.5", "--top-p", "0.5", "--out", tmp_path / "cold", "--no-progress")
+    assert res.rc == 0, res
+    record = json.loads((tmp_path / "cold" / "bridge_5steps_seed3.json").read_text())
+    assert record["sampler"]["temperature"] == 0.5 and record["sampler"]["top_p"] == 0.5
+    assert not np.array_equal(np.load(tmp_path / "cold" / "bridge_5steps_seed3.npy"), plain)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-o", "thetaa=0.3"], "no option 'thetaa'; its options: num_steps, final_denoise"),
+    (["-o", "theta"], "malformed --option 'theta'"),
+    (["--cache"], "cache=True"),
+    (["--top-p", "2"], "top_p must lie in"),
+])
+def test_sample_bad_options_are_clear_errors(ddiff, trained_run, tmp_path, args, message):
+    res = ddiff("sample", trained_run, "--sampler", "theta-rk2", *args, "--out", tmp_path, "--no-progress")
+    assert res.rc == 2 and message in res.err, res
+    assert not list(tmp_path.iterdir())
+
+
 def test_sample_unknown_sampler(ddiff, trained_run, tmp_path):
     res = ddiff("sample", trained_run, "--sampler", "nope", "--out", tmp_path, "--no-progress")
     assert res.rc == 2

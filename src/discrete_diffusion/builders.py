@@ -108,11 +108,15 @@ def build_weighting_from(config: DictConfig) -> Weighting:
     return build_weighting(name)
 
 
-def build_sampler_from(config: DictConfig, name: str | None = None, steps: int | None = None) -> Sampler:
-    """The run's sampler; a different ``name`` drops ``sample.options`` (they belong to the configured one)."""
-    options = OmegaConf.to_container(config.sample.options, resolve=True) if name is None else {}
+def build_sampler_from(config: DictConfig, name: str | None = None, steps: int | None = None,
+                       options: dict[str, Any] | None = None) -> Sampler:
+    """The run's sampler, or sampler ``name``; ``sample.options`` apply only to the configured sampler (they
+    belong to it) and ``options`` are added on top."""
+    configured = name is None or name == config.sample.sampler
+    merged = OmegaConf.to_container(config.sample.options, resolve=True) if configured else {}
+    merged.update(options or {})
     return build_sampler(config.sample.sampler if name is None else name,
-                         num_steps=config.sample.steps if steps is None else steps, **options)
+                         num_steps=config.sample.steps if steps is None else steps, **merged)
 
 
 def resolve_device(name: str) -> torch.device:

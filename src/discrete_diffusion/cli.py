@@ -29,6 +29,32 @@ def _datasets_help() -> str:
 def _add_sample_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default=None, help="sampler name (default: the run's sample.sampler)")
     p.add_argument("--steps", type=int, default=None, help="number of sampler steps (default: sample.steps)")
+    p.add_argument("--temperature", type=float, default=None, help="divide log p(x0 | x_t) by this (> 0)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling on p(x0 | x_t), in (0, 1]")
+    p.add_argument("--cache", action="store_true", default=None,
+                   help="reuse predictions of rows whose x_t did not change (masking only)")
+    p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other sampler option, repeatable, value parsed as YAML: e.g. -o theta=0.4, "
+                        "-o multi_jump=first, -o eta=0.05 -o strategy=rescale, -o final_denoise=false")
+
+
+def sampler_options(args: argparse.Namespace) -> dict:
+    """The sampler options given on the command line (flags and --option KEY=VALUE)."""
+    import yaml
+
+    options: dict = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"malformed --option {item!r}: expected KEY=VALUE, e.g. --option theta=0.4")
+        try:
+            options[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(f"malformed --option {item!r}: cannot parse the value {value!r}") from None
+    for key in ("temperature", "top_p", "cache"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    return options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,12 +177,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from .builders import build_sampler_from
-    from .pipeline import generate_samples, load_run, save_samples
+    from .pipeline import generate_samples, load_run, save_samples, write_json
     from .train.distributed import sample_sharded, setup
 
     ctx, device = setup(args.device)  # under torchrun the samples are split over the ranks
     run = load_run(args.run_dir, args.checkpoint, str(device))
-    sampler = build_sampler_from(run.config, args.sampler, args.steps)
+    sampler = build_sampler_from(run.config, args.sampler, args.steps, sampler_options(args))
     num = run.config.sample.num_samples if args.num is None else args.num
     batch_size = run.config.sample.batch_size if args.batch_size is None else args.batch_size
     if num < 1 or batch_size < 1:
@@ -167,7 +193,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if not ctx.is_main:
         return 0
     out = Path(args.out) if args.out else Path(args.run_dir) / "samples"
-    paths = save_samples(samples, run, out, stem=f"{sampler.name}_{sampler.num_steps}steps_seed{args.seed}")
+    stem = f"{sampler.name}_{sampler.num_steps}steps_seed{args.seed}"
+    paths = save_samples(samples, run, out, stem=stem)
+    paths["json"] = str(out / f"{stem}.json")
+    write_json(out / f"{stem}.json", {"sampler": sampler.config(), "num_samples": num, "seed": args.seed,
+                                      "batch_size": batch_size, "network_calls_last_batch": sampler.network_calls,
+                                      "nfe_last_batch": sampler.nfe, "run_dir": str(Path(args.run_dir).resolve()),
+                                      "checkpoint": str(run.checkpoint), "files": dict(paths)})
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from .base import ProgressCallback, Sampler
 from .bridge import BridgeSampler
 from .confidence import ConfidenceSampler
@@ -25,10 +27,12 @@ def build_sampler(name: str, **options) -> Sampler:
     """Build a sampler by registry name; unknown names raise ValueError listing the valid ones."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(sorted(SAMPLERS))}")
-    try:
-        return SAMPLERS[name](**options)
-    except TypeError as err:
-        raise ValueError(f"bad options for sampler {name!r}: {err}") from None
+    accepted = [p for p in inspect.signature(SAMPLERS[name].__init__).parameters if p != "self"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"sampler {name!r} has no option {', '.join(map(repr, unknown))}; its options: "
+                         f"{', '.join(accepted)}")
+    return SAMPLERS[name](**options)
 
 
 __all__ = ["Sampler", "ProgressCallback", "SAMPLERS", "build_sampler", "BridgeSampler", "MeanBridgeSampler",
