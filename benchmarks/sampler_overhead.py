@@ -34,6 +34,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +45,8 @@ from discrete_diffusion.processes import (
     Prediction,
     UniformProcess,
 )
+from discrete_diffusion.denoiser import NetworkDenoiser, noise_level_input
+from discrete_diffusion.nn import SequenceTransformer
 from discrete_diffusion.samplers import SAMPLERS, build_sampler
 from discrete_diffusion.schedules import build_schedule
 
@@ -64,11 +67,8 @@ class FakeNetwork(nn.Module):
             self.out.weight.copy_(torch.randn(num_states, hidden, generator=gen) / hidden**0.5)
             self.out.bias.zero_()
         self.requires_grad_(False)
-        self.recorded: list[Tensor] | None = None
 
     def forward(self, xt: Tensor) -> Tensor:
-        if self.recorded is not None:
-            self.recorded.append(xt)
         return self.out(torch.nn.functional.gelu(self.embed(xt))).movedim(-1, 1)
 
 
@@ -82,6 +82,36 @@ class FakeDenoiser:
         return self.process.prediction_from_output(self.network(xt), xt, lam, "logits")
 
 
+class RecordingDenoiser:
+    """Records the inputs (x_t, lam) of every call while ``recorded`` is a list."""
+
+    def __init__(self, denoiser: Callable[[Tensor, Tensor], Prediction]) -> None:
+        self.denoiser = denoiser
+        self.recorded: list[tuple[Tensor, Tensor]] | None = None
+
+    def __call__(self, xt: Tensor, lam: Tensor) -> Prediction:
+        if self.recorded is not None:
+            self.recorded.append((xt, lam))
+        return self.denoiser(xt, lam)
+
+
+def build_model(process: ForwardProcess, args: argparse.Namespace) -> tuple[RecordingDenoiser, Callable]:
+    """(denoiser, bare network) for ``--network``: the bare network maps (x_t, lam) to raw logits."""
+    if args.network == "embedding":
+        network = FakeNetwork(process.num_values, process.num_states, args.hidden)
+        return RecordingDenoiser(FakeDenoiser(network, process)), lambda x, lam: network(x)
+    torch.manual_seed(args.seed)
+    backbone = SequenceTransformer(process.feature_channels, process.num_states, seq_len=(args.sites,), dim=args.dim,
+                                   depth=args.depth, heads=args.heads, dropout=0.0).eval().requires_grad_(False)
+    with torch.no_grad():   # a trained-looking model: no zero-initialised (identity / constant) layers
+        for param in backbone.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, param.shape[-1] ** -0.5)
+    denoiser = NetworkDenoiser(backbone, process, "logits")
+    return (RecordingDenoiser(denoiser),
+            lambda x, lam: backbone(process.network_features(x, lam), noise_level_input(lam)))
+
+
 def build_process(name: str, k: int) -> ForwardProcess:
     return {"masking": MaskingProcess, "uniform": UniformProcess}[name](k)
 
@@ -92,14 +122,10 @@ def applicable(process: ForwardProcess, names: list[str] | None) -> list[str]:
 
 
 @torch.no_grad()
-def time_network(network: FakeNetwork, inputs: list[Tensor], denoiser: FakeDenoiser | None = None) -> float:
-    lams = [torch.zeros(x.shape[0]) for x in inputs]
+def time_calls(function: Callable, inputs: list[tuple[Tensor, Tensor]]) -> float:
     start = time.perf_counter()
-    for x, lam in zip(inputs, lams):
-        if denoiser is None:
-            network(x)
-        else:
-            denoiser(x, lam)
+    for x, lam in inputs:
+        function(x, lam)
     return time.perf_counter() - start
 
 
@@ -110,23 +136,22 @@ def run_sampler(sampler, process, denoiser, schedule, shape, seed: int) -> float
 
 
 def measure(process: ForwardProcess, name: str, args: argparse.Namespace, schedule) -> dict:
-    network = FakeNetwork(process.num_values, process.num_states, args.hidden)
-    denoiser = FakeDenoiser(network, process)
+    denoiser, network = build_model(process, args)
     shape = (args.batch, args.sites)
     # warm-up (allocator, first-call costs): 2 steps
     build_sampler(name, num_steps=2).sample(process, denoiser, schedule, shape, generator=torch.Generator().manual_seed(0))
     ratios, ratios_den, t_samp, t_net, t_den, calls = [], [], [], [], [], 0
     for rep in range(args.repeats):
         sampler = build_sampler(name, num_steps=args.steps)
-        network.recorded = []
+        denoiser.recorded = []
         ts = run_sampler(sampler, process, denoiser, schedule, shape, args.seed + rep)
-        inputs, network.recorded = network.recorded, None
+        inputs, denoiser.recorded = denoiser.recorded, None
         calls = sampler.network_calls
-        tn = time_network(network, inputs)
+        tn = time_calls(network, inputs)
         t_samp.append(ts), t_net.append(tn)
         ratios.append(ts / tn)
         if rep == 0:   # network + parameterisation: once (it costs as much as a sampler run's network share)
-            td = time_network(network, inputs, denoiser)
+            td = time_calls(denoiser, inputs)
             t_den.append(td), ratios_den.append(ts / td)
     row = {"process": process.name, "sampler": name, "steps": args.steps, "network_calls": calls,
            "ratio": statistics.median(ratios), "ratio_vs_denoiser": statistics.median(ratios_den),
@@ -141,8 +166,7 @@ def measure(process: ForwardProcess, name: str, args: argparse.Namespace, schedu
 
 
 def profile(process: ForwardProcess, name: str, args: argparse.Namespace, schedule, top: int = 14) -> str:
-    network = FakeNetwork(process.num_values, process.num_states, args.hidden)
-    denoiser = FakeDenoiser(network, process)
+    denoiser, _ = build_model(process, args)
     sampler = build_sampler(name, num_steps=min(args.steps, 4))
     prof = cProfile.Profile()
     prof.enable()
@@ -159,8 +183,7 @@ def markdown(rows: list[dict], args: argparse.Namespace, hot: dict) -> str:
     net_ms = statistics.median(r["network_ms_per_call"] for r in rows)
     lines = [f"# Sampler loop overhead (batch {args.batch}, {args.sites} sites, {args.states} states, "
              f"{args.steps} steps, median of {args.repeats})", "",
-             f"Network: fixed random embedding({args.hidden}) -> GELU -> linear to {args.states} logits "
-             f"(~{net_ms:.0f} ms per call here). ratio = sampler wall time / wall time of the bare network on the "
+             f"Network: {network_description(args)} (~{net_ms:.0f} ms per call here). ratio = sampler wall time / wall time of the bare network on the "
              f"same inputs (same number of calls), measured side by side; target <= {TARGET:.2f}. "
              "'min / min' is the fastest sampler run over the fastest network run (less sensitive to a shared "
              "machine's load). 'vs denoiser' divides by network + the process's output parameterisation instead (first run only). "
@@ -178,13 +201,26 @@ def markdown(rows: list[dict], args: argparse.Namespace, hot: dict) -> str:
     return "\n".join(lines)
 
 
+def network_description(args: argparse.Namespace) -> str:
+    if args.network == "embedding":
+        return f"fixed random embedding({args.hidden}) -> GELU -> linear to {args.states} logits"
+    return (f"the library's SequenceTransformer (dim {args.dim}, depth {args.depth}, {args.heads} heads, random "
+            f"weights) on the process's input features, inside NetworkDenoiser")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--sites", type=int, default=1024)
     p.add_argument("--states", type=int, default=256)
+    p.add_argument("--network", choices=["embedding", "transformer"], default="embedding",
+                   help="embedding: a deliberately cheap fake network (worst case for the ratio); transformer: "
+                        "the library's SequenceTransformer at --dim / --depth")
     p.add_argument("--hidden", type=int, default=256, help="width of the fake network")
+    p.add_argument("--dim", type=int, default=128, help="transformer width")
+    p.add_argument("--depth", type=int, default=2, help="transformer blocks")
+    p.add_argument("--heads", type=int, default=4, help="transformer heads")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--processes", nargs="+", default=["masking", "uniform"])
@@ -219,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 def write(rows: list[dict], hot: dict, args: argparse.Namespace, start: float) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
+    suffix = ("_transformer" if args.network == "transformer" else "") + ("_quick" if args.quick else "")
     text = markdown(rows, args, hot)
     (out / f"sampler_overhead{suffix}.md").write_text(text + "\n")
     (out / f"sampler_overhead{suffix}_profiles.txt").write_text(

@@ -201,3 +201,18 @@ def test_uniform_has_no_exact_simulator():
     oracle = OracleDenoiser(proc, torch.full((9,), 1 / 9), num_sites=2)
     with pytest.raises(ValueError, match="reverse_rate_bound"):
         build_sampler("exact").sample(proc, oracle, build_schedule("cosine"), (4, 2), generator=_gen(9))
+
+
+def test_uniform_fast_bridge_has_the_law_of_bridge_log_probs():
+    """bridge_from_x0 samples three groups in O(1); it must match the full K-way bridge distribution."""
+    k, n = 5, 200_000
+    proc = UniformProcess(k)
+    pairs = torch.tensor([[0, 0], [3, 3], [1, 4], [4, 1], [2, 0]])            # (x_t, x0): equal and distinct
+    xt = pairs[:, 0].repeat(n // 5)[:, None]
+    x0 = pairs[:, 1].repeat(n // 5)[:, None]
+    lam_t, lam_s = torch.full((n,), -0.8), torch.full((n,), 0.9)
+    drawn = proc.bridge_from_x0(xt, x0, lam_t, lam_s, torch.Generator().manual_seed(3))
+    exact = proc.bridge_log_probs(xt[:5], x0[:5], lam_t[:5], lam_s[:5]).exp()[:, 0]   # (5 pairs, K)
+    for i in range(5):
+        freq = torch.bincount(drawn[i::5, 0], minlength=k).double() / (n // 5)
+        assert float((freq - exact[i]).abs().max()) < 0.006, (pairs[i], freq, exact[i])

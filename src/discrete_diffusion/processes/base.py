@@ -40,11 +40,11 @@ def sample_categorical(log_probs: Tensor, generator: torch.Generator | None = No
 
     float64 matters: float32/bfloat16 sampling truncates the tails and makes samples look better than
     the model is (Zheng et al., 2024, on generative perplexity)."""
-    probs = log_probs.double().exp()
-    cdf = probs.cumsum(-1)
-    u = torch.rand(probs.shape[:-1] + (1,), generator=generator, dtype=torch.float64, device=probs.device)
-    index = (cdf < u * cdf[..., -1:]).sum(-1)
-    return index.clamp_max(probs.shape[-1] - 1)
+    cdf = log_probs.double().exp().cumsum(-1)
+    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, dtype=torch.float64, device=cdf.device)
+    # the first index whose cdf exceeds u * total (never a zero-probability value, even at u = 0)
+    index = torch.searchsorted(cdf, u * cdf[..., -1:], right=True)[..., 0]
+    return index.clamp_max(cdf.shape[-1] - 1)
 
 
 #: How a leap turns expected jump counts into at most one move per site (see ``jump_from_rates``).

@@ -144,7 +144,29 @@ class UniformProcess(ForwardProcess):
 
     def bridge_from_x0(self, xt: Tensor, x0: Tensor, lam_t: Tensor, lam_s: Tensor,
                        generator: torch.Generator | None = None) -> Tensor:
-        return sample_categorical(self.bridge_log_probs(xt, x0, lam_t, lam_s), generator)
+        """Draw x_s ~ q(x_s | x_t, x0) in O(1) per site. The bridge is P_{s->t}[x_s, x_t] q_s(x_s | x0) with
+        P_{s->t}[y, x_t] = rho 1[y = x_t] + (1 - rho)/K and q_s(y | x0) = alpha_s 1[y = x0] + (1 - alpha_s)/K, so
+        it puts one weight on x_t, one on x0 and a common weight on each other value: pick one of the three
+        groups, then a uniform value of the last group (skipping x_t and x0). Same law as bridge_log_probs."""
+        k = self.num_states
+        lam_t, lam_s = expand_to_sites(lam_t.double(), xt), expand_to_sites(lam_s.double(), xt)
+        rho = torch.exp(F.logsigmoid(lam_t) - F.logsigmoid(lam_s)).clamp_max(1.0)
+        alpha_s = torch.sigmoid(lam_s)
+        far_t, far_0 = (1.0 - rho) / k, (1.0 - alpha_s) / k     # the weights off x_t and off x0
+        near_t, near_0 = rho + far_t, alpha_s + far_0
+        same = xt == x0
+        w_xt = torch.where(same, near_t * near_0, near_t * far_0)
+        w_x0 = torch.where(same, torch.zeros_like(w_xt), far_t * near_0)
+        others = torch.where(same, k - 1.0, k - 2.0)
+        w_other = far_t * far_0 * others
+        u = torch.rand(xt.shape, generator=generator, dtype=torch.float64, device=xt.device)
+        u = u * (w_xt + w_x0 + w_other)
+        r = torch.floor(torch.rand(xt.shape, generator=generator, dtype=torch.float64, device=xt.device)
+                        * others).long().clamp_max((others - 1).long())
+        low, high = torch.minimum(xt, x0), torch.maximum(xt, x0)
+        other = r + (r >= low).long()                            # skip the excluded values in increasing order
+        other = torch.where(same, other, other + (other >= high).long())
+        return torch.where(u < w_xt, xt, torch.where(u < w_xt + w_x0, x0, other))
 
     def reverse_rates(self, xt: Tensor, prediction: Prediction, lam: Tensor) -> Tensor:
         """x -> y at (1 - alpha)/K s_y per unit of lam, zero at y = x_t: (B, *sites, K) float64."""
