@@ -79,8 +79,9 @@ def _tv(proc: ForwardProcess, name: str, num_steps: int, **kwargs) -> float:
 
 
 def test_registry_declares_supported_processes():
-    for name in ("remdm", "maskgit", "ddpd"):
+    for name in ("remdm", "maskgit"):
         assert SAMPLERS[name].supports("masking") and not SAMPLERS[name].supports("uniform")
+    assert SAMPLERS["ddpd"].supports("uniform") and not SAMPLERS["ddpd"].supports("blackout")
     for name in RATE_SAMPLERS:
         assert all(SAMPLERS[name].supports(p) for p in ("masking", "uniform", "matrix", "blackout"))
     with pytest.raises(ValueError, match="masking"):
@@ -88,7 +89,7 @@ def test_registry_declares_supported_processes():
     with pytest.raises(ValueError, match="masking"):
         _sample(UniformProcess(K), "maskgit", 4, num=8)
     with pytest.raises(ValueError, match="masking"):
-        _sample(UniformProcess(K), "ddpd", 4, num=8)
+        _sample(MatrixProcess(K, rates="banded"), "ddpd", 4, num=8)
 
 
 @pytest.mark.parametrize("name,case", PAIRS)
@@ -269,6 +270,28 @@ def test_ddpd_one_site_per_step_is_exact(floor):
     exact = _tv(proc, "ddpd", D)
     assert exact < floor + 0.006, exact  # measured 0.009 (floor 0.0101)
     assert _tv(proc, "ddpd", 1) > floor + 0.03   # the product of the per-site marginals
+
+
+def test_ddpd_uniform_converges_to_table(floor):
+    """Uniform noise with the planner derived from the (exact) denoiser: converges to the table."""
+    proc = UniformProcess(K)
+    coarse, fine = _tv(proc, "ddpd", 2), _tv(proc, "ddpd", 64)
+    assert fine < coarse - 0.01, (coarse, fine)
+    assert fine < floor + 0.012, (fine, floor)
+
+
+def test_uniform_noise_posterior_matches_enumeration():
+    """pi = P(site is noise | x_t) by Bayes over (x0, z) with q_t(y | x0) = alpha 1[y = x0] + (1 - alpha)/K."""
+    proc = UniformProcess(3)
+    p = torch.tensor([[[0.5, 0.3, 0.2]]], dtype=torch.float64)
+    xt, lam = torch.tensor([[1]]), torch.tensor([0.4])
+    pi, log_post = proc.noise_posterior(xt, Prediction(x0_log_probs=p.log()), lam)
+    alpha = float(torch.sigmoid(lam))
+    noise_lik = (1 - alpha) / 3                                   # P(x_t = 1, z = 1 | x0 = a), any a
+    clean_lik = torch.tensor([0.0, alpha, 0.0], dtype=torch.float64)
+    joint_noise = p[0, 0] * noise_lik / (noise_lik + clean_lik)  # P(z = 1, x0 = a | x_t) = p_a P(z = 1 | a, x_t)
+    torch.testing.assert_close(pi[0, 0], joint_noise.sum())
+    torch.testing.assert_close(log_post[0, 0].exp(), joint_noise / joint_noise.sum())
 
 
 def test_ddpd_learned_planner_is_used_and_network_skipped_when_done():

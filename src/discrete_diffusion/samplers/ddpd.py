@@ -1,18 +1,26 @@
-"""DDPD-style planned denoising for the masking process.
+"""DDPD-style planned denoising for masking and uniform noise.
 
 Reference: Liu, Nie, Nagar, Cheng, Zhang, Wang, Jaakkola, Gómez-Bombarelli, "Think While You Generate:
 Discrete Diffusion with Planned Denoising", 2024.
 
-A planner gives, per site, the probability that the site is still noise; each step picks which sites to
-denoise by sampling from the planner (Gumbel top-k on its log-probabilities, i.e. sampling without
-replacement in proportion to it) and fills only those sites with draws from the denoiser p(x0^d | x_t).
-The number of sites per step follows the schedule (round(S (1 - alpha_s)) stay noisy, as in the "maskgit"
-sampler), so num_steps >= S denoises one site per step. For masking the planner is trivial: exactly the
-masked sites are noise (planner = 1[x_t = MASK]); a learned planner can be passed as
-``planner(xt, lam) -> (B, *sites) probabilities`` (sites it gives probability 0 are not picked before the
-last step, which denoises every site still masked; picked unmasked sites are copied by the SUBS denoiser). With the trivial
-planner and one site per step this is ancestral sampling in a random order, exact with an exact
-denoiser. Rows with nothing left to denoise skip the network. Masking only.
+A planner gives, per site, the probability that the site is still noise; the sampler denoises only sites the
+planner picks, filling them with draws from the denoiser given that the site is noise.
+
+- Masking: the planner is trivial (exactly the masked sites are noise). Each step picks which sites to
+  denoise by sampling from the planner (Gumbel top-k on its log-probabilities, i.e. without replacement in
+  proportion to it); the number per step follows the schedule (round(S (1 - alpha_s)) stay noisy, as in
+  "maskgit"), so num_steps >= S denoises one site per step: ancestral sampling in a random order, exact with
+  an exact denoiser. A learned planner can be passed as ``planner(xt, lam) -> (B, *sites) probabilities``
+  (sites it gives probability 0 are not picked before the last step, which denoises every site still masked).
+- Uniform: noise is not visible, so the planner matters. By default it is derived from the denoiser
+  (``UniformProcess.noise_posterior``: pi_d = P(site d is noise | x_t), exact when the denoiser is); a learned
+  planner may replace it, with p(x0 | x_t, noise) = (p(x0 | x_t) - (1 - pi) 1[x0 = x_t])_+ / pi. A noisy site
+  is clean by s with probability (alpha_s - alpha_t)/(1 - alpha_t), so site d is denoised in the step with
+  probability pi_d (alpha_s - alpha_t)/(1 - alpha_t), independently per site, to a draw from
+  p(x0^d | x_t, noise). This is DDPD's mask-and-replace reverse process: it has the uniform process's
+  marginals and converges to the data as steps grow, with an exact denoiser.
+
+Rows with nothing left to denoise skip the network (masking).
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from ..processes.base import ForwardProcess
+from ..processes.base import ForwardProcess, expand_to_sites, sample_categorical
+from ..processes.masking import unmask_probability
 from .base import Sampler
 from .confidence import top_k_mask, unmask_counts
 
@@ -33,7 +42,7 @@ Planner = Callable[[Tensor, Tensor], Tensor]
 
 class PlannedDenoisingSampler(Sampler):
     name = "ddpd"
-    supported_processes = ("masking",)
+    supported_processes = ("masking", "uniform")
 
     def __init__(self, num_steps: int = 100, final_denoise: bool = True, planner: Planner | None = None,
                  temperature: float = 1.0, top_p: float = 1.0, cache: bool = False) -> None:
@@ -42,9 +51,11 @@ class PlannedDenoisingSampler(Sampler):
 
     def step(self, process: ForwardProcess, denoiser: Denoiser, xt: Tensor, lam_t: Tensor, lam_s: Tensor,
              generator: torch.Generator | None) -> Tensor:
+        if process.name == "uniform":
+            return self.uniform_step(process, denoiser, xt, lam_t, lam_s, generator)
         mask = getattr(process, "mask_index", None)
         if mask is None:
-            raise ValueError(f"sampler 'ddpd' needs the masking process, got {process.name!r}")
+            raise ValueError(f"sampler 'ddpd' needs the masking or the uniform process, got {process.name!r}")
         k = unmask_counts(xt, mask, lam_s)
         rows = (k > 0).nonzero()[:, 0]
         if rows.numel() == 0:
@@ -65,4 +76,22 @@ class PlannedDenoisingSampler(Sampler):
         x0 = process.sample_x0(x, denoiser(x, lam_t[rows]), generator)
         out = xt.clone()
         out[rows] = torch.where(chosen, x0, x)
+        return out
+
+    def uniform_step(self, process: ForwardProcess, denoiser: Denoiser, xt: Tensor, lam_t: Tensor, lam_s: Tensor,
+                     generator: torch.Generator | None) -> Tensor:
+        prediction = denoiser(xt, lam_t)
+        if self.planner is None:
+            noisy, log_post = process.noise_posterior(xt, prediction, lam_t)
+        else:
+            noisy = self.planner(xt, lam_t).double().clamp(0.0, 1.0)
+            probs = process.x0_log_probs(prediction, xt).double().exp()
+            clean = torch.nn.functional.one_hot(xt, process.num_states).double() * (1.0 - noisy)[..., None]
+            log_post = torch.log((probs - clean).clamp_min(0.0))
+        denoise = noisy * expand_to_sites(unmask_probability(lam_t, lam_s), xt)
+        u = torch.rand(xt.shape, generator=generator, dtype=torch.float64, device=xt.device)
+        chosen = (u < denoise) & torch.isfinite(log_post).any(-1)
+        out = xt.clone()
+        if bool(chosen.any()):
+            out[chosen] = sample_categorical(log_post[chosen], generator)
         return out
