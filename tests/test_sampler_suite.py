@@ -189,6 +189,39 @@ def test_remasking_bridge_with_sigma_zero_is_the_bridge():
     assert torch.equal(bridge, remdm)
 
 
+def test_remdm_loop_holds_alpha_and_the_marginals_in_its_loop_phase(floor):
+    proc = MaskingProcess(K)
+    sampler = build_sampler("remdm", num_steps=40, strategy="loop", eta=0.3, t_on=0.5, t_off=0.1, alpha_on=0.7)
+    grid = sampler.time_grid(build_schedule("log-linear"))
+    alpha = torch.sigmoid(grid)
+    assert torch.allclose(alpha[20:37], torch.full((17,), 0.7, dtype=torch.float64))   # t in [0.1, 0.5]
+    assert bool((alpha[1:21].diff() > 0).all()) and bool((alpha[36:].diff() > 0).all())
+    masked_fraction = []
+    denoiser = SharedLevelOracle(OracleDenoiser(proc, _table(K, D, seed=1), D), D)
+    sampler.sample(proc, denoiser, build_schedule("log-linear"), (N, D), generator=_gen(3),
+                   callback=lambda k, n, x: masked_fraction.append(float((x == proc.mask_index).double().mean())))
+    loop = torch.tensor(masked_fraction[20:36])
+    assert float((loop - 0.3).abs().max()) < 0.015, loop        # remasking and unmasking balance at 1 - alpha_on
+    x, probs = _sample(proc, "remdm", 64, seed=4, strategy="loop")
+    assert total_variation(empirical_distribution(x, K), probs) < floor + 0.02
+    with pytest.raises(ValueError, match="t_off < t_on"):
+        build_sampler("remdm", strategy="loop", t_on=0.1, t_off=0.2)
+
+
+def test_remdm_switch_remasks_only_after_t_on():
+    proc = MaskingProcess(K)
+    x0 = torch.zeros(4000, D, dtype=torch.long)
+    oracle = lambda xt, lam: Prediction(x0_log_probs=torch.log(torch.nn.functional.one_hot(
+        torch.zeros_like(xt), K).float().clamp_min(1e-30)))
+    seen = []
+    sampler = build_sampler("remdm", num_steps=10, eta=0.5, t_on=0.5, final_denoise=True)
+    sampler.sample(proc, oracle, build_schedule("log-linear"), tuple(x0.shape), generator=_gen(2),
+                   callback=lambda k, n, x: seen.append((x == proc.mask_index).clone()))
+    # remasked[i]: some site went from a value to MASK in step i + 2 (from t = 1 - (i + 1)/10)
+    remasked = [bool((seen[k - 1] < seen[k]).any()) for k in range(1, 10)]
+    assert not any(remasked[:4]) and all(remasked[4:8]) and not remasked[8], remasked   # steps 6-9 start at t <= 0.5
+
+
 def test_remdm_with_eta_zero_matches_the_bridge_sampler_in_law():
     proc = MaskingProcess(K)
     bridge, probs = _sample(proc, "bridge", 16, seed=5, num=20000)
