@@ -89,10 +89,10 @@ def test_sample_other_samplers(ddiff, trained_run, tmp_path, sampler):
 
 def test_sample_options_from_flags_reach_the_sampler(ddiff, trained_run, tmp_path):
     res = ddiff("sample", trained_run, "--sampler", "theta-trapezoidal", "--steps", 4, "--num", 4, "-o", "theta=0.3",
-                "--option", "multi_jump=first", "--out", tmp_path / "theta", "--no-progress")
+                "--option", "multi_jump=reject", "--out", tmp_path / "theta", "--no-progress")
     assert res.rc == 0, res
     record = json.loads((tmp_path / "theta" / "theta-trapezoidal_4steps_seed0.json").read_text())
-    assert record["sampler"]["theta"] == 0.3 and record["sampler"]["multi_jump"] == "first"
+    assert record["sampler"]["theta"] == 0.3 and record["sampler"]["multi_jump"] == "reject"
     assert record["nfe_last_batch"] == 2 * 3 + 1 and record["num_samples"] == 4
     plain = _sample(ddiff, trained_run, tmp_path / "plain", "bridge", seed=3)
     res = ddiff("sample", trained_run, "--sampler", "bridge", "--steps", 5, "--num", 8, "--seed", 3,

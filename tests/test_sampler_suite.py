@@ -95,7 +95,7 @@ def test_registry_declares_supported_processes():
 @pytest.mark.parametrize("name,case", PAIRS)
 def test_sampler_converges_to_table(name, case, floor):
     proc = PROCESSES[case]()
-    coarse, fine = _tv(proc, name, 4), _tv(proc, name, 64)
+    coarse, fine = _tv(proc, name, 2), _tv(proc, name, 64)
     assert fine < coarse - 0.01, (coarse, fine)
     assert fine < floor + EXCESS_TOL.get(name, DEFAULT_EXCESS_TOL), (fine, floor)
 

@@ -8,7 +8,7 @@ One step from lam_t to lam_s, with the intermediate point lam_m = lam_t + theta 
 2. x_s = leap from x_t (not from y*) over the whole step [lam_t, lam_s] with the rates
    ((1 - 1/(2 theta)) mu(x_t, lam_t) + 1/(2 theta) mu(y*, lam_m))_+.
 Rates are indexed by (site, target value) and come only from the process (``integrated_reverse_rates``);
-the rate into x_t's own value is dropped. Each leap uses the tau-leaping multi-jump rule (``multi_jump``).
+the rate into x_t's own value is dropped. Each leap moves a site at most once (``multi_jump``, default "first"; see ``theta_base``).
 The paper's analysis gives second order for theta in (0, 1/2]; larger theta is allowed. Two network calls
 per step; the last interval to alpha = 1 draws x0 from the denoiser (one call).
 """

@@ -10,8 +10,8 @@ One step from lam_t to lam_s, with the intermediate point lam_m = lam_t + theta 
    a1 = 1 / (2 theta (1 - theta)), a2 = ((1 - theta)^2 + theta^2) / (2 theta (1 - theta)), a1 - a2 = 1.
 Rates are indexed by (site, target value) and come only from the process (``integrated_reverse_rates``, the
 expected jumps with the prediction frozen, which for masking integrates the alpha factor exactly); the rate
-into y*'s own value is dropped. Each leap uses the tau-leaping multi-jump rule (``multi_jump``, default
-"reject": a site with more than one Poisson jump keeps its value). Two network calls per step; the last
+into y*'s own value is dropped. Each leap moves a site at most once (``multi_jump``, default "first";
+see ``theta_base``). Two network calls per step; the last
 interval to alpha = 1 draws x0 from the denoiser (one call).
 """
 
