@@ -116,6 +116,18 @@ def test_resume_with_different_model_config_is_refused(straight_run, tmp_path, c
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
 
 
+def test_resume_accepts_a_checkpoint_written_before_a_config_option_existed(straight_run, tmp_path):
+    """A key the checkpoint's config lacks (an option added to the library later) takes its default."""
+    run = tmp_path / "run"
+    shutil.copytree(straight_run, run)
+    for manifest in (run / "checkpoints").glob("ckpt_*.json"):
+        meta = json.loads(manifest.read_text())
+        del meta["config"]["model"]["mlp_ratio"]
+        manifest.write_text(json.dumps(meta))
+    assert train(run, "train.steps=9", resume=True) == 0
+    assert final_tensors(run)[0] == 9
+
+
 def test_refused_resume_keeps_run_usable(straight_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(straight_run, run)

@@ -214,6 +214,7 @@ def load_checkpoint(
     ema: EMA | None = None,
     rng_generators: Mapping[str, torch.Generator] | None = None,
     expected_config: Mapping[str, Any] | None = None,
+    absent_ok: bool = False,
 ) -> dict[str, Any]:
     """Restore a checkpoint into the given objects and return its manifest.
 
@@ -228,6 +229,9 @@ def load_checkpoint(
         expected_config: the model-defining config values, compared at the same key
             paths against the stored ``config`` (e.g. ``{"model": cfg.model}``); any
             difference raises ``ValueError`` listing every key with both values.
+        absent_ok: accept expected keys that the stored config lacks (options added to the library after the
+            checkpoint was written, which take their defaults); the exact tensor-name and shape check still
+            refuses a checkpoint of another architecture.
 
     Returns:
         The manifest dict (``step``, ``config``, ``config_hash``, ``library_version``, ...)
@@ -241,7 +245,7 @@ def load_checkpoint(
     manifest = _resolve(path)
     meta = _read_manifest(manifest)
     if expected_config is not None:
-        check_config(meta.get("config"), expected_config, manifest)
+        check_config(meta.get("config"), expected_config, manifest, absent_ok=absent_ok)
     tensors = _load_tensors(manifest, meta)
 
     # Validate everything that can be validated before mutating anything.

@@ -195,7 +195,7 @@ class Trainer:
         latest = find_latest_checkpoint(self.run_dir / "checkpoints")
         if latest is not None:
             meta = load_checkpoint(latest, self.denoiser, self.optimizer, self.scheduler, self.ema, self.generators,
-                                   expected_config=model_config(self.config))
+                                   expected_config=model_config(self.config), absent_ok=True)
             self.step = int(meta["step"])
             best = meta.get("extra", {}).get("best")
             self.best = (float(best[0]), int(best[1])) if best else None
