@@ -192,15 +192,26 @@ class MaskingProcess(ForwardProcess):
         Scaling"), sigma (B,) in [0, max_remask_probability]: an unmasked site is remasked with probability
         sigma; a masked site becomes x0 with probability (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t).
         Both keep q_s(x_s | x0) = alpha_s 1[x_s = x0] + (1 - alpha_s) 1[x_s = MASK]; sigma = 0 is bridge_from_x0."""
+        unmask, remask = self._remasking_moves(xt, lam_t, lam_s, sigma, generator)
+        out = torch.where(unmask, x0, xt)
+        return out.masked_fill(remask, self.mask_index)
+
+    def remasking_step(self, xt: Tensor, prediction: Prediction, lam_t: Tensor, lam_s: Tensor, sigma: Tensor,
+                       generator: torch.Generator | None = None) -> Tensor:
+        """remasking_bridge with x0 ~ p(x0 | x_t) drawn only at the sites that unmask (same law, less work)."""
+        unmask, remask = self._remasking_moves(xt, lam_t, lam_s, sigma, generator)
+        return self.sample_x0_where(xt, prediction, unmask, generator).masked_fill(remask, self.mask_index)
+
+    def _remasking_moves(self, xt: Tensor, lam_t: Tensor, lam_s: Tensor, sigma: Tensor,
+                         generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """(sites that unmask, sites that are remasked), both (B, *sites) bool, for remasking_bridge."""
         sigma = torch.minimum(sigma.double().clamp_min(0.0), self.max_remask_probability(lam_t, lam_s))
         # (alpha_s - alpha_t)/(1 - alpha_t) + sigma alpha_t/(1 - alpha_t), the first term computed stably
         odds = torch.exp(F.logsigmoid(lam_t.double()) - F.logsigmoid(-lam_t.double()))
         unmask = (unmask_probability(lam_t, lam_s) + sigma * odds).clamp(0.0, 1.0)
         u = torch.rand(xt.shape, generator=generator, dtype=torch.float64, device=xt.device)
         masked = xt == self.mask_index
-        unmasked_to = torch.where(u < expand_to_sites(unmask, xt), x0, xt)
-        remasked_to = torch.where(u < expand_to_sites(sigma, xt), torch.full_like(xt, self.mask_index), xt)
-        return torch.where(masked, unmasked_to, remasked_to)
+        return masked & (u < expand_to_sites(unmask, xt)), ~masked & (u < expand_to_sites(sigma, xt))
 
     def reverse_rate_bound(self, xt: Tensor) -> Tensor:
         """The total rate is exactly sigmoid(lam) * (number of masked sites)."""

@@ -57,13 +57,13 @@ class ConfidenceSampler(Sampler):
         if mask is None:
             raise ValueError(f"sampler 'maskgit' needs the masking process, got {process.name!r}")
         prediction = denoiser(xt, lam_t)
-        candidates = process.sample_x0(xt, prediction, generator)
-        log_probs = process.x0_log_probs(prediction, xt).double()
-        confidence = torch.gather(log_probs, -1, candidates[..., None])[..., 0]
+        masked = xt == mask
+        candidates = process.sample_x0_where(xt, prediction, masked, generator)     # drawn at masked sites only
+        log_probs = process.x0_log_probs(prediction, xt)
+        confidence = torch.gather(log_probs, -1, candidates[..., None])[..., 0].double()
         if self.noise > 0:
             u = torch.rand(confidence.shape, generator=generator, dtype=torch.float64, device=xt.device)
             confidence = confidence - self.noise * torch.log(-torch.log(u.clamp_min(1e-300)))
-        masked = xt == mask
         confidence = torch.where(masked, confidence, torch.full_like(confidence, -torch.inf))
         chosen = top_k_mask(confidence, unmask_counts(xt, mask, lam_s)) & masked
         return torch.where(chosen, candidates, xt)

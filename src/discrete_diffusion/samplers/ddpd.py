@@ -63,7 +63,7 @@ class PlannedDenoisingSampler(Sampler):
         x = xt[rows]
         if math.isinf(float(lam_s[0])):            # alpha_s = 1: whatever is still masked is denoised now
             out = xt.clone()
-            out[rows] = process.sample_x0(x, denoiser(x, lam_t[rows]), generator)
+            out[rows] = process.sample_x0_where(x, denoiser(x, lam_t[rows]), x == mask, generator)
             return out
         if self.planner is None:
             noisy = (x == mask).double()
@@ -73,9 +73,8 @@ class PlannedDenoisingSampler(Sampler):
         gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
         scores = torch.where(noisy > 0, torch.log(noisy) + gumbel, torch.full_like(gumbel, -torch.inf))
         chosen = top_k_mask(scores, k[rows]) & (noisy > 0)
-        x0 = process.sample_x0(x, denoiser(x, lam_t[rows]), generator)
         out = xt.clone()
-        out[rows] = torch.where(chosen, x0, x)
+        out[rows] = process.sample_x0_where(x, denoiser(x, lam_t[rows]), chosen, generator)
         return out
 
     def uniform_step(self, process: ForwardProcess, denoiser: Denoiser, xt: Tensor, lam_t: Tensor, lam_s: Tensor,

@@ -3,8 +3,8 @@
 Reference: Wang, Schiff, Sahoo, Kuleshov, "Remasking Discrete Diffusion Models with Inference-Time
 Scaling", 2025.
 
-Each step draws x0 ~ p(x0 | x_t) per site and then x_s from the process's ``remasking_bridge``: unmasked
-sites are remasked with probability sigma_t, masked sites unmask with the probability that keeps the
+Each step draws x_s from the process's ReMDM posterior (``remasking_step``: ``remasking_bridge`` with x0 ~
+p(x0 | x_t) drawn only at the sites that unmask): unmasked sites are remasked with probability sigma_t, masked sites unmask with the probability that keeps the
 marginals q_s(. | x0). sigma_t <= sigma_max(t) = min(1, (1 - alpha_s) / alpha_t) (the process's
 ``max_remask_probability``). Strategies (the paper's names):
 - "cap":     sigma_t = min(eta, sigma_max(t));
@@ -84,18 +84,17 @@ class ReMDMSampler(Sampler):
 
     def step(self, process: ForwardProcess, denoiser: Denoiser, xt: Tensor, lam_t: Tensor, lam_s: Tensor,
              generator: torch.Generator | None) -> Tensor:
-        if not hasattr(process, "remasking_bridge"):
+        if not hasattr(process, "remasking_step"):
             raise ValueError(f"sampler 'remdm' needs the masking process, got {process.name!r}")
         prediction = denoiser(xt, lam_t)
-        x0 = process.sample_x0(xt, prediction, generator)
         if math.isinf(float(lam_s[0])):
-            return x0
+            return process.sample_x0_where(xt, prediction, xt == process.mask_index, generator)
         if self.strategy == "loop":
             remask = bool((lam_t == lam_s).all())                  # the loop phase: alpha held at alpha_on
         else:
             remask = float(lam_t[0]) >= self._lam_on - 1e-9       # t <= t_on ("switch"; always for t_on = 1)
         sigma = self.remask_probability(process, lam_t, lam_s) if remask else torch.zeros_like(lam_t.double())
-        return process.remasking_bridge(xt, x0, lam_t, lam_s, sigma, generator)
+        return process.remasking_step(xt, prediction, lam_t, lam_s, sigma, generator)
 
     def config(self) -> dict:
         out = {**super().config(), "strategy": self.strategy, "eta": self.eta, "t_on": self.t_on}
