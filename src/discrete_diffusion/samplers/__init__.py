@@ -10,6 +10,7 @@ from .confidence import ConfidenceSampler
 from .ddpd import PlannedDenoisingSampler
 from .euler import EulerSampler
 from .exact import ExactSimulationSampler, TwoTermThinningSampler
+from .exact_window import WindowThinningSampler
 from .mean_bridge import MeanBridgeSampler
 from .remdm import ReMDMSampler
 from .tau_leaping import TauLeapingSampler
@@ -19,7 +20,8 @@ from .theta_trapezoidal import ThetaTrapezoidalSampler
 SAMPLERS: dict[str, type[Sampler]] = {
     cls.name: cls for cls in (BridgeSampler, MeanBridgeSampler, TauLeapingSampler, ExactSimulationSampler,
                               EulerSampler, ThetaTrapezoidalSampler, ThetaRK2Sampler, ReMDMSampler,
-                              ConfidenceSampler, TwoTermThinningSampler, PlannedDenoisingSampler)
+                              ConfidenceSampler, TwoTermThinningSampler, WindowThinningSampler,
+                              PlannedDenoisingSampler)
 }
 
 
@@ -37,5 +39,5 @@ def build_sampler(name: str, **options) -> Sampler:
 
 __all__ = ["Sampler", "ProgressCallback", "SAMPLERS", "build_sampler", "BridgeSampler", "MeanBridgeSampler",
            "TauLeapingSampler", "ExactSimulationSampler", "EulerSampler", "ThetaTrapezoidalSampler",
-           "ThetaRK2Sampler", "ReMDMSampler", "ConfidenceSampler", "TwoTermThinningSampler",
+           "ThetaRK2Sampler", "ReMDMSampler", "ConfidenceSampler", "TwoTermThinningSampler", "WindowThinningSampler",
            "PlannedDenoisingSampler"]

@@ -23,6 +23,19 @@ from ..schedules import Schedule
 from .base import ProgressCallback, Sampler
 
 
+def apply_jumps(x: Tensor, rows: Tensor, flat_rates: Tensor, num_values: int,
+                generator: torch.Generator | None) -> Tensor:
+    """Jump once in each of ``rows`` of x (B, *sites): to (site, value) drawn in proportion to flat_rates
+    (len(rows), sites * num_values). Returns the updated x."""
+    if rows.numel() == 0:
+        return x
+    choice = sample_categorical(torch.log(flat_rates.clamp_min(1e-300)), generator)
+    site, value = choice // num_values, choice % num_values
+    x_flat = x.reshape(x.shape[0], -1).clone()
+    x_flat[rows, site] = value
+    return x_flat.reshape(x.shape)
+
+
 class ExactSimulationSampler(Sampler):
     name = "exact"
 
@@ -61,14 +74,7 @@ class ExactSimulationSampler(Sampler):
             accept_prob = flat.sum(1) / (torch.sigmoid(lams) * live[:, 0] + torch.sigmoid(-lams) * live[:, 1])
             u = torch.rand(idx.shape[0], generator=generator, dtype=torch.float64, device=device)
             accepted = u < accept_prob
-            if bool(accepted.any()):
-                choice = sample_categorical(torch.log(flat[accepted].clamp_min(1e-300)), generator)
-                num_values = rates.shape[-1]
-                site, value = choice // num_values, choice % num_values
-                rows = idx[accepted]
-                x_flat = x.reshape(batch, -1)
-                x_flat[rows, site] = value
-                x = x_flat.reshape(x.shape)
+            x = apply_jumps(x, idx[accepted], flat[accepted], rates.shape[-1], generator)
             events += 1
             self._record_cost()
             if callback is not None:
