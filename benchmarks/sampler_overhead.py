@@ -1,23 +1,31 @@
 """Sampler loop overhead: wall time of a sampler run divided by the wall time of its network forwards alone.
 
-Shape: batch 64, 1024 sites, 256 states (masking: 257 input values with MASK; uniform: 256). The network is a
-fixed random ``FakeNetwork`` (embedding of the input value -> GELU -> linear to K logits, (B, K, L) like a
-library backbone's output; it ignores the noise level), cheap enough for a 2-core CPU. The denoiser is that
-network followed by the process's own output parameterisation (``prediction_from_output``: SUBS for masking,
-the single-site-likelihood boost for uniform), as in ``NetworkDenoiser``.
+Shape: batch 64, 1024 sites, 256 states (masking: 257 input values with MASK; uniform: 256). Two networks
+(``--network``):
+
+- ``embedding`` (default): a fixed random ``FakeNetwork`` (embedding of the input value -> GELU -> linear to
+  K logits, (B, K, L) like a library backbone's output; it ignores the noise level), deliberately cheap: the
+  worst case for the ratio, where the process's own output parameterisation (SUBS's log-softmax over
+  16M logits) already costs a large fraction of a network call;
+- ``transformer``: the library's ``SequenceTransformer`` (``--dim``, ``--depth``; random weights) on the
+  process's input features inside ``NetworkDenoiser``: a realistic, still small, model at this shape.
+
+The denoiser is the network followed by the process's output parameterisation (``prediction_from_output``:
+SUBS for masking, the single-site-likelihood boost for uniform), as in ``NetworkDenoiser``.
 
 For every registered sampler that applies (the exact event-driven simulators excepted: they are for tiny
-problems) one measurement is: run the sampler for ``--steps`` steps (timed; the network records the inputs it
+problems) one measurement is: run the sampler for ``--steps`` steps (timed; the denoiser records the inputs it
 sees), then time the bare network on exactly those recorded inputs, as many calls as the sampler made. The
 ratio of the two (sampler / network) is the loop overhead; the issue's target is <= 1.10. A second column
 divides by network + parameterisation (the denoiser), which isolates the sampler's own step code. Each
 measurement is repeated ``--repeats`` times, the two timings side by side, and the median ratio reported.
 Samplers above the target are profiled with cProfile (one extra run) and the top functions by own time saved.
 
-    python benchmarks/sampler_overhead.py                 # default: 20 steps, 3 repeats
-    python benchmarks/sampler_overhead.py --quick         # smoke run (small shape)
+    python benchmarks/sampler_overhead.py                          # cheap network: 20 steps, 3 repeats
+    python benchmarks/sampler_overhead.py --network transformer --steps 8 --repeats 1 --no-profile
+    python benchmarks/sampler_overhead.py --quick                  # smoke run (small shape)
 
-Writes ``sampler_overhead.md`` / ``.json`` (and ``sampler_overhead_profiles.txt``) to ``--out``.
+Writes ``sampler_overhead[_transformer].md`` / ``.json`` (and ``..._profiles.txt``) to ``--out``.
 """
 
 from __future__ import annotations
