@@ -404,6 +404,23 @@ def test_tiny_top_p_gives_the_mode_at_every_site(name):
     assert sampler.config()["top_p"] == 1e-6 and sampler.config()["temperature"] == 0.7
 
 
+def test_grid_option_places_the_steps_by_another_schedule(floor):
+    run_schedule, cosine = build_schedule("log-linear"), build_schedule("cosine")
+    for name in ("bridge", "tau-leaping", "theta-trapezoidal", "maskgit"):
+        sampler = build_sampler(name, num_steps=4, grid="cosine", final_denoise=False)
+        t = torch.linspace(1.0, 0.0, 5, dtype=torch.float64)
+        expected = torch.logit(cosine.alpha(t).clamp(0.0, 1.0))
+        torch.testing.assert_close(sampler.time_grid(run_schedule), expected)
+        assert sampler.config()["grid"] == "cosine"
+    assert not torch.equal(build_sampler("bridge", num_steps=4).time_grid(run_schedule),
+                           build_sampler("bridge", num_steps=4, grid="cosine").time_grid(run_schedule))
+    with pytest.raises(ValueError, match="valid grids.*cosine"):
+        build_sampler("bridge", grid="quadratic")
+    # a model trained on one schedule samples on another's grid: still converges on the oracle
+    x, probs = _sample(MaskingProcess(K), "bridge", 64, grid="cosine")
+    assert total_variation(empirical_distribution(x, K), probs) < floor + DEFAULT_EXCESS_TOL
+
+
 @pytest.mark.parametrize("bad", [{"temperature": 0.0}, {"top_p": 0.0}, {"top_p": 1.5}, {"multi_jump": "x"},
                                  {"theta": 1.0}])
 def test_bad_options_raise(bad):

@@ -11,6 +11,8 @@ Options every sampler honours (the base wraps the denoiser, so subclasses see th
   (``transform_x0_log_probs``); a mean-only Blackout prediction cannot be transformed and raises, and a
   Blackout "logits" prediction loses its mean (it would no longer match), so only samplers that draw x0
   (bridge) accept it there.
+- ``grid``: the name of a schedule whose alpha(t) places the steps instead of the run's schedule (e.g.
+  "cosine", "log-linear", "blackout": the Blackout paper's grid, uniform in logit alpha).
 - ``cache``: reuse the previous prediction of a batch row while its x_t is unchanged, calling the network on
   the changed rows only. Exact only for processes whose posterior does not depend on the noise level at fixed
   x_t (masking); other processes raise.
@@ -30,7 +32,7 @@ from torch import Tensor
 
 from ..denoiser import Denoiser
 from ..processes.base import ForwardProcess, Prediction, jump_from_rates  # noqa: F401  (re-exported)
-from ..schedules import Schedule
+from ..schedules import SCHEDULES, Schedule, build_schedule
 
 #: callback(step, num_steps, x) after each step; step counts from 1.
 ProgressCallback = Callable[[int, int, Tensor], None]
@@ -136,7 +138,7 @@ class Sampler(ABC):
         return cls.supported_processes is None or name in cls.supported_processes
 
     def __init__(self, num_steps: int = 100, final_denoise: bool = True, temperature: float = 1.0,
-                 top_p: float = 1.0, cache: bool = False) -> None:
+                 top_p: float = 1.0, cache: bool = False, grid: str | None = None) -> None:
         if int(num_steps) < 1:
             raise ValueError(f"{type(self).__name__}: num_steps must be >= 1, got {num_steps}")
         if not float(temperature) > 0:
@@ -148,6 +150,10 @@ class Sampler(ABC):
         self.temperature = float(temperature)
         self.top_p = float(top_p)
         self.cache = bool(cache)
+        if grid is not None and grid not in SCHEDULES:
+            raise ValueError(f"{type(self).__name__}: unknown grid {grid!r}; valid grids (schedules): "
+                             f"{', '.join(sorted(SCHEDULES))}")
+        self.grid = grid
         self.network_calls = 0
         self.network_evaluations = 0
         self.nfe = 0.0
@@ -178,7 +184,11 @@ class Sampler(ABC):
 
     def time_grid(self, schedule: Schedule) -> Tensor:
         """lam_k = logit(alpha(t_k)) for t_k = 1 - k / num_steps, k = 0..num_steps, float64 and increasing;
-        the last entry is +inf when final_denoise is set (or alpha(0) = 1)."""
+        the last entry is +inf when final_denoise is set (or alpha(0) = 1). With the ``grid`` option the
+        alpha(t) of that schedule (with its default settings) replaces the run's: the denoiser is conditioned
+        on logit alpha, not on t, so any grid works with a trained model."""
+        if self.grid is not None:
+            schedule = build_schedule(self.grid)
         t = torch.linspace(1.0, 0.0, self.num_steps + 1, dtype=torch.float64)
         lam = torch.logit(schedule.alpha(t).clamp(0.0, 1.0))
         if self.final_denoise:
@@ -217,4 +227,6 @@ class Sampler(ABC):
             out["top_p"] = self.top_p
         if self.cache:
             out["cache"] = True
+        if self.grid is not None:
+            out["grid"] = self.grid
         return out

@@ -45,8 +45,9 @@ class ConfidenceSampler(Sampler):
     supported_processes = ("masking",)
 
     def __init__(self, num_steps: int = 100, final_denoise: bool = True, noise: float = 0.0,
-                 temperature: float = 1.0, top_p: float = 1.0, cache: bool = False) -> None:
-        super().__init__(num_steps, final_denoise, temperature, top_p, cache)
+                 temperature: float = 1.0, top_p: float = 1.0, cache: bool = False,
+                 grid: str | None = None) -> None:
+        super().__init__(num_steps, final_denoise, temperature, top_p, cache, grid)
         if float(noise) < 0:
             raise ValueError(f"maskgit: noise must be >= 0, got {noise}")
         self.noise = float(noise)

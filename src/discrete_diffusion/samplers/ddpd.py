@@ -45,8 +45,9 @@ class PlannedDenoisingSampler(Sampler):
     supported_processes = ("masking", "uniform")
 
     def __init__(self, num_steps: int = 100, final_denoise: bool = True, planner: Planner | None = None,
-                 temperature: float = 1.0, top_p: float = 1.0, cache: bool = False) -> None:
-        super().__init__(num_steps, final_denoise, temperature, top_p, cache)
+                 temperature: float = 1.0, top_p: float = 1.0, cache: bool = False,
+                 grid: str | None = None) -> None:
+        super().__init__(num_steps, final_denoise, temperature, top_p, cache, grid)
         self.planner = planner
 
     def step(self, process: ForwardProcess, denoiser: Denoiser, xt: Tensor, lam_t: Tensor, lam_s: Tensor,

@@ -41,8 +41,9 @@ class ExactSimulationSampler(Sampler):
     supported_processes: tuple[str, ...] | None = ("masking", "blackout")
 
     def __init__(self, num_steps: int = 1, final_denoise: bool = True, lam_stop: float = 25.0,
-                 temperature: float = 1.0, top_p: float = 1.0, cache: bool = False) -> None:
-        super().__init__(num_steps, final_denoise, temperature, top_p, cache)
+                 temperature: float = 1.0, top_p: float = 1.0, cache: bool = False,
+                 grid: str | None = None) -> None:
+        super().__init__(num_steps, final_denoise, temperature, top_p, cache, grid)
         self.lam_stop = float(lam_stop)
 
     @torch.no_grad()

@@ -33,8 +33,9 @@ class WindowThinningSampler(ExactSimulationSampler):
     supported_processes = ("matrix",)
 
     def __init__(self, num_steps: int = 1, final_denoise: bool = True, lam_stop: float = 10.0, window: float = 0.5,
-                 temperature: float = 1.0, top_p: float = 1.0, cache: bool = False) -> None:
-        super().__init__(num_steps, final_denoise, lam_stop, temperature, top_p, cache)
+                 temperature: float = 1.0, top_p: float = 1.0, cache: bool = False,
+                 grid: str | None = None) -> None:
+        super().__init__(num_steps, final_denoise, lam_stop, temperature, top_p, cache, grid)
         if not window > 0:
             raise ValueError(f"exact-window: window must be > 0, got {window}")
         self.window = float(window)

@@ -15,7 +15,7 @@ marginals q_s(. | x0). sigma_t <= sigma_max(t) = min(1, (1 - alpha_s) / alpha_t)
   with sigma = min(eta, sigma_max) while unmasking as many sites in expectation (the marginals stay q(alpha_on)):
   the model revises its own tokens; for t < t_off plain MDLM steps take alpha from alpha_on to 1. The paper's
   scripts use eta = 0.02, t_on = 0.55, t_off = 0.05, alpha_on = 0.9 (the defaults here); the alpha path within
-  the first and last phases (linear in t) is this library's choice, and ``schedule`` is not used by "loop".
+  the first and last phases (linear in t) is this library's choice, and neither ``schedule`` nor ``grid`` is used by "loop".
 eta = 0 is the plain bridge (MDLM) sampler in law. The paper's confidence-based strategy is not implemented.
 Masking only. Remasking corrects a model's mistakes at inference time; with an exact denoiser it adds
 per-site (factorisation) error that does not vanish with more steps for a fixed eta, so it is not expected
@@ -43,8 +43,9 @@ class ReMDMSampler(Sampler):
 
     def __init__(self, num_steps: int = 100, final_denoise: bool = True, strategy: str = "cap",
                  eta: float = 0.02, t_on: float | None = None, t_off: float = 0.05, alpha_on: float = 0.9,
-                 temperature: float = 1.0, top_p: float = 1.0, cache: bool = False) -> None:
-        super().__init__(num_steps, final_denoise, temperature, top_p, cache)
+                 temperature: float = 1.0, top_p: float = 1.0, cache: bool = False,
+                 grid: str | None = None) -> None:
+        super().__init__(num_steps, final_denoise, temperature, top_p, cache, grid)
         if strategy not in STRATEGIES:
             raise ValueError(f"remdm: strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
         if not 0.0 <= float(eta) <= 1.0:

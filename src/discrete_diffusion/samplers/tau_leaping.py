@@ -30,8 +30,9 @@ class TauLeapingSampler(Sampler):
     name = "tau-leaping"
 
     def __init__(self, num_steps: int = 100, final_denoise: bool = True, multi_jump: str = "reject",
-                 temperature: float = 1.0, top_p: float = 1.0, cache: bool = False) -> None:
-        super().__init__(num_steps, final_denoise, temperature, top_p, cache)
+                 temperature: float = 1.0, top_p: float = 1.0, cache: bool = False,
+                 grid: str | None = None) -> None:
+        super().__init__(num_steps, final_denoise, temperature, top_p, cache, grid)
         if multi_jump not in MULTI_JUMP_RULES:
             raise ValueError(f"multi_jump must be one of {list(MULTI_JUMP_RULES)}, got {multi_jump!r}")
         self.multi_jump = multi_jump

@@ -46,8 +46,8 @@ class ThetaSampler(Sampler):
 
     def __init__(self, num_steps: int = 100, final_denoise: bool = True, theta: float = 0.5,
                  multi_jump: str = "first", temperature: float = 1.0, top_p: float = 1.0,
-                 cache: bool = False) -> None:
-        super().__init__(num_steps, final_denoise, temperature, top_p, cache)
+                 cache: bool = False, grid: str | None = None) -> None:
+        super().__init__(num_steps, final_denoise, temperature, top_p, cache, grid)
         upper_ok = float(theta) <= 1.0 if self.allow_theta_one else float(theta) < 1.0
         if not (0.0 < float(theta) and upper_ok):
             interval = "(0, 1]" if self.allow_theta_one else "(0, 1)"
