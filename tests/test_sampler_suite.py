@@ -102,10 +102,13 @@ def test_sampler_converges_to_table(name, case, floor):
 
 @pytest.mark.parametrize("name", ["tau-leaping", "euler", "theta-trapezoidal"])
 def test_negative_control_wrong_rates(name, floor, monkeypatch):
-    """Rates 2x too high (a wrong integral of the rate) must fail the 64-step TV bound (measured 0.052-0.059)."""
+    """Rates 2x too high (a wrong integral of the rate) must fail the 64-step TV bound (measured 0.052-0.059).
+    The uniform process's own leap is replaced by the generic one (same law: test_uniform_leap_has_the_law_...),
+    which reads the doubled rates."""
     original = UniformProcess.integrated_reverse_rates
     monkeypatch.setattr(UniformProcess, "integrated_reverse_rates",
                         lambda self, *args: 2.0 * original(self, *args))
+    monkeypatch.setattr(UniformProcess, "leap", ForwardProcess.leap)
     tv = _tv(UniformProcess(K), name, 64)
     assert tv > floor + 3 * DEFAULT_EXCESS_TOL, tv
 
@@ -469,6 +472,23 @@ def test_masking_leap_has_the_law_of_the_generic_leap(rule):
     assert bool((fast[:, 1] == 2).all()) and bool((generic[:, 1] == 2).all())
     freq = [torch.bincount(x[:, 0], minlength=K + 1).double() / n for x in (fast, generic)]
     assert float((freq[0] - freq[1]).abs().max()) < 0.01, freq
+
+
+@pytest.mark.parametrize("rule", ["reject", "first", "euler"])
+@pytest.mark.parametrize("lam_value", [-3.0, 0.5, 4.0])
+def test_uniform_leap_has_the_law_of_the_generic_leap(rule, lam_value):
+    proc = UniformProcess(K)
+    n = 60_000
+    xt = torch.tensor([1, 3]).expand(n, 2).clone()
+    logits = 2.0 * torch.randn(1, K, 2, generator=_gen(11)).expand(n, K, 2)
+    lam = torch.full((n,), lam_value)
+    pred = proc.prediction_from_output(logits, xt, lam, "logits")
+    lam_to = lam.double() + 0.8
+    fast = proc.leap(xt, pred, lam, lam.double(), lam_to, rule, _gen(12))
+    generic = jump_from_rates(xt, proc.integrated_reverse_rates(xt, pred, lam, lam.double(), lam_to), _gen(13), rule)
+    for site in range(2):
+        freq = [torch.bincount(x[:, site], minlength=K).double() / n for x in (fast, generic)]
+        assert float((freq[0] - freq[1]).abs().max()) < 0.01, (site, freq)
 
 
 def test_masking_integrated_rates_are_exact_in_lam():

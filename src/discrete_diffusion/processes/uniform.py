@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import ForwardProcess, Prediction, expand_to_sites
+from .base import JUMP_RULES, ForwardProcess, Prediction, expand_to_sites, move_probability, sample_categorical
 
 #: lam is clamped here before exp(lam) (g = K e^lam stays finite in float64; 1 - alpha is ~1e-217 there).
 _LAM_MAX = 500.0
@@ -189,6 +189,40 @@ class UniformProcess(ForwardProcess):
         weight = expand_to_sites(torch.sigmoid(-lam.double()), xt)[..., None] / self.num_states
         rates = weight * s
         return torch.where(F.one_hot(xt, self.num_states).bool(), torch.zeros_like(rates), rates)
+
+    def leap(self, xt: Tensor, prediction: Prediction, lam: Tensor, lam_from: Tensor, lam_to: Tensor,
+             rule: str = "reject", generator: torch.Generator | None = None) -> Tensor:
+        """The rates out of x are w (A + g p_y) for y != x, w = (1 - alpha)/K, A = (1 - p_x) + p_x/(1 + g): a
+        uniform part and a part proportional to p. Per site E = w h [(K - 1) A + g (1 - p_x)] with h the frozen
+        step (lam_to - lam_from); a site moves with move_probability(E, rule), to a uniform y != x with
+        probability (K - 1) A / [(K - 1) A + g (1 - p_x)], else to y ~ p(. | x_t) without x. Same law as
+        jump_from_rates on integrated_reverse_rates, drawing from p only at the sites that move."""
+        if rule not in JUMP_RULES:
+            raise ValueError(f"jump rule must be one of {list(JUMP_RULES)}, got {rule!r}")
+        k = self.num_states
+        log_probs = self.x0_log_probs(prediction, xt)
+        log_p_x = torch.gather(log_probs, -1, xt[..., None])[..., 0].double()
+        p_x, rest = log_p_x.exp(), -torch.expm1(log_p_x)                                # p_x and 1 - p_x
+        lam_sites = expand_to_sites(lam.double(), xt)
+        keep = torch.exp(-self._log_boost(lam_sites))                                   # 1 / (1 + g)
+        g = torch.exp(lam_sites.clamp_max(_LAM_MAX) + math.log(k))
+        uniform_part = (k - 1) * (rest + p_x * keep)
+        p_part = g * rest
+        width = expand_to_sites((lam_to.double() - lam_from.double()).clamp_min(0.0), xt)
+        total = torch.sigmoid(-lam_sites) / k * width * (uniform_part + p_part)
+        u = torch.rand(xt.shape + (2,), generator=generator, dtype=torch.float64, device=xt.device)
+        move = u[..., 0] < move_probability(total, rule)
+        to_uniform = u[..., 1] * (uniform_part + p_part) < uniform_part
+        out = xt.clone()
+        pick = move & to_uniform                            # a uniform value other than x: skip x in 0..K-2
+        if bool(pick.any()):
+            r = torch.randint(0, k - 1, (int(pick.sum()),), generator=generator, device=xt.device)
+            out[pick] = r + (r >= xt[pick]).long()
+        pick = move & ~to_uniform
+        if bool(pick.any()):
+            others = log_probs[pick].double().scatter(-1, xt[pick][:, None], -torch.inf)
+            out[pick] = sample_categorical(others, generator)
+        return out
 
     def reverse_rate_bound_terms(self, xt: Tensor) -> tuple[Tensor, Tensor]:
         """(c_alpha, c_noise), each (B,) float64: the total reverse rate per lam is <= c_alpha sigmoid(lam) +
