@@ -33,7 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import JUMP_RULES, ForwardProcess, Prediction, expand_to_sites, move_probability, sample_categorical
+from .base import (
+    JUMP_RULES,
+    ForwardProcess,
+    Prediction,
+    expand_to_sites,
+    move_probability,
+    sample_categorical,
+)
 
 #: lam is clamped here before exp(lam) (g = K e^lam stays finite in float64; 1 - alpha is ~1e-217 there).
 _LAM_MAX = 500.0
