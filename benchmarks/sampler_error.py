@@ -11,7 +11,7 @@ theta methods), the distance of the empirical distribution to the exact table:
   multinomial noise subtracted (unbiased up to O(1/N^2)); it shrinks like bias^2, so an order-r sampler
   gives chi2 ~ NFE^(-2r) until it reaches the noise (about sqrt(2 (J - 1)) / N).
 The Monte-Carlo floor (N exact draws from the table) and the exact simulators ("exact" for masking and
-Blackout, "exact-thinning" for uniform) are reference rows. The schedule is log-linear (alpha(1) = 1e-4).
+Blackout, "exact-thinning" for uniform, "exact-window" for the matrix process) are reference rows. The schedule is log-linear (alpha(1) = 1e-4).
 
 Writes ``sampler_error.md`` and ``sampler_error.json`` (raw numbers and the command) and a log-log plot
 ``sampler_error.png`` (PIL; matplotlib is not a dependency) to ``--out``.
@@ -41,7 +41,7 @@ from discrete_diffusion.samplers import SAMPLERS, build_sampler
 from discrete_diffusion.schedules import build_schedule
 
 EXACT = {"masking": ("exact", {"lam_stop": 12.0}), "blackout": ("exact", {"lam_stop": 12.0}),
-         "uniform": ("exact-thinning", {"lam_stop": 12.0})}
+         "uniform": ("exact-thinning", {"lam_stop": 12.0}), "gaussian": ("exact-window", {"lam_stop": 8.0})}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
