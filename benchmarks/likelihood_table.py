@@ -39,11 +39,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from discrete_diffusion.baselines import ARTransformer, FitSettings, fit_exact_model
 from discrete_diffusion.baselines.fit import bits_per_dim
-from discrete_diffusion.builders import build_dataset
+from discrete_diffusion.builders import build_dataset, build_proposal
 from discrete_diffusion.config import load_config, to_dict
+from discrete_diffusion.losses import estimate_elbo
 from discrete_diffusion.pipeline import evaluate_run, likelihood_unit, load_run
 from discrete_diffusion.train.trainer import Trainer
 
@@ -152,20 +154,60 @@ def run_cell(args: argparse.Namespace, dataset: str, model: str) -> None:
 
 
 def reevaluate(args: argparse.Namespace, dataset: str, model: str, result: dict) -> None:
-    """Re-estimate a finished diffusion cell's test bound with ``--image-t-samples`` draws per example (stored in
-    its result.json as test / test_se, the first estimate kept as test_initial)."""
-    if result.get("test_t_samples") == args.image_t_samples:
+    """Per-example test bits of a finished cell, kept in its result.json (``test_per_example``) so that models can
+    be compared on the same examples: the diffusion bound re-estimated with ``--image-t-samples`` draws per
+    example (the first estimate kept as ``test_initial``), the AR model's exact NLL recomputed."""
+    if result.get("test_per_example") is not None and (model == "ar" or
+                                                       result.get("test_t_samples") == args.image_t_samples):
         return
     run_dir = cell_dir(args, dataset, model)
-    run = load_run(run_dir, "best", "cpu")
+    config = load_config(None, cell_overrides(args, dataset, model))
     start = time.time()
-    nll = evaluate_run(run, "test", t_samples=args.image_t_samples, seed=args.seed + 1, progress=False)
-    result.setdefault("test_initial", [result["test"], result["test_se"], args.t_samples])
-    result.update(test=nll.nll_bits_per_dim, test_se=nll.nll_bits_per_dim_stderr,
-                  test_t_samples=args.image_t_samples, eval_seconds=time.time() - start)
+    if model == "ar":
+        data = build_dataset(config)
+        m = config.model
+        net = ARTransformer(data.num_states, math.prod(data.site_shape), dim=m.dim, depth=m.depth, heads=m.heads,
+                            dropout=m.dropout, mlp_ratio=m.mlp_ratio)
+        net.load_state_dict(load_file(str(run_dir / "best_ema.safetensors")))
+        bits = bits_per_dim(net, data.test, "cpu", config.evaluate.batch_size)
+    else:
+        run = load_run(run_dir, "best", "cpu")
+        bits = diffusion_bits_per_example(run, args.image_t_samples, args.seed + 1)
+        result.setdefault("test_initial", [result["test"], result["test_se"], args.t_samples])
+        result["test_t_samples"] = args.image_t_samples
+        result["eval_seconds"] = time.time() - start
+    result.update(test=float(bits.mean()), test_se=float(bits.std() / math.sqrt(bits.numel())),
+                  test_per_example=bits.tolist())
     (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"[{dataset}/{model}] re-evaluated with {args.image_t_samples} t-samples: {nll.nll_bits_per_dim:.4f} "
-          f"± {nll.nll_bits_per_dim_stderr:.4f}", file=sys.stderr, flush=True)
+    print(f"[{dataset}/{model}] per-example test bits: {result['test']:.4f} ± {result['test_se']:.4f}",
+          file=sys.stderr, flush=True)
+
+
+@torch.no_grad()
+def diffusion_bits_per_example(run, t_samples: int, seed: int) -> torch.Tensor:
+    """The test ELBO bound per example in bits per dimension (t_samples importance draws each): (N,)."""
+    data = run.dataset.split("test")
+    batch = run.config.evaluate.batch_size
+    generator = torch.Generator().manual_seed(seed)
+    totals = [estimate_elbo(run.process, run.denoiser, data[i:i + batch], run.schedule, build_proposal(run.config),
+                            generator, num_samples=t_samples).total for i in range(0, data.shape[0], batch)]
+    return torch.cat(totals).double() / (data[0].numel() * math.log(2.0))
+
+
+PAIRS = [("masking", "uniform"), ("gaussian", "uniform"), ("gaussian", "masking"), ("blackout", "masking"),
+         ("ar", "blackout")]
+
+
+def paired_differences(results: dict[tuple[str, str], dict], dataset: str) -> list[str]:
+    """Mean ± SE over the same test examples of (first model's bits - second's), where both have them."""
+    lines = []
+    for a, b in PAIRS:
+        ra, rb = results.get((dataset, a)), results.get((dataset, b))
+        if not ra or not rb or ra.get("test_per_example") is None or rb.get("test_per_example") is None:
+            continue
+        diff = torch.tensor(ra["test_per_example"]) - torch.tensor(rb["test_per_example"])
+        lines.append(f"{a} - {b}: {float(diff.mean()):+.3f} ± {float(diff.std() / math.sqrt(diff.numel())):.3f}")
+    return lines
 
 
 # ----- the table ----------------------------------------------------------------------------------------------
@@ -217,6 +259,10 @@ def markdown(args: argparse.Namespace, results: dict[tuple[str, str], dict]) -> 
         draws = "exact" if r["exact"] else str(r.get("test_t_samples", args.t_samples))
         detail.append(f"| {d} / {m} | {r['steps']} ({r['best_step']}) | {r['best_val']:.3f} | "
                       f"{r['train_seconds']:.0f} | {r['eval_seconds']:.0f} | {r['test_examples']} | {draws} |")
+    paired = paired_differences(results, "digits")
+    if paired:
+        detail += ["", "Paired differences on the digits test images (bits/dim, mean ± SE over images): "
+                   + "; ".join(paired) + "."]
     return "\n".join(lines + detail) + "\n"
 
 
@@ -237,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         raise RuntimeError(f"cells without a result: {missing}")
     for (dataset, model), result in results.items():
-        if dataset == "digits" and model != "ar":
+        if dataset == "digits":
             reevaluate(args, dataset, model, result)
     wall = time.time() - start
     table = markdown(args, results)
