@@ -491,6 +491,26 @@ def test_uniform_leap_has_the_law_of_the_generic_leap(rule, lam_value):
         assert float((freq[0] - freq[1]).abs().max()) < 0.01, (site, freq)
 
 
+def test_combined_leap_on_active_sites_has_the_law_of_the_full_leap(monkeypatch):
+    """theta methods evaluate rates only at masked sites; patched to every site, the law must not change."""
+    from discrete_diffusion.samplers.theta_base import leap_combined
+    proc = MaskingProcess(K)
+    n = 60_000
+    xt = torch.tensor([K, K, 2]).expand(n, 3).clone()
+    mid = torch.tensor([K, 1, 2]).expand(n, 3).clone()
+    lam_t, lam_m, lam_s = torch.full((n,), -1.0), torch.full((n,), -0.2), torch.full((n,), 0.6)
+    pred_t = proc.prediction_from_output(torch.randn(1, K, 3, generator=_gen(20)).expand(n, K, 3), xt, lam_t, "logits")
+    pred_m = proc.prediction_from_output(torch.randn(1, K, 3, generator=_gen(21)).expand(n, K, 3), mid, lam_m, "logits")
+    terms = [(2.0, mid, pred_m, lam_m, lam_m), (-1.0, xt, pred_t, lam_t, lam_m)]
+    fast = leap_combined(proc, mid, terms, lam_s, "first", _gen(22))
+    monkeypatch.setattr(MaskingProcess, "active_sites", lambda self, x: None)
+    full = leap_combined(proc, mid, terms, lam_s, "first", _gen(23))
+    assert bool((fast[:, 1:] == mid[:, 1:]).all()) and bool((full[:, 1:] == mid[:, 1:]).all())
+    freq = [torch.bincount(x[:, 0], minlength=K + 1).double() / n for x in (fast, full)]
+    assert float((freq[0] - freq[1]).abs().max()) < 0.01, freq
+    assert float(freq[0][K]) < 0.9                                  # the masked site does move
+
+
 def test_masking_integrated_rates_are_exact_in_lam():
     proc = MaskingProcess(K)
     xt = torch.tensor([[K, 1, K]])

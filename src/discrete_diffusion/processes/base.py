@@ -199,6 +199,11 @@ class ForwardProcess(ABC):
         expected = self.integrated_reverse_rates(xt, prediction, lam, lam_from, lam_to)
         return jump_from_rates(xt, expected, generator, rule)
 
+    def active_sites(self, xt: Tensor) -> Tensor | None:
+        """(B, *sites) bool: the sites whose reverse rates can be non-zero at x_t, or None for all of them.
+        Rate-based samplers evaluate rates only there (masking: the masked sites)."""
+        return None
+
     def reverse_rates(self, xt: Tensor, prediction: Prediction, lam: Tensor) -> Tensor:
         """Reverse-time jump rates per unit of lam, (B, *sites, num_values), zero at the current value.
         Needed only by the exact simulator; processes that support it override this."""

@@ -143,6 +143,10 @@ class MaskingProcess(ForwardProcess):
         u = torch.rand(xt.shape, generator=generator, dtype=torch.float64, device=xt.device)
         return torch.where((xt == self.mask_index) & (u < p), x0, xt)
 
+    def active_sites(self, xt: Tensor) -> Tensor:
+        """Only masked sites have reverse rates."""
+        return xt == self.mask_index
+
     def bridge_step(self, xt: Tensor, prediction: Prediction, lam_t: Tensor, lam_s: Tensor,
                     generator: torch.Generator | None = None) -> Tensor:
         """The bridge step with x0 drawn only where a masked site unmasks (same law as bridge_from_x0 after

@@ -19,8 +19,7 @@ import torch
 from torch import Tensor
 
 from ..processes.base import ForwardProcess
-from .base import jump_from_rates, without_current
-from .theta_base import FirstStage, ThetaSampler
+from .theta_base import FirstStage, ThetaSampler, leap_combined
 
 
 class ThetaRK2Sampler(ThetaSampler):
@@ -30,7 +29,5 @@ class ThetaRK2Sampler(ThetaSampler):
     def second_stage(self, process: ForwardProcess, xt: Tensor, lam_t: Tensor, lam_s: Tensor, stage: FirstStage,
                      generator: torch.Generator | None) -> Tensor:
         w = 1.0 / (2.0 * self.theta)
-        combined = ((1.0 - w) * process.integrated_reverse_rates(xt, stage.prediction, lam_t, lam_t, lam_s)
-                    + w * process.integrated_reverse_rates(stage.mid, stage.prediction_mid, stage.lam_m, lam_t,
-                                                           lam_s))
-        return jump_from_rates(xt, without_current(combined.clamp_min(0.0), xt), generator, self.multi_jump)
+        terms = [(1.0 - w, xt, stage.prediction, lam_t, lam_t), (w, stage.mid, stage.prediction_mid, stage.lam_m, lam_t)]
+        return leap_combined(process, xt, terms, lam_s, self.multi_jump, generator)

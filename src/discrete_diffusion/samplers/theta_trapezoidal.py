@@ -21,8 +21,7 @@ import torch
 from torch import Tensor
 
 from ..processes.base import ForwardProcess
-from .base import jump_from_rates, without_current
-from .theta_base import FirstStage, ThetaSampler
+from .theta_base import FirstStage, ThetaSampler, leap_combined
 
 
 class ThetaTrapezoidalSampler(ThetaSampler):
@@ -33,8 +32,6 @@ class ThetaTrapezoidalSampler(ThetaSampler):
         theta = self.theta
         a1 = 1.0 / (2.0 * theta * (1.0 - theta))
         a2 = ((1.0 - theta) ** 2 + theta**2) / (2.0 * theta * (1.0 - theta))
-        combined = (a1 * process.integrated_reverse_rates(stage.mid, stage.prediction_mid, stage.lam_m, stage.lam_m,
-                                                          lam_s)
-                    - a2 * process.integrated_reverse_rates(xt, stage.prediction, lam_t, stage.lam_m, lam_s))
-        mid = stage.mid
-        return jump_from_rates(mid, without_current(combined.clamp_min(0.0), mid), generator, self.multi_jump)
+        terms = [(a1, stage.mid, stage.prediction_mid, stage.lam_m, stage.lam_m),
+                 (-a2, xt, stage.prediction, lam_t, stage.lam_m)]
+        return leap_combined(process, stage.mid, terms, lam_s, self.multi_jump, generator)
