@@ -353,7 +353,9 @@ def test_uniform_noise_posterior_matches_enumeration():
     proc = UniformProcess(3)
     p = torch.tensor([[[0.5, 0.3, 0.2]]], dtype=torch.float64)
     xt, lam = torch.tensor([[1]]), torch.tensor([0.4])
-    pi, log_post = proc.noise_posterior(xt, Prediction(x0_log_probs=p.log()), lam)
+    prediction = Prediction(x0_log_probs=p.log())
+    pi = proc.noise_probability(xt, prediction, lam)
+    log_post = proc.noisy_x0_log_probs(xt, prediction, lam, torch.ones_like(xt, dtype=torch.bool))[None]
     alpha = float(torch.sigmoid(lam))
     noise_lik = (1 - alpha) / 3                                   # P(x_t = 1, z = 1 | x0 = a), any a
     clean_lik = torch.tensor([0.0, alpha, 0.0], dtype=torch.float64)

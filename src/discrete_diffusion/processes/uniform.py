@@ -175,20 +175,26 @@ class UniformProcess(ForwardProcess):
         other = torch.where(same, other, other + (other >= high).long())
         return torch.where(u < w_xt, xt, torch.where(u < w_xt + w_x0, x0, other))
 
-    def noise_posterior(self, xt: Tensor, prediction: Prediction, lam: Tensor) -> tuple[Tensor, Tensor]:
+    def noise_probability(self, xt: Tensor, prediction: Prediction, lam: Tensor) -> Tensor:
         """DDPD's latent view (Liu et al., 2024): q_t(y | x0) = alpha 1[y = x0] + (1 - alpha)/K says a site is noise
         (z = 1, a uniform value) with probability 1 - alpha, else clean. Given p = p(x0 | x_t) and x = x_t,
         P(z = 1 | x0 = a, x) = ((1 - alpha)/K) / q_t(x | a) is 1 for a != x and 1/(1 + g) for a = x, so
 
-            pi = P(z = 1 | x_t) = (1 - p_x) + p_x / (1 + g),   p(x0 = a | x_t, z = 1) = p_a (1/(1 + g))^[a = x] / pi.
+            pi = P(z = 1 | x_t) = (1 - p_x) + p_x / (1 + g),   p(x0 = a | x_t, z = 1) = p_a (1/(1 + g))^[a = x] / pi
 
-        Exact whenever p is. Returns (pi (B, *sites), log p(x0 | x_t, z = 1) (B, *sites, K)), float64."""
-        log_p = self.x0_log_probs(prediction, xt).double()
-        log_keep = -self._log_boost(expand_to_sites(lam, xt))[..., None]                # log 1/(1 + g)
-        at_x = F.one_hot(xt, self.num_states).bool()
-        log_joint = torch.where(at_x, log_p + log_keep, log_p)                          # log P(z = 1, x0 = a | x_t)
-        log_pi = torch.logsumexp(log_joint, dim=-1)
-        return log_pi.exp(), log_joint - log_pi[..., None]
+        (the second is ``noisy_x0_log_probs``). Exact whenever p is. Returns pi (B, *sites) float64."""
+        log_p_x = torch.gather(self.x0_log_probs(prediction, xt), -1, xt[..., None])[..., 0].double()
+        keep = torch.exp(-self._log_boost(expand_to_sites(lam, xt)))                     # 1 / (1 + g)
+        return -torch.expm1(log_p_x) + log_p_x.exp() * keep
+
+    def noisy_x0_log_probs(self, xt: Tensor, prediction: Prediction, lam: Tensor, where: Tensor) -> Tensor:
+        """log p(x0 | x_t, site is noise) at the sites in ``where`` (B, *sites) bool: (n, K) float64."""
+        log_p = self.x0_log_probs(prediction, xt)[where].double()                        # (n, K)
+        x = xt[where][:, None]
+        lam_sites = expand_to_sites(lam, xt).expand(xt.shape)[where]
+        log_keep = -self._log_boost(lam_sites)[:, None]
+        log_joint = log_p.scatter_add(-1, x, log_keep)                                   # log P(z = 1, x0 = a | x_t)
+        return torch.log_softmax(log_joint, dim=-1)
 
     def reverse_rates(self, xt: Tensor, prediction: Prediction, lam: Tensor) -> Tensor:
         """x -> y at (1 - alpha)/K s_y per unit of lam, zero at y = x_t: (B, *sites, K) float64."""

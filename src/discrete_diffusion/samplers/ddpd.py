@@ -13,7 +13,7 @@ planner picks, filling them with draws from the denoiser given that the site is 
   an exact denoiser. A learned planner can be passed as ``planner(xt, lam) -> (B, *sites) probabilities``
   (sites it gives probability 0 are not picked before the last step, which denoises every site still masked).
 - Uniform: noise is not visible, so the planner matters. By default it is derived from the denoiser
-  (``UniformProcess.noise_posterior``: pi_d = P(site d is noise | x_t), exact when the denoiser is); a learned
+  (``UniformProcess.noise_probability``: pi_d = P(site d is noise | x_t), exact when the denoiser is); a learned
   planner may replace it, with p(x0 | x_t, noise) = (p(x0 | x_t) - (1 - pi) 1[x0 = x_t])_+ / pi. A noisy site
   is clean by s with probability (alpha_s - alpha_t)/(1 - alpha_t), so site d is denoised in the step with
   probability pi_d (alpha_s - alpha_t)/(1 - alpha_t), independently per site, to a draw from
@@ -82,16 +82,23 @@ class PlannedDenoisingSampler(Sampler):
                      generator: torch.Generator | None) -> Tensor:
         prediction = denoiser(xt, lam_t)
         if self.planner is None:
-            noisy, log_post = process.noise_posterior(xt, prediction, lam_t)
+            noisy = process.noise_probability(xt, prediction, lam_t)
         else:
             noisy = self.planner(xt, lam_t).double().clamp(0.0, 1.0)
-            probs = process.x0_log_probs(prediction, xt).double().exp()
-            clean = torch.nn.functional.one_hot(xt, process.num_states).double() * (1.0 - noisy)[..., None]
-            log_post = torch.log((probs - clean).clamp_min(0.0))
         denoise = noisy * expand_to_sites(unmask_probability(lam_t, lam_s), xt)
         u = torch.rand(xt.shape, generator=generator, dtype=torch.float64, device=xt.device)
-        chosen = (u < denoise) & torch.isfinite(log_post).any(-1)
+        chosen = u < denoise
+        if not bool(chosen.any()):
+            return xt
+        if self.planner is None:
+            log_post = process.noisy_x0_log_probs(xt, prediction, lam_t, chosen)
+        else:   # p(x0 | x_t, noise) = (p - (1 - pi) 1[x0 = x_t])_+ / pi, renormalised
+            probs = process.x0_log_probs(prediction, xt)[chosen].double().exp()
+            clean = torch.zeros_like(probs).scatter(-1, xt[chosen][:, None], (1.0 - noisy[chosen])[:, None])
+            log_post = torch.log((probs - clean).clamp_min(0.0))
+        drawable = torch.isfinite(log_post).any(-1)              # a planner may call a certain site noise
         out = xt.clone()
-        if bool(chosen.any()):
-            out[chosen] = sample_categorical(log_post[chosen], generator)
+        values = out[chosen]
+        values[drawable] = sample_categorical(log_post[drawable], generator)
+        out[chosen] = values
         return out
