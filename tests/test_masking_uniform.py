@@ -216,3 +216,20 @@ def test_uniform_fast_bridge_has_the_law_of_bridge_log_probs():
     for i in range(5):
         freq = torch.bincount(drawn[i::5, 0], minlength=k).double() / (n // 5)
         assert float((freq - exact[i]).abs().max()) < 0.006, (pairs[i], freq, exact[i])
+
+
+@pytest.mark.parametrize("lams", [(-2.0, -0.5), (0.3, 2.5), (-6.0, 6.0)])
+def test_uniform_bridge_step_has_the_law_of_sample_x0_then_bridge(lams):
+    """bridge_step draws x0 only at sites that leave x_t; it must match sample_x0 followed by bridge_from_x0."""
+    k, n = 4, 120_000
+    proc = UniformProcess(k)
+    xt = torch.tensor([0, 2, 3]).expand(n, 3).clone()
+    lam_t, lam_s = torch.full((n,), lams[0]), torch.full((n,), lams[1])
+    logits = 1.5 * torch.randn(1, k, 3, generator=torch.Generator().manual_seed(4)).expand(n, k, 3)
+    pred = proc.prediction_from_output(logits, xt, lam_t, "logits")
+    fast = proc.bridge_step(xt, pred, lam_t, lam_s, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(6)
+    slow = proc.bridge_from_x0(xt, proc.sample_x0(xt, pred, g), lam_t, lam_s, g)
+    for site in range(3):
+        freq = [torch.bincount(x[:, site], minlength=k).double() / n for x in (fast, slow)]
+        assert float((freq[0] - freq[1]).abs().max()) < 0.008, (site, freq)

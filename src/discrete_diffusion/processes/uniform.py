@@ -149,6 +149,50 @@ class UniformProcess(ForwardProcess):
         rows = torch.gather(log_qs, 1, flat[:, :, None].expand(-1, -1, k)).reshape(x0.shape + (k,))
         return torch.log_softmax(log_forward + rows, dim=-1)
 
+    def _bridge_weights(self, xt: Tensor, lam_t: Tensor, lam_s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(far_t, near_t, far_0, near_0), each broadcastable to (B, *sites) float64: P_{s->t}[y, x_t] is near_t
+        at y = x_t and far_t elsewhere; q_s(y | x0) is near_0 at y = x0 and far_0 elsewhere."""
+        k = self.num_states
+        lam_t, lam_s = expand_to_sites(lam_t.double(), xt), expand_to_sites(lam_s.double(), xt)
+        rho = torch.exp(F.logsigmoid(lam_t) - F.logsigmoid(lam_s)).clamp_max(1.0)
+        alpha_s = torch.sigmoid(lam_s)
+        far_t, far_0 = (1.0 - rho) / k, (1.0 - alpha_s) / k
+        return far_t, rho + far_t, far_0, alpha_s + far_0
+
+    def bridge_step(self, xt: Tensor, prediction: Prediction, lam_t: Tensor, lam_s: Tensor,
+                    generator: torch.Generator | None = None) -> Tensor:
+        """The bridge step without drawing x0 where it does not matter. x0 = x_t with probability p_x; then x_s
+        is x_t or a uniform other value (O(1)). Otherwise x_s is x_t, x0 or a uniform value other than both, and
+        x0 ~ p(. | x_t) without x_t is drawn only at the sites that leave x_t. Same law as bridge_from_x0 after
+        sample_x0 (tested)."""
+        k = self.num_states
+        far_t, near_t, far_0, near_0 = self._bridge_weights(xt, lam_t, lam_s)
+        log_probs = self.x0_log_probs(prediction, xt)
+        p_x = torch.gather(log_probs, -1, xt[..., None])[..., 0].double().exp()
+        u = torch.rand(xt.shape + (3,), generator=generator, dtype=torch.float64, device=xt.device)
+        same = u[..., 0] < p_x
+        # x0 = x_t: stay with weight near_t near_0 against (K - 1) far_t far_0 for the others
+        leave_same = u[..., 1] * (near_t * near_0 + (k - 1) * far_t * far_0) >= near_t * near_0
+        # x0 != x_t: stay (near_t far_0), go to x0 (far_t near_0) or to one of the K - 2 others (far_t far_0 each)
+        w_stay, w_x0 = near_t * far_0, far_t * near_0
+        v = u[..., 1] * (w_stay + w_x0 + (k - 2) * far_t * far_0)
+        to_x0, to_other = (v >= w_stay) & (v < w_stay + w_x0), v >= w_stay + w_x0
+        out = xt.clone()
+        pick = same & leave_same
+        if bool(pick.any()):                                    # a uniform value other than x_t
+            r = torch.floor(u[..., 2][pick] * (k - 1)).long().clamp_max(k - 2)
+            out[pick] = r + (r >= xt[pick]).long()
+        pick = ~same & (to_x0 | to_other)
+        if bool(pick.any()):
+            x = xt[pick]
+            x0 = sample_categorical(log_probs[pick].double().scatter(-1, x[:, None], -torch.inf), generator)
+            r = torch.floor(u[..., 2][pick] * (k - 2)).long().clamp(0, max(k - 3, 0))
+            low, high = torch.minimum(x, x0), torch.maximum(x, x0)
+            other = r + (r >= low).long()
+            other = other + (other >= high).long()
+            out[pick] = torch.where(to_x0[pick], x0, other)
+        return out
+
     def bridge_from_x0(self, xt: Tensor, x0: Tensor, lam_t: Tensor, lam_s: Tensor,
                        generator: torch.Generator | None = None) -> Tensor:
         """Draw x_s ~ q(x_s | x_t, x0) in O(1) per site. The bridge is P_{s->t}[x_s, x_t] q_s(x_s | x0) with
@@ -156,11 +200,7 @@ class UniformProcess(ForwardProcess):
         it puts one weight on x_t, one on x0 and a common weight on each other value: pick one of the three
         groups, then a uniform value of the last group (skipping x_t and x0). Same law as bridge_log_probs."""
         k = self.num_states
-        lam_t, lam_s = expand_to_sites(lam_t.double(), xt), expand_to_sites(lam_s.double(), xt)
-        rho = torch.exp(F.logsigmoid(lam_t) - F.logsigmoid(lam_s)).clamp_max(1.0)
-        alpha_s = torch.sigmoid(lam_s)
-        far_t, far_0 = (1.0 - rho) / k, (1.0 - alpha_s) / k     # the weights off x_t and off x0
-        near_t, near_0 = rho + far_t, alpha_s + far_0
+        far_t, near_t, far_0, near_0 = self._bridge_weights(xt, lam_t, lam_s)
         same = xt == x0
         w_xt = torch.where(same, near_t * near_0, near_t * far_0)
         w_x0 = torch.where(same, torch.zeros_like(w_xt), far_t * near_0)
