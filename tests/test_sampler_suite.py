@@ -493,9 +493,9 @@ def test_uniform_leap_has_the_law_of_the_generic_leap(rule, lam_value):
         assert float((freq[0] - freq[1]).abs().max()) < 0.01, (site, freq)
 
 
-def test_combined_leap_on_active_sites_has_the_law_of_the_full_leap(monkeypatch):
-    """theta methods evaluate rates only at masked sites; patched to every site, the law must not change."""
-    from discrete_diffusion.samplers.theta_base import leap_combined
+@pytest.mark.parametrize("rule", ["reject", "first"])
+def test_masking_combined_leap_has_the_law_of_the_generic_one(rule):
+    """Masking's combined leap works on masked sites only; the generic one on every site: same law."""
     proc = MaskingProcess(K)
     n = 60_000
     xt = torch.tensor([K, K, 2]).expand(n, 3).clone()
@@ -504,9 +504,8 @@ def test_combined_leap_on_active_sites_has_the_law_of_the_full_leap(monkeypatch)
     pred_t = proc.prediction_from_output(torch.randn(1, K, 3, generator=_gen(20)).expand(n, K, 3), xt, lam_t, "logits")
     pred_m = proc.prediction_from_output(torch.randn(1, K, 3, generator=_gen(21)).expand(n, K, 3), mid, lam_m, "logits")
     terms = [(2.0, mid, pred_m, lam_m, lam_m), (-1.0, xt, pred_t, lam_t, lam_m)]
-    fast = leap_combined(proc, mid, terms, lam_s, "first", _gen(22))
-    monkeypatch.setattr(MaskingProcess, "active_sites", lambda self, x: None)
-    full = leap_combined(proc, mid, terms, lam_s, "first", _gen(23))
+    fast = proc.combined_leap(mid, terms, lam_s, rule, _gen(22))
+    full = ForwardProcess.combined_leap(proc, mid, terms, lam_s, rule, _gen(23))
     assert bool((fast[:, 1:] == mid[:, 1:]).all()) and bool((full[:, 1:] == mid[:, 1:]).all())
     freq = [torch.bincount(x[:, 0], minlength=K + 1).double() / n for x in (fast, full)]
     assert float((freq[0] - freq[1]).abs().max()) < 0.01, freq

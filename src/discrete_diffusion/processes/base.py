@@ -83,6 +83,10 @@ def move_probability(total: Tensor, rule: str) -> Tensor:
     return total.clamp_max(1.0)
 
 
+#: One term c * E of a combined leap: (c, x, prediction at x, lam of the prediction, lam_from).
+RateTerm = tuple[float, Tensor, "Prediction", Tensor, Tensor]
+
+
 def expand_to_sites(values: Tensor, like: Tensor) -> Tensor:
     """Reshape per-example values (B,) so they broadcast against a (B, *sites) tensor."""
     return values.reshape(values.shape + (1,) * (like.dim() - 1))
@@ -199,10 +203,14 @@ class ForwardProcess(ABC):
         expected = self.integrated_reverse_rates(xt, prediction, lam, lam_from, lam_to)
         return jump_from_rates(xt, expected, generator, rule)
 
-    def active_sites(self, xt: Tensor) -> Tensor | None:
-        """(B, *sites) bool: the sites whose reverse rates can be non-zero at x_t, or None for all of them.
-        Rate-based samplers evaluate rates only there (masking: the masked sites)."""
-        return None
+    def combined_leap(self, base: Tensor, terms: list[RateTerm], lam_to: Tensor, rule: str = "reject",
+                      generator: torch.Generator | None = None) -> Tensor:
+        """One leap from ``base`` with the expected jumps (sum_i c_i E_i)_+ (the current value dropped), where
+        E_i = integrated_reverse_rates(x_i, prediction_i, lam_i, lam_from_i, lam_to) for each term
+        (c_i, x_i, prediction_i, lam_i, lam_from_i): the second stage of the theta methods. Processes whose
+        rates are sparse (masking: only masked sites) override it to work on the sites that can move."""
+        combined = sum(c * self.integrated_reverse_rates(x, p, lam, lam_from, lam_to) for c, x, p, lam, lam_from in terms)
+        return jump_from_rates(base, combined.clamp_min(0.0).scatter(-1, base[..., None], 0.0), generator, rule)
 
     def reverse_rates(self, xt: Tensor, prediction: Prediction, lam: Tensor) -> Tensor:
         """Reverse-time jump rates per unit of lam, (B, *sites, num_values), zero at the current value.

@@ -33,13 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import (
-    JUMP_RULES,
-    ForwardProcess,
-    Prediction,
-    expand_to_sites,
-    move_probability,
-)
+from .base import (JUMP_RULES, ForwardProcess, Prediction, RateTerm, expand_to_sites, move_probability,
+                   sample_categorical)
 
 
 def unmask_probability(lam_t: Tensor, lam_s: Tensor) -> Tensor:
@@ -143,9 +138,33 @@ class MaskingProcess(ForwardProcess):
         u = torch.rand(xt.shape, generator=generator, dtype=torch.float64, device=xt.device)
         return torch.where((xt == self.mask_index) & (u < p), x0, xt)
 
-    def active_sites(self, xt: Tensor) -> Tensor:
-        """Only masked sites have reverse rates."""
-        return xt == self.mask_index
+    def combined_leap(self, base: Tensor, terms: list[RateTerm], lam_to: Tensor, rule: str = "reject",
+                      generator: torch.Generator | None = None) -> Tensor:
+        """Only masked sites of ``base`` can move, and a term's rate there is c h p(y | x) (h its integrated alpha,
+        zero where the term's state is unmasked): the combination is formed on those sites only, and targets
+        are drawn (float64) only where a site moves. Same law as the generic combined_leap (tested)."""
+        if rule not in JUMP_RULES:
+            raise ValueError(f"jump rule must be one of {list(JUMP_RULES)}, got {rule!r}")
+        sites = base == self.mask_index
+        if not bool(sites.any()):
+            return base
+        rows = sites.nonzero(as_tuple=True)[0]
+        combined = None
+        for c, x, prediction, _lam, lam_from in terms:
+            hazard = (F.softplus(lam_to.double()) - F.softplus(lam_from.double())).clamp_min(0.0)[rows]
+            weight = (c * hazard * (x[sites] == self.mask_index)).float()[:, None]
+            term = weight * self.x0_log_probs(prediction, x)[sites].exp()
+            combined = term if combined is None else combined + term
+        combined = combined.clamp_min(0.0)
+        total = combined.sum(-1).double()
+        u = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=base.device)
+        move = u < move_probability(total, rule)
+        values = base[sites]
+        if bool(move.any()):
+            values[move] = sample_categorical(torch.log(combined[move].double()), generator)
+        out = base.clone()
+        out[sites] = values
+        return out
 
     def bridge_step(self, xt: Tensor, prediction: Prediction, lam_t: Tensor, lam_s: Tensor,
                     generator: torch.Generator | None = None) -> Tensor:

@@ -60,11 +60,6 @@ def transform_x0_log_probs(log_probs: Tensor, temperature: float = 1.0, top_p: f
     return out
 
 
-def without_current(rates: Tensor, xt: Tensor) -> Tensor:
-    """rates (B, *sites, M) with the entry at x_t zeroed (a jump to the current value is no jump)."""
-    return rates.scatter(-1, xt[..., None], 0.0)
-
-
 class _CountingDenoiser:
     """Counts batched calls and evaluated rows of the wrapped denoiser."""
 

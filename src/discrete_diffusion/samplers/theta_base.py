@@ -24,57 +24,8 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from ..processes.base import ForwardProcess, Prediction, jump_from_rates
-from .base import MULTI_JUMP_RULES, Sampler, without_current
-
-
-@dataclass
-class SiteSelection:
-    """Selected sites of a batch, flattened to a batch of single sites: tensors (B, *sites) become (n, 1), the
-    per-row noise levels (B,) become per-site (n,). Rates are per site, so a process's rate methods give the
-    same values on the selection as on the full tensors."""
-
-    mask: Tensor
-
-    @property
-    def rows(self) -> Tensor:
-        return self.mask.nonzero(as_tuple=True)[0]
-
-    def sites(self, x: Tensor) -> Tensor:
-        return x[self.mask][:, None]
-
-    def levels(self, lam: Tensor) -> Tensor:
-        return lam[self.rows]
-
-    def prediction(self, p: Prediction) -> Prediction:
-        pick = lambda v: None if v is None else v[self.mask][:, None]  # noqa: E731
-        return Prediction(x0_log_probs=pick(p.x0_log_probs), mean_missing=pick(p.mean_missing))
-
-
-#: One term c * E of a combined leap: (c, x, prediction at x, lam of the prediction, lam_from).
-RateTerm = tuple[float, Tensor, Prediction, Tensor, Tensor]
-
-
-def leap_combined(process: ForwardProcess, base: Tensor, terms: list[RateTerm], lam_to: Tensor, rule: str,
-                  generator: torch.Generator | None) -> Tensor:
-    """One leap from ``base`` (B, *sites) with the expected jumps (sum_i c_i E_i)_+ and the current value
-    dropped, E_i = integrated_reverse_rates(x_i, prediction_i, lam_i, lam_from_i, lam_to). Evaluated only at the
-    sites where some x_i has rates (``active_sites``): elsewhere every E_i is zero."""
-    masks = [process.active_sites(x) for _, x, _, _, _ in terms]
-    if any(m is None for m in masks):
-        combined = sum(c * process.integrated_reverse_rates(x, p, lam, lam_from, lam_to)
-                       for c, x, p, lam, lam_from in terms)
-        return jump_from_rates(base, without_current(combined.clamp_min(0.0), base), generator, rule)
-    select = SiteSelection(torch.stack(masks).any(0))
-    if not bool(select.mask.any()):
-        return base
-    combined = sum(c * process.integrated_reverse_rates(select.sites(x), select.prediction(p), select.levels(lam),
-                                                        select.levels(lam_from), select.levels(lam_to))
-                   for c, x, p, lam, lam_from in terms)
-    start = select.sites(base)
-    out = base.clone()
-    out[select.mask] = jump_from_rates(start, without_current(combined.clamp_min(0.0), start), generator, rule)[:, 0]
-    return out
+from ..processes.base import ForwardProcess, Prediction
+from .base import MULTI_JUMP_RULES, Sampler
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..processes.base import ForwardProcess
-from .theta_base import FirstStage, ThetaSampler, leap_combined
+from .theta_base import FirstStage, ThetaSampler
 
 
 class ThetaRK2Sampler(ThetaSampler):
@@ -30,4 +30,4 @@ class ThetaRK2Sampler(ThetaSampler):
                      generator: torch.Generator | None) -> Tensor:
         w = 1.0 / (2.0 * self.theta)
         terms = [(1.0 - w, xt, stage.prediction, lam_t, lam_t), (w, stage.mid, stage.prediction_mid, stage.lam_m, lam_t)]
-        return leap_combined(process, xt, terms, lam_s, self.multi_jump, generator)
+        return process.combined_leap(xt, terms, lam_s, self.multi_jump, generator)

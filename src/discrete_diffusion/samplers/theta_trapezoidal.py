@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..processes.base import ForwardProcess
-from .theta_base import FirstStage, ThetaSampler, leap_combined
+from .theta_base import FirstStage, ThetaSampler
 
 
 class ThetaTrapezoidalSampler(ThetaSampler):
@@ -34,4 +34,4 @@ class ThetaTrapezoidalSampler(ThetaSampler):
         a2 = ((1.0 - theta) ** 2 + theta**2) / (2.0 * theta * (1.0 - theta))
         terms = [(a1, stage.mid, stage.prediction_mid, stage.lam_m, stage.lam_m),
                  (-a2, xt, stage.prediction, lam_t, stage.lam_m)]
-        return leap_combined(process, stage.mid, terms, lam_s, self.multi_jump, generator)
+        return process.combined_leap(stage.mid, terms, lam_s, self.multi_jump, generator)
