@@ -48,61 +48,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import ForwardProcess, Prediction, expand_to_sites, sample_categorical
-from .generators import GENERATORS, spectral_gap
+from .generators import (GENERATORS, _unreachable_pair, spectral_gap, stationary_distribution,
+                         validate_rate_matrix)
 
 RatesLike = str | os.PathLike | Tensor | np.ndarray | Sequence[Sequence[float]]
 EXPM_METHODS = ("auto", "eigen", "uniformization")
 _SIGMA_MAX = 1e4          # sigma is clamped here (alpha = e^-10000): P_t is the limit long before
 _TAYLOR_DEGREE = 18       # Poisson(0.5) tail beyond 18 jumps: ~2e-23
 _MAX_CONDITION = 1e4      # sqrt(max pi / min pi) above which the eigenbasis is not trusted
-
-
-def validate_rate_matrix(rates: Tensor) -> Tensor:
-    """Check that Q is a finite square matrix with off-diagonal >= 0 and zero row sums; return it in float64
-    with the diagonal reset to exactly minus the row's rates. Raises ValueError naming the offending entry."""
-    q = torch.as_tensor(rates).detach().to("cpu", torch.float64)
-    if q.dim() != 2 or q.shape[0] != q.shape[1] or q.shape[0] < 2:
-        raise ValueError(f"rate matrix must be square with at least 2 states, got shape {tuple(q.shape)}")
-    bad = (~torch.isfinite(q)).nonzero()
-    if bad.numel():
-        i, j = bad[0].tolist()
-        raise ValueError(f"rate matrix entry [{i}, {j}] = {float(q[i, j])} is not finite")
-    off = ~torch.eye(q.shape[0], dtype=torch.bool)
-    bad = ((q < 0) & off).nonzero()
-    if bad.numel():
-        i, j = bad[0].tolist()
-        raise ValueError(f"rate matrix entry [{i}, {j}] = {float(q[i, j])} is negative; off-diagonal rates "
-                         "must be >= 0")
-    row_sums = q.sum(1)
-    scale = 1.0 + q.abs().sum(1)
-    bad = (row_sums.abs() > 1e-8 * scale).nonzero()
-    if bad.numel():
-        i = int(bad[0, 0])
-        raise ValueError(f"row {i} of the rate matrix sums to {float(row_sums[i]):.6g}, not 0 (the diagonal "
-                         "must be minus the sum of the row's off-diagonal rates)")
-    if not bool((q * off).any()):
-        raise ValueError("the rate matrix is zero: nothing ever jumps")
-    rates_off = q * off
-    return rates_off - torch.diag(rates_off.sum(1))
-
-
-def _unreachable_pair(rates: Tensor) -> tuple[int, int] | None:
-    """(i, j) with state j not reachable from state i, or None when Q is irreducible."""
-    reach = (rates > 0) | torch.eye(rates.shape[0], dtype=torch.bool)
-    for _ in range(max(1, math.ceil(math.log2(rates.shape[0]))) + 1):
-        reach = (reach.double() @ reach.double()) > 0
-    missing = (~reach).nonzero()
-    return None if missing.numel() == 0 else tuple(missing[0].tolist())
-
-
-def stationary_distribution(rates: Tensor) -> Tensor:
-    """pi with pi Q = 0, sum pi = 1, for an irreducible Q: (M,) float64."""
-    a = rates.T.clone()
-    a[-1] = 1.0
-    b = torch.zeros(rates.shape[0], dtype=torch.float64)
-    b[-1] = 1.0
-    pi = torch.linalg.solve(a, b).clamp_min(0.0)
-    return pi / pi.sum()
 
 
 def _load_rates(rates: RatesLike, num_states: int | None, options: dict) -> Tensor:

@@ -78,11 +78,19 @@ class ExactSimulationSampler(Sampler):
             accepted = u < accept_prob
             x = apply_jumps(x, idx[accepted], flat[accepted], rates.shape[-1], generator)
             events += 1
-            self._record_cost()
-            if callback is not None:
-                callback(events, 0, x)
+            self._after_event(events, x, callback)
+        return self._finish(process, denoiser, x, lam_end, generator)
+
+    def _after_event(self, events: int, x: Tensor, callback: ProgressCallback | None) -> None:
+        self._record_cost()
+        if callback is not None:
+            callback(events, 0, x)
+
+    def _finish(self, process: ForwardProcess, denoiser: Denoiser, x: Tensor, lam_end: float,
+                generator: torch.Generator | None) -> Tensor:
+        """The final noise-removal draw at lam_end (with ``final_denoise``), then the cost record."""
         if self.final_denoise:
-            lam_f = torch.full((batch,), lam_end, device=device)
+            lam_f = torch.full((x.shape[0],), lam_end, device=x.device)
             x = process.sample_x0(x, denoiser(x, lam_f), generator)
         self._record_cost()
         return x

@@ -85,14 +85,8 @@ class WindowThinningSampler(ExactSimulationSampler):
                 window_end[moved] = torch.minimum(lam[moved] + self.window, torch.full_like(lam[moved], lam_end))
                 bound[moved] = process.reverse_rate_window_bound(x[moved], lam[moved], window_end[moved])
             events += 1
-            self._record_cost()
-            if callback is not None:
-                callback(events, 0, x)
-        if self.final_denoise:
-            lam_f = torch.full((batch,), lam_end, device=device)
-            x = process.sample_x0(x, denoiser(x, lam_f), generator)
-        self._record_cost()
-        return x
+            self._after_event(events, x, callback)
+        return self._finish(process, denoiser, x, lam_end, generator)
 
     def config(self) -> dict:
         return {**super().config(), "window": self.window}
