@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from discrete_diffusion.processes import BlackoutProcess, ForwardProcess, MaskingProcess, Prediction, UniformProcess
-from discrete_diffusion.samplers.base import jump_from_rates
+from discrete_diffusion.processes.base import jump_from_rates
 from test_sampler_suite import K, _gen, _tv, monte_carlo_floor
 
 

@@ -213,8 +213,9 @@ class ForwardProcess(ABC):
         return jump_from_rates(base, combined.clamp_min(0.0).scatter(-1, base[..., None], 0.0), generator, rule)
 
     def reverse_rates(self, xt: Tensor, prediction: Prediction, lam: Tensor) -> Tensor:
-        """Reverse-time jump rates per unit of lam, (B, *sites, num_values), zero at the current value.
-        Needed only by the exact simulator; processes that support it override this."""
+        """Reverse-time jump rates per unit of lam, (B, *sites, num_values), zero at the current value, for the
+        exact simulators and (through ``integrated_reverse_rates``) the leaping samplers; processes that support
+        them override this."""
         raise ValueError(f"process {self.name!r} does not provide reverse_rates (needed by exact simulation)")
 
     def integrated_reverse_rates(self, xt: Tensor, prediction: Prediction, lam: Tensor, lam_from: Tensor,

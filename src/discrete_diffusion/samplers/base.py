@@ -19,7 +19,8 @@ Options every sampler honours (the base wraps the denoiser, so subclasses see th
 - after ``sample``, ``network_calls`` (batched denoiser calls) and ``network_evaluations`` (rows evaluated,
   summed over calls) report the cost; ``nfe`` = network_evaluations / batch size.
 
-``jump_from_rates`` (from ``processes.base``) is the shared multi-jump rule of the rate-based samplers.
+The leap rules (``processes.base.jump_from_rates`` and the processes' ``leap`` hooks) serve every rate-based
+sampler.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from ..processes.base import ForwardProcess, Prediction, jump_from_rates  # noqa: F401  (re-exported)
+from ..processes.base import ForwardProcess, Prediction
 from ..schedules import SCHEDULES, Schedule, build_schedule
 
 #: callback(step, num_steps, x) after each step; step counts from 1.
