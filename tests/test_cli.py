@@ -108,6 +108,7 @@ def test_sample_options_from_flags_reach_the_sampler(ddiff, trained_run, tmp_pat
     (["-o", "theta"], "malformed --option 'theta'"),
     (["--cache"], "cache=True"),
     (["--top-p", "2"], "top_p must lie in"),
+    (["-o", "theta=abc"], "bad options for sampler 'theta-rk2'"),
 ])
 def test_sample_bad_options_are_clear_errors(ddiff, trained_run, tmp_path, args, message):
     res = ddiff("sample", trained_run, "--sampler", "theta-rk2", *args, "--out", tmp_path, "--no-progress")

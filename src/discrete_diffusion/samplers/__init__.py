@@ -34,7 +34,10 @@ def build_sampler(name: str, **options) -> Sampler:
     if unknown:
         raise ValueError(f"sampler {name!r} has no option {', '.join(map(repr, unknown))}; its options: "
                          f"{', '.join(accepted)}")
-    return SAMPLERS[name](**options)
+    try:
+        return SAMPLERS[name](**options)
+    except (TypeError, ValueError) as err:   # e.g. theta="abc": say which sampler and options
+        raise ValueError(f"bad options for sampler {name!r} {options}: {err}") from None
 
 
 __all__ = ["Sampler", "ProgressCallback", "SAMPLERS", "build_sampler", "BridgeSampler", "MeanBridgeSampler",
