@@ -133,3 +133,23 @@ def test_tau_leaping_first_jump_on_masking_is_the_bridge_in_distribution(floor):
     proc = MaskingProcess(K)
     leap, bridge = _tv(proc, "tau-leaping", 4, multi_jump="first"), _tv(proc, "bridge", 4)
     assert abs(leap - bridge) < 0.012, (leap, bridge)
+
+
+@pytest.mark.parametrize("rule", ["reject", "first"])
+@pytest.mark.parametrize("lam_value", [-3.0, 0.5, 5.0])
+def test_uniform_combined_leap_has_the_law_of_the_generic_one(rule, lam_value):
+    proc = UniformProcess(K)
+    n = 60_000
+    xt = torch.tensor([1, 3, 0]).expand(n, 3).clone()
+    mid = torch.tensor([2, 3, 0]).expand(n, 3).clone()
+    lam_t = torch.full((n,), lam_value)
+    lam_m, lam_s = lam_t + 0.4, lam_t + 0.8
+    pred_t = proc.prediction_from_output(torch.randn(1, K, 3, generator=_gen(30)).expand(n, K, 3), xt, lam_t, "logits")
+    pred_m = proc.prediction_from_output(torch.randn(1, K, 3, generator=_gen(31)).expand(n, K, 3), mid, lam_m, "logits")
+    terms = [(2.0, mid, pred_m, lam_m, lam_m), (-1.0, xt, pred_t, lam_t, lam_m)]
+    fast = proc.combined_leap(mid, terms, lam_s, rule, _gen(32))
+    full = ForwardProcess.combined_leap(proc, mid, terms, lam_s, rule, _gen(33))
+    for site in range(3):
+        freq = [torch.bincount(x[:, site], minlength=K).double() / n for x in (fast, full)]
+        assert float((freq[0] - freq[1]).abs().max()) < 0.01, (site, freq)
+

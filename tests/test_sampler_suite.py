@@ -108,12 +108,13 @@ def test_sampler_converges_to_table(name, case, floor):
 @pytest.mark.parametrize("name", ["tau-leaping", "euler", "theta-trapezoidal"])
 def test_negative_control_wrong_rates(name, floor, monkeypatch):
     """Rates 2x too high (a wrong integral of the rate) must fail the 64-step TV bound (measured 0.052-0.059).
-    The uniform process's own leap is replaced by the generic one (same law: test_uniform_leap_has_the_law_...),
-    which reads the doubled rates."""
+    The uniform process's own leaps are replaced by the generic ones (same law: tests/test_leaps.py), which read
+    the doubled rates."""
     original = UniformProcess.integrated_reverse_rates
     monkeypatch.setattr(UniformProcess, "integrated_reverse_rates",
                         lambda self, *args: 2.0 * original(self, *args))
     monkeypatch.setattr(UniformProcess, "leap", ForwardProcess.leap)
+    monkeypatch.setattr(UniformProcess, "combined_leap", ForwardProcess.combined_leap)
     tv = _tv(UniformProcess(K), name, 64)
     assert tv > floor + 3 * DEFAULT_EXCESS_TOL, tv
 

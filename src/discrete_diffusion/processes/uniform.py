@@ -35,6 +35,7 @@ from torch import Tensor
 
 from .base import (
     JUMP_RULES,
+    RateTerm,
     ForwardProcess,
     Prediction,
     expand_to_sites,
@@ -275,6 +276,34 @@ class UniformProcess(ForwardProcess):
         if bool(pick.any()):
             others = log_probs[pick].double().scatter(-1, xt[pick][:, None], -torch.inf)
             out[pick] = sample_categorical(others, generator)
+        return out
+
+    def combined_leap(self, base: Tensor, terms: list[RateTerm], lam_to: Tensor, rule: str = "reject",
+                      generator: torch.Generator | None = None) -> Tensor:
+        """The theta methods' second stage without float64 K-way tensors: a term's expected jumps x -> y are
+        h (1 - alpha)/K (A + g p_y) = a + b p_y with a = h (1 - alpha) A / K and b = h alpha (h the frozen width,
+        A as in ``leap``), formed in float32; targets are drawn in float64 only where a site moves. Same law as
+        the generic combined_leap (tested)."""
+        if rule not in JUMP_RULES:
+            raise ValueError(f"jump rule must be one of {list(JUMP_RULES)}, got {rule!r}")
+        combined = None
+        for c, x, prediction, lam, lam_from in terms:
+            log_probs = self.x0_log_probs(prediction, x)
+            log_p_x = torch.gather(log_probs, -1, x[..., None])[..., 0].double()
+            lam_sites = expand_to_sites(lam.double(), x)
+            width = expand_to_sites((lam_to.double() - lam_from.double()).clamp_min(0.0), x)
+            keep = torch.exp(-self._log_boost(lam_sites))                                # 1 / (1 + g)
+            a = c * width * torch.sigmoid(-lam_sites) / self.num_states * (-torch.expm1(log_p_x) + log_p_x.exp() * keep)
+            b = c * width * torch.sigmoid(lam_sites)
+            term = (a.float()[..., None] + b.float()[..., None] * log_probs.float().exp()).scatter(-1, x[..., None], 0.0)
+            combined = term if combined is None else combined + term
+        combined = combined.clamp_min(0.0).scatter(-1, base[..., None], 0.0)
+        total = combined.sum(-1).double()
+        u = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=base.device)
+        move = u < move_probability(total, rule)
+        out = base.clone()
+        if bool(move.any()):
+            out[move] = sample_categorical(torch.log(combined[move].double()), generator)
         return out
 
     def reverse_rate_bound_terms(self, xt: Tensor) -> tuple[Tensor, Tensor]:
