@@ -298,3 +298,14 @@ def test_theta_trapezoidal_error_falls_faster_than_tau_leaping():
                                                                                           "theta-trapezoidal")}
     assert chi2["theta-trapezoidal", 16] < 0.5 * chi2["tau-leaping", 16], chi2
     assert slope["theta-trapezoidal"] > slope["tau-leaping"] + 0.3, (slope, chi2)
+
+
+def test_theta_first_jump_rule_beats_reject_at_few_steps():
+    """The theta methods' default "first" rule (move with probability 1 - exp(-E)) is more accurate than
+    "reject" (E exp(-E), an O(h^2) error per leap): masking, 4 steps, mean over two seeds. Measured TV:
+    reject 0.031 / 0.025, first 0.020 / 0.018 (seeds 1, 2; floor 0.0101)."""
+    proc = MaskingProcess(K)
+    tv = {rule: sum(_tv(proc, "theta-trapezoidal", 4, seed=seed, multi_jump=rule) for seed in (1, 2)) / 2
+          for rule in ("reject", "first")}
+    assert tv["first"] < tv["reject"] - 0.004, tv
+

@@ -62,8 +62,7 @@ def jump_from_rates(xt: Tensor, expected_jumps: Tensor, generator: torch.Generat
       absorbing state, as in masking);
     - "euler": min(E, 1), the Euler step of the reverse CTMC (discrete flow matching).
     """
-    if rule not in JUMP_RULES:
-        raise ValueError(f"jump rule must be one of {list(JUMP_RULES)}, got {rule!r}")
+    check_jump_rule(rule)
     rates = expected_jumps.double().clamp_min(0.0)
     total = rates.sum(-1)
     move = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=xt.device) < move_probability(total, rule)
@@ -72,6 +71,12 @@ def jump_from_rates(xt: Tensor, expected_jumps: Tensor, generator: torch.Generat
     out = xt.clone()
     out[move] = sample_categorical(torch.log(rates[move]), generator)
     return out
+
+
+def check_jump_rule(rule: str, allowed: tuple[str, ...] = JUMP_RULES) -> None:
+    """ValueError naming the allowed rules when ``rule`` is not one of them."""
+    if rule not in allowed:
+        raise ValueError(f"jump rule (multi_jump) must be one of {list(allowed)}, got {rule!r}")
 
 
 def move_probability(total: Tensor, rule: str) -> Tensor:

@@ -33,8 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import (JUMP_RULES, ForwardProcess, Prediction, RateTerm, expand_to_sites, move_probability,
-                   sample_categorical)
+from .base import (
+    ForwardProcess,
+    Prediction,
+    RateTerm,
+    check_jump_rule,
+    expand_to_sites,
+    move_probability,
+    sample_categorical,
+)
 
 
 def unmask_probability(lam_t: Tensor, lam_s: Tensor) -> Tensor:
@@ -143,8 +150,7 @@ class MaskingProcess(ForwardProcess):
         """Only masked sites of ``base`` can move, and a term's rate there is c h p(y | x) (h its integrated alpha,
         zero where the term's state is unmasked): the combination is formed on those sites only, and targets
         are drawn (float64) only where a site moves. Same law as the generic combined_leap (tested)."""
-        if rule not in JUMP_RULES:
-            raise ValueError(f"jump rule must be one of {list(JUMP_RULES)}, got {rule!r}")
+        check_jump_rule(rule)
         sites = base == self.mask_index
         if not bool(sites.any()):
             return base
@@ -179,8 +185,7 @@ class MaskingProcess(ForwardProcess):
         """The rates out of MASK are a hazard h = softplus(lam_to) - softplus(lam_from) per masked site times
         p(y | x_t), which sums to 1: a masked site moves with probability move_probability(h, rule) and its
         target is drawn from p(x0 | x_t) only then. Same law as jump_from_rates on integrated_reverse_rates."""
-        if rule not in JUMP_RULES:
-            raise ValueError(f"jump rule must be one of {list(JUMP_RULES)}, got {rule!r}")
+        check_jump_rule(rule)
         hazard = (F.softplus(lam_to.double()) - F.softplus(lam_from.double())).clamp_min(0.0)
         p = expand_to_sites(move_probability(hazard, rule), xt)
         u = torch.rand(xt.shape, generator=generator, dtype=torch.float64, device=xt.device)

@@ -34,10 +34,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import (
-    JUMP_RULES,
-    RateTerm,
     ForwardProcess,
     Prediction,
+    RateTerm,
+    check_jump_rule,
     expand_to_sites,
     move_probability,
     sample_categorical,
@@ -246,24 +246,20 @@ class UniformProcess(ForwardProcess):
 
     def leap(self, xt: Tensor, prediction: Prediction, lam: Tensor, lam_from: Tensor, lam_to: Tensor,
              rule: str = "reject", generator: torch.Generator | None = None) -> Tensor:
-        """The rates out of x are w (A + g p_y) for y != x, w = (1 - alpha)/K, A = (1 - p_x) + p_x/(1 + g): a
-        uniform part and a part proportional to p. Per site E = w h [(K - 1) A + g (1 - p_x)] with h the frozen
-        step (lam_to - lam_from); a site moves with move_probability(E, rule), to a uniform y != x with
-        probability (K - 1) A / [(K - 1) A + g (1 - p_x)], else to y ~ p(. | x_t) without x. Same law as
+        """The rates out of x per lam are (1 - alpha)/K A + alpha p_y for y != x, with A = P(site is noise | x_t)
+        (``noise_probability``): a uniform part and a part proportional to p. Per site E = h [(1 - alpha)(K - 1)/K A
+        + alpha (1 - p_x)] with h the frozen step (lam_to - lam_from); a site moves with move_probability(E, rule),
+        to a uniform y != x with the uniform part's share, else to y ~ p(. | x_t) without x. Same law as
         jump_from_rates on integrated_reverse_rates, drawing from p only at the sites that move."""
-        if rule not in JUMP_RULES:
-            raise ValueError(f"jump rule must be one of {list(JUMP_RULES)}, got {rule!r}")
+        check_jump_rule(rule)
         k = self.num_states
         log_probs = self.x0_log_probs(prediction, xt)
-        log_p_x = torch.gather(log_probs, -1, xt[..., None])[..., 0].double()
-        p_x, rest = log_p_x.exp(), -torch.expm1(log_p_x)                                # p_x and 1 - p_x
+        rest = -torch.expm1(torch.gather(log_probs, -1, xt[..., None])[..., 0].double())   # 1 - p_x
         lam_sites = expand_to_sites(lam.double(), xt)
-        keep = torch.exp(-self._log_boost(lam_sites))                                   # 1 / (1 + g)
-        g = torch.exp(lam_sites.clamp_max(_LAM_MAX) + math.log(k))
-        uniform_part = (k - 1) * (rest + p_x * keep)
-        p_part = g * rest
+        uniform_part = torch.sigmoid(-lam_sites) * (k - 1) / k * self.noise_probability(xt, prediction, lam)
+        p_part = torch.sigmoid(lam_sites) * rest
         width = expand_to_sites((lam_to.double() - lam_from.double()).clamp_min(0.0), xt)
-        total = torch.sigmoid(-lam_sites) / k * width * (uniform_part + p_part)
+        total = width * (uniform_part + p_part)
         u = torch.rand(xt.shape + (2,), generator=generator, dtype=torch.float64, device=xt.device)
         move = u[..., 0] < move_probability(total, rule)
         to_uniform = u[..., 1] * (uniform_part + p_part) < uniform_part
@@ -281,21 +277,18 @@ class UniformProcess(ForwardProcess):
     def combined_leap(self, base: Tensor, terms: list[RateTerm], lam_to: Tensor, rule: str = "reject",
                       generator: torch.Generator | None = None) -> Tensor:
         """The theta methods' second stage without float64 K-way tensors: a term's expected jumps x -> y are
-        h (1 - alpha)/K (A + g p_y) = a + b p_y with a = h (1 - alpha) A / K and b = h alpha (h the frozen width,
-        A as in ``leap``), formed in float32; targets are drawn in float64 only where a site moves. Same law as
-        the generic combined_leap (tested)."""
-        if rule not in JUMP_RULES:
-            raise ValueError(f"jump rule must be one of {list(JUMP_RULES)}, got {rule!r}")
+        a + b p_y with a = h (1 - alpha) A / K and b = h alpha (h the frozen width, A as in ``leap``), formed in
+        float32; targets are drawn in float64 only where a site moves. Same law as the generic combined_leap
+        (tested)."""
+        check_jump_rule(rule)
         combined = None
         for c, x, prediction, lam, lam_from in terms:
-            log_probs = self.x0_log_probs(prediction, x)
-            log_p_x = torch.gather(log_probs, -1, x[..., None])[..., 0].double()
             lam_sites = expand_to_sites(lam.double(), x)
             width = expand_to_sites((lam_to.double() - lam_from.double()).clamp_min(0.0), x)
-            keep = torch.exp(-self._log_boost(lam_sites))                                # 1 / (1 + g)
-            a = c * width * torch.sigmoid(-lam_sites) / self.num_states * (-torch.expm1(log_p_x) + log_p_x.exp() * keep)
+            a = c * width * torch.sigmoid(-lam_sites) / self.num_states * self.noise_probability(x, prediction, lam)
             b = c * width * torch.sigmoid(lam_sites)
-            term = (a.float()[..., None] + b.float()[..., None] * log_probs.float().exp()).scatter(-1, x[..., None], 0.0)
+            probs = self.x0_log_probs(prediction, x).float().exp()
+            term = (a.float()[..., None] + b.float()[..., None] * probs).scatter(-1, x[..., None], 0.0)
             combined = term if combined is None else combined + term
         combined = combined.clamp_min(0.0).scatter(-1, base[..., None], 0.0)
         total = combined.sum(-1).double()

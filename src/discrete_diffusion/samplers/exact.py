@@ -50,12 +50,8 @@ class ExactSimulationSampler(Sampler):
     def sample(self, process: ForwardProcess, denoiser: Denoiser, schedule: Schedule, shape: tuple[int, ...],
                generator: torch.Generator | None = None, device: torch.device | str = "cpu",
                callback: ProgressCallback | None = None) -> Tensor:
-        grid = Sampler.time_grid(self, schedule)
-        lam_end = min(float(torch.logit(torch.tensor(schedule.alpha_max, dtype=torch.float64))), self.lam_stop)
-        x = process.sample_prior(tuple(shape), float(grid[0]), generator, device=device)
+        x, denoiser, lam, lam_end = self._start(process, denoiser, schedule, shape, generator, device)
         batch = x.shape[0]
-        denoiser = self.wrap_denoiser(process, denoiser, batch)
-        lam = torch.full((batch,), float(grid[0]), dtype=torch.float64, device=device)
         active = torch.ones(batch, dtype=torch.bool, device=device)
         events = 0
         while bool(active.any()):
@@ -80,6 +76,16 @@ class ExactSimulationSampler(Sampler):
             events += 1
             self._after_event(events, x, callback)
         return self._finish(process, denoiser, x, lam_end, generator)
+
+    def _start(self, process: ForwardProcess, denoiser: Denoiser, schedule: Schedule, shape: tuple[int, ...],
+               generator: torch.Generator | None, device: torch.device | str) -> tuple[Tensor, Denoiser, Tensor, float]:
+        """(x_1 from the prior, the wrapped denoiser, lam (B,) float64 at t = 1, the lam where simulation stops)."""
+        grid = Sampler.time_grid(self, schedule)
+        lam_end = min(float(torch.logit(torch.tensor(schedule.alpha_max, dtype=torch.float64))), self.lam_stop)
+        x = process.sample_prior(tuple(shape), float(grid[0]), generator, device=device)
+        denoiser = self.wrap_denoiser(process, denoiser, x.shape[0])
+        lam = torch.full((x.shape[0],), float(grid[0]), dtype=torch.float64, device=device)
+        return x, denoiser, lam, lam_end
 
     def _after_event(self, events: int, x: Tensor, callback: ProgressCallback | None) -> None:
         self._record_cost()

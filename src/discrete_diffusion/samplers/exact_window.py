@@ -24,7 +24,7 @@ from torch import Tensor
 from ..denoiser import Denoiser
 from ..processes.base import ForwardProcess
 from ..schedules import Schedule
-from .base import ProgressCallback, Sampler
+from .base import ProgressCallback
 from .exact import ExactSimulationSampler, apply_jumps
 
 
@@ -47,12 +47,7 @@ class WindowThinningSampler(ExactSimulationSampler):
         if not hasattr(process, "reverse_rate_window_bound"):
             raise ValueError(f"sampler {self.name!r} needs a process with reverse_rate_window_bound (matrix); got "
                              f"{process.name!r} (use 'exact' for masking and blackout, 'exact-thinning' for uniform)")
-        grid = Sampler.time_grid(self, schedule)
-        lam_end = min(float(torch.logit(torch.tensor(schedule.alpha_max, dtype=torch.float64))), self.lam_stop)
-        x = process.sample_prior(tuple(shape), float(grid[0]), generator, device=device)
-        batch = x.shape[0]
-        denoiser = self.wrap_denoiser(process, denoiser, batch)
-        lam = torch.full((batch,), float(grid[0]), dtype=torch.float64, device=device)
+        x, denoiser, lam, lam_end = self._start(process, denoiser, schedule, shape, generator, device)
         window_end = torch.minimum(lam + self.window, torch.full_like(lam, lam_end))
         bound = process.reverse_rate_window_bound(x, lam, window_end)
         events = 0

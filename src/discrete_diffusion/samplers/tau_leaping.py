@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from ..processes.base import ForwardProcess
+from ..processes.base import ForwardProcess, check_jump_rule
 from .base import MULTI_JUMP_RULES, Sampler
 
 
@@ -33,8 +33,7 @@ class TauLeapingSampler(Sampler):
                  temperature: float = 1.0, top_p: float = 1.0, cache: bool = False,
                  grid: str | None = None) -> None:
         super().__init__(num_steps, final_denoise, temperature, top_p, cache, grid)
-        if multi_jump not in MULTI_JUMP_RULES:
-            raise ValueError(f"multi_jump must be one of {list(MULTI_JUMP_RULES)}, got {multi_jump!r}")
+        check_jump_rule(multi_jump, MULTI_JUMP_RULES)
         self.multi_jump = multi_jump
 
     def step(self, process: ForwardProcess, denoiser: Denoiser, xt: Tensor, lam_t: Tensor, lam_s: Tensor,

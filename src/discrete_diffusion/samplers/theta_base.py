@@ -10,8 +10,9 @@ at (x_t, lam_t), evaluate the denoiser at the intermediate state, then combine r
 Each leap moves a site at most once. The default rule is "first" (a site with total expected jumps E moves
 with probability 1 - exp(-E), exact for frozen rates out of an absorbing state): Campbell et al.'s "reject"
 moves with probability E exp(-E) = E - E^2 + ..., an O(h^2) error per leap that competes with the method's
-second-order terms. Measured on a K = 3, D = 3 oracle problem (200k samples, 2-16 steps), "first" gives 20-35%
-lower chi-square error than "reject" for both theta methods on masking and uniform noise.
+second-order terms. On the oracle problem of tests/test_sampler_suite.py at 4 steps theta-trapezoidal's TV is
+0.018-0.020 with "first" against 0.025-0.031 with "reject" on masking (0.033-0.035 against 0.039-0.040 on uniform
+noise); the masking comparison is a test.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from ..processes.base import ForwardProcess, Prediction
+from ..processes.base import ForwardProcess, Prediction, check_jump_rule
 from .base import MULTI_JUMP_RULES, Sampler
 
 
@@ -52,8 +53,7 @@ class ThetaSampler(Sampler):
         if not (0.0 < float(theta) and upper_ok):
             interval = "(0, 1]" if self.allow_theta_one else "(0, 1)"
             raise ValueError(f"{self.name}: theta must lie in {interval}, got {theta}")
-        if multi_jump not in MULTI_JUMP_RULES:
-            raise ValueError(f"multi_jump must be one of {list(MULTI_JUMP_RULES)}, got {multi_jump!r}")
+        check_jump_rule(multi_jump, MULTI_JUMP_RULES)
         self.theta = float(theta)
         self.multi_jump = multi_jump
 
