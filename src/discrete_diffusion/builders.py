@@ -63,10 +63,13 @@ class SiteChannelFold(nn.Module):
         return out.reshape(b, self.out_channels, s, h, w)
 
 
-def build_backbone(config: DictConfig, process: ForwardProcess, site_shape: tuple[int, ...]) -> nn.Module:
+def build_backbone(config: DictConfig, process: ForwardProcess, site_shape: tuple[int, ...],
+                   out_channels: int | None = None) -> nn.Module:
+    """The ``config.model`` network on the process's input features; its output channels are the
+    parameterization's unless ``out_channels`` is given (a DDPD planner has one)."""
     m = config.model
     c_in = process.feature_channels
-    c_out = process.output_channels(config.process.parameterization)
+    c_out = process.output_channels(config.process.parameterization) if out_channels is None else out_channels
     if m.backbone == "unet":
         if len(site_shape) not in (2, 3):
             raise ValueError(f"backbone 'unet' needs images of shape (H, W) or (C, H, W), got sites {site_shape}")

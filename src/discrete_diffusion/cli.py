@@ -1,4 +1,4 @@
-"""The ``ddiff`` command line: demo, train, sample, evaluate."""
+"""The ``ddiff`` command line: demo, train, sample, evaluate, train-planner."""
 
 from __future__ import annotations
 
@@ -102,8 +102,26 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="random seed (same seed, same samples)")
     sample.add_argument("--out", default=None, help="output folder (default: RUN_DIR/samples)")
     sample.add_argument("--checkpoint", default="best", choices=["best", "latest"], help="which weights")
+    sample.add_argument("--planner", default=None, metavar="DIR",
+                        help="ddpd sampler on uniform noise: a planner trained by `ddiff train-planner` (its output "
+                             "folder, e.g. RUN_DIR/planner) instead of the planner derived from the denoiser")
     sample.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     sample.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    planner = sub.add_parser("train-planner", help="train a DDPD planner network for a uniform-noise run",
+                             formatter_class=argparse.RawDescriptionHelpFormatter,
+                             description="Train a planner (P(site is noise | x_t), binary cross-entropy on draws of "
+                                         "the forward process) for the ddpd sampler, on RUN_DIR's data and schedule. "
+                                         "The run's model and train sections are the planner's unless overridden "
+                                         "(model.* and train.* only, e.g. model.depth=2 train.steps=500). Writes "
+                                         "config.yaml, planner.safetensors and metrics.json (validation BCE, and that "
+                                         "of the planner derived from the run's denoiser on the same draws).",
+                             epilog="then: ddiff sample RUN_DIR --sampler ddpd --planner RUN_DIR/planner")
+    planner.add_argument("run_dir", help="a run directory of a uniform-noise model (`ddiff train process.name=uniform`)")
+    planner.add_argument("overrides", nargs="*", help="model.key=value and train.key=value overrides")
+    planner.add_argument("--out", default=None, help="output folder (default: RUN_DIR/planner)")
+    planner.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    planner.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     evaluate = sub.add_parser("evaluate", help="test NLL upper bound in bits per dimension",
                               description="Estimate the negative ELBO of a data split in bits per dimension, "
@@ -133,8 +151,14 @@ def run_training(config_path: str | None, overrides: list[str], out: str, resume
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .pipeline import evaluate_run, generate_samples, load_run, save_samples, write_json
     from .builders import build_sampler_from
+    from .pipeline import (
+        evaluate_run,
+        generate_samples,
+        load_run,
+        save_samples,
+        write_json,
+    )
     from .train.distributed import env_world
 
     if env_world()[1] > 1:
@@ -182,7 +206,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     ctx, device = setup(args.device)  # under torchrun the samples are split over the ranks
     run = load_run(args.run_dir, args.checkpoint, str(device))
-    sampler = build_sampler_from(run.config, args.sampler, args.steps, sampler_options(args))
+    options = sampler_options(args)
+    if args.planner is not None:
+        from .planner import load_planner
+
+        name = args.sampler or run.config.sample.sampler
+        if name != "ddpd":
+            raise ValueError(f"--planner is an option of the ddpd sampler, got sampler {name!r}; add --sampler ddpd")
+        options["planner"] = load_planner(args.planner, run)
+    sampler = build_sampler_from(run.config, args.sampler, args.steps, options)
     num = run.config.sample.num_samples if args.num is None else args.num
     batch_size = run.config.sample.batch_size if args.batch_size is None else args.batch_size
     if num < 1 or batch_size < 1:
@@ -193,10 +225,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if not ctx.is_main:
         return 0
     out = Path(args.out) if args.out else Path(args.run_dir) / "samples"
-    stem = f"{sampler.name}_{sampler.num_steps}steps_seed{args.seed}"
+    stem = f"{sampler.name}{'-planner' if args.planner else ''}_{sampler.num_steps}steps_seed{args.seed}"
     paths = save_samples(samples, run, out, stem=stem)
     paths["json"] = str(out / f"{stem}.json")
-    write_json(out / f"{stem}.json", {"sampler": sampler.config(), "num_samples": num, "seed": args.seed,
+    record = {**sampler.config(), **({"planner": str(Path(args.planner).resolve())} if args.planner else {})}
+    write_json(out / f"{stem}.json", {"sampler": record, "num_samples": num, "seed": args.seed,
                                       "batch_size": batch_size, "network_calls_last_batch": sampler.network_calls,
                                       "nfe_last_batch": sampler.nfe, "run_dir": str(Path(args.run_dir).resolve()),
                                       "checkpoint": str(run.checkpoint), "files": dict(paths)})
@@ -235,7 +268,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate}
+def cmd_train_planner(args: argparse.Namespace) -> int:
+    from .planner import train_planner
+    from .train.distributed import env_world
+
+    if env_world()[1] > 1:
+        raise ValueError("`ddiff train-planner` runs in one process (a planner is small); run it without torchrun")
+    metrics = train_planner(args.run_dir, args.overrides, args.out, args.device, progress=not args.no_progress)
+    print(f"planner validation BCE {metrics['val_bce_bits_per_site']:.4f} bits/site at step {metrics['best_step']} "
+          f"(planner derived from the run's denoiser: {metrics['denoiser_planner_val_bce_bits_per_site']:.4f}); "
+          f"weights {metrics['weights']}")
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
+            "train-planner": cmd_train_planner}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..train.ema import EMA
 from ..train.optim import build_optimizer, clip_gradients, warmup_cosine_schedule
 
-__all__ = ["ExactLikelihoodModel", "FitSettings", "FitResult", "bits_per_dim", "fit_exact_model"]
+__all__ = ["ExactLikelihoodModel", "FitSettings", "FitResult", "bits_per_dim", "fit_exact_model", "fit_model"]
 
 
 class ExactLikelihoodModel(Protocol):
@@ -100,25 +100,38 @@ def fit_exact_model(model: nn.Module, train: Tensor, val: Tensor, settings: FitS
     if train.shape[0] == 0 or val.shape[0] == 0:
         raise ValueError(f"fit_exact_model needs non-empty train and val splits, got {train.shape[0]} and "
                          f"{val.shape[0]} examples")
+    train = train.to(device)
+    dims = train[0].numel()
+    return fit_model(model, lambda index: -model.log_likelihood(train[index]).mean() / dims,
+                     lambda: float(bits_per_dim(model, val, device).mean()), train.shape[0], settings, weights_path,
+                     progress=progress, log=log, desc="train (exact NLL)")
+
+
+def fit_model(model: nn.Module, batch_loss: Callable[[Tensor], Tensor], validate: Callable[[], float],
+              num_train: int, settings: FitSettings, weights_path: str | Path, progress: bool = False,
+              log: Callable[[str], None] = lambda _message: None, desc: str = "train") -> FitResult:
+    """The loop behind ``fit_exact_model``, for any loss. ``batch_loss(index)`` is the training loss (nats per
+    dimension) of the training examples at ``index`` (a (batch,) long tensor on the model's device);
+    ``validate()`` scores the model as it is (called with the EMA weights swapped in, in bits per dimension,
+    lower is better). The best EMA weights are saved at ``weights_path`` and loaded into ``model``."""
     s = settings
     weights_path = Path(weights_path)
+    device = next(model.parameters()).device
     optimizer = build_optimizer(model, lr=s.lr, weight_decay=s.weight_decay)
     scheduler = warmup_cosine_schedule(optimizer, min(s.warmup_steps, s.steps), s.steps, s.min_lr_ratio)
     ema = EMA(model, decay=s.ema_decay)
     data_generator = torch.Generator().manual_seed(s.seed + 1)
-    train = train.to(device)
-    n, dims = train.shape[0], train[0].numel()
     best: tuple[float, int] | None = None
     curve: list[list[float]] = []
     start = time.time()
-    bar = tqdm(total=s.steps, desc="train (exact NLL)", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=s.steps, desc=desc, disable=not progress, dynamic_ncols=True)
     step = 0
     while step < s.steps:
         model.train()
-        index = torch.randperm(n, generator=data_generator)[:min(s.batch_size, n)].to(train.device)
-        loss = -model.log_likelihood(train[index]).mean() / dims        # nats per dimension
+        index = torch.randperm(num_train, generator=data_generator)[:min(s.batch_size, num_train)].to(device)
+        loss = batch_loss(index)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"exact-NLL training: loss is {loss.item()} at step {step + 1}")
+            raise FloatingPointError(f"{desc}: loss is {loss.item()} at step {step + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip_gradients(model, s.grad_clip)
@@ -130,7 +143,8 @@ def fit_exact_model(model: nn.Module, train: Tensor, val: Tensor, settings: FitS
         out_of_time = s.wall_budget is not None and time.time() - start > s.wall_budget
         if step % s.eval_every == 0 or step == s.steps or out_of_time:
             with ema.swap_into(model):
-                val_bits = float(bits_per_dim(model, val, device).mean())
+                model.eval()
+                val_bits = validate()
                 if best is None or val_bits < best[0]:
                     best = (val_bits, step)
                     weights_path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,6 +156,7 @@ def fit_exact_model(model: nn.Module, train: Tensor, val: Tensor, settings: FitS
         if out_of_time:
             break
     bar.close()
+    model.eval()
     assert best is not None
     model.load_state_dict(load_file(str(weights_path)))
     return FitResult(best[0], best[1], step, time.time() - start, curve)

@@ -56,10 +56,17 @@ class UniformProcess(ForwardProcess):
 
     # ----- forward marginals -------------------------------------------------------------------
     def sample_marginal(self, x0: Tensor, lam: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self.sample_marginal_with_noise(x0, lam, generator)[0]
+
+    def sample_marginal_with_noise(self, x0: Tensor, lam: Tensor,
+                                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """x_t ~ q_t(. | x0) with DDPD's latent noise indicator: (x_t, z), both (B, *sites). Each site is noise
+        (z = 1, a uniform value, which may equal x0) with probability 1 - alpha, else x_t = x0 (z = 0)."""
         alpha = expand_to_sites(torch.sigmoid(lam.double()), x0)
         u = torch.rand(x0.shape, generator=generator, dtype=torch.float64, device=x0.device)
         noise = torch.randint(0, self.num_states, x0.shape, generator=generator, device=x0.device)
-        return torch.where(u < alpha, x0, noise)
+        is_noise = u >= alpha
+        return torch.where(is_noise, noise, x0), is_noise
 
     def _log_boost(self, lam: Tensor) -> Tensor:
         """log(1 + g) = log(1 + K alpha/(1 - alpha)) = softplus(lam + log K), float64, same shape as lam."""

@@ -46,7 +46,7 @@ from torch import nn
 from .atomic_io import atomic_write
 from .checkpoint_files import (FORMAT, FORMAT_VERSION, _load_tensors, _manifests, _prune, _read_manifest, _storable,
                                _strip, _verify_tensors)
-from .ema import EMA, _compare_tensors, unwrap_model
+from .ema import EMA, compare_tensors, unwrap_model
 from .rng import capture_rng_state, restore_rng_state
 from .state_codec import check_config, config_hash, decode_state, encode_state, plain_json
 
@@ -332,7 +332,7 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
 
 
 def _raise_on_mismatch(what: str, expected: Mapping[str, torch.Tensor], got: Mapping[str, Any], manifest: Path) -> None:
-    problems = _compare_tensors(expected, got)
+    problems = compare_tensors(expected, got)
     if problems:
         raise ValueError(f"{what} tensors in {manifest} do not match: " + "; ".join(problems))
 

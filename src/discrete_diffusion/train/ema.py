@@ -121,7 +121,7 @@ class EMA:
         nothing is modified in that case.
         """
         shadow = state["shadow"]
-        problems = _compare_tensors(self.shadow, shadow)
+        problems = compare_tensors(self.shadow, shadow)
         if problems:
             raise ValueError("EMA state does not match the model: " + "; ".join(problems))
         for name, s in self.shadow.items():
@@ -134,13 +134,13 @@ class EMA:
 
     def _matching_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         current = _float_state(model)
-        problems = _compare_tensors(self.shadow, current)
+        problems = compare_tensors(self.shadow, current)
         if problems:
             raise ValueError("model does not match the EMA shadow: " + "; ".join(problems))
         return current
 
 
-def _compare_tensors(expected: Mapping[str, torch.Tensor], got: Mapping[str, Any]) -> list[str]:
+def compare_tensors(expected: Mapping[str, torch.Tensor], got: Mapping[str, Any]) -> list[str]:
     """Human-readable differences between two name -> tensor maps (names and shapes)."""
     problems: list[str] = []
     missing = sorted(set(expected) - set(got))
