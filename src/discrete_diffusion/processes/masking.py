@@ -120,8 +120,9 @@ class MaskingProcess(ForwardProcess):
         # -inf everywhere at unmasked sites, then log-prob 0 on x_t there (masked sites keep their value)
         kept = torch.gather(log_probs, -1, index)
         value = torch.where(unmasked[..., None], torch.zeros_like(kept), kept)
-        carried = log_probs.masked_fill(unmasked[..., None], -torch.inf).scatter(-1, index, value)
-        return Prediction(x0_log_probs=carried)
+        if log_probs.requires_grad:           # log_softmax's backward needs its output: no in-place edits
+            return Prediction(x0_log_probs=log_probs.masked_fill(unmasked[..., None], -torch.inf).scatter(-1, index, value))
+        return Prediction(x0_log_probs=log_probs.masked_fill_(unmasked[..., None], -torch.inf).scatter_(-1, index, value))
 
     # ----- training and likelihood ---------------------------------------------------------------
     def elbo_integrand(self, x0: Tensor, xt: Tensor, lam: Tensor, prediction: Prediction) -> Tensor:

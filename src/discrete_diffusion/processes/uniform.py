@@ -106,12 +106,20 @@ class UniformProcess(ForwardProcess):
         return F.one_hot(xt, self.num_states).movedim(-1, 1).to(torch.get_default_dtype())
 
     def prediction_from_output(self, output: Tensor, xt: Tensor, lam: Tensor, parameterization: str) -> Prediction:
-        """p(x0 | x_t) = softmax(net + log(1 + g) 1[x0 = x_t]). output (B, K, *sites) -> (B, *sites, K)."""
+        """p(x0 | x_t) = softmax(net + log(1 + g) 1[x0 = x_t]). output (B, K, *sites) -> (B, *sites, K).
+
+        In two passes over the logits l: with L = logsumexp(l) and e^{log(1 + g)} - 1 = g, the boosted normaliser
+        is L + softplus(log g + l_x - L), so log p = l - that (+ log(1 + g) at x_t)."""
         self.check_parameterization(parameterization)
         logits = output.movedim(1, -1)
-        boost = expand_to_sites(self._log_boost(lam), xt).to(logits.dtype)[..., None]
-        onehot = F.one_hot(xt, self.num_states).to(logits.dtype)
-        return Prediction(x0_log_probs=torch.log_softmax(logits + boost * onehot, dim=-1))
+        lam_sites = expand_to_sites(lam.double().clamp_max(_LAM_MAX), xt)
+        boost = self._log_boost(lam_sites).to(logits.dtype).expand(xt.shape)[..., None]   # log(1 + g)
+        log_g = (lam_sites + math.log(self.num_states)).to(logits.dtype)[..., None]
+        at_x = torch.gather(logits, -1, xt[..., None])
+        plain = torch.logsumexp(logits, dim=-1, keepdim=True)
+        log_norm = plain + F.softplus(log_g + at_x - plain)
+        log_p_x = (at_x + boost - log_norm).clamp_max(0.0)                              # <= 0 up to rounding
+        return Prediction(x0_log_probs=(logits - log_norm).scatter_(-1, xt[..., None], log_p_x))
 
     # ----- training and likelihood ---------------------------------------------------------------
     def ratio_estimates(self, xt: Tensor, prediction: Prediction, lam: Tensor) -> Tensor:
