@@ -218,9 +218,10 @@ def test_uniform_fast_bridge_has_the_law_of_bridge_log_probs():
         assert float((freq - exact[i]).abs().max()) < 0.006, (pairs[i], freq, exact[i])
 
 
-@pytest.mark.parametrize("lams", [(-2.0, -0.5), (0.3, 2.5), (-6.0, 6.0)])
+@pytest.mark.parametrize("lams", [(-2.0, -0.5), (0.3, 2.5), (-6.0, 6.0), (-math.inf, -3.0)])
 def test_uniform_bridge_step_has_the_law_of_sample_x0_then_bridge(lams):
-    """bridge_step draws x0 only at sites that leave x_t; it must match sample_x0 followed by bridge_from_x0."""
+    """bridge_step draws x0 only at sites that take its value; it must match sample_x0 followed by bridge_from_x0
+    (lam_t = -inf: the first step from pure noise)."""
     k, n = 4, 120_000
     proc = UniformProcess(k)
     xt = torch.tensor([0, 2, 3]).expand(n, 3).clone()

@@ -177,10 +177,11 @@ class UniformProcess(ForwardProcess):
 
     def bridge_step(self, xt: Tensor, prediction: Prediction, lam_t: Tensor, lam_s: Tensor,
                     generator: torch.Generator | None = None) -> Tensor:
-        """The bridge step without drawing x0 where it does not matter. x0 = x_t with probability p_x; then x_s
-        is x_t or a uniform other value (O(1)). Otherwise x_s is x_t, x0 or a uniform value other than both, and
-        x0 ~ p(. | x_t) without x_t is drawn only at the sites that leave x_t. Same law as bridge_from_x0 after
-        sample_x0 (tested)."""
+        """The bridge step, drawing x0 only where x_s takes its value. x0 = x_t with probability p_x; then x_s is
+        x_t or a uniform value other than x_t. Otherwise (x0 != x_t) q_s(y | x0) = (1 - alpha_s)/K + alpha_s 1[y = x0]
+        splits the move to y != x_t into a uniform part ((K - 1) far_t far_0: any y != x_t, x0 included) and an x0
+        part (far_t alpha_s), against staying (near_t far_0); x0 ~ p(. | x_t) without x_t is drawn only at the sites
+        of the x0 part (few when alpha_s is small). Same law as bridge_from_x0 after sample_x0 (tested)."""
         k = self.num_states
         far_t, near_t, far_0, near_0 = self._bridge_weights(xt, lam_t, lam_s)
         log_probs = self.x0_log_probs(prediction, xt)
@@ -189,24 +190,17 @@ class UniformProcess(ForwardProcess):
         same = u[..., 0] < p_x
         # x0 = x_t: stay with weight near_t near_0 against (K - 1) far_t far_0 for the others
         leave_same = u[..., 1] * (near_t * near_0 + (k - 1) * far_t * far_0) >= near_t * near_0
-        # x0 != x_t: stay (near_t far_0), go to x0 (far_t near_0) or to one of the K - 2 others (far_t far_0 each)
-        w_stay, w_x0 = near_t * far_0, far_t * near_0
-        v = u[..., 1] * (w_stay + w_x0 + (k - 2) * far_t * far_0)
-        to_x0, to_other = (v >= w_stay) & (v < w_stay + w_x0), v >= w_stay + w_x0
+        w_stay, w_uniform, w_x0 = near_t * far_0, (k - 1) * far_t * far_0, far_t * (near_0 - far_0)
+        v = u[..., 1] * (w_stay + w_uniform + w_x0)
+        to_uniform = torch.where(same, leave_same, (v >= w_stay) & (v < w_stay + w_uniform))
+        to_x0 = ~same & (v >= w_stay + w_uniform)
         out = xt.clone()
-        pick = same & leave_same
-        if bool(pick.any()):                                    # a uniform value other than x_t
-            r = torch.floor(u[..., 2][pick] * (k - 1)).long().clamp_max(k - 2)
-            out[pick] = r + (r >= xt[pick]).long()
-        pick = ~same & (to_x0 | to_other)
-        if bool(pick.any()):
-            x = xt[pick]
-            x0 = sample_categorical(log_probs[pick].double().scatter(-1, x[:, None], -torch.inf), generator)
-            r = torch.floor(u[..., 2][pick] * (k - 2)).long().clamp(0, max(k - 3, 0))
-            low, high = torch.minimum(x, x0), torch.maximum(x, x0)
-            other = r + (r >= low).long()
-            other = other + (other >= high).long()
-            out[pick] = torch.where(to_x0[pick], x0, other)
+        if bool(to_uniform.any()):                              # a uniform value other than x_t: skip x_t
+            r = torch.floor(u[..., 2][to_uniform] * (k - 1)).long().clamp_max(k - 2)
+            out[to_uniform] = r + (r >= xt[to_uniform]).long()
+        if bool(to_x0.any()):
+            others = log_probs[to_x0].double().scatter(-1, xt[to_x0][:, None], -torch.inf)
+            out[to_x0] = sample_categorical(others, generator)
         return out
 
     def bridge_from_x0(self, xt: Tensor, x0: Tensor, lam_t: Tensor, lam_s: Tensor,
