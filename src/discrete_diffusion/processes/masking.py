@@ -160,9 +160,9 @@ class MaskingProcess(ForwardProcess):
         for c, x, prediction, _lam, lam_from in terms:
             hazard = (F.softplus(lam_to.double()) - F.softplus(lam_from.double())).clamp_min(0.0)[rows]
             weight = (c * hazard * (x[sites] == self.mask_index)).float()[:, None]
-            term = weight * self.x0_log_probs(prediction, x)[sites].exp()
-            combined = term if combined is None else combined + term
-        combined = combined.clamp_min(0.0)
+            term = self.x0_log_probs(prediction, x)[sites].exp_().mul_(weight)     # a fresh (n, K) tensor
+            combined = term if combined is None else combined.add_(term)
+        combined = combined.clamp_min_(0.0)
         total = combined.sum(-1).double()
         u = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=base.device)
         move = u < move_probability(total, rule)

@@ -296,10 +296,10 @@ class UniformProcess(ForwardProcess):
             width = expand_to_sites((lam_to.double() - lam_from.double()).clamp_min(0.0), x)
             a = c * width * torch.sigmoid(-lam_sites) / self.num_states * self.noise_probability(x, prediction, lam)
             b = c * width * torch.sigmoid(lam_sites)
-            probs = self.x0_log_probs(prediction, x).float().exp()
-            term = (a.float()[..., None] + b.float()[..., None] * probs).scatter(-1, x[..., None], 0.0)
-            combined = term if combined is None else combined + term
-        combined = combined.clamp_min(0.0).scatter(-1, base[..., None], 0.0)
+            term = self.x0_log_probs(prediction, x).float().exp()                  # fresh: edited in place
+            term = term.mul_(b.float()[..., None]).add_(a.float()[..., None]).scatter_(-1, x[..., None], 0.0)
+            combined = term if combined is None else combined.add_(term)
+        combined = combined.clamp_min_(0.0).scatter_(-1, base[..., None], 0.0)
         total = combined.sum(-1).double()
         u = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=base.device)
         move = u < move_probability(total, rule)
