@@ -187,3 +187,39 @@ def test_ddpd_learned_planner_is_used_and_network_skipped_when_done():
     plain.sample(proc, oracle, build_schedule("log-linear"), (200, D), generator=_gen(1))
     # only steps (and rows) with a site to denoise call the network: ~D evaluations per sample, not 64
     assert plain.network_calls < 8 and plain.nfe <= D + 1, (plain.network_calls, plain.nfe)
+
+
+def test_remdm_conf_remasks_the_least_confident_sites_in_proportion_to_softmax():
+    """sigma_d = softmax(-psi)_d sigma_max over a row's unmasked sites; masked sites unmask at the MDLM rate;
+    psi is recorded for sites that unmask and forgotten for sites that are remasked."""
+    proc, n = MaskingProcess(K), 60_000
+    xt = torch.tensor([0, 1, proc.mask_index]).expand(n, 3).clone()
+    sampler = build_sampler("remdm", num_steps=10, strategy="conf")
+    sampler.begin(xt)
+    sampler._confidence[:, 0], sampler._confidence[:, 1] = -0.9, -0.2
+    lam_t, lam_s = torch.full((n,), 1.0), torch.full((n,), 1.5)
+    log_probs = torch.log_softmax(torch.tensor([0.0, 1.0, 2.0, 0.5]), 0).expand(n, 3, K)
+    out = sampler.step(proc, lambda x, lam: Prediction(x0_log_probs=log_probs), xt, lam_t, lam_s, _gen(3))
+    sigma_max = float(proc.max_remask_probability(lam_t[:1], lam_s[:1]))
+    share = torch.softmax(torch.tensor([-0.9, -0.2], dtype=torch.float64), 0)
+    for site in (0, 1):
+        freq = (out[:, site] == proc.mask_index).double().mean().item()
+        expected = float(share[site]) * sigma_max
+        assert abs(freq - expected) < 4 * math.sqrt(expected / n), (site, freq, expected)
+    alpha_t, alpha_s = torch.sigmoid(torch.tensor(1.0)).item(), torch.sigmoid(torch.tensor(1.5)).item()
+    unmasked = out[:, 2] != proc.mask_index
+    assert abs(unmasked.double().mean().item() - (alpha_s - alpha_t) / (1 - alpha_t)) < 0.01
+    psi = log_probs[0, 0].exp().double()
+    torch.testing.assert_close(sampler._confidence[unmasked, 2], -psi[out[unmasked, 2]])
+    assert bool(torch.isinf(sampler._confidence[out[:, 0] == proc.mask_index, 0]).all())
+
+
+def test_remdm_conf_ends_unmasked_near_the_table(floor):
+    """Remasking adds per-site error with an exact denoiser (remdm's docstring), and "conf" does not keep the
+    marginals (masked sites unmask at the MDLM rate while others are remasked): measured TV 0.015-0.018 at 64
+    steps and 0.061-0.068 at 4 steps, seeds 1-3 (floor 0.010)."""
+    proc = MaskingProcess(K)
+    x, probs = _sample(proc, "remdm", 64, strategy="conf")
+    assert bool((x != proc.mask_index).all())
+    tv = total_variation(empirical_distribution(x, K), probs)
+    assert tv < floor + 0.015, (tv, floor)

@@ -218,7 +218,7 @@ class MaskingProcess(ForwardProcess):
     def remasking_bridge(self, xt: Tensor, x0: Tensor, lam_t: Tensor, lam_s: Tensor, sigma: Tensor,
                          generator: torch.Generator | None = None) -> Tensor:
         """ReMDM's posterior (Wang et al., 2025, "Remasking Discrete Diffusion Models with Inference-Time
-        Scaling"), sigma (B,) in [0, max_remask_probability]: an unmasked site is remasked with probability
+        Scaling"), sigma (B,) or (B, *sites) in [0, max_remask_probability]: an unmasked site is remasked with probability
         sigma; a masked site becomes x0 with probability (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t).
         Both keep q_s(x_s | x0) = alpha_s 1[x_s = x0] + (1 - alpha_s) 1[x_s = MASK]; sigma = 0 is bridge_from_x0."""
         unmask, remask = self._remasking_moves(xt, lam_t, lam_s, sigma, generator)
@@ -233,14 +233,17 @@ class MaskingProcess(ForwardProcess):
 
     def _remasking_moves(self, xt: Tensor, lam_t: Tensor, lam_s: Tensor, sigma: Tensor,
                          generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """(sites that unmask, sites that are remasked), both (B, *sites) bool, for remasking_bridge."""
-        sigma = torch.minimum(sigma.double().clamp_min(0.0), self.max_remask_probability(lam_t, lam_s))
+        """(sites that unmask, sites that are remasked), both (B, *sites) bool, for remasking_bridge. sigma is
+        (B,) or per site (B, *sites); a masked site unmasks with its own sigma in the formula."""
+        sigma = sigma.double().clamp_min(0.0)
+        sigma = expand_to_sites(sigma, xt) if sigma.dim() == 1 else sigma
+        sigma = torch.minimum(sigma, expand_to_sites(self.max_remask_probability(lam_t, lam_s), xt))
         # (alpha_s - alpha_t)/(1 - alpha_t) + sigma alpha_t/(1 - alpha_t), the first term computed stably
-        odds = torch.exp(F.logsigmoid(lam_t.double()) - F.logsigmoid(-lam_t.double()))
-        unmask = (unmask_probability(lam_t, lam_s) + sigma * odds).clamp(0.0, 1.0)
+        odds = expand_to_sites(torch.exp(F.logsigmoid(lam_t.double()) - F.logsigmoid(-lam_t.double())), xt)
+        unmask = (expand_to_sites(unmask_probability(lam_t, lam_s), xt) + sigma * odds).clamp(0.0, 1.0)
         u = torch.rand(xt.shape, generator=generator, dtype=torch.float64, device=xt.device)
         masked = xt == self.mask_index
-        return masked & (u < expand_to_sites(unmask, xt)), ~masked & (u < expand_to_sites(sigma, xt))
+        return masked & (u < unmask), ~masked & (u < sigma)
 
     def reverse_rate_bound(self, xt: Tensor) -> Tensor:
         """The total rate is exactly sigmoid(lam) * (number of masked sites)."""

@@ -200,6 +200,7 @@ class Sampler(ABC):
         x = process.sample_prior(tuple(shape), float(grid[0]), generator, device=device)
         batch = x.shape[0]
         denoiser = self.wrap_denoiser(process, denoiser, batch)
+        self.begin(x)
         for k in range(self.num_steps):
             lam_t = torch.full((batch,), float(grid[k]), device=device)
             lam_s = torch.full((batch,), float(grid[k + 1]), device=device)
@@ -208,6 +209,10 @@ class Sampler(ABC):
             if callback is not None:
                 callback(k + 1, self.num_steps, x)
         return x
+
+    def begin(self, x: Tensor) -> None:
+        """Called with the prior draw (B, *sites) before the first step: samplers that carry state across
+        steps reset it here."""
 
     @abstractmethod
     def step(self, process: ForwardProcess, denoiser: Denoiser, xt: Tensor, lam_t: Tensor, lam_s: Tensor,

@@ -16,8 +16,12 @@ marginals q_s(. | x0). sigma_t <= sigma_max(t) = min(1, (1 - alpha_s) / alpha_t)
   the model revises its own tokens; for t < t_off plain MDLM steps take alpha from alpha_on to 1. The paper's
   scripts use eta = 0.02, t_on = 0.55, t_off = 0.05, alpha_on = 0.9 (the defaults here); the alpha path within
   the first and last phases (linear in t) is this library's choice, and neither ``schedule`` nor ``grid`` is used by "loop".
-eta = 0 is the plain bridge (MDLM) sampler in law. The paper's confidence-based strategy is not implemented.
-Masking only. Remasking corrects a model's mistakes at inference time; with an exact denoiser it adds
+- "conf": remasking by confidence. Each unmasked site keeps the probability psi that p(x0 | x_t) gave its value
+  when it unmasked; the remasking probability is spread over a sequence's unmasked sites in proportion to
+  softmax(-psi) (least confident first): sigma_d = softmax_d(-psi) sigma_max(t), so the sites' sigmas sum to
+  sigma_max(t) in each row. Masked sites have sigma = 0 (they unmask at the plain MDLM rate), as in the paper's
+  code; a remasked site forgets its psi. ``eta`` is not used.
+eta = 0 is the plain bridge (MDLM) sampler in law. Masking only. Remasking corrects a model's mistakes at inference time; with an exact denoiser it adds
 per-site (factorisation) error that does not vanish with more steps for a fixed eta, so it is not expected
 to reach the table exactly.
 """
@@ -34,7 +38,7 @@ from ..processes.base import ForwardProcess
 from ..schedules import Schedule
 from .base import Sampler
 
-STRATEGIES = ("cap", "rescale", "loop")
+STRATEGIES = ("cap", "rescale", "loop", "conf")
 
 
 class ReMDMSampler(Sampler):
@@ -59,6 +63,10 @@ class ReMDMSampler(Sampler):
         self.strategy, self.eta = strategy, float(eta)
         self.t_on, self.t_off, self.alpha_on = t_on, float(t_off), float(alpha_on)
         self._lam_on = -math.inf
+        self._confidence: Tensor | None = None     # "conf": -psi per site, -inf where masked
+
+    def begin(self, x: Tensor) -> None:
+        self._confidence = torch.full(x.shape, -math.inf, dtype=torch.float64, device=x.device)
 
     def time_grid(self, schedule: Schedule) -> Tensor:
         """The schedule's grid, or for "loop" its three-phase grid (see the module docstring)."""
@@ -94,8 +102,28 @@ class ReMDMSampler(Sampler):
             remask = bool((lam_t == lam_s).all())                  # the loop phase: alpha held at alpha_on
         else:
             remask = float(lam_t[0]) >= self._lam_on - 1e-9       # t <= t_on ("switch"; always for t_on = 1)
+        if self.strategy == "conf":
+            return self.confidence_step(process, prediction, xt, lam_t, lam_s, remask, generator)
         sigma = self.remask_probability(process, lam_t, lam_s) if remask else torch.zeros_like(lam_t.double())
         return process.remasking_step(xt, prediction, lam_t, lam_s, sigma, generator)
+
+    def confidence_step(self, process: ForwardProcess, prediction, xt: Tensor, lam_t: Tensor, lam_s: Tensor,
+                        remask: bool, generator: torch.Generator | None) -> Tensor:
+        """The "conf" strategy: per-site sigma = softmax(-psi) over a row's unmasked sites times sigma_max."""
+        if self._confidence is None or self._confidence.shape != xt.shape:
+            self.begin(xt)
+        scores = self._confidence.reshape(xt.shape[0], -1)
+        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0).reshape(xt.shape)   # rows with none unmasked: 0
+        sigma_max = process.max_remask_probability(lam_t, lam_s)
+        sigma = weights * sigma_max.reshape((-1,) + (1,) * (xt.dim() - 1)) if remask else torch.zeros_like(weights)
+        out = process.remasking_step(xt, prediction, lam_t, lam_s, sigma, generator)
+        masked = xt == process.mask_index
+        unmasked_now = masked & (out != process.mask_index)
+        log_probs = process.x0_log_probs(prediction, xt)
+        psi = torch.gather(log_probs, -1, out.clamp_max(process.num_states - 1)[..., None])[..., 0].double().exp()
+        self._confidence = torch.where(unmasked_now, -psi, self._confidence)
+        self._confidence = self._confidence.masked_fill(~masked & (out == process.mask_index), -math.inf)
+        return out
 
     def config(self) -> dict:
         out = {**super().config(), "strategy": self.strategy, "eta": self.eta, "t_on": self.t_on}
