@@ -13,6 +13,7 @@ from scipy.special import expit, log_softmax, softmax
 from discrete_diffusion.oracle import OracleDenoiser
 from discrete_diffusion.processes import MaskingProcess, Prediction, UniformProcess
 from discrete_diffusion.processes.masking import unmask_probability
+from discrete_diffusion.processes.base import sample_categorical
 from discrete_diffusion.samplers import build_sampler
 from discrete_diffusion.schedules import build_schedule
 
@@ -234,3 +235,17 @@ def test_uniform_bridge_step_has_the_law_of_sample_x0_then_bridge(lams):
     for site in range(3):
         freq = [torch.bincount(x[:, site], minlength=k).double() / n for x in (fast, slow)]
         assert float((freq[0] - freq[1]).abs().max()) < 0.008, (site, freq)
+
+
+def test_sample_x0_overrides_have_the_law_of_the_k_way_draw():
+    """Uniform draws only where x0 != x_t, masking only at masked sites: the law of sample_categorical."""
+    k, n = 4, 120_000
+    for proc, xt in ((UniformProcess(k), torch.tensor([0, 2, 3])), (MaskingProcess(k), torch.tensor([k, 2, k]))):
+        xt = xt.expand(n, 3).clone()
+        logits = 1.5 * torch.randn(1, k, 3, generator=torch.Generator().manual_seed(4)).expand(n, k, 3)
+        pred = proc.prediction_from_output(logits, xt, torch.full((n,), 0.7), proc.parameterizations[0])
+        fast = proc.sample_x0(xt, pred, torch.Generator().manual_seed(5))
+        slow = sample_categorical(proc.x0_log_probs(pred, xt), torch.Generator().manual_seed(6))
+        for site in range(3):
+            freq = [torch.bincount(x[:, site], minlength=k).double() / n for x in (fast, slow)]
+            assert float((freq[0] - freq[1]).abs().max()) < 0.008, (proc.name, site, freq)

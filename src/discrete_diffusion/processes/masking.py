@@ -173,6 +173,10 @@ class MaskingProcess(ForwardProcess):
         out[sites] = values
         return out
 
+    def sample_x0(self, xt: Tensor, prediction: Prediction, generator: torch.Generator | None = None) -> Tensor:
+        """x0 ~ p(x0 | x_t), drawn at the masked sites only: an unmasked site's posterior is a point mass on x_t."""
+        return self.sample_x0_where(xt, prediction, xt == self.mask_index, generator)
+
     def bridge_step(self, xt: Tensor, prediction: Prediction, lam_t: Tensor, lam_s: Tensor,
                     generator: torch.Generator | None = None) -> Tensor:
         """The bridge step with x0 drawn only where a masked site unmasks (same law as bridge_from_x0 after

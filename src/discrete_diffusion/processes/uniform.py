@@ -199,9 +199,27 @@ class UniformProcess(ForwardProcess):
             r = torch.floor(u[..., 2][to_uniform] * (k - 1)).long().clamp_max(k - 2)
             out[to_uniform] = r + (r >= xt[to_uniform]).long()
         if bool(to_x0.any()):
-            others = log_probs[to_x0].double().scatter(-1, xt[to_x0][:, None], -torch.inf)
-            out[to_x0] = sample_categorical(others, generator)
+            out[to_x0] = self._draw_other_values(log_probs, xt, to_x0, generator)
         return out
+
+    def sample_x0(self, xt: Tensor, prediction: Prediction, generator: torch.Generator | None = None) -> Tensor:
+        """x0 ~ p(x0 | x_t) per site: x_t with probability p_x, else a draw from p without x_t, made only at those
+        sites (the final denoising step: few sites change). Same law as the generic K-way draw (tested)."""
+        log_probs = self.x0_log_probs(prediction, xt)
+        p_x = torch.gather(log_probs, -1, xt[..., None])[..., 0].double().exp()
+        move = torch.rand(xt.shape, generator=generator, dtype=torch.float64, device=xt.device) >= p_x
+        out = xt.clone()
+        if bool(move.any()):
+            out[move] = self._draw_other_values(log_probs, xt, move, generator)
+        return out
+
+    @staticmethod
+    def _draw_other_values(log_probs: Tensor, xt: Tensor, where: Tensor, generator: torch.Generator | None) -> Tensor:
+        """x0 ~ p(. | x_t) given x0 != x_t at the sites in ``where``: (n,) long, in float64. A site whose other
+        values all have probability zero keeps x_t."""
+        x = xt[where]
+        others = log_probs[where].double().scatter(-1, x[:, None], -torch.inf)
+        return torch.where(torch.isfinite(others).any(-1), sample_categorical(others, generator), x)
 
     def bridge_from_x0(self, xt: Tensor, x0: Tensor, lam_t: Tensor, lam_s: Tensor,
                        generator: torch.Generator | None = None) -> Tensor:
@@ -279,8 +297,7 @@ class UniformProcess(ForwardProcess):
             out[pick] = r + (r >= xt[pick]).long()
         pick = move & ~to_uniform
         if bool(pick.any()):
-            others = log_probs[pick].double().scatter(-1, xt[pick][:, None], -torch.inf)
-            out[pick] = sample_categorical(others, generator)
+            out[pick] = self._draw_other_values(log_probs, xt, pick, generator)
         return out
 
     def combined_leap(self, base: Tensor, terms: list[RateTerm], lam_to: Tensor, rule: str = "reject",
