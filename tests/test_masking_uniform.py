@@ -12,8 +12,8 @@ from scipy.special import expit, log_softmax, softmax
 
 from discrete_diffusion.oracle import OracleDenoiser
 from discrete_diffusion.processes import MaskingProcess, Prediction, UniformProcess
-from discrete_diffusion.processes.masking import unmask_probability
 from discrete_diffusion.processes.base import sample_categorical
+from discrete_diffusion.processes.masking import unmask_probability
 from discrete_diffusion.samplers import build_sampler
 from discrete_diffusion.schedules import build_schedule
 
