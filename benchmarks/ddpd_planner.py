@@ -17,7 +17,8 @@ architecture and recipe, ``--planner-steps`` steps) and then compares, at equal 
     python benchmarks/ddpd_planner.py --quick         # smoke run (tiny planner, few samples)
 
 Needs ``python benchmarks/likelihood_table.py`` to have run first (its runs are read from
-``OUT/runs/likelihood_table``). Writes ``ddpd_planner[_quick].md`` / ``.json`` to ``--out``.
+``OUT/runs/likelihood_table``). Writes ``ddpd_planner[_quick | _Nsteps].md`` / ``.json`` to ``--out`` (the
+suffix names a planner budget other than 800 steps).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     table_runs = out / "runs" / "likelihood_table"
-    suffix = "_quick" if args.quick else ""
+    suffix = "_quick" if args.quick else ("" if args.planner_steps == 800 else f"_{args.planner_steps}steps")
     rows, planners = [], {}
     for name in args.runs:
         run_dir = table_runs / f"{name}-uniform"
