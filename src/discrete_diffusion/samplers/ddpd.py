@@ -13,8 +13,9 @@ planner picks, filling them with draws from the denoiser given that the site is 
   an exact denoiser. A learned planner can be passed as ``planner(xt, lam) -> (B, *sites) probabilities``
   (sites it gives probability 0 are not picked before the last step, which denoises every site still masked).
 - Uniform: noise is not visible, so the planner matters. By default it is derived from the denoiser
-  (``UniformProcess.noise_probability``: pi_d = P(site d is noise | x_t), exact when the denoiser is); a learned
-  planner may replace it, with p(x0 | x_t, noise) = (p(x0 | x_t) - (1 - pi) 1[x0 = x_t])_+ / pi. A noisy site
+  (``UniformProcess.noise_probability``: pi_d = P(site d is noise | x_t), exact when the denoiser is); a trained
+  planner (``planner.NoisePlanner``, ``ddiff train-planner``) may replace it, with
+  p(x0 | x_t, noise) = (p(x0 | x_t) - (1 - pi) 1[x0 = x_t])_+ / pi. A noisy site
   is clean by s with probability (alpha_s - alpha_t)/(1 - alpha_t), so site d is denoised in the step with
   probability pi_d (alpha_s - alpha_t)/(1 - alpha_t), independently per site, to a draw from
   p(x0^d | x_t, noise). This is DDPD's mask-and-replace reverse process: it has the uniform process's
