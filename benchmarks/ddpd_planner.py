@@ -121,8 +121,9 @@ def write_report(out: Path, suffix: str, rows: list[dict], planners: dict, args:
              "| run | planner val BCE, trained (bits/site) | derived from the denoiser | planner params | train s |",
              "|---|---:|---:|---:|---:|"]
     for name, m in planners.items():
-        lines.append(f"| {name} | {m['val_bce_bits_per_site']:.4f} | {m['denoiser_planner_val_bce_bits_per_site']:.4f} "
-                     f"| {m['parameters']:,} | {m['train_seconds']:.0f} |")
+        lines.append(f"| {name} | {m['val_bce_bits_per_site']:.4f} | "
+                     f"{m['denoiser_planner_val_bce_bits_per_site']:.4f} | {m['parameters']:,} | "
+                     f"{m['train_seconds']:.0f} |")
     lines += ["", f"Samples ({args.num_samples} per row, seed {args.seed}) scored by the exact NLL of the table's AR "
               "transformer (mean ± SE over samples; the 'test data' row scores the test split):", "",
               "| run | sampler | steps | AR NLL of samples (bits/site) | distinct samples | wall s |", "|---|---|---:|---:|---:|---:|"]

@@ -121,8 +121,10 @@ class MaskingProcess(ForwardProcess):
         kept = torch.gather(log_probs, -1, index)
         value = torch.where(unmasked[..., None], torch.zeros_like(kept), kept)
         if log_probs.requires_grad:           # log_softmax's backward needs its output: no in-place edits
-            return Prediction(x0_log_probs=log_probs.masked_fill(unmasked[..., None], -torch.inf).scatter(-1, index, value))
-        return Prediction(x0_log_probs=log_probs.masked_fill_(unmasked[..., None], -torch.inf).scatter_(-1, index, value))
+            carried = log_probs.masked_fill(unmasked[..., None], -torch.inf).scatter(-1, index, value)
+        else:
+            carried = log_probs.masked_fill_(unmasked[..., None], -torch.inf).scatter_(-1, index, value)
+        return Prediction(x0_log_probs=carried)
 
     # ----- training and likelihood ---------------------------------------------------------------
     def elbo_integrand(self, x0: Tensor, xt: Tensor, lam: Tensor, prediction: Prediction) -> Tensor:
@@ -222,8 +224,8 @@ class MaskingProcess(ForwardProcess):
     def remasking_bridge(self, xt: Tensor, x0: Tensor, lam_t: Tensor, lam_s: Tensor, sigma: Tensor,
                          generator: torch.Generator | None = None) -> Tensor:
         """ReMDM's posterior (Wang et al., 2025, "Remasking Discrete Diffusion Models with Inference-Time
-        Scaling"), sigma (B,) or (B, *sites) in [0, max_remask_probability]: an unmasked site is remasked with probability
-        sigma; a masked site becomes x0 with probability (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t).
+        Scaling"), sigma (B,) or (B, *sites) in [0, max_remask_probability]: an unmasked site is remasked with
+        probability sigma; a masked site becomes x0 with probability (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t).
         Both keep q_s(x_s | x0) = alpha_s 1[x_s = x0] + (1 - alpha_s) 1[x_s = MASK]; sigma = 0 is bridge_from_x0."""
         unmask, remask = self._remasking_moves(xt, lam_t, lam_s, sigma, generator)
         out = torch.where(unmask, x0, xt)

@@ -21,9 +21,9 @@ marginals q_s(. | x0). sigma_t <= sigma_max(t) = min(1, (1 - alpha_s) / alpha_t)
   softmax(-psi) (least confident first): sigma_d = softmax_d(-psi) sigma_max(t), so the sites' sigmas sum to
   sigma_max(t) in each row. Masked sites have sigma = 0 (they unmask at the plain MDLM rate), as in the paper's
   code; a remasked site forgets its psi. ``eta`` is not used.
-eta = 0 is the plain bridge (MDLM) sampler in law. Masking only. Remasking corrects a model's mistakes at inference time; with an exact denoiser it adds
-per-site (factorisation) error that does not vanish with more steps for a fixed eta, so it is not expected
-to reach the table exactly.
+eta = 0 is the plain bridge (MDLM) sampler in law. Masking only. Remasking corrects a model's mistakes at
+inference time; with an exact denoiser it adds per-site (factorisation) error that does not vanish with more
+steps for a fixed eta, so it is not expected to reach the table exactly.
 """
 
 from __future__ import annotations
