@@ -5,7 +5,8 @@ transformer of dim 128, depth 4, 800 steps), this trains a planner with ``planne
 architecture and recipe, ``--planner-steps`` steps) and then compares, at equal sampler steps:
 
 - the planners: validation BCE of the noise indicators (bits per site) of the trained planner and of the planner
-  the ddpd sampler derives from the denoiser (``UniformProcess.noise_probability``), on the same draws;
+  the ddpd sampler derives from the denoiser (``UniformProcess.noise_probability``), on the same draws, overall
+  and at fixed t;
 - the samples: ``ddpd`` with the derived planner, ``ddpd`` with the trained planner, and the exact ``bridge``
   sampler, ``--num-samples`` each, scored by the exact NLL of the likelihood table's autoregressive transformer
   on the same dataset (bits per dimension: lower means more plausible to an independent model, as in generative
@@ -39,7 +40,7 @@ from safetensors.torch import load_file
 from discrete_diffusion.baselines import ARTransformer
 from discrete_diffusion.baselines.fit import bits_per_dim
 from discrete_diffusion.pipeline import generate_samples, load_run
-from discrete_diffusion.planner import load_planner, train_planner
+from discrete_diffusion.planner import denoiser_planner, load_planner, train_planner
 from discrete_diffusion.samplers import build_sampler
 
 RUNS = ("digits", "kjv")
@@ -60,6 +61,24 @@ def score(scorer: ARTransformer, samples: torch.Tensor) -> dict:
     distinct = len({tuple(row.tolist()) for row in samples.reshape(samples.shape[0], -1)})
     return {"ar_bits": float(bits.mean()), "ar_bits_se": float(bits.std() / math.sqrt(bits.numel())),
             "distinct": distinct}
+
+
+@torch.no_grad()
+def bce_by_t(run, planners: dict, times: tuple[float, ...] = (0.05, 0.2, 0.5, 0.8, 0.95), num: int = 512,
+             seed: int = 0) -> list[dict]:
+    """BCE (bits/site) of each planner at fixed t on the validation split, all planners on the same draws."""
+    data = run.dataset.val[:num]
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for t in times:
+        lam = torch.logit(run.schedule.alpha(torch.full((data.shape[0],), t, dtype=torch.float64)))
+        xt, is_noise = run.process.sample_marginal_with_noise(data, lam, generator)
+        row = {"t": t, "noise_rate": float(is_noise.double().mean())}
+        for label, planner in planners.items():
+            p = planner(xt, lam.float()).double().clamp(1e-12, 1.0 - 1e-12)
+            row[label] = float(-torch.where(is_noise, p.log(), (-p).log1p()).mean()) / math.log(2.0)
+        rows.append(row)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         reference = score(scorer, run.dataset.test)
         rows.append({"run": name, "sampler": "test data", "steps": None, **reference, "seconds": None})
         trained = load_planner(planner_dir, run)
+        planners[name]["bce_by_t"] = bce_by_t(run, {"trained": trained,
+                                                    "derived": denoiser_planner(run.process, run.denoiser)})
         for steps in args.sampler_steps:
             for label, sampler in (("ddpd (derived planner)", build_sampler("ddpd", num_steps=steps)),
                                    ("ddpd (trained planner)", build_sampler("ddpd", num_steps=steps, planner=trained)),
@@ -124,6 +145,11 @@ def write_report(out: Path, suffix: str, rows: list[dict], planners: dict, args:
         lines.append(f"| {name} | {m['val_bce_bits_per_site']:.4f} | "
                      f"{m['denoiser_planner_val_bce_bits_per_site']:.4f} | {m['parameters']:,} | "
                      f"{m['train_seconds']:.0f} |")
+    lines += ["", "Planner BCE (bits/site) at fixed t, 512 validation examples, both planners on the same draws:", "",
+              "| run | t | noise rate | trained | derived |", "|---|---:|---:|---:|---:|"]
+    for name, m in planners.items():
+        for r in m["bce_by_t"]:
+            lines.append(f"| {name} | {r['t']:.2f} | {r['noise_rate']:.3f} | {r['trained']:.4f} | {r['derived']:.4f} |")
     lines += ["", f"Samples ({args.num_samples} per row, seed {args.seed}) scored by the exact NLL of the table's AR "
               "transformer (mean ± SE over samples; the 'test data' row scores the test split):", "",
               "| run | sampler | steps | AR NLL of samples (bits/site) | distinct samples | wall s |", "|---|---|---:|---:|---:|---:|"]
