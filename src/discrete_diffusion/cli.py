@@ -108,6 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     sample.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
+    evaluate = sub.add_parser("evaluate", help="test NLL upper bound in bits per dimension",
+                              description="Estimate the negative ELBO of a data split in bits per dimension, "
+                                          "with its standard error over examples.")
+    evaluate.add_argument("run_dir", help="a directory written by `ddiff train` or `ddiff demo`")
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"], help="data split")
+    evaluate.add_argument("--t-samples", type=int, default=None, help="importance draws of t per example")
+    evaluate.add_argument("--batch-size", type=int, default=None, help="examples per batch")
+    evaluate.add_argument("--seed", type=int, default=0, help="random seed")
+    evaluate.add_argument("--checkpoint", default="best", choices=["best", "latest"], help="which weights")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON (key nll_bits_per_dim)")
+    evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
     planner = sub.add_parser("train-planner", help="train a DDPD planner network for a uniform-noise run",
                              formatter_class=argparse.RawDescriptionHelpFormatter,
                              description="Train a planner (P(site is noise | x_t), binary cross-entropy on draws of "
@@ -122,19 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
     planner.add_argument("--out", default=None, help="output folder (default: RUN_DIR/planner)")
     planner.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     planner.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-    evaluate = sub.add_parser("evaluate", help="test NLL upper bound in bits per dimension",
-                              description="Estimate the negative ELBO of a data split in bits per dimension, "
-                                          "with its standard error over examples.")
-    evaluate.add_argument("run_dir", help="a directory written by `ddiff train` or `ddiff demo`")
-    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"], help="data split")
-    evaluate.add_argument("--t-samples", type=int, default=None, help="importance draws of t per example")
-    evaluate.add_argument("--batch-size", type=int, default=None, help="examples per batch")
-    evaluate.add_argument("--seed", type=int, default=0, help="random seed")
-    evaluate.add_argument("--checkpoint", default="best", choices=["best", "latest"], help="which weights")
-    evaluate.add_argument("--json", action="store_true", help="print the result as JSON (key nll_bits_per_dim)")
-    evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
 
