@@ -156,8 +156,9 @@ def test_cli_trains_a_planner_and_samples_with_it(uniform_run, ddiff):
 def test_cli_planner_errors(uniform_run, trained_run, ddiff, tmp_path):
     result = ddiff("train-planner", trained_run, "--out", tmp_path / "p", "--no-progress")
     assert result.rc == 2 and "uniform noise" in result.err, result                    # a Blackout run
-    result = ddiff("train-planner", uniform_run, "data.levels=4", "--out", tmp_path / "p", "--no-progress")
-    assert result.rc == 2 and "override only model.* and train.*" in result.err, result
+    for override in ("data.levels=4", "sample.steps=3"):
+        result = ddiff("train-planner", uniform_run, override, "--out", tmp_path / "p", "--no-progress")
+        assert result.rc == 2 and "override only model.* and train.*" in result.err, result
     result = ddiff("sample", uniform_run, "--planner", uniform_run / "planner", "--num", "2", "--no-progress")
     assert result.rc == 2 and "--sampler ddpd" in result.err, result
     result = ddiff("sample", uniform_run, "--sampler", "ddpd", "--planner", tmp_path, "--num", "2", "--no-progress")

@@ -135,8 +135,8 @@ def train_planner(run_dir: str | Path, overrides: list[str] | None = None, out_d
         raise ValueError(f"run {run_dir} uses the {run.process.name!r} process; a trained planner is for uniform "
                          "noise (under masking the noisy sites are the masked ones)")
     config = load_config(run_dir / "config.yaml", overrides)
-    for section in SHARED_SECTIONS:
-        if to_dict(config)[section] != to_dict(run.config)[section]:
+    for section in to_dict(config):
+        if section not in ("model", "train") and to_dict(config)[section] != to_dict(run.config)[section]:
             raise ValueError(f"a planner is trained on its run's data and process: override only model.* and "
                              f"train.* keys, not {section}.*")
     out = run_dir / "planner" if out_dir is None else Path(out_dir)
