@@ -121,6 +121,32 @@ def test_ddpd_with_the_trained_planner_converges_to_the_table(trained_planner):
     assert alpha_only > floor + 0.1, (alpha_only, floor)                        # the planner's x_t input matters
 
 
+def test_ddpd_with_a_masked_denoiser_converges_and_counts_its_calls():
+    """DDPD's pairing: planner + a masked-diffusion denoiser with the sites drawn as noise masked. Measured TV at
+    64 steps, seeds 1-2: 0.0073 / 0.0081 (floor 0.0077); with the masked posterior of another table 0.46."""
+    oracle = _peaked_oracle()
+    probs = oracle.log_probs.exp()
+    floor = sum(total_variation(empirical_distribution(oracle.sample(N, _gen(100 + i)), K), probs)
+                for i in range(4)) / 4
+    planner = denoiser_planner(oracle.process, oracle)
+
+    def tv(masked_probs: torch.Tensor) -> tuple[float, int]:
+        sampler = build_sampler("ddpd", num_steps=64, planner=planner,
+                                masked_denoiser=OracleDenoiser(MaskingProcess(K), masked_probs, D))
+        x = sampler.sample(oracle.process, SharedLevelOracle(oracle, D), build_schedule("log-linear"), (N, D),
+                           generator=_gen(1))
+        return total_variation(empirical_distribution(x, K), probs), sampler.network_calls
+
+    paired, calls = tv(probs)
+    assert paired < floor + 0.006, (paired, floor)
+    assert calls == 2 * 64                   # the planner and the masked denoiser; the uniform denoiser is unused
+    wrong, _ = tv(_table(K, D, seed=2))
+    assert wrong > floor + 0.05, wrong
+    with pytest.raises(ValueError, match="masked_denoiser applies to uniform noise"):
+        build_sampler("ddpd", num_steps=2, masked_denoiser=oracle).sample(
+            MaskingProcess(K), oracle, build_schedule("log-linear"), (2, D))
+
+
 def test_draws_follow_the_schedule_and_a_planner_needs_uniform_noise():
     proc, schedule = UniformProcess(K), build_schedule("log-linear")
     _, is_noise, lam = draw_noise_indicators(proc, schedule, torch.zeros(20_000, D, dtype=torch.long), _gen(8))

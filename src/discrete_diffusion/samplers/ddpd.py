@@ -20,6 +20,14 @@ planner picks, filling them with draws from the denoiser given that the site is 
   probability pi_d (alpha_s - alpha_t)/(1 - alpha_t), independently per site, to a draw from
   p(x0^d | x_t, noise). This is DDPD's mask-and-replace reverse process: it has the uniform process's
   marginals and converges to the data as steps grow, with an exact denoiser.
+- Uniform with a ``masked_denoiser`` (a masking-process denoiser of the same data, MASK = K): DDPD's pairing.
+  Uniform noise says nothing about x0, so given which sites are noise, p(x0^d | x_t, noise) is a masked-diffusion
+  posterior with the noisy sites masked. Each step draws z_d ~ Bernoulli(pi_d) (z_d = 1 at the sites chosen to
+  denoise), masks the sites with z_d = 1, calls the masked denoiser at logit(fraction unmasked), and draws the
+  chosen sites from it. The uniform denoiser is then not called when a planner is given. Drawing z site by site
+  ignores the correlations of the noise pattern, so this is not exact with exact networks.
+
+Network calls are counted for the denoiser, the masked denoiser and a planner that is given (``network_calls``).
 
 Rows with nothing left to denoise skip the network (masking).
 """
@@ -35,7 +43,7 @@ from torch import Tensor
 from ..denoiser import Denoiser
 from ..processes.base import ForwardProcess, expand_to_sites, sample_categorical
 from ..processes.masking import unmask_probability
-from .base import Sampler
+from .base import Sampler, _CountingDenoiser, transform_x0_log_probs
 from .confidence import top_k_mask, unmask_counts
 
 Planner = Callable[[Tensor, Tensor], Tensor]
@@ -46,10 +54,28 @@ class PlannedDenoisingSampler(Sampler):
     supported_processes = ("masking", "uniform")
 
     def __init__(self, num_steps: int = 100, final_denoise: bool = True, planner: Planner | None = None,
-                 temperature: float = 1.0, top_p: float = 1.0, cache: bool = False,
-                 grid: str | None = None) -> None:
+                 masked_denoiser: Denoiser | None = None, temperature: float = 1.0, top_p: float = 1.0,
+                 cache: bool = False, grid: str | None = None) -> None:
         super().__init__(num_steps, final_denoise, temperature, top_p, cache, grid)
         self.planner = planner
+        self.masked_denoiser = masked_denoiser
+        self._extra: list[_CountingDenoiser] = []
+
+    def wrap_denoiser(self, process: ForwardProcess, denoiser: Denoiser, batch: int) -> Denoiser:
+        """Also counts the calls of a given planner and masked denoiser."""
+        if self.masked_denoiser is not None and process.name != "uniform":
+            raise ValueError(f"ddpd: masked_denoiser applies to uniform noise, got process {process.name!r}")
+        wrapped = super().wrap_denoiser(process, denoiser, batch)
+        self._planner = None if self.planner is None else _CountingDenoiser(self.planner)
+        self._masked = None if self.masked_denoiser is None else _CountingDenoiser(self.masked_denoiser)
+        self._extra = [c for c in (self._planner, self._masked) if c is not None]
+        return wrapped
+
+    def _record_cost(self) -> None:
+        super()._record_cost()
+        self.network_calls += sum(c.calls for c in self._extra)
+        self.network_evaluations += sum(c.rows for c in self._extra)
+        self.nfe = self.network_evaluations / self._batch
 
     def step(self, process: ForwardProcess, denoiser: Denoiser, xt: Tensor, lam_t: Tensor, lam_s: Tensor,
              generator: torch.Generator | None) -> Tensor:
@@ -70,7 +96,7 @@ class PlannedDenoisingSampler(Sampler):
         if self.planner is None:
             noisy = (x == mask).double()
         else:
-            noisy = self.planner(x, lam_t[rows]).double().clamp(0.0, 1.0)
+            noisy = self._planner(x, lam_t[rows]).double().clamp(0.0, 1.0)
         u = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
         gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
         scores = torch.where(noisy > 0, torch.log(noisy) + gumbel, torch.full_like(gumbel, -torch.inf))
@@ -81,17 +107,19 @@ class PlannedDenoisingSampler(Sampler):
 
     def uniform_step(self, process: ForwardProcess, denoiser: Denoiser, xt: Tensor, lam_t: Tensor, lam_s: Tensor,
                      generator: torch.Generator | None) -> Tensor:
-        prediction = denoiser(xt, lam_t)
+        prediction = denoiser(xt, lam_t) if self.planner is None or self.masked_denoiser is None else None
         if self.planner is None:
             noisy = process.noise_probability(xt, prediction, lam_t)
         else:
-            noisy = self.planner(xt, lam_t).double().clamp(0.0, 1.0)
+            noisy = self._planner(xt, lam_t).double().clamp(0.0, 1.0)
         denoise = noisy * expand_to_sites(unmask_probability(lam_t, lam_s), xt)
         u = torch.rand(xt.shape, generator=generator, dtype=torch.float64, device=xt.device)
         chosen = u < denoise
         if not bool(chosen.any()):
             return xt
-        if self.planner is None:
+        if self.masked_denoiser is not None:
+            log_post = self.masked_log_probs(process, xt, noisy, chosen, generator)
+        elif self.planner is None:
             log_post = process.noisy_x0_log_probs(xt, prediction, lam_t, chosen)
         else:   # p(x0 | x_t, noise) = (p - (1 - pi) 1[x0 = x_t])_+ / pi, renormalised
             probs = process.x0_log_probs(prediction, xt)[chosen].double().exp()
@@ -103,3 +131,14 @@ class PlannedDenoisingSampler(Sampler):
         values[drawable] = sample_categorical(log_post[drawable], generator)
         out[chosen] = values
         return out
+
+    def masked_log_probs(self, process: ForwardProcess, xt: Tensor, noisy: Tensor, chosen: Tensor,
+                         generator: torch.Generator | None) -> Tensor:
+        """log p(x0 | x_t with the sites drawn as noise masked) at the chosen sites: (n, K) float64. The noise
+        pattern is z_d ~ Bernoulli(pi_d), forced to 1 where a site is chosen; MASK is the value K."""
+        z = (torch.rand(xt.shape, generator=generator, dtype=torch.float64, device=xt.device) < noisy) | chosen
+        masked_input = torch.where(z, torch.full_like(xt, process.num_states), xt)
+        unmasked = 1.0 - z.reshape(z.shape[0], -1).double().mean(1)
+        lam = torch.logit(unmasked).clamp(-30.0, 30.0)
+        log_probs = self._masked(masked_input, lam).x0_log_probs[chosen]
+        return transform_x0_log_probs(log_probs, self.temperature, self.top_p)
