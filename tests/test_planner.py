@@ -179,6 +179,35 @@ def test_cli_trains_a_planner_and_samples_with_it(uniform_run, ddiff):
     assert record["sampler"]["planner"] == str((uniform_run / "planner").resolve())
 
 
+def _masking_run(tmp_path_factory, *extra: str):
+    from discrete_diffusion.cli import main
+
+    run = tmp_path_factory.mktemp("masking") / "run"
+    overrides = [o for o in TINY_UNIFORM if not o.startswith("process.name")] + ["process.name=masking", *extra]
+    assert main(["train", "--out", str(run), "--no-progress", *overrides]) == 0
+    return run
+
+
+def test_cli_samples_with_a_planner_and_a_masked_denoiser(uniform_run, trained_run, ddiff, tmp_path_factory):
+    import json
+
+    masking = _masking_run(tmp_path_factory)
+    result = ddiff("sample", uniform_run, "--sampler", "ddpd", "--planner", uniform_run / "planner",
+                   "--masked-denoiser", masking, "--num", "4", "--steps", "3", "--no-progress")
+    assert result.rc == 0, result
+    record = json.loads((uniform_run / "samples" / "ddpd-planner-masked_3steps_seed0.json").read_text())
+    assert record["sampler"]["masked_denoiser"] == str(masking.resolve())
+    result = ddiff("sample", uniform_run, "--sampler", "ddpd", "--masked-denoiser", trained_run, "--num", "2",
+                   "--no-progress")
+    assert result.rc == 2 and "pairs a uniform-noise run with a masking run" in result.err, result
+    other_data = _masking_run(tmp_path_factory, "data.split_seed=1")
+    result = ddiff("sample", uniform_run, "--sampler", "ddpd", "--masked-denoiser", other_data, "--num", "2",
+                   "--no-progress")
+    assert result.rc == 2 and "trained on other data" in result.err, result
+    result = ddiff("sample", uniform_run, "--masked-denoiser", masking, "--num", "2", "--no-progress")
+    assert result.rc == 2 and "--masked-denoiser is an option of the ddpd sampler" in result.err, result
+
+
 def test_cli_planner_errors(uniform_run, trained_run, ddiff, tmp_path):
     result = ddiff("train-planner", trained_run, "--out", tmp_path / "p", "--no-progress")
     assert result.rc == 2 and "uniform noise" in result.err, result                    # a Blackout run

@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--planner", default=None, metavar="DIR",
                         help="ddpd sampler on uniform noise: a planner trained by `ddiff train-planner` (its output "
                              "folder, e.g. RUN_DIR/planner) instead of the planner derived from the denoiser")
+    sample.add_argument("--masked-denoiser", default=None, metavar="RUN",
+                        help="ddpd sampler on uniform noise: a masking-process run of the same data whose denoiser "
+                             "fills the sites the planner calls noise (DDPD's pairing; docs/samplers.md)")
     sample.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     sample.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -199,6 +202,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def ddpd_networks(args: argparse.Namespace, run, device: str) -> dict:
+    """The ddpd sampler's extra networks named on the command line: --planner and --masked-denoiser."""
+    if args.planner is None and args.masked_denoiser is None:
+        return {}
+    from .config import to_dict
+    from .pipeline import load_run
+    from .planner import load_planner
+
+    name = args.sampler or run.config.sample.sampler
+    flag = "--planner" if args.planner is not None else "--masked-denoiser"
+    if name != "ddpd":
+        raise ValueError(f"{flag} is an option of the ddpd sampler, got sampler {name!r}; add --sampler ddpd")
+    options = {}
+    if args.planner is not None:
+        options["planner"] = load_planner(args.planner, run)
+    if args.masked_denoiser is not None:
+        masked = load_run(args.masked_denoiser, args.checkpoint, device)
+        if run.process.name != "uniform" or masked.process.name != "masking":
+            raise ValueError(f"--masked-denoiser pairs a uniform-noise run with a masking run of the same data, got "
+                             f"{run.process.name!r} and {masked.process.name!r}")
+        if to_dict(masked.config)["data"] != to_dict(run.config)["data"]:
+            raise ValueError(f"--masked-denoiser {args.masked_denoiser} was trained on other data than "
+                             f"{args.run_dir} (their data sections differ)")
+        options["masked_denoiser"] = masked.denoiser
+    return options
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from .builders import build_sampler_from
     from .pipeline import generate_samples, load_run, save_samples, write_json
@@ -206,14 +236,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     ctx, device = setup(args.device)  # under torchrun the samples are split over the ranks
     run = load_run(args.run_dir, args.checkpoint, str(device))
-    options = sampler_options(args)
-    if args.planner is not None:
-        from .planner import load_planner
-
-        name = args.sampler or run.config.sample.sampler
-        if name != "ddpd":
-            raise ValueError(f"--planner is an option of the ddpd sampler, got sampler {name!r}; add --sampler ddpd")
-        options["planner"] = load_planner(args.planner, run)
+    options = {**sampler_options(args), **ddpd_networks(args, run, str(device))}
     sampler = build_sampler_from(run.config, args.sampler, args.steps, options)
     num = run.config.sample.num_samples if args.num is None else args.num
     batch_size = run.config.sample.batch_size if args.batch_size is None else args.batch_size
@@ -225,10 +248,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if not ctx.is_main:
         return 0
     out = Path(args.out) if args.out else Path(args.run_dir) / "samples"
-    stem = f"{sampler.name}{'-planner' if args.planner else ''}_{sampler.num_steps}steps_seed{args.seed}"
+    extras = ("-planner" if args.planner else "") + ("-masked" if args.masked_denoiser else "")
+    stem = f"{sampler.name}{extras}_{sampler.num_steps}steps_seed{args.seed}"
     paths = save_samples(samples, run, out, stem=stem)
     paths["json"] = str(out / f"{stem}.json")
-    record = {**sampler.config(), **({"planner": str(Path(args.planner).resolve())} if args.planner else {})}
+    record = sampler.config()
+    for key in ("planner", "masked_denoiser"):
+        if getattr(args, key):
+            record[key] = str(Path(getattr(args, key)).resolve())
     write_json(out / f"{stem}.json", {"sampler": record, "num_samples": num, "seed": args.seed,
                                       "batch_size": batch_size, "network_calls_last_batch": sampler.network_calls,
                                       "nfe_last_batch": sampler.nfe, "run_dir": str(Path(args.run_dir).resolve()),
