@@ -7,8 +7,9 @@ architecture and recipe, ``--planner-steps`` steps) and then compares, at equal 
 - the planners: validation BCE of the noise indicators (bits per site) of the trained planner and of the planner
   the ddpd sampler derives from the denoiser (``UniformProcess.noise_probability``), on the same draws, overall
   and at fixed t;
-- the samples: ``ddpd`` with the derived planner, ``ddpd`` with the trained planner, and the exact ``bridge``
-  sampler, ``--num-samples`` each, scored by the exact NLL of the likelihood table's autoregressive transformer
+- the samples: ``ddpd`` with the derived planner, ``ddpd`` with the trained planner, both again paired with the
+  table's masking model of the same data as the denoiser of the noisy sites (DDPD's pairing, ``masked_denoiser``),
+  and the exact ``bridge`` sampler, ``--num-samples`` each, scored by the exact NLL of the likelihood table's autoregressive transformer
   on the same dataset (bits per dimension: lower means more plausible to an independent model, as in generative
   perplexity). The test split's own score under that model is the reference a faithful sampler aims at;
   distinct samples are counted to expose mode collapse. Wall time per sampler run is reported.
@@ -116,16 +117,22 @@ def main(argv: list[str] | None = None) -> int:
         trained = load_planner(planner_dir, run)
         planners[name]["bce_by_t"] = bce_by_t(run, {"trained": trained,
                                                     "derived": denoiser_planner(run.process, run.denoiser)})
+        masked = load_run(table_runs / f"{name}-masking", "best", "cpu").denoiser
         for steps in args.sampler_steps:
-            for label, sampler in (("ddpd (derived planner)", build_sampler("ddpd", num_steps=steps)),
-                                   ("ddpd (trained planner)", build_sampler("ddpd", num_steps=steps, planner=trained)),
-                                   ("bridge", build_sampler("bridge", num_steps=steps))):
+            for label, sampler in (
+                    ("ddpd (derived planner)", build_sampler("ddpd", num_steps=steps)),
+                    ("ddpd (trained planner)", build_sampler("ddpd", num_steps=steps, planner=trained)),
+                    ("ddpd (derived planner + masked denoiser)",
+                     build_sampler("ddpd", num_steps=steps, masked_denoiser=masked)),
+                    ("ddpd (trained planner + masked denoiser)",
+                     build_sampler("ddpd", num_steps=steps, planner=trained, masked_denoiser=masked)),
+                    ("bridge", build_sampler("bridge", num_steps=steps))):
                 start = time.time()
                 samples = generate_samples(run, sampler, args.num_samples, batch_size=256, seed=args.seed,
                                            progress=False)
                 seconds = time.time() - start
                 rows.append({"run": name, "sampler": label, "steps": steps, **score(scorer, samples),
-                             "seconds": round(seconds, 1)})
+                             "network_calls_per_step": sampler.network_calls / steps, "seconds": round(seconds, 1)})
                 print(rows[-1], file=sys.stderr)
     write_report(out, suffix, rows, planners, args)
     return 0
@@ -152,12 +159,14 @@ def write_report(out: Path, suffix: str, rows: list[dict], planners: dict, args:
             lines.append(f"| {name} | {r['t']:.2f} | {r['noise_rate']:.3f} | {r['trained']:.4f} | {r['derived']:.4f} |")
     lines += ["", f"Samples ({args.num_samples} per row, seed {args.seed}) scored by the exact NLL of the table's AR "
               "transformer (mean ± SE over samples; the 'test data' row scores the test split):", "",
-              "| run | sampler | steps | AR NLL of samples (bits/site) | distinct samples | wall s |", "|---|---|---:|---:|---:|---:|"]
+              "| run | sampler | steps | AR NLL of samples (bits/site) | distinct samples | calls per step | wall s |",
+              "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         steps = "" if r["steps"] is None else r["steps"]
         seconds = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
+        calls = "" if r["steps"] is None else f"{r['network_calls_per_step']:.2f}"
         lines.append(f"| {r['run']} | {r['sampler']} | {steps} | {r['ar_bits']:.3f} ± {r['ar_bits_se']:.3f} | "
-                     f"{r['distinct']} | {seconds} |")
+                     f"{r['distinct']} | {calls} | {seconds} |")
     (out / f"ddpd_planner{suffix}.md").write_text("\n".join(lines) + "\n")
     (out / f"ddpd_planner{suffix}.json").write_text(json.dumps({"date": stamp, "command": command, "rows": rows,
                                                                 "planners": planners}, indent=2) + "\n")
