@@ -155,13 +155,7 @@ def run_training(config_path: str | None, overrides: list[str], out: str, resume
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .builders import build_sampler_from
-    from .pipeline import (
-        evaluate_run,
-        generate_samples,
-        load_run,
-        save_samples,
-        write_json,
-    )
+    from .pipeline import evaluate_run, generate_samples, load_run, save_samples, write_json
     from .train.distributed import env_world
 
     if env_world()[1] > 1:
