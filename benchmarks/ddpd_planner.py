@@ -9,7 +9,7 @@ architecture and recipe, ``--planner-steps`` steps) and then compares, at equal 
   and at fixed t;
 - the samples: ``ddpd`` with the derived planner, ``ddpd`` with the trained planner, both again paired with the
   table's masking model of the same data as the denoiser of the noisy sites (DDPD's pairing, ``masked_denoiser``),
-  and the exact ``bridge`` sampler, ``--num-samples`` each, scored by the exact NLL of the likelihood table's autoregressive transformer
+  the exact ``bridge`` sampler, and the masking model sampled on its own (bridge), ``--num-samples`` each, scored by the exact NLL of the likelihood table's autoregressive transformer
   on the same dataset (bits per dimension: lower means more plausible to an independent model, as in generative
   perplexity). The test split's own score under that model is the reference a faithful sampler aims at;
   distinct samples are counted to expose mode collapse. Wall time per sampler run is reported.
@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         trained = load_planner(planner_dir, run)
         planners[name]["bce_by_t"] = bce_by_t(run, {"trained": trained,
                                                     "derived": denoiser_planner(run.process, run.denoiser)})
-        masked = load_run(table_runs / f"{name}-masking", "best", "cpu").denoiser
+        masking_run = load_run(table_runs / f"{name}-masking", "best", "cpu")
+        masked = masking_run.denoiser
         for steps in args.sampler_steps:
             for label, sampler in (
                     ("ddpd (derived planner)", build_sampler("ddpd", num_steps=steps)),
@@ -134,6 +135,15 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"run": name, "sampler": label, "steps": steps, **score(scorer, samples),
                              "network_calls_per_step": sampler.network_calls / steps, "seconds": round(seconds, 1)})
                 print(rows[-1], file=sys.stderr)
+            # the masking model on its own: how much of the pairing's gain is the masking model's
+            sampler = build_sampler("bridge", num_steps=steps)
+            start = time.time()
+            samples = generate_samples(masking_run, sampler, args.num_samples, batch_size=256, seed=args.seed,
+                                       progress=False)
+            rows.append({"run": name, "sampler": "masking model alone (bridge)", "steps": steps,
+                         **score(scorer, samples), "network_calls_per_step": sampler.network_calls / steps,
+                         "seconds": round(time.time() - start, 1)})
+            print(rows[-1], file=sys.stderr)
     write_report(out, suffix, rows, planners, args)
     return 0
 
