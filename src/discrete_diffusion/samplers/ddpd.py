@@ -59,17 +59,19 @@ class PlannedDenoisingSampler(Sampler):
         super().__init__(num_steps, final_denoise, temperature, top_p, cache, grid)
         self.planner = planner
         self.masked_denoiser = masked_denoiser
-        self._extra: list[_CountingDenoiser] = []
+        self._count_extra_networks()
 
-    def wrap_denoiser(self, process: ForwardProcess, denoiser: Denoiser, batch: int) -> Denoiser:
-        """Also counts the calls of a given planner and masked denoiser."""
-        if self.masked_denoiser is not None and process.name != "uniform":
-            raise ValueError(f"ddpd: masked_denoiser applies to uniform noise, got process {process.name!r}")
-        wrapped = super().wrap_denoiser(process, denoiser, batch)
+    def _count_extra_networks(self) -> None:
+        """(Re)start counting the calls of a given planner and masked denoiser."""
         self._planner = None if self.planner is None else _CountingDenoiser(self.planner)
         self._masked = None if self.masked_denoiser is None else _CountingDenoiser(self.masked_denoiser)
         self._extra = [c for c in (self._planner, self._masked) if c is not None]
-        return wrapped
+
+    def wrap_denoiser(self, process: ForwardProcess, denoiser: Denoiser, batch: int) -> Denoiser:
+        if self.masked_denoiser is not None and process.name != "uniform":
+            raise ValueError(f"ddpd: masked_denoiser applies to uniform noise, got process {process.name!r}")
+        self._count_extra_networks()
+        return super().wrap_denoiser(process, denoiser, batch)
 
     def _record_cost(self) -> None:
         super()._record_cost()
