@@ -132,6 +132,23 @@ def test_uniform_prediction_is_bayes_with_flat_prior_and_ratios_are_udlm():
     assert np.allclose(s[other], ((1 + gain * pi) / (1 + gain * pi_x))[other], rtol=1e-5)
 
 
+def test_uniform_two_pass_parameterisation_matches_the_boosted_log_softmax_and_its_gradient():
+    """prediction_from_output's logsumexp + softplus form against log_softmax(net + log(1 + g) 1[x0 = x_t])."""
+    proc = UniformProcess(7)
+    g = _gen(8)
+    xt = torch.randint(0, 7, (6, 5), generator=g)
+    out = (3.0 * torch.randn(6, 7, 5, generator=g)).double().requires_grad_()
+    weights = torch.randn(6, 5, 7, generator=g).double()
+    fast = proc.prediction_from_output(out, xt, LAMS, "logits").x0_log_probs
+    (fast * weights).sum().backward()
+    grad_fast, out.grad = out.grad.clone(), None
+    boost = torch.nn.functional.softplus(LAMS.double() + math.log(7))[:, None, None]
+    reference = torch.log_softmax(out.movedim(1, -1) + boost * torch.nn.functional.one_hot(xt, 7), -1)
+    (reference * weights).sum().backward()
+    torch.testing.assert_close(fast, reference, atol=1e-10, rtol=0)
+    torch.testing.assert_close(grad_fast, out.grad, atol=1e-10, rtol=0)
+
+
 def _generic_uniform_integrand(k, x0, xt, lam, log_probs):
     """(1 - alpha) sum_{y != x} (1/K) [s - r log s + r log r - r] with r, s from the definitions."""
     q = _uniform_q(k, lam)
