@@ -18,8 +18,9 @@ p(x0 = x | x) -> 1 as alpha -> 1, which keeps the integrand finite at t -> 0 (DE
 
 Reverse rates per lam: x -> y at (1 - alpha)/K s_y. At a site the total is
 (K-1)/K (1 - alpha)^2/(1 - alpha + K alpha) p_x + (1 - p_x) ((K-1)/K (1 - alpha) + alpha), which tends to
-(K - 1)/K as alpha -> 0, so no bound of the form c(x) sigmoid(lam) exists: ``reverse_rate_bound`` raises
-(the exact simulator is not available for this process).
+(K - 1)/K as alpha -> 0, so no bound of the form c(x) sigmoid(lam) exists: ``reverse_rate_bound`` raises and the
+"exact" sampler does not apply. The two-term bound c_alpha sigmoid(lam) + c_noise sigmoid(-lam)
+(``reverse_rate_bound_terms``) does hold, and the "exact-thinning" sampler simulates the reverse CTMC exactly with it.
 
 Bridge: q(x_s | x_t, x0) ∝ P_{s->t}[x_s, x_t] q_s(x_s | x0), P_{s->t} = rho I + (1 - rho)/K 1 1^T,
 rho = alpha_t / alpha_s; sampled exactly per site in float64. Prior: uniform over the K values.
@@ -355,4 +356,4 @@ class UniformProcess(ForwardProcess):
     def reverse_rate_bound(self, xt: Tensor) -> Tensor:
         raise ValueError("process 'uniform' has no reverse_rate_bound: its reverse rate per unit of lam tends to "
                          "(K - 1)/K per site as alpha -> 0, so no bound c(x) * sigmoid(lam) exists (use the "
-                         "bridge sampler)")
+                         "'exact-thinning' sampler, or 'bridge')")
