@@ -15,7 +15,9 @@ Options every sampler honours (the base wraps the denoiser, so subclasses see th
   "cosine", "log-linear", "blackout": the Blackout paper's grid, uniform in logit alpha).
 - ``cache``: reuse the previous prediction of a batch row while its x_t is unchanged, calling the network on
   the changed rows only. Exact only for processes whose posterior does not depend on the noise level at fixed
-  x_t (masking); other processes raise.
+  x_t (masking; other processes raise) and a denoiser that ignores the noise level (the exact oracle). A
+  ``NetworkDenoiser`` always feeds lam to its backbone, so with a trained network a cached prediction is the one
+  made at an earlier level and the samples differ from the uncached run: an approximation that saves calls.
 - after ``sample``, ``network_calls`` (batched denoiser calls) and ``network_evaluations`` (rows evaluated,
   summed over calls) report the cost; ``nfe`` = network_evaluations / batch size.
 
