@@ -32,11 +32,17 @@ def _reference(logits: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 def test_uniform_noise_probability_is_accurate_at_low_noise():
-    """pi = (1 - p_x) + p_x/(1 + g) at K = 256, lam = 15 from a float32 network output: relative error < 1e-3
-    (a 1 - p_x formed from the float32 log p_x was off by 0.25 in the median and up to ~100x)."""
+    """1 - p_x and pi = (1 - p_x) + p_x/(1 + g) at K = 256, lam = 15 from a float32 network output: relative
+    error < 1e-3 (log p_x formed as a float32 difference of terms of size lam + log K put 1 - p_x off by 0.25 in
+    the median and up to ~100x)."""
     proc, logits, xt, lam = _uniform_case()
     pred = proc.prediction_from_output(logits, xt, lam, "logits")
     rest, p_x, keep = _reference(logits, xt)
+    log_p_x = torch.gather(pred.x0_log_probs, -1, xt[..., None])[..., 0].double()
+    assert float(((-torch.expm1(log_p_x) - rest).abs() / rest).max()) < 1e-3
+    # the other probabilities too (they sum to 1 - p_x)
+    others = pred.x0_log_probs.double().exp().scatter(-1, xt[..., None], 0.0).sum(-1)
+    assert float(((others - rest).abs() / rest).max()) < 1e-3
     expected = rest + p_x * keep
     got = proc.noise_probability(xt, pred, lam)
     assert got.dtype == torch.float64
@@ -45,7 +51,7 @@ def test_uniform_noise_probability_is_accurate_at_low_noise():
 
 def test_uniform_leap_move_hazard_is_accurate_at_low_noise(monkeypatch):
     """The leap's expected jumps per site, h [(1 - alpha)(K - 1)/K pi + alpha (1 - p_x)], at lam = 15 against
-    float64: relative error < 1e-3 (the rest term 1 - p_x came from the float32 log p_x)."""
+    float64: relative error < 1e-3 (the rest term 1 - p_x came from an inaccurate float32 log p_x)."""
     proc, logits, xt, lam = _uniform_case(1)
     pred = proc.prediction_from_output(logits, xt, lam, "logits")
     seen = []
