@@ -270,7 +270,7 @@ class UniformProcess(ForwardProcess):
         log_probs = self.x0_log_probs(prediction, xt)
         p_x = torch.gather(log_probs, -1, xt[..., None])[..., 0].double().exp()
         keep = torch.exp(-self._log_boost(expand_to_sites(lam, xt)))                     # 1 / (1 + g)
-        return _rest_probability(log_probs, xt) + p_x * keep                             # 1 - p_x summed
+        return _rest_probability(log_probs, xt) + p_x * keep                             # (1 - p_x) + p_x/(1 + g)
 
     def noisy_x0_log_probs(self, xt: Tensor, prediction: Prediction, lam: Tensor, where: Tensor) -> Tensor:
         """log p(x0 | x_t, site is noise) at the sites in ``where`` (B, *sites) bool: (n, K) float64."""
