@@ -32,7 +32,8 @@ def _add_sample_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=None, help="divide log p(x0 | x_t) by this (> 0)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling on p(x0 | x_t), in (0, 1]")
     p.add_argument("--cache", action="store_true", default=None,
-                   help="reuse predictions of rows whose x_t did not change (masking only)")
+                   help="reuse predictions of rows whose x_t did not change (masking only; approximate with a "
+                        "trained network, which is conditioned on the noise level)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="any other sampler option, repeatable, value parsed as YAML: e.g. -o theta=0.4, "
                         "-o multi_jump=first, -o eta=0.05 -o strategy=rescale, -o final_denoise=false")

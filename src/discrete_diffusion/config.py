@@ -66,7 +66,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     objective: str = "elbo"            # elbo | hybrid (D3PM: ELBO + ce_weight * CE on x0) | x0-ce (CE alone)
-    ce_weight: float = 0.01            # hybrid only: lambda of D3PM's hybrid loss
+    ce_weight: float = 0.01            # hybrid only: CE weight on the whole bound (= D3PM's lambda * T)
     weighting: str = "elbo"            # elbo | instantaneous | finite-time (multiplies the ELBO term)
     proposal_loc: float = 0.0          # importance density over logit(alpha) for t
     proposal_scale: float = 2.0

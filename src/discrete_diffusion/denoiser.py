@@ -6,8 +6,10 @@ Anything with this signature drives the losses and samplers: a trained network w
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Protocol
 
+import torch
 from torch import Tensor, nn
 
 from .processes.base import ForwardProcess, Prediction
@@ -46,3 +48,12 @@ class NetworkDenoiser(nn.Module):
         features = self.process.network_features(xt, lam)
         output = self.backbone(features, noise_level_input(lam))
         return self.process.prediction_from_output(output.float(), xt, lam, self.parameterization)
+
+
+def denoiser_device(denoiser: object, generator: torch.Generator | None = None) -> torch.device:
+    """The device to compute on when the caller names none: that of the denoiser's first parameter (or buffer) when
+    it is an ``nn.Module`` holding tensors (``NetworkDenoiser``), else the generator's device, else CPU."""
+    if isinstance(denoiser, nn.Module):
+        for tensor in chain(denoiser.parameters(), denoiser.buffers()):
+            return tensor.device
+    return generator.device if generator is not None else torch.device("cpu")

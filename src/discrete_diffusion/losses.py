@@ -147,7 +147,9 @@ class Objective:
 
     - ``elbo``:   w(lam) * f(x0, x_t, lam) / g(lam), the importance-sampled (re)weighted continuous-time bound;
     - ``hybrid``: that plus ``ce_weight`` * CE (D3PM's hybrid loss, L_vb + lambda L_ce; D3PM used lambda = 0.001
-      on CIFAR-10 and 0.01 on text);
+      on CIFAR-10 and 0.01 on text). Scale: here the CE is added to an estimate of the *whole* integrated bound,
+      while D3PM adds lambda L_ce to one sampled per-step term, about L_vb / T; so a given lambda is about T times
+      weaker here than in D3PM, and ce_weight = lambda T (T = 1000: 1 for lambda = 0.001) matches D3PM's balance;
     - ``x0-ce``:  CE alone (the discrete-flow-matching objective; not a bound on -log p(x0)),
 
     with CE = -sum_d log p_model(x0^d | x_t). The CE term has no importance weight: its noise levels are
@@ -255,8 +257,9 @@ def training_loss(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, sched
     (B, *sites), per site.
 
     The t -> 0 reconstruction term (present only when alpha(0) < 1) costs a second network pass; it is
-    off by default because for the shipped schedules alpha(0) >= 1 - 1e-4 makes it negligible
-    (about 1e-6 bits/dim for the Blackout schedule). Evaluation always includes it.
+    off by default because it is small: alpha(0) = 1 for every shipped schedule but Blackout's, whose
+    1 - alpha(0) = 3.1e-7 (t_end = 15) leaves H(x0 | x_t0) = 6.2e-4 bits/dim for 8-bit data spread uniformly
+    over 0..255 (4.8e-5 for 17 levels; benchmarks/reconstruction_term.py). Evaluation always includes it.
     """
     noise = draw_noise(process, x0, schedule, proposal, generator)
     per_example, elbo_diffusion = diffusion_terms(process, denoiser, x0, noise, weighting, objective)

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..denoiser import Denoiser
+from ..denoiser import Denoiser, denoiser_device
 from ..losses import LogitAlphaProposal, estimate_elbo
 from ..processes.base import ForwardProcess
 from ..schedules import Schedule
@@ -41,11 +41,14 @@ class LikelihoodResult:
 @torch.no_grad()
 def evaluate_nll(process: ForwardProcess, denoiser: Denoiser, schedule: Schedule, data: Tensor,
                  proposal: LogitAlphaProposal | None = None, t_samples: int = 16, batch_size: int = 256,
-                 generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                 generator: torch.Generator | None = None, device: torch.device | str | None = None,
                  progress: Callable[[int], None] | None = None) -> LikelihoodResult:
-    """NLL upper bound of ``data`` (N, *sites) in bits per dimension. ``progress(n)`` gets each batch size."""
+    """NLL upper bound of ``data`` (N, *sites) in bits per dimension. ``progress(n)`` gets each batch size.
+    Batches are moved to ``device``; by default the denoiser's (``denoiser_device``: its parameters' device for a
+    ``NetworkDenoiser``, else the generator's, else CPU)."""
     if data.shape[0] == 0:
         raise ValueError("cannot evaluate the likelihood of an empty split")
+    device = denoiser_device(denoiser, generator) if device is None else torch.device(device)
     totals, parts = [], torch.zeros(3, dtype=torch.float64)
     for start in range(0, data.shape[0], batch_size):
         x0 = data[start:start + batch_size].to(device)

@@ -185,9 +185,10 @@ class BlackoutProcess(ForwardProcess):
 
     @staticmethod
     def birth_probability(lam_t: Tensor, lam_s: Tensor) -> Tensor:
-        """(alpha_s - alpha_t) / (1 - alpha_t) in float64, (B,): the chance that a missing unit is back by s."""
+        """(alpha_s - alpha_t) / (1 - alpha_t) in float64, (B,): the chance that a missing unit is back by s,
+        as -expm1(log(1 - alpha_s) - log(1 - alpha_t)) (subtracting sigmoids loses every digit as alpha_t -> 1)."""
         lam_t, lam_s = lam_t.double(), lam_s.double()
-        return ((torch.sigmoid(lam_s) - torch.sigmoid(lam_t)) / torch.sigmoid(-lam_t)).clamp(0.0, 1.0)
+        return (-torch.expm1(F.logsigmoid(-lam_s) - F.logsigmoid(-lam_t))).clamp(0.0, 1.0)
 
     def bridge_from_x0(self, xt: Tensor, x0: Tensor, lam_t: Tensor, lam_s: Tensor,
                        generator: torch.Generator | None = None) -> Tensor:

@@ -18,8 +18,9 @@ p(x0 = x | x) -> 1 as alpha -> 1, which keeps the integrand finite at t -> 0 (DE
 
 Reverse rates per lam: x -> y at (1 - alpha)/K s_y. At a site the total is
 (K-1)/K (1 - alpha)^2/(1 - alpha + K alpha) p_x + (1 - p_x) ((K-1)/K (1 - alpha) + alpha), which tends to
-(K - 1)/K as alpha -> 0, so no bound of the form c(x) sigmoid(lam) exists: ``reverse_rate_bound`` raises
-(the exact simulator is not available for this process).
+(K - 1)/K as alpha -> 0, so no bound of the form c(x) sigmoid(lam) exists: ``reverse_rate_bound`` raises and the
+"exact" sampler does not apply. The two-term bound c_alpha sigmoid(lam) + c_noise sigmoid(-lam)
+(``reverse_rate_bound_terms``) does hold, and the "exact-thinning" sampler simulates the reverse CTMC exactly with it.
 
 Bridge: q(x_s | x_t, x0) ∝ P_{s->t}[x_s, x_t] q_s(x_s | x0), P_{s->t} = rho I + (1 - rho)/K 1 1^T,
 rho = alpha_t / alpha_s; sampled exactly per site in float64. Prior: uniform over the K values.
@@ -47,6 +48,18 @@ from .base import (
 _LAM_MAX = 500.0
 
 
+def _softplus(x: Tensor) -> Tensor:
+    """log(1 + e^x) to full precision at every x (F.softplus returns x itself above x = 20, dropping the e^-x
+    that is the whole of 1 - p_x at the low-noise end), same shape and dtype as x."""
+    return torch.logaddexp(x, torch.zeros_like(x))
+
+
+def _rest_probability(log_probs: Tensor, xt: Tensor) -> Tensor:
+    """1 - p(x0 = x_t | x_t) = -expm1(log p_x): float64 (B, *sites), log_probs (B, *sites, K). Accurate when log p_x
+    is accurate near 0 (relative, not absolute, error), which ``prediction_from_output`` guarantees."""
+    return -torch.expm1(torch.gather(log_probs, -1, xt[..., None])[..., 0].double())
+
+
 class UniformProcess(ForwardProcess):
     """Uniform jumps over K values; "logits" parameterisation with the single-site likelihood added."""
 
@@ -70,7 +83,7 @@ class UniformProcess(ForwardProcess):
 
     def _log_boost(self, lam: Tensor) -> Tensor:
         """log(1 + g) = log(1 + K alpha/(1 - alpha)) = softplus(lam + log K), float64, same shape as lam."""
-        return F.softplus(lam.double().clamp_max(_LAM_MAX) + math.log(self.num_states))
+        return _softplus(lam.double().clamp_max(_LAM_MAX) + math.log(self.num_states))
 
     def log_marginal_matrix(self, lam: Tensor) -> Tensor:
         k = self.num_states
@@ -108,18 +121,20 @@ class UniformProcess(ForwardProcess):
     def prediction_from_output(self, output: Tensor, xt: Tensor, lam: Tensor, parameterization: str) -> Prediction:
         """p(x0 | x_t) = softmax(net + log(1 + g) 1[x0 = x_t]). output (B, K, *sites) -> (B, *sites, K).
 
-        In two passes over the logits l: with L = logsumexp(l) and e^{log(1 + g)} - 1 = g, the boosted normaliser
-        is L + softplus(log g + l_x - L), so log p = l - that (+ log(1 + g) at x_t)."""
+        With logits l, x = x_t and W = sum_{y != x} e^{l_y} (a logsumexp with l_x left out):
+        v = log W - log(1 + g) - l_x = log((1 - p_x)/p_x), log p_x = -softplus(v) and the boosted normaliser is
+        l_x + log(1 + g) + softplus(v), so log p_y = l_y - that for y != x. log p_x is never a difference of terms
+        of size lam + log K: near p_x = 1 it keeps its relative precision, and so does 1 - p_x = -expm1(log p_x)
+        (in float32 the difference form was off by ~1e-6 absolute, up to 100x 1 - p_x at K = 256, lam = 15)."""
         self.check_parameterization(parameterization)
         logits = output.movedim(1, -1)
         lam_sites = expand_to_sites(lam.double().clamp_max(_LAM_MAX), xt)
         boost = self._log_boost(lam_sites).to(logits.dtype).expand(xt.shape)[..., None]   # log(1 + g)
-        log_g = (lam_sites + math.log(self.num_states)).to(logits.dtype)[..., None]
         at_x = torch.gather(logits, -1, xt[..., None])
-        plain = torch.logsumexp(logits, dim=-1, keepdim=True)
-        log_norm = plain + F.softplus(log_g + at_x - plain)
-        log_p_x = (at_x + boost - log_norm).clamp_max(0.0)                              # <= 0 up to rounding
-        return Prediction(x0_log_probs=(logits - log_norm).scatter_(-1, xt[..., None], log_p_x))
+        log_w = torch.logsumexp(logits.scatter(-1, xt[..., None], -torch.inf), dim=-1, keepdim=True)
+        v = log_w - boost - at_x                                                        # log((1 - p_x)/p_x)
+        log_norm = at_x + boost + _softplus(v)
+        return Prediction(x0_log_probs=(logits - log_norm).scatter_(-1, xt[..., None], -_softplus(v)))
 
     # ----- training and likelihood ---------------------------------------------------------------
     def ratio_estimates(self, xt: Tensor, prediction: Prediction, lam: Tensor) -> Tensor:
@@ -170,10 +185,12 @@ class UniformProcess(ForwardProcess):
         at y = x_t and far_t elsewhere; q_s(y | x0) is near_0 at y = x0 and far_0 elsewhere."""
         k = self.num_states
         lam_t, lam_s = expand_to_sites(lam_t.double(), xt), expand_to_sites(lam_s.double(), xt)
-        rho = torch.exp(F.logsigmoid(lam_t) - F.logsigmoid(lam_s)).clamp_max(1.0)
+        log_rho = (F.logsigmoid(lam_t) - F.logsigmoid(lam_s)).clamp_max(0.0)
         alpha_s = torch.sigmoid(lam_s)
-        far_t, far_0 = (1.0 - rho) / k, (1.0 - alpha_s) / k
-        return far_t, rho + far_t, far_0, alpha_s + far_0
+        # 1 - rho and 1 - alpha_s in forms that keep their digits when rho, alpha_s -> 1 (1 - sigmoid(lam) is 0
+        # in float64 for lam >= 37)
+        far_t, far_0 = -torch.expm1(log_rho) / k, torch.sigmoid(-lam_s) / k
+        return far_t, log_rho.exp() + far_t, far_0, alpha_s + far_0
 
     def bridge_step(self, xt: Tensor, prediction: Prediction, lam_t: Tensor, lam_s: Tensor,
                     generator: torch.Generator | None = None) -> Tensor:
@@ -185,9 +202,8 @@ class UniformProcess(ForwardProcess):
         k = self.num_states
         far_t, near_t, far_0, near_0 = self._bridge_weights(xt, lam_t, lam_s)
         log_probs = self.x0_log_probs(prediction, xt)
-        p_x = torch.gather(log_probs, -1, xt[..., None])[..., 0].double().exp()
         u = torch.rand(xt.shape + (3,), generator=generator, dtype=torch.float64, device=xt.device)
-        same = u[..., 0] < p_x
+        same = u[..., 0] >= _rest_probability(log_probs, xt)                            # probability p_x
         # x0 = x_t: stay with weight near_t near_0 against (K - 1) far_t far_0 for the others
         leave_same = u[..., 1] * (near_t * near_0 + (k - 1) * far_t * far_0) >= near_t * near_0
         w_stay, w_uniform, w_x0 = near_t * far_0, (k - 1) * far_t * far_0, far_t * (near_0 - far_0)
@@ -206,8 +222,8 @@ class UniformProcess(ForwardProcess):
         """x0 ~ p(x0 | x_t) per site: x_t with probability p_x, else a draw from p without x_t, made only at those
         sites (the final denoising step: few sites change). Same law as the generic K-way draw (tested)."""
         log_probs = self.x0_log_probs(prediction, xt)
-        p_x = torch.gather(log_probs, -1, xt[..., None])[..., 0].double().exp()
-        move = torch.rand(xt.shape, generator=generator, dtype=torch.float64, device=xt.device) >= p_x
+        move = torch.rand(xt.shape, generator=generator, dtype=torch.float64, device=xt.device) < _rest_probability(
+            log_probs, xt)                                                              # probability 1 - p_x
         out = xt.clone()
         if bool(move.any()):
             out[move] = self._draw_other_values(log_probs, xt, move, generator)
@@ -251,9 +267,10 @@ class UniformProcess(ForwardProcess):
             pi = P(z = 1 | x_t) = (1 - p_x) + p_x / (1 + g),   p(x0 = a | x_t, z = 1) = p_a (1/(1 + g))^[a = x] / pi
 
         (the second is ``noisy_x0_log_probs``). Exact whenever p is. Returns pi (B, *sites) float64."""
-        log_p_x = torch.gather(self.x0_log_probs(prediction, xt), -1, xt[..., None])[..., 0].double()
+        log_probs = self.x0_log_probs(prediction, xt)
+        p_x = torch.gather(log_probs, -1, xt[..., None])[..., 0].double().exp()
         keep = torch.exp(-self._log_boost(expand_to_sites(lam, xt)))                     # 1 / (1 + g)
-        return -torch.expm1(log_p_x) + log_p_x.exp() * keep
+        return _rest_probability(log_probs, xt) + p_x * keep                             # (1 - p_x) + p_x/(1 + g)
 
     def noisy_x0_log_probs(self, xt: Tensor, prediction: Prediction, lam: Tensor, where: Tensor) -> Tensor:
         """log p(x0 | x_t, site is noise) at the sites in ``where`` (B, *sites) bool: (n, K) float64."""
@@ -281,7 +298,7 @@ class UniformProcess(ForwardProcess):
         check_jump_rule(rule)
         k = self.num_states
         log_probs = self.x0_log_probs(prediction, xt)
-        rest = -torch.expm1(torch.gather(log_probs, -1, xt[..., None])[..., 0].double())   # 1 - p_x
+        rest = _rest_probability(log_probs, xt)                                          # 1 - p_x
         lam_sites = expand_to_sites(lam.double(), xt)
         uniform_part = torch.sigmoid(-lam_sites) * (k - 1) / k * self.noise_probability(xt, prediction, lam)
         p_part = torch.sigmoid(lam_sites) * rest
@@ -337,4 +354,4 @@ class UniformProcess(ForwardProcess):
     def reverse_rate_bound(self, xt: Tensor) -> Tensor:
         raise ValueError("process 'uniform' has no reverse_rate_bound: its reverse rate per unit of lam tends to "
                          "(K - 1)/K per site as alpha -> 0, so no bound c(x) * sigmoid(lam) exists (use the "
-                         "bridge sampler)")
+                         "'exact-thinning' sampler, or 'bridge')")

@@ -15,7 +15,9 @@ Options every sampler honours (the base wraps the denoiser, so subclasses see th
   "cosine", "log-linear", "blackout": the Blackout paper's grid, uniform in logit alpha).
 - ``cache``: reuse the previous prediction of a batch row while its x_t is unchanged, calling the network on
   the changed rows only. Exact only for processes whose posterior does not depend on the noise level at fixed
-  x_t (masking); other processes raise.
+  x_t (masking; other processes raise) and a denoiser that ignores the noise level (the exact oracle). A
+  ``NetworkDenoiser`` always feeds lam to its backbone, so with a trained network a cached prediction is the one
+  made at an earlier level and the samples differ from the uncached run: an approximation that saves calls.
 - after ``sample``, ``network_calls`` (batched denoiser calls) and ``network_evaluations`` (rows evaluated,
   summed over calls) report the cost; ``nfe`` = network_evaluations / batch size.
 
@@ -31,7 +33,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..denoiser import Denoiser
+from ..denoiser import Denoiser, denoiser_device
 from ..processes.base import ForwardProcess, Prediction
 from ..schedules import SCHEDULES, Schedule, build_schedule
 
@@ -191,11 +193,24 @@ class Sampler(ABC):
             lam[-1] = torch.inf
         return lam
 
+    @staticmethod
+    def sampling_device(denoiser: Denoiser, generator: torch.Generator | None,
+                        device: torch.device | str | None) -> torch.device:
+        """``device`` when given, else the denoiser's (its parameters' device for a ``NetworkDenoiser``, else the
+        generator's, else CPU: ``denoiser_device``). ValueError when the generator lives on another device type."""
+        device = denoiser_device(denoiser, generator) if device is None else torch.device(device)
+        if generator is not None and generator.device.type != device.type:
+            raise ValueError(f"the generator is on {generator.device} but sampling runs on {device}: create it with "
+                             f"torch.Generator(device={str(device)!r})")
+        return device
+
     @torch.no_grad()
     def sample(self, process: ForwardProcess, denoiser: Denoiser, schedule: Schedule, shape: tuple[int, ...],
-               generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+               generator: torch.Generator | None = None, device: torch.device | str | None = None,
                callback: ProgressCallback | None = None) -> Tensor:
-        """Generate samples of shape (B, *sites) starting from the process's prior at t = 1."""
+        """Generate samples of shape (B, *sites) starting from the process's prior at t = 1, on ``device`` (default:
+        the denoiser's device, see ``sampling_device``)."""
+        device = self.sampling_device(denoiser, generator, device)
         grid = self.time_grid(schedule)
         x = process.sample_prior(tuple(shape), float(grid[0]), generator, device=device)
         batch = x.shape[0]

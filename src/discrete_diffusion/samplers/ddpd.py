@@ -9,9 +9,12 @@ planner picks, filling them with draws from the denoiser given that the site is 
 - Masking: the planner is trivial (exactly the masked sites are noise). Each step picks which sites to
   denoise by sampling from the planner (Gumbel top-k on its log-probabilities, i.e. without replacement in
   proportion to it); the number per step follows the schedule (round(S (1 - alpha_s)) stay noisy, as in
-  "maskgit"), so num_steps >= S denoises one site per step: ancestral sampling in a random order, exact with
-  an exact denoiser. A learned planner can be passed as ``planner(xt, lam) -> (B, *sites) probabilities``
-  (sites it gives probability 0 are not picked before the last step, which denoises every site still masked).
+  "maskgit"). On the log-linear grid (1 - alpha linear in t) num_steps >= S denoises at most one site per step:
+  ancestral sampling in a random order, exact with an exact denoiser. Other grids need more steps for that: the
+  cosine grid about (pi/2) S (its 1 - alpha moves up to pi/2 times faster: at num_steps = S some steps denoise two
+  sites), the linear and blackout grids far more (4 or 5 sites in a step at 2 S). A learned planner can be passed
+  as ``planner(xt, lam) -> (B, *sites) probabilities`` (sites it gives probability 0 are not picked before the
+  last step, which denoises every site still masked).
 - Uniform: noise is not visible, so the planner matters. By default it is derived from the denoiser
   (``UniformProcess.noise_probability``: pi_d = P(site d is noise | x_t), exact when the denoiser is); a trained
   planner (``planner.NoisePlanner``, ``ddiff train-planner``) may replace it, with

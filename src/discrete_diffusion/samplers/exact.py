@@ -48,8 +48,9 @@ class ExactSimulationSampler(Sampler):
 
     @torch.no_grad()
     def sample(self, process: ForwardProcess, denoiser: Denoiser, schedule: Schedule, shape: tuple[int, ...],
-               generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+               generator: torch.Generator | None = None, device: torch.device | str | None = None,
                callback: ProgressCallback | None = None) -> Tensor:
+        device = self.sampling_device(denoiser, generator, device)
         x, denoiser, lam, lam_end = self._start(process, denoiser, schedule, shape, generator, device)
         batch = x.shape[0]
         active = torch.ones(batch, dtype=torch.bool, device=device)

@@ -42,8 +42,9 @@ class WindowThinningSampler(ExactSimulationSampler):
 
     @torch.no_grad()
     def sample(self, process: ForwardProcess, denoiser: Denoiser, schedule: Schedule, shape: tuple[int, ...],
-               generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+               generator: torch.Generator | None = None, device: torch.device | str | None = None,
                callback: ProgressCallback | None = None) -> Tensor:
+        device = self.sampling_device(denoiser, generator, device)
         if not hasattr(process, "reverse_rate_window_bound"):
             raise ValueError(f"sampler {self.name!r} needs a process with reverse_rate_window_bound (matrix); got "
                              f"{process.name!r} (use 'exact' for masking and blackout, 'exact-thinning' for uniform)")
