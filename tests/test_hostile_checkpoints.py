@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load, save
+from conftest import with_overrides
 from torch import nn
 
 from discrete_diffusion.train.checkpoint import (find_latest_checkpoint, load_checkpoint, load_model_weights,
@@ -246,19 +247,30 @@ def test_step_beyond_the_run_is_refused(tmp_path: Path) -> None:
 def test_resume_skips_a_hostile_newest_manifest(tmp_path: Path, ddiff) -> None:
     """End to end: a newest manifest with step -10 is skipped with a warning; --resume continues from the
     valid one (the old code wrote ckpt_-0000009.* and crashed)."""
-    from conftest import with_overrides
-
     run = tmp_path / "run"
-    assert ddiff("train", "--out", run, "--no-progress", *with_overrides("train.steps=3")).rc == 0
+    assert ddiff("train", "--out", run, "--no-progress", *with_overrides("train.steps=1")).rc == 0
     good = find_latest_checkpoint(run / "checkpoints")
     hostile = run / "checkpoints" / "ckpt_00000009.json"
     meta = json.loads(good.read_text())
     meta["step"] = -10
     hostile.write_text(json.dumps(meta))
-    res = ddiff("train", "--out", run, "--resume", "--no-progress", *with_overrides("train.steps=6"))
+    res = ddiff("train", "--out", run, "--resume", "--no-progress", *with_overrides("train.steps=2"))
     assert res.rc == 0, res
     assert not list((run / "checkpoints").glob("ckpt_-*"))
-    assert find_latest_checkpoint(run / "checkpoints").name == "ckpt_00000006.json"
+    assert find_latest_checkpoint(run / "checkpoints").name == "ckpt_00000002.json"
+
+
+@pytest.mark.parametrize("best, steps, message", [("x", 3, "extra.best is x;"), ([1], 3, "extra.best is [1];"),
+                                                   ([0.5, 2], 1, "at step 2, beyond the run's last step 1")])
+def test_resume_refuses_bad_best_or_a_step_beyond_the_run(tmp_path: Path, ddiff, best, steps: int, message) -> None:
+    """Through `ddiff train --resume`: a bad extra.best (the old code: a traceback) and a checkpoint past
+    train.steps (the old code: nothing trained, exit 0) are one-line errors before anything is restored."""
+    run = tmp_path / "run"
+    assert ddiff("train", "--out", run, "--no-progress", *with_overrides("train.steps=2")).rc == 0
+    edit(find_latest_checkpoint(run / "checkpoints"), _set("extra.best", best))
+    res = ddiff("train", "--out", run, "--resume", "--no-progress", *with_overrides(f"train.steps={steps}"))
+    assert res.rc == 2 and "Traceback" not in res.err, res
+    assert message in res.err
 
 
 # --------------------------------------------------------------------------- issue 5: checkpoint content

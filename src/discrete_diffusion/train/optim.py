@@ -130,6 +130,9 @@ def clip_gradients(model: nn.Module | Iterable[torch.Tensor], max_norm: float | 
 # --------------------------------------------------------------------------- validating saved state
 
 _SHAPED_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg")
+# Per-parameter keys torch's optimizers read unconditionally once a parameter has state.
+_REQUIRED_STATE = {"Adam": frozenset({"step", "exp_avg", "exp_avg_sq"}),
+                   "AdamW": frozenset({"step", "exp_avg", "exp_avg_sq"})}
 
 
 def check_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: str) -> None:
@@ -138,8 +141,9 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: s
     with as many groups and parameters per group as ``optimizer``; every group value that is a number in the
     live group (``lr``, ``betas``, ``eps``, ``weight_decay``, ``initial_lr``...) is present, finite and
     >= 0, and every other value the live group has matches its type; extra group keys are plain scalars;
-    per-parameter state belongs to a saved parameter index, moments (``exp_avg``...) have the parameter's
-    shape and dtype, every tensor is finite and ``step`` is a finite number >= 0."""
+    per-parameter state belongs to a saved parameter index, all entries have the same keys (for Adam / AdamW
+    at least ``step``, ``exp_avg``, ``exp_avg_sq``), moments (``exp_avg``...) have the parameter's shape and
+    dtype, every tensor is finite and ``step`` is one real number >= 0."""
     if not isinstance(state, Mapping) or not isinstance(state.get("param_groups"), list) \
             or not isinstance(state.get("state"), Mapping):
         raise ValueError(f"optimizer state in {where} must hold 'state' and a list 'param_groups'")
@@ -171,10 +175,19 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: s
         for key in set(sg) - set(g):
             if sg[key] is not None and not isinstance(sg[key], (bool, str)) and not _finite(sg[key]):
                 raise ValueError(f"optimizer group {i} in {where}: unknown key {key!r} holds {_short(sg[key])}")
+    required = _REQUIRED_STATE.get(type(optimizer).__name__, frozenset())
+    key_sets = set()
     for idx, pstate in state["state"].items():
         if idx not in params or not isinstance(pstate, Mapping):
             raise ValueError(f"optimizer state in {where} has an entry for parameter {_short(idx)}, "
                              f"which no group lists")
+        key_sets.add(frozenset(pstate))
+        lacking = sorted(required - set(pstate))
+        if pstate and lacking:
+            raise ValueError(f"optimizer state optim.state.{idx} in {where} lacks {lacking}")
+        if len(key_sets) > 1:
+            raise ValueError(f"optimizer state in {where} has entries with different keys: "
+                             f"{sorted(sorted(k) for k in key_sets)[:2]}")
         for key, value in pstate.items():
             name = f"optim.state.{idx}.{key}"
             if isinstance(value, torch.Tensor):
@@ -184,7 +197,8 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: s
                 if key in _SHAPED_KEYS and (value.shape != param.shape or value.dtype != param.dtype):
                     raise ValueError(f"optimizer state {name} in {where} is {value.dtype} of shape "
                                      f"{list(value.shape)}; the parameter is {param.dtype} of shape {list(param.shape)}")
-                if key == "step" and (value.numel() != 1 or float(value) < 0):
+                if key == "step" and (value.numel() != 1 or value.dtype == torch.bool or value.is_complex()
+                                      or float(value) < 0):
                     raise ValueError(f"optimizer state {name} in {where} must be one number >= 0")
             elif key in _SHAPED_KEYS or not (value is None or isinstance(value, bool) or _finite(value)):
                 raise ValueError(f"optimizer state {name} in {where} is {_short(value)}; expected a tensor or number")
@@ -195,13 +209,17 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: s
 def check_scheduler_state(scheduler: Any, state: Any, where: str) -> None:
     """Raise ``ValueError`` unless ``state`` fits ``scheduler.load_state_dict``: its keys are a subset of the
     live ``scheduler.state_dict()``'s (torch copies them into the scheduler's ``__dict__``, so an unknown key
-    could overwrite any attribute) and each value has the live value's type and length, numbers finite."""
+    could overwrite any attribute), only boolean flags may be absent, and each value has the live value's
+    type and length, numbers finite."""
     live = scheduler.state_dict()
     if not isinstance(state, Mapping):
         raise ValueError(f"scheduler state in {where} is {_short(state)}; expected an object")
     unknown = sorted(set(state) - set(live), key=str)
     if unknown:
         raise ValueError(f"scheduler state in {where} has unknown keys {unknown[:8]}")
+    lacking = sorted(k for k, v in live.items() if not isinstance(v, bool) and k not in state)
+    if lacking:
+        raise ValueError(f"scheduler state in {where} lacks {lacking}")
     for key, value in state.items():
         problem = _unlike(live[key], value, hyper=False)
         if problem:
