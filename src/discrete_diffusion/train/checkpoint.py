@@ -10,16 +10,19 @@ On-disk layout of one checkpoint with step ``N`` in ``directory``::
         rng.<path>                             RNG states, e.g. rng.torch_cpu, rng.generators.data
         extra.<path>                           tensors found in ``extra``
     ckpt_{N:08d}.json                        the manifest (written last): step, versions,
-        tensors_file + tensors_sha256 + tensors_bytes, optimizer/scheduler/EMA/RNG
-        non-tensor state, config + config_hash, extra.
+        torch_num_threads, tensors_file + tensors_sha256 + tensors_bytes,
+        optimizer/scheduler/EMA/RNG non-tensor state, config + config_hash, extra.
 
 Non-tensor state is stored as JSON in which a tensor is replaced by
 ``{"__tensor__": "<name in the safetensors file>"}``, a tuple by ``{"__tuple__": [...]}``
 and a dict with non-string keys (e.g. optimizer state indexed by int) by
 ``{"__items__": [[key, value], ...]}``, so state dicts round-trip exactly.
 
-A checkpoint exists only once its manifest exists, parses and names a safetensors file
-whose SHA-256 matches.  Every file is written to a temporary file in the same directory,
+A checkpoint exists only once its manifest exists, is at most ``MAX_MANIFEST_BYTES``, parses,
+passes the schema check (types and ranges of every field, step equal to the file name's) and
+names a safetensors file whose size and SHA-256 match.  The safetensors header is written in a
+canonical order, so saving the same state twice gives identical bytes.  Loading validates every
+state field against the objects it restores into before it changes any of them.  Every file is written to a temporary file in the same directory,
 flushed, fsync'ed, moved into place with ``os.replace`` and the directory is fsync'ed.
 The tensors file name contains its hash, so re-saving a step never overwrites the
 tensors the previous manifest points to: a crash at any point leaves the previous
@@ -189,9 +192,10 @@ def _write_chunks(f: Any, data: bytes, chunk: int = 1 << 24) -> None:
 def find_latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     """Manifest path of the newest *complete* checkpoint in ``directory``, or ``None``.
 
-    Checkpoints are tried newest step first; one whose manifest is missing or does not
-    parse, or whose tensors file is missing or fails the recorded SHA-256, is skipped
-    (with a log warning) in favour of the next older one.
+    Checkpoints are tried newest step first; one whose manifest is too large, does not
+    parse or fails the schema check (any field of the wrong type or out of range), or whose
+    tensors file is missing or fails the recorded size or SHA-256, is skipped (with a log
+    warning) in favour of the next older one.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -278,23 +282,26 @@ def load_checkpoint(
         saved_cls = meta["optimizer"]["class"]
         if saved_cls != type(optimizer).__name__:
             raise ValueError(f"checkpoint {manifest} holds {saved_cls} state, got a {type(optimizer).__name__}")
-        opt_sd = decode_state(meta["optimizer"]["state_dict"], tensors)
+        opt_sd = _decode(meta["optimizer"]["state_dict"], tensors, manifest)
         check_optimizer_state(optimizer, opt_sd, str(manifest))
     if scheduler is not None:
         saved_cls = meta["scheduler"]["class"]
         if saved_cls != type(scheduler).__name__:
             raise ValueError(f"checkpoint {manifest} holds {saved_cls} state, got a {type(scheduler).__name__}")
-        sched_sd = decode_state(meta["scheduler"]["state_dict"], tensors)
+        sched_sd = _decode(meta["scheduler"]["state_dict"], tensors, manifest)
         check_scheduler_state(scheduler, sched_sd, str(manifest))
-    rng_state = decode_state(meta["rng"], tensors) if rng_generators is not None else None
+    rng_state = _decode(meta["rng"], tensors, manifest) if rng_generators is not None else None
     if rng_state is not None:
         try:
             check_rng_state(rng_state, rng_generators)
         except ValueError as exc:
             raise ValueError(f"checkpoint {manifest}: {exc}") from None
-    extra = decode_state(meta.get("extra") or {}, tensors)
+    extra = _decode(meta.get("extra") or {}, tensors, manifest)
     if check_extra is not None:
-        check_extra(extra, meta["step"])
+        try:
+            check_extra(extra, meta["step"])
+        except ValueError as exc:
+            raise ValueError(f"checkpoint {manifest}: {exc}") from None
 
     if rng_state is not None:
         _warn_on_thread_count(meta, manifest)
@@ -350,7 +357,7 @@ def load_model_weights(path: str | os.PathLike, model: nn.Module, use_ema: bool 
         _raise_on_mismatch("EMA", want, shadow, manifest)
         state.update(shadow)
     target.load_state_dict(state, strict=True)
-    meta["extra"] = decode_state(meta.get("extra") or {}, tensors)
+    meta["extra"] = _decode(meta.get("extra") or {}, tensors, manifest)
     meta["weights"] = use
     return meta
 
@@ -380,6 +387,13 @@ def _raise_on_mismatch(what: str, expected: Mapping[str, torch.Tensor], got: Map
     problems = compare_tensors(expected, got, dtypes=True)
     if problems:
         raise ValueError(f"{what} tensors in {manifest} do not match: " + "; ".join(problems))
+
+
+def _decode(obj: Any, tensors: Mapping[str, torch.Tensor], manifest: Path) -> Any:
+    try:
+        return decode_state(obj, tensors)
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {manifest}: {exc}") from None
 
 
 def _check_finite(tensors: Mapping[str, torch.Tensor], manifest: Path) -> None:

@@ -105,7 +105,7 @@ def best_record(extra: dict, step: int) -> tuple[float, int] | None:
     if (not isinstance(best, list) or len(best) != 2 or isinstance(best[0], bool)
             or not isinstance(best[0], (int, float)) or isinstance(best[1], bool)
             or not isinstance(best[1], int) or not 0 <= best[1] <= step):
-        raise ValueError(f"checkpoint extra.best is {str(best)[:60]}; expected [] or [NLL, step <= {step}]")
+        raise ValueError(f"extra.best is {str(best)[:60]}; expected [] or [NLL, step <= {step}]")
     return float(best[0]), best[1]
 
 
