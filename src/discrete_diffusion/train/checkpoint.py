@@ -22,8 +22,10 @@ A checkpoint exists only once its manifest exists, is at most ``MAX_MANIFEST_BYT
 passes the schema check (types and ranges of every field, step equal to the file name's) and
 names a safetensors file whose size and SHA-256 match.  The safetensors header is written in a
 canonical order, so saving the same state twice gives identical bytes.  Loading validates every
-state field against the objects it restores into before it changes any of them.  Every file is written to a temporary file in the same directory,
-flushed, fsync'ed, moved into place with ``os.replace`` and the directory is fsync'ed.
+state field against the objects it restores into before it changes any of them.
+
+Every file is written to a temporary file in the same directory, flushed, fsync'ed, moved
+into place with ``os.replace`` and the directory is fsync'ed.
 The tensors file name contains its hash, so re-saving a step never overwrites the
 tensors the previous manifest points to: a crash at any point leaves the previous
 checkpoint loadable.  The newest checkpoint is found by scanning (no ``latest`` pointer

@@ -127,10 +127,11 @@ def check_rng_state(state: Any, generators: Mapping[str, torch.Generator] | None
     :func:`capture_rng_state` and every part would be accepted by its setter.
 
     Checked: the torch CPU state is a 1-D uint8 tensor of ``torch.get_rng_state()``'s length; CUDA states
-    1-D uint8 tensors; numpy's MT19937 state (624 keys in [0, 2^32), ``pos`` in 0..624, ``has_gauss`` 0/1,
-    a finite cached Gaussian); python's ``random`` state (version 3, 624 words in [0, 2^32) and an index in
-    0..624, ``gauss_next`` None or finite); a state for every generator in ``generators`` of the length
-    that generator's own state has.  Each part is then tried on a scratch generator (never the live ones).
+    1-D uint8 tensors (of the device state's length where CUDA is available); numpy's MT19937 state
+    (624 keys in [0, 2^32), ``pos`` in 0..624, ``has_gauss`` 0/1, a finite cached Gaussian); python's
+    ``random`` state (version 3, 624 words in [0, 2^32) and an index in 0..624, ``gauss_next`` None or
+    finite); a state for every generator in ``generators`` of the length that generator's own state has.
+    Each part is then tried on a scratch generator (never the live ones).
     """
     if not isinstance(state, Mapping):
         raise ValueError(f"RNG state is a {type(state).__name__}; expected an object")
@@ -142,8 +143,9 @@ def check_rng_state(state: Any, generators: Mapping[str, torch.Generator] | None
     cuda = state.get("torch_cuda") or []
     if not isinstance(cuda, list) or len(cuda) > 1024:
         raise ValueError(f"RNG state torch_cuda is a {type(cuda).__name__}; expected a list of byte tensors")
-    for i, s in enumerate(cuda):
-        _check_bytes(s, f"rng.torch_cuda.{i}", None)
+    cuda_len = torch.cuda.get_rng_state(0).numel() if cuda and torch.cuda.is_available() else None
+    for i, s in enumerate(cuda):  # restored only where CUDA is available: then of the device's state length
+        _check_bytes(s, f"rng.torch_cuda.{i}", cuda_len)
 
     np_state = state["numpy"]
     if not isinstance(np_state, Mapping) or np_state.get("bit_generator") != "MT19937":
