@@ -3,6 +3,8 @@ ValueError with a message; never another exception type, never silently wrong da
 
 from __future__ import annotations
 
+import json
+import shutil
 import struct
 import tempfile
 from pathlib import Path
@@ -176,3 +178,110 @@ def test_png_folder_loads_or_raises_value_error(garbage: bytes, cut: int) -> Non
             assert "zz.png" in str(err)
             return
         assert ds.num_states == 256  # only possible when the cut left a complete image
+
+
+# --------------------------------------------------------------------------- checkpoint manifests
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12)
+_CKPT: dict[str, object] = {}
+
+
+def _ckpt_objects(seed: int) -> tuple:
+    from discrete_diffusion.train.ema import EMA
+    from discrete_diffusion.train.optim import build_optimizer, warmup_cosine_schedule
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    opt = build_optimizer(model, lr=1e-2, weight_decay=0.1)
+    sched = warmup_cosine_schedule(opt, warmup_steps=2, total_steps=10)
+    ema = EMA(model, decay=0.9)
+    return model, opt, sched, ema, {"data": torch.Generator().manual_seed(seed)}
+
+
+def _json_paths(obj, prefix=()) -> list[tuple]:
+    """Every place in a manifest a value can be replaced (long lists: their first two items)."""
+    out = [prefix] if prefix else []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out += _json_paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj[:2]):
+            out += _json_paths(v, prefix + (i,))
+    return out
+
+
+def _checkpoint_pair() -> tuple[Path, dict]:
+    """Two valid checkpoints (steps 1 and 2) of a tiny model, built once; returns the folder and step 2's manifest."""
+    if not _CKPT:
+        from discrete_diffusion.train.checkpoint import save_checkpoint
+
+        folder = Path(tempfile.mkdtemp(prefix="fuzz_ckpt_"))
+        model, opt, sched, ema, gens = _ckpt_objects(0)
+        for step in (1, 2):
+            model(torch.randn(2, 3)).sum().backward()
+            opt.step()
+            sched.step()
+            ema.update(model)
+            save_checkpoint(folder, step, model, opt, sched, ema, gens, extra={"best": [1.0, step]}, keep_last=None)
+        _CKPT.update(folder=folder, meta=json.loads((folder / "ckpt_00000002.json").read_text()))
+    return _CKPT["folder"], _CKPT["meta"]
+
+
+@st.composite
+def hostile_manifests(draw) -> bytes:
+    """Step 2's manifest with one value replaced or removed, or raw bytes / a truncated copy / deep nesting."""
+    _, meta = _checkpoint_pair()
+    text = json.dumps(meta)
+    kind = draw(st.sampled_from(["replace", "replace", "replace", "delete", "bytes", "truncate", "deep"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=300))
+    if kind == "truncate":
+        return text.encode()[:draw(st.integers(0, len(text)))]
+    if kind == "deep":
+        depth = draw(st.integers(1, 50_000))
+        return text.replace('"extra": {', '"extra": {"x": ' + "[" * depth + "]" * depth + ", ").encode()
+    path = draw(st.sampled_from(_json_paths(meta)))
+    meta = json.loads(text)
+    node = meta
+    for key in path[:-1]:
+        node = node[key]
+    if kind == "delete":
+        del node[path[-1]]
+    else:
+        node[path[-1]] = draw(_JSON)
+    return json.dumps(meta).encode()
+
+
+@settings(max_examples=int(__import__("os").environ.get("FUZZ_N", 30)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_manifests())
+def test_hostile_manifest_is_skipped_or_refused_with_value_error(data: bytes) -> None:
+    """A manifest with any value replaced: scanning returns it or the previous valid checkpoint (never raises);
+    loading it either restores or raises ValueError before anything is restored. About 0.1 s an example:
+    30 by default (under 5 s); FUZZ_N=1200 ran clean (2 min)."""
+    from discrete_diffusion.train.checkpoint import find_latest_checkpoint, load_checkpoint
+    from discrete_diffusion.train.trainer import best_record
+
+    folder, _ = _checkpoint_pair()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "ckpts"
+        shutil.copytree(folder, work)
+        (work / "ckpt_00000002.json").write_bytes(data)
+        latest = find_latest_checkpoint(work)
+        assert latest in (work / "ckpt_00000001.json", work / "ckpt_00000002.json")
+        model, opt, sched, ema, gens = _ckpt_objects(7)
+        before = [t.clone() for t in model.state_dict().values()] + [gens["data"].get_state()]
+        try:
+            load_checkpoint(work / "ckpt_00000002.json", model, opt, sched, ema, gens, check_extra=best_record)
+        except ValueError as err:
+            assert str(err) and "\n" not in str(err)
+            after = [t.clone() for t in model.state_dict().values()] + [gens["data"].get_state()]
+            assert all(torch.equal(a, b) for a, b in zip(before, after))
+        else:
+            assert latest.name == "ckpt_00000002.json"  # what loads by name is never skipped by the scan
+        if latest.name == "ckpt_00000001.json":
+            load_checkpoint(latest, *_ckpt_objects(8))  # the previous valid checkpoint still loads

@@ -10,17 +10,22 @@ On-disk layout of one checkpoint with step ``N`` in ``directory``::
         rng.<path>                             RNG states, e.g. rng.torch_cpu, rng.generators.data
         extra.<path>                           tensors found in ``extra``
     ckpt_{N:08d}.json                        the manifest (written last): step, versions,
-        tensors_file + tensors_sha256 + tensors_bytes, optimizer/scheduler/EMA/RNG
-        non-tensor state, config + config_hash, extra.
+        torch_num_threads, tensors_file + tensors_sha256 + tensors_bytes,
+        optimizer/scheduler/EMA/RNG non-tensor state, config + config_hash, extra.
 
 Non-tensor state is stored as JSON in which a tensor is replaced by
 ``{"__tensor__": "<name in the safetensors file>"}``, a tuple by ``{"__tuple__": [...]}``
 and a dict with non-string keys (e.g. optimizer state indexed by int) by
 ``{"__items__": [[key, value], ...]}``, so state dicts round-trip exactly.
 
-A checkpoint exists only once its manifest exists, parses and names a safetensors file
-whose SHA-256 matches.  Every file is written to a temporary file in the same directory,
-flushed, fsync'ed, moved into place with ``os.replace`` and the directory is fsync'ed.
+A checkpoint exists only once its manifest exists, is at most ``MAX_MANIFEST_BYTES``, parses,
+passes the schema check (types and ranges of every field, step equal to the file name's) and
+names a safetensors file whose size and SHA-256 match.  The safetensors header is written in a
+canonical order, so saving the same state twice gives identical bytes.  Loading validates every
+state field against the objects it restores into before it changes any of them.
+
+Every file is written to a temporary file in the same directory, flushed, fsync'ed, moved
+into place with ``os.replace`` and the directory is fsync'ed.
 The tensors file name contains its hash, so re-saving a step never overwrites the
 tensors the previous manifest points to: a crash at any point leaves the previous
 checkpoint loadable.  The newest checkpoint is found by scanning (no ``latest`` pointer
@@ -36,8 +41,9 @@ import logging
 import os
 import re
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from safetensors.torch import save
@@ -45,17 +51,16 @@ from torch import nn
 
 from .atomic_io import atomic_write
 from .checkpoint_files import (FORMAT, FORMAT_VERSION, _load_tensors, _manifests, _prune, _read_manifest, _storable,
-                               _strip, _verify_tensors)
+                               _strip, _verify_tensors, canonical_safetensors)
 from .ema import EMA, compare_tensors, unwrap_model
-from .rng import capture_rng_state, restore_rng_state
+from .optim import check_optimizer_state, check_scheduler_state
+from .rng import capture_rng_state, check_rng_state, restore_rng_state
 from .state_codec import check_config, config_hash, decode_state, encode_state, plain_json
 
 __all__ = ["save_checkpoint", "load_checkpoint", "find_latest_checkpoint", "load_model_weights",
            "CheckpointWriteError", "safe_torch_load"]
 
 log = logging.getLogger(__name__)
-
-_OPT_SHAPED_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg")
 
 
 # --------------------------------------------------------------------------- public API
@@ -113,6 +118,7 @@ def save_checkpoint(
         "step": step,
         "library_version": _library_version(),
         "torch_version": torch.__version__,
+        "torch_num_threads": torch.get_num_threads(),
         "created_unix": time.time(),
         "config": config,
         "config_hash": stored_hash,
@@ -140,7 +146,7 @@ def save_checkpoint(
 
     try:
         # 1) tensors: temp file -> fsync -> os.replace to a file named by its hash.
-        blob = save(_storable(tensors), metadata={"format": "pt", "step": str(step)})
+        blob = canonical_safetensors(save(_storable(tensors), metadata={"format": "pt", "step": str(step)}))
         digest = hashlib.sha256(blob).hexdigest()
         tensors_name = f"{stem}.{digest[:12]}.safetensors"
         meta.update(tensors_file=tensors_name, tensors_sha256=digest, tensors_bytes=len(blob))
@@ -188,9 +194,10 @@ def _write_chunks(f: Any, data: bytes, chunk: int = 1 << 24) -> None:
 def find_latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     """Manifest path of the newest *complete* checkpoint in ``directory``, or ``None``.
 
-    Checkpoints are tried newest step first; one whose manifest is missing or does not
-    parse, or whose tensors file is missing or fails the recorded SHA-256, is skipped
-    (with a log warning) in favour of the next older one.
+    Checkpoints are tried newest step first; one whose manifest is too large, does not
+    parse or fails the schema check (any field of the wrong type or out of range), or whose
+    tensors file is missing or fails the recorded size or SHA-256, is skipped (with a log
+    warning) in favour of the next older one.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -215,6 +222,8 @@ def load_checkpoint(
     rng_generators: Mapping[str, torch.Generator] | None = None,
     expected_config: Mapping[str, Any] | None = None,
     absent_ok: bool = False,
+    max_step: int | None = None,
+    check_extra: Callable[[dict[str, Any], int], Any] | None = None,
 ) -> dict[str, Any]:
     """Restore a checkpoint into the given objects and return its manifest.
 
@@ -232,6 +241,16 @@ def load_checkpoint(
         absent_ok: accept expected keys that the stored config lacks (options added to the library after the
             checkpoint was written, which take their defaults); the exact tensor-name and shape check still
             refuses a checkpoint of another architecture.
+        max_step: refuse a checkpoint whose step exceeds this (e.g. the run's last step).
+        check_extra: called as ``check_extra(extra, step)`` on the decoded ``extra`` before anything is
+            restored; it raises ``ValueError`` for values its caller cannot use.
+
+    Nothing is restored until every field has been validated: the manifest's schema (types, ranges, size),
+    every model / EMA / optimizer floating-point tensor finite, model and EMA tensors of exactly the target's
+    names, shapes and dtypes (never cast), optimizer / scheduler / EMA / RNG state accepted by the given
+    objects (see ``optim.check_optimizer_state``, ``optim.check_scheduler_state``, ``rng.check_rng_state``).
+    When the RNG state is restored and the checkpoint was written with another ``torch.get_num_threads()``,
+    a ``UserWarning`` says that resume is then not bit-exact.
 
     Returns:
         The manifest dict (``step``, ``config``, ``config_hash``, ``library_version``, ...)
@@ -244,9 +263,12 @@ def load_checkpoint(
     """
     manifest = _resolve(path)
     meta = _read_manifest(manifest)
+    if max_step is not None and meta["step"] > max_step:
+        raise ValueError(f"checkpoint {manifest} is at step {meta['step']}, beyond the run's last step {max_step}")
     if expected_config is not None:
         check_config(meta.get("config"), expected_config, manifest, absent_ok=absent_ok)
     tensors = _load_tensors(manifest, meta)
+    _check_finite(tensors, manifest)
 
     # Validate everything that can be validated before mutating anything.
     target = unwrap_model(model)
@@ -257,30 +279,53 @@ def load_checkpoint(
             raise ValueError(f"checkpoint {manifest} has no {key} state")
     if ema is not None:
         _raise_on_mismatch("EMA", ema.shadow, _strip(tensors, "ema."), manifest)
-    opt_sd = None
+    opt_sd = sched_sd = None
     if optimizer is not None:
         saved_cls = meta["optimizer"]["class"]
         if saved_cls != type(optimizer).__name__:
             raise ValueError(f"checkpoint {manifest} holds {saved_cls} state, got a {type(optimizer).__name__}")
-        opt_sd = decode_state(meta["optimizer"]["state_dict"], tensors)
-        _check_optimizer_state(optimizer, opt_sd, manifest)
-    rng_state = decode_state(meta["rng"], tensors) if rng_generators is not None else None
+        opt_sd = _decode(meta["optimizer"]["state_dict"], tensors, manifest)
+        check_optimizer_state(optimizer, opt_sd, str(manifest))
+    if scheduler is not None:
+        saved_cls = meta["scheduler"]["class"]
+        if saved_cls != type(scheduler).__name__:
+            raise ValueError(f"checkpoint {manifest} holds {saved_cls} state, got a {type(scheduler).__name__}")
+        sched_sd = _decode(meta["scheduler"]["state_dict"], tensors, manifest)
+        check_scheduler_state(scheduler, sched_sd, str(manifest))
+    rng_state = _decode(meta["rng"], tensors, manifest) if rng_generators is not None else None
     if rng_state is not None:
-        missing = sorted(set(rng_generators) - set(rng_state.get("generators", {})))
-        if missing:
-            raise ValueError(f"checkpoint {manifest} has no RNG state for generator(s) {missing}")
+        try:
+            check_rng_state(rng_state, rng_generators)
+        except ValueError as exc:
+            raise ValueError(f"checkpoint {manifest}: {exc}") from None
+    extra = _decode(meta.get("extra") or {}, tensors, manifest)
+    if check_extra is not None:
+        try:
+            check_extra(extra, meta["step"])
+        except ValueError as exc:
+            raise ValueError(f"checkpoint {manifest}: {exc}") from None
 
+    if rng_state is not None:
+        _warn_on_thread_count(meta, manifest)
     target.load_state_dict(model_sd, strict=True)
     if opt_sd is not None:
         optimizer.load_state_dict(opt_sd)
-    if scheduler is not None:
-        scheduler.load_state_dict(decode_state(meta["scheduler"]["state_dict"], tensors))
+    if sched_sd is not None:
+        scheduler.load_state_dict(sched_sd)
     if ema is not None:
         ema.load_state_dict({**meta["ema"], "shadow": _strip(tensors, "ema.")})
     if rng_state is not None:
         restore_rng_state(rng_state, rng_generators)
-    meta["extra"] = decode_state(meta.get("extra") or {}, tensors)
+    meta["extra"] = extra
     return meta
+
+
+def _warn_on_thread_count(meta: Mapping[str, Any], manifest: Path) -> None:
+    saved, now = meta.get("torch_num_threads"), torch.get_num_threads()
+    if saved is not None and saved != now:
+        warnings.warn(f"checkpoint {manifest} was written with torch.get_num_threads() = {saved}, this process "
+                      f"uses {now}: the resumed run is not bit-identical to an uninterrupted one (CPU reductions "
+                      f"depend on the thread count); set OMP_NUM_THREADS={saved} for an exact resume", stacklevel=3)
 
 
 def load_model_weights(path: str | os.PathLike, model: nn.Module, use_ema: bool = True,
@@ -290,6 +335,8 @@ def load_model_weights(path: str | os.PathLike, model: nn.Module, use_ema: bool 
 
     ``expected_config`` is checked as in :func:`load_checkpoint` before any tensor is read, except that
     keys absent from the checkpoint's config are not compared (options added after it was trained).
+    Like :func:`load_checkpoint` it refuses non-finite weights and tensors of another dtype than the model's
+    (EMA shadows: the model's dtype promoted to at least float32) before touching the model.
     Returns the manifest with ``"weights"`` set to ``"ema"`` or ``"model"``.
     Raises ``ValueError`` like :func:`load_checkpoint`.
     """
@@ -298,14 +345,21 @@ def load_model_weights(path: str | os.PathLike, model: nn.Module, use_ema: bool 
     if expected_config is not None:
         check_config(meta.get("config"), expected_config, manifest, absent_ok=True)
     tensors = _load_tensors(manifest, meta)
+    _check_finite(tensors, manifest)
     target = unwrap_model(model)
     state = _strip(tensors, "model.")
+    expected = target.state_dict()
+    _raise_on_mismatch("model", expected, state, manifest)
     use = "ema" if use_ema and meta.get("ema") is not None else "model"
     if use == "ema":
-        state.update(_strip(tensors, "ema."))
-    _raise_on_mismatch("model", target.state_dict(), state, manifest)
+        shadow = _strip(tensors, "ema.")
+        # EMA shadows are kept in at least float32 (see EMA); that one cast is the only one allowed.
+        want = {k: v.to(torch.promote_types(v.dtype, torch.float32)) for k, v in expected.items()
+                if v.is_floating_point()}
+        _raise_on_mismatch("EMA", want, shadow, manifest)
+        state.update(shadow)
     target.load_state_dict(state, strict=True)
-    meta["extra"] = decode_state(meta.get("extra") or {}, tensors)
+    meta["extra"] = _decode(meta.get("extra") or {}, tensors, manifest)
     meta["weights"] = use
     return meta
 
@@ -332,33 +386,25 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
 
 
 def _raise_on_mismatch(what: str, expected: Mapping[str, torch.Tensor], got: Mapping[str, Any], manifest: Path) -> None:
-    problems = compare_tensors(expected, got)
+    problems = compare_tensors(expected, got, dtypes=True)
     if problems:
         raise ValueError(f"{what} tensors in {manifest} do not match: " + "; ".join(problems))
 
 
-def _check_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any], manifest: Path) -> None:
-    groups, saved_groups = optimizer.param_groups, state["param_groups"]
-    if len(groups) != len(saved_groups):
-        raise ValueError(
-            f"optimizer in {manifest} has {len(saved_groups)} parameter groups, the given one has {len(groups)}"
-        )
-    params: dict[int, torch.Tensor] = {}
-    for i, (g, sg) in enumerate(zip(groups, saved_groups)):
-        if len(g["params"]) != len(sg["params"]):
-            raise ValueError(
-                f"optimizer group {i} in {manifest} has {len(sg['params'])} parameters, "
-                f"the given one has {len(g['params'])}"
-            )
-        params.update(zip(sg["params"], g["params"]))
-    for idx, pstate in state["state"].items():
-        for key in _OPT_SHAPED_KEYS:
-            t = pstate.get(key)
-            if isinstance(t, torch.Tensor) and idx in params and t.shape != params[idx].shape:
-                raise ValueError(
-                    f"optimizer state optim.state.{idx}.{key} in {manifest} has shape {list(t.shape)}, "
-                    f"parameter has shape {list(params[idx].shape)}"
-                )
+def _decode(obj: Any, tensors: Mapping[str, torch.Tensor], manifest: Path) -> Any:
+    try:
+        return decode_state(obj, tensors)
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {manifest}: {exc}") from None
+
+
+def _check_finite(tensors: Mapping[str, torch.Tensor], manifest: Path) -> None:
+    """Refuse NaN / inf in any model, EMA or optimizer tensor (they would train or sample garbage silently)."""
+    bad = [name for name, t in tensors.items()
+           if name.startswith(("model.", "ema.", "optim.")) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(f"checkpoint {manifest} holds non-finite values (NaN or inf) in {len(bad)} tensor(s): "
+                         f"{', '.join(sorted(bad)[:5])}{' ...' if len(bad) > 5 else ''}")
 
 
 # --------------------------------------------------------------------------- files

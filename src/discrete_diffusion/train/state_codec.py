@@ -44,6 +44,9 @@ def encode_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any
 
 
 def decode_state(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`encode_state`.  A malformed marker (``__tensor__`` naming no tensor or not a string,
+    ``__tuple__`` / ``__items__`` not a list of the right form, an unhashable key) raises ``ValueError``.
+    The caller bounds the nesting depth (the manifest reader refuses deep JSON)."""
     if isinstance(obj, list):
         return [decode_state(v, tensors) for v in obj]
     if not isinstance(obj, dict):
@@ -51,18 +54,35 @@ def decode_state(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     if len(obj) == 1:
         if "__tensor__" in obj:
             name = obj["__tensor__"]
-            if name not in tensors:
+            if not isinstance(name, str) or name not in tensors:
                 raise ValueError(f"checkpoint references tensor {name!r}, which is not in the tensors file")
             return tensors[name]
         if "__tuple__" in obj:
+            if not isinstance(obj["__tuple__"], list):
+                raise ValueError(f"malformed checkpoint state: __tuple__ holds a {type(obj['__tuple__']).__name__}")
             return tuple(decode_state(v, tensors) for v in obj["__tuple__"])
         if "__items__" in obj:
-            return {_hashable(decode_state(k, tensors)): decode_state(v, tensors) for k, v in obj["__items__"]}
+            items = obj["__items__"]
+            if not isinstance(items, list) or not all(isinstance(kv, list) and len(kv) == 2 for kv in items):
+                raise ValueError("malformed checkpoint state: __items__ must be a list of [key, value] pairs")
+            out = {}
+            for k, v in items:
+                key = _hashable(decode_state(k, tensors))
+                if not _plain_key(key):
+                    raise ValueError(f"malformed checkpoint state: key {key!r} is not a number, string or tuple")
+                out[key] = decode_state(v, tensors)
+            return out
     return {k: decode_state(v, tensors) for k, v in obj.items()}
 
 
 def _hashable(key: Any) -> Any:
     return tuple(_hashable(k) for k in key) if isinstance(key, (list, tuple)) else key
+
+
+def _plain_key(key: Any) -> bool:
+    if isinstance(key, tuple):
+        return all(_plain_key(k) for k in key)
+    return key is None or isinstance(key, (bool, int, float, str))
 
 
 def plain_json(obj: Any) -> Any:

@@ -97,6 +97,18 @@ class AutocastDenoiser(nn.Module):
         return d.process.prediction_from_output(output.float(), xt, lam, d.parameterization)
 
 
+def best_record(extra: dict, step: int) -> tuple[float, int] | None:
+    """The checkpoint's ``extra["best"]``: ``[]`` (no validation yet) or ``[NLL, step <= step]``."""
+    best = extra.get("best", []) if isinstance(extra, dict) else None
+    if best == []:
+        return None
+    if (not isinstance(best, list) or len(best) != 2 or isinstance(best[0], bool)
+            or not isinstance(best[0], (int, float)) or isinstance(best[1], bool)
+            or not isinstance(best[1], int) or not 0 <= best[1] <= step):
+        raise ValueError(f"extra.best is {str(best)[:60]}; expected [] or [NLL, step <= {step}]")
+    return float(best[0]), best[1]
+
+
 class Trainer:
     """Builds everything from a config and trains it into ``run_dir``.
 
@@ -195,10 +207,10 @@ class Trainer:
         latest = find_latest_checkpoint(self.run_dir / "checkpoints")
         if latest is not None:
             meta = load_checkpoint(latest, self.denoiser, self.optimizer, self.scheduler, self.ema, self.generators,
-                                   expected_config=model_config(self.config), absent_ok=True)
+                                   expected_config=model_config(self.config), absent_ok=True,
+                                   max_step=self.config.train.steps, check_extra=best_record)
             self.step = int(meta["step"])
-            best = meta.get("extra", {}).get("best")
-            self.best = (float(best[0]), int(best[1])) if best else None
+            self.best = best_record(meta["extra"], self.step)
         if self.ctx.enabled:  # every rank must resume from the same step (shared run directory)
             steps = torch.tensor([self.step, -self.step], dtype=torch.float64, device=self.ctx.collective_device())
             steps = self.ctx.all_reduce(steps, "max")
