@@ -27,7 +27,7 @@ def build_dataset(config: DictConfig) -> DiscreteDataset:
         options["path"] = data.path
     if data.num_states is not None:
         options["num_states"] = data.num_states
-    for key in ("levels", "seq_len", "unknown"):
+    for key in ("levels", "seq_len", "unknown", "val_path", "test_path", "max_bytes"):
         if data[key] is not None:
             options[key] = data[key]
     return load_dataset(data.name, **options)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["DEFAULT_MAX_BYTES", "MAX_NUM_STATES", "STATE_BYTES", "check_max_bytes", "check_num_states",
-           "check_states", "check_raw", "human_bytes"]
+           "check_states", "check_raw", "check_decoded", "human_bytes"]
 
 #: Default budget of :mod:`discrete_diffusion.data` loads, in bytes (config key ``data.max_bytes``).
 DEFAULT_MAX_BYTES = 1 << 30
@@ -84,3 +84,12 @@ def check_raw(num_bytes: int, max_bytes: int, what: str) -> None:
         raise ValueError(f"{what} holds {human_bytes(int(num_bytes))} ({int(num_bytes)} bytes), over the limit "
                          f"data.max_bytes={max_bytes} ({human_bytes(max_bytes)}); raise data.max_bytes if the "
                          f"machine has the memory")
+
+
+def check_decoded(num_bytes: int, max_bytes: int, what: str) -> None:
+    """Refuse text / FASTA of ``num_bytes`` decoded bytes over ``max_bytes // 8`` (a byte can become a state)."""
+    cap = max_bytes // STATE_BYTES
+    if int(num_bytes) > cap:
+        raise ValueError(f"{what} holds more than {cap} bytes ({human_bytes(cap)}); text and FASTA bytes can each "
+                         f"become one 8-byte state, so at most data.max_bytes/8 bytes are read (data.max_bytes="
+                         f"{max_bytes}); raise data.max_bytes if the machine has the memory")
