@@ -13,10 +13,10 @@ applies to two quantities:
   FASTA, decoded pixels) must fit in ``max_bytes`` too. Text and FASTA files can turn every byte into one
   8-byte state, so their decoded size may be at most ``max_bytes // 8``.
 
-Measured peak memory (``tests/test_hostile_data.py::test_peak_memory_of_a_load_is_a_small_multiple``
-prints it): loading a ``uint8`` ``.npy`` of ``B`` bytes peaks at about 3 x ``8 B`` (the int64 states, the
-copies made by the train/val/test split, and the file's bytes), so the default of 1 GiB of states keeps a
-load under about 3-4 GiB. Raise ``data.max_bytes`` on a machine with room for it.
+Measured peak memory (``python benchmarks/data_load_memory.py``: 64 Mi sites from a uint8 ``.npy``, a text
+file and a gzip FASTA): a load peaks at about 1.7-2.2 x the int64 states it returns (the states, the copies
+made by the train/val/test split, and the file's bytes), so the default of 1 GiB of states keeps a load
+under about 2.5 GiB. Raise ``data.max_bytes`` on a machine with room for it.
 
 ``num_states`` is bounded by :data:`MAX_NUM_STATES` (65,536): the denoiser emits one logit per state and
 site, so larger vocabularies exhaust memory long before training starts.
