@@ -12,7 +12,8 @@ span two records (a junction between records is not biology) and the last ``len 
 record are dropped. Splits are contiguous by position: the windows of all records in file order, the last
 ``round(n * test_fraction)`` windows are the test split, the ``round(n * val_fraction)`` before them the
 validation split, the rest the training split (for a single genome: the end of the chromosome is the
-test set). ``split_seed`` is accepted for a uniform loader signature and does not affect the split.
+test set). ``split_seed`` is accepted for a uniform loader signature and does not affect the split. With
+``val_path`` / ``test_path`` the windows of that file are the validation / test split instead.
 
 Any character other than ACGT (``N``, IUPAC ambiguity codes such as ``R``/``Y``, gaps ``-``) is an error
 naming the character, the record and the 1-based position in the record, unless ``unknown="skip"``, which

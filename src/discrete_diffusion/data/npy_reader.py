@@ -146,7 +146,8 @@ class NpzReader:
         info = self.infos[key]
         where = f"{self.where} member '{key}'"
         self.raw_used += info.file_size
-        check_raw(self.raw_used, self.max_bytes, f"{where} (inflated, with the members read before it)")
+        before = " with the members read before it" if self.raw_used > info.file_size else ""
+        check_raw(self.raw_used, self.max_bytes, f"{where} (inflated{before})")
         try:
             with self.zip.open(info) as fp:
                 header = read_npy_header(fp, where)

@@ -9,7 +9,8 @@ last ``round(n * test_fraction)`` characters form the test block, the ``round(n 
 them the validation block, and everything before that the training block. Each block is then cut into
 non-overlapping windows of ``seq_len`` characters, in order; the remainder of a block shorter than
 ``seq_len`` is dropped (the count is in ``metadata["dropped_chars"]``). ``split_seed`` is accepted for
-a uniform loader signature but does not affect this positional split.
+a uniform loader signature but does not affect this positional split. With ``val_path`` / ``test_path``
+(:func:`load_text_file`) that file is the validation / test block and the text is split only into the others.
 
 Vocabulary: the sorted unique characters of the *training* block (or the ``vocab`` passed in). When the
 validation or test block (or, with a given ``vocab``, the training block) contains a character outside
