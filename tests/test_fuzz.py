@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -128,6 +128,7 @@ def _npy_header(shape: tuple[int, ...], descr: str) -> bytes:
 @given(st.lists(st.one_of(st.integers(0, 6), st.integers(0, 2**62)), min_size=0, max_size=4).map(tuple),
        st.sampled_from(["|u1", "<i8", ">i4", "<f4", "|b1", "|O", "<U3", "<c16", "|V4"]),
        st.integers(0, 400), st.sampled_from([".npy", ".npz"]))
+@example(shape=(0, 707, 1414, 1153269792085), descr="<i8", payload=0, suffix=".npy")  # found by this test
 def test_npy_header_of_any_shape_loads_or_raises_value_error(shape, descr, payload, suffix) -> None:
     """A well-formed header with any shape (up to 2^62 per axis) and any payload length: never a
     MemoryError, never a suggestion to unpickle."""

@@ -74,7 +74,11 @@ def read_npy_header(fp: BinaryIO, where: str, what: str = "data") -> NpyHeader:
     if dtype.hasobject or dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
         raise ValueError(f"{what} in {where} has dtype {dtype}; expected integer states (or integral floats); "
                          f"object (pickled) and structured arrays are not accepted")
-    return NpyHeader(tuple(int(s) for s in shape), dtype, bool(fortran), fp.tell())
+    shape = tuple(int(s) for s in shape)
+    # numpy cannot even describe an empty array whose other axes overflow (e.g. (0, 10**12, 10**12))
+    if any(s < 0 for s in shape) or math.prod(s for s in shape if s) * dtype.itemsize >= 2**63:
+        raise ValueError(f"{where}: corrupt .npy header: shape {shape} of dtype {dtype} is impossibly large")
+    return NpyHeader(shape, dtype, bool(fortran), fp.tell())
 
 
 def _first_line(exc: BaseException) -> str:
