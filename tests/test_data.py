@@ -315,3 +315,20 @@ def test_fashion_mnist_debian_files() -> None:
     assert set(torch.unique(ds.test).tolist()) == {0, 1}
     assert ds.test_labels[:5].tolist() == [9, 2, 1, 1, 6]  # official t10k label order
     assert sorted(torch.unique(ds.train_labels).tolist()) == list(range(10))
+
+
+def test_data_config_keys_reach_the_loaders(tmp_path: Path) -> None:
+    """data.max_bytes / data.test_path from the config reach the file loaders; built-in data ignore the budget."""
+    from discrete_diffusion.builders import build_dataset
+    from discrete_diffusion.config import load_config
+
+    np.save(tmp_path / "x.npy", np.zeros((10, 4), dtype=np.uint8))
+    np.save(tmp_path / "t.npy", np.ones((3, 4), dtype=np.uint8))
+    base = ["data.name=array", f"data.path={tmp_path / 'x.npy'}"]
+    with pytest.raises(ValueError, match=r"x\.npy.*over the limit data\.max_bytes=64 "):
+        build_dataset(load_config(None, base + ["data.max_bytes=64"]))
+    ds = build_dataset(load_config(None, base + [f"data.test_path={tmp_path / 't.npy'}", "data.max_bytes=4096"]))
+    assert ds.test.shape == (3, 4) and ds.num_states == 2
+    assert build_dataset(load_config(None, ["data.max_bytes=64"])).name == "digits"
+    with pytest.raises(ValueError, match="bad options for dataset 'digits'.*test_path"):
+        build_dataset(load_config(None, [f"data.test_path={tmp_path / 't.npy'}"]))

@@ -10,8 +10,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -113,6 +114,65 @@ def test_array_file_loads_or_raises_value_error(data: bytes, suffix: str) -> Non
             assert "fuzz" in str(err)
             return
         assert ds.train.dtype == torch.long
+
+
+def _npy_header(shape: tuple[int, ...], descr: str) -> bytes:
+    import io
+
+    from numpy.lib import format as npformat
+
+    buf = io.BytesIO()
+    npformat.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+@FUZZ
+@given(st.lists(st.one_of(st.integers(0, 6), st.integers(0, 2**62)), min_size=0, max_size=4).map(tuple),
+       st.sampled_from(["|u1", "<i8", ">i4", "<f4", "|b1", "|O", "<U3", "<c16", "|V4"]),
+       st.integers(0, 400), st.sampled_from([".npy", ".npz"]))
+@example(shape=(0, 707, 1414, 1153269792085), descr="<i8", payload=0, suffix=".npy")  # found by this test
+def test_npy_header_of_any_shape_loads_or_raises_value_error(shape, descr, payload, suffix) -> None:
+    """A well-formed header with any shape (up to 2^62 per axis) and any payload length: never a
+    MemoryError, never a suggestion to unpickle."""
+    import zipfile
+
+    raw = _npy_header(shape, descr) + bytes(payload)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"fuzz{suffix}"
+        if suffix == ".npy":
+            path.write_bytes(raw)
+        else:
+            with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+                z.writestr("train.npy", raw)
+        try:
+            ds = load_array_file(path)
+        except ValueError as err:
+            assert "fuzz" in str(err) and "allow_pickle" not in str(err) and "\n" not in str(err)
+            return
+        assert ds.train.dtype == torch.long and len(ds.train) + len(ds.val) + len(ds.test) == shape[0]
+
+
+@FUZZ
+@given(st.lists(st.sampled_from([b">r1 x", b">", b";c", b"ACGT", b"acgtN", b"", b"  ", b"GG\tCC"]), max_size=12),
+       st.lists(st.sampled_from([b"\n", b"\r", b"\r\n"]), min_size=12, max_size=12), st.booleans())
+def test_fasta_with_any_line_ends_parses_or_raises_value_error(lines, ends, gz) -> None:
+    """FASTA lines joined by any mix of LF, CR and CRLF parse to the same records as with LF alone."""
+    import gzip
+
+    from discrete_diffusion.data import read_fasta
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mixed, unix = Path(tmp) / "fuzz.fa", Path(tmp) / "unix.fa"
+        data = b"".join(line + end for line, end in zip(lines, ends))
+        mixed.write_bytes(gzip.compress(data) if gz else data)
+        unix.write_bytes(b"".join(line + b"\n" for line in lines))
+        try:
+            expected = [(r.name, r.header, r.raw) for r in read_fasta(unix)]
+        except ValueError:
+            with pytest.raises(ValueError, match="fuzz"):
+                read_fasta(mixed)
+            return
+        assert [(r.name, r.header, r.raw) for r in read_fasta(mixed)] == expected
 
 
 _KEYS = ["train.steps", "train.lr", "train.batch_size", "model.channel_mults", "data.name", "data.path",

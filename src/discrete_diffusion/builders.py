@@ -8,7 +8,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from .data import DiscreteDataset, load_dataset
+from .data import DiscreteDataset, dataset_options, load_dataset
 from .denoiser import NetworkDenoiser
 from .losses import LogitAlphaProposal, Objective, Weighting, build_weighting
 from .nn import MLP, SequenceTransformer, UNet
@@ -27,9 +27,11 @@ def build_dataset(config: DictConfig) -> DiscreteDataset:
         options["path"] = data.path
     if data.num_states is not None:
         options["num_states"] = data.num_states
-    for key in ("levels", "seq_len", "unknown"):
+    for key in ("levels", "seq_len", "unknown", "val_path", "test_path"):
         if data[key] is not None:
             options[key] = data[key]
+    if data.max_bytes is not None and "max_bytes" in dataset_options(data.name):  # built-in data need no budget
+        options["max_bytes"] = data.max_bytes
     return load_dataset(data.name, **options)
 
 

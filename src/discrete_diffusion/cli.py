@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--masked-denoiser", default=None, metavar="RUN",
                         help="ddpd sampler on uniform noise: a masking-process run of the same data whose denoiser "
                              "fills the sites the planner calls noise (DDPD's pairing; docs/samplers.md)")
+    sample.add_argument("--allow-data-change", action="store_true",
+                        help="use the data even if its checksum differs from the one recorded at training (warns)")
     sample.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     sample.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -122,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0, help="random seed")
     evaluate.add_argument("--checkpoint", default="best", choices=["best", "latest"], help="which weights")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON (key nll_bits_per_dim)")
+    evaluate.add_argument("--allow-data-change", action="store_true",
+                          help="evaluate even if a data file's checksum differs from the one recorded at training "
+                               "(warns); without it such a run is refused")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -213,7 +218,7 @@ def ddpd_networks(args: argparse.Namespace, run, device: str) -> dict:
     if args.planner is not None:
         options["planner"] = load_planner(args.planner, run)
     if args.masked_denoiser is not None:
-        masked = load_run(args.masked_denoiser, args.checkpoint, device)
+        masked = load_run(args.masked_denoiser, args.checkpoint, device, args.allow_data_change)
         if run.process.name != "uniform" or masked.process.name != "masking":
             raise ValueError(f"--masked-denoiser pairs a uniform-noise run with a masking run of the same data, got "
                              f"{run.process.name!r} and {masked.process.name!r}")
@@ -230,7 +235,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .train.distributed import sample_sharded, setup
 
     ctx, device = setup(args.device)  # under torchrun the samples are split over the ranks
-    run = load_run(args.run_dir, args.checkpoint, str(device))
+    run = load_run(args.run_dir, args.checkpoint, str(device), args.allow_data_change)
     options = {**sampler_options(args), **ddpd_networks(args, run, str(device))}
     sampler = build_sampler_from(run.config, args.sampler, args.steps, options)
     num = run.config.sample.num_samples if args.num is None else args.num
@@ -268,7 +273,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .train.distributed import evaluate_nll_sharded, setup
 
     ctx, device = setup(args.device)  # under torchrun the examples are split over the ranks
-    run = load_run(args.run_dir, args.checkpoint, str(device))
+    run = load_run(args.run_dir, args.checkpoint, str(device), args.allow_data_change)
     if not ctx.enabled:
         result = evaluate_run(run, args.split, args.t_samples, args.batch_size, args.seed, progress=not args.no_progress)
     else:

@@ -25,6 +25,9 @@ class DataConfig:
     seq_len: Optional[int] = None   # text / fasta / kjv / ecoli: window length
     unknown: Optional[str] = None   # fasta / ecoli: "error" (default) or "skip" windows with non-ACGT
     split_seed: int = 0
+    val_path: Optional[str] = None  # array / png-folder / text / fasta: a separate validation file (or folder)
+    test_path: Optional[str] = None  # array / png-folder / text / fasta: a separate test file (or folder)
+    max_bytes: Optional[int] = None  # memory budget of a load (default 1 GiB of int64 states; data/limits.py)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .builders import build_dataset, build_denoiser, build_process_from, build_proposal, build_schedule_from, resolve_device
 from .config import MODEL_SECTIONS, load_config, to_dict
 from .data import DiscreteDataset
+from .data.manifest import check_data_manifest
 from .data.text import decode_text
 from .denoiser import NetworkDenoiser
 from .evaluate.likelihood import LikelihoodResult, evaluate_nll
@@ -51,14 +52,20 @@ def find_weights(run_dir: Path, which: str = "best") -> Path:
     return found
 
 
-def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> LoadedRun:
-    """Rebuild config, data, process, schedule and the EMA denoiser from ``run_dir``."""
+def load_run(run_dir: str | Path, which: str = "best", device: str = "auto",
+             allow_data_change: bool = False) -> LoadedRun:
+    """Rebuild config, data, process, schedule and the EMA denoiser from ``run_dir``.
+
+    The data are checked against the checksums recorded at training time (``data.json``): a changed file
+    raises :class:`~discrete_diffusion.data.manifest.DataChangedError` unless ``allow_data_change``, which
+    warns instead (see :func:`~discrete_diffusion.data.manifest.check_data_manifest`)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
     config = load_config(run_dir / "config.yaml")
     dev = resolve_device(device)
     dataset = build_dataset(config)
+    check_data_manifest(run_dir, dataset, allow_change=allow_data_change)
     process = build_process_from(config, dataset.num_states)
     denoiser = build_denoiser(config, process, dataset.site_shape)
     checkpoint = find_weights(run_dir, which)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,10 @@ from .base import (
     validate_labels,
     validate_values,
 )
+from .limits import DEFAULT_MAX_BYTES, MAX_NUM_STATES, check_max_bytes, check_num_states, check_raw, check_states
+from .npy_reader import NpzReader, parse_npy
 
-__all__ = ["dataset_from_arrays", "load_array_file", "infer_kind", "file_sha256"]
+__all__ = ["dataset_from_arrays", "load_array_file", "infer_kind", "file_sha256", "read_bounded"]
 
 _NPZ_KEYS = ("train", "val", "test", "train_labels", "val_labels", "test_labels")
 
@@ -78,6 +79,7 @@ def dataset_from_arrays(
         kind: ``"image"``, ``"sequence"`` or ``"tabular"``; ``None`` uses :func:`infer_kind`.
         where: source description used in error messages (e.g. the file name).
     """
+    check_num_states(num_states)
     src = f"{where} " if where else ""
     parts: dict[str, Tensor | None] = {}
     for split, arr in (("train", train), ("val", val), ("test", test)):
@@ -91,6 +93,9 @@ def dataset_from_arrays(
 
     assert parts["train"] is not None
     needed = max(int(x.max()) for x in parts.values() if x is not None) + 1
+    if num_states is None and needed > MAX_NUM_STATES:
+        raise ValueError(f"data{' in ' + where if where else ''} has values up to {needed - 1}, so num_states would "
+                         f"be {needed}, over the limit of {MAX_NUM_STATES} states")
     k = max(2, needed) if num_states is None else int(num_states)
 
     x_tr, y_tr = parts["train"], labels["train"]
@@ -147,29 +152,73 @@ def _as_index(idx: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
 
 
-def _load_npz(path: Path, key: str | None) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        keys = list(z.files)
-        if not keys:
-            raise ValueError(f"{path}: the .npz archive contains no arrays")
-        if key is not None:
-            if key not in keys:
-                raise ValueError(f"{path}: key {key!r} not found; available keys: {', '.join(keys)}")
-            return {"train": z[key]}
-        if "train" in keys:
-            unknown = [k for k in keys if k not in _NPZ_KEYS]
-            if unknown:
-                raise ValueError(
-                    f"{path}: unrecognised key(s) {', '.join(unknown)}; "
-                    f"expected some of {', '.join(_NPZ_KEYS)}"
-                )
-            return {k: z[k] for k in keys}
-        if len(keys) == 1:
-            return {"train": z[keys[0]]}
-        raise ValueError(
-            f"{path}: .npz with several arrays must contain a 'train' key (optionally "
-            f"'val', 'test', '*_labels'), or pass key=...; found keys: {', '.join(keys)}"
-        )
+def read_bounded(path: Path, max_bytes: int, what: str = "data file") -> bytearray:
+    """The bytes of ``path``, refused (before reading) when the file is over ``max_bytes``.
+
+    A ``bytearray``, so arrays viewing it are writable.
+    """
+    size = path.stat().st_size
+    check_raw(size, max_bytes, f"{path}: the {what}")
+    buf = bytearray(size)
+    with open(path, "rb") as f:
+        got = f.readinto(buf)
+    if got != size:
+        raise ValueError(f"{path}: the {what} changed while it was read ({got} of {size} bytes)")
+    return buf
+
+
+def _npz_arrays(reader: NpzReader, key: str | None, path: Path) -> dict[str, np.ndarray]:
+    keys = reader.keys
+    if not keys:
+        raise ValueError(f"{path}: the .npz archive contains no arrays")
+    if key is not None:
+        if key not in keys:
+            raise ValueError(f"{path}: key {key!r} not found; available keys: {', '.join(keys)}")
+        return {"train": reader.read(key)}
+    if "train" in keys:
+        unknown = [k for k in keys if k not in _NPZ_KEYS]
+        if unknown:
+            raise ValueError(
+                f"{path}: unrecognised key(s) {', '.join(unknown)}; "
+                f"expected some of {', '.join(_NPZ_KEYS)}"
+            )
+        return {k: reader.read(k) for k in keys}
+    if len(keys) == 1:
+        return {"train": reader.read(keys[0])}
+    raise ValueError(
+        f"{path}: .npz with several arrays must contain a 'train' key (optionally "
+        f"'val', 'test', '*_labels'), or pass key=...; found keys: {', '.join(keys)}"
+    )
+
+
+def _read_arrays(p: Path, key: str | None, max_bytes: int, split: str = "train") -> tuple[dict[str, np.ndarray], str]:
+    """Arrays of one ``.npy`` / ``.npz`` file and the SHA-256 of exactly the bytes parsed.
+
+    For ``split="train"`` an ``.npz`` may hold every split (see :func:`load_array_file`); for a separate
+    ``val`` / ``test`` file it holds one array, or the array under that split's name (with its labels).
+    """
+    if not p.is_file():
+        raise FileNotFoundError(f"array file not found: {p}")
+    suffix = p.suffix.lower()
+    if suffix not in (".npy", ".npz"):
+        raise ValueError(f"{p}: expected a .npy or .npz file, got suffix {p.suffix!r}")
+    raw = read_bounded(p, max_bytes, "array file")
+    digest = hashlib.sha256(raw).hexdigest()
+    if suffix == ".npy":
+        return {split: parse_npy(raw, max_bytes, str(p))}, digest
+    reader = NpzReader(raw, max_bytes, str(p))
+    if split == "train":
+        return _npz_arrays(reader, key, p), digest
+    if split in reader.keys:
+        labels = f"{split}_labels"
+        out = {split: reader.read(split)}
+        if labels in reader.keys:
+            out[labels] = reader.read(labels)
+        return out, digest
+    if len(reader.keys) == 1:
+        return {split: reader.read(reader.keys[0])}, digest
+    raise ValueError(f"{p}: a separate {split} file must hold one array or a {split!r} key; found keys: "
+                     f"{', '.join(reader.keys) or 'none'}")
 
 
 def load_array_file(
@@ -182,6 +231,9 @@ def load_array_file(
     split_seed: int = 0,
     key: str | None = None,
     name: str = "array",
+    val_path: str | os.PathLike | None = None,
+    test_path: str | os.PathLike | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> DiscreteDataset:
     """Load integer data from a ``.npy`` or ``.npz`` file (registry name ``"array"``).
 
@@ -189,31 +241,36 @@ def load_array_file(
     * ``.npz``: either keys ``train`` (+ optional ``val``, ``test``, ``train_labels``,
       ``val_labels``, ``test_labels``), a single array under any key, or the array
       named by ``key``. Missing splits are carved from ``train`` deterministically.
+    * ``val_path`` / ``test_path`` (config ``data.val_path`` / ``data.test_path``): a separate
+      ``.npy`` (or ``.npz`` with one array, or with a ``val`` / ``test`` key and optional labels)
+      that is the validation / test split; it is then not carved from ``train``.
 
+    Sizes are checked against ``max_bytes`` (config ``data.max_bytes``, see
+    :mod:`~discrete_diffusion.data.limits`) from the headers before anything large is allocated.
     Pickled (object) arrays are refused. Errors name the file and the array.
+    ``metadata["files"]`` maps ``path`` / ``val_path`` / ``test_path`` to the file and its SHA-256.
     See :func:`dataset_from_arrays` for ``num_states``, ``kind`` and the split options.
     """
+    max_bytes = check_max_bytes(max_bytes)
+    check_num_states(num_states)
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"array file not found: {p}")
-    suffix = p.suffix.lower()
-    if suffix not in (".npy", ".npz"):
-        raise ValueError(f"{p}: expected a .npy or .npz file, got suffix {p.suffix!r}")
-    try:
-        if suffix == ".npy":
-            arrays = {"train": np.load(p, allow_pickle=False)}
-        else:
-            arrays = _load_npz(p, key)
-    except ValueError as exc:
-        if str(p) in str(exc):
-            raise
-        raise ValueError(f"{p}: could not read array file ({exc})") from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{p}: could not read array file ({exc})") from exc
+    arrays, digest = _read_arrays(p, key, max_bytes)
+    files = {"path": {"file": str(p.resolve()), "sha256": digest}}
+    for option, split, extra in (("val_path", "val", val_path), ("test_path", "test", test_path)):
+        if extra is None:
+            continue
+        if split in arrays:
+            raise ValueError(f"{p} already holds a {split!r} array; data.{option} would give the {split} split twice")
+        q = Path(extra).expanduser()
+        more, more_digest = _read_arrays(q, None, max_bytes, split)
+        arrays.update(more)
+        files[option] = {"file": str(q.resolve()), "sha256": more_digest}
+    check_states(sum(a.size for a in arrays.values()), max_bytes, f"{p}: all splits together")
     meta = {
         "source": str(p.resolve()),
-        "sha256": file_sha256(p),
+        "sha256": digest,
         "keys": sorted(arrays),
+        "files": files,
     }
     return dataset_from_arrays(
         arrays["train"],

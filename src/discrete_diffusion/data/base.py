@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .limits import check_num_states
+
 __all__ = [
     "KINDS",
     "DiscreteDataset",
@@ -97,8 +99,7 @@ def validate_values(x: Any, num_states: int | None, where: str = "") -> Tensor:
             f"allowed range is {rng}"
         )
     if num_states is not None:
-        if num_states < 1:
-            raise ValueError(f"num_states must be >= 1, got {num_states}")
+        check_num_states(num_states)
         if hi >= num_states:
             raise ValueError(
                 f"data{loc} has values out of range (min found {lo}, max found {hi}); "
@@ -160,6 +161,7 @@ class DiscreteDataset:
         if not isinstance(self.num_states, (int, np.integer)) or self.num_states < 1:
             raise ValueError(f"num_states must be a positive integer, got {self.num_states!r}")
         self.num_states = int(self.num_states)
+        check_num_states(self.num_states, self.name)
         shape = None
         for split in _SPLITS:
             x = getattr(self, split)

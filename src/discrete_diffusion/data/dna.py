@@ -4,15 +4,16 @@ Alphabet: ``A, C, G, T -> 0, 1, 2, 3`` (case-insensitive; soft-masked lower case
 ``num_states = 4``, ``kind = "sequence"``.
 
 File format: plain or gzip-compressed FASTA (gzip is recognised by its magic bytes ``1f 8b``, not by the
-file name). The first non-blank line must be a ``>`` header; lines starting with ``;`` are comments;
-whitespace inside sequence lines is ignored. A record's name is the first word of its header.
+file name). Lines may end in ``\\n``, ``\\r\\n`` or a lone ``\\r`` (classic Mac OS). The first non-blank line
+must be a ``>`` header; lines starting with ``;`` are comments; whitespace inside sequence lines is ignored. A record's name is the first word of its header.
 
 Windows: each record is cut into non-overlapping windows of ``seq_len`` bases, in order; windows never
 span two records (a junction between records is not biology) and the last ``len % seq_len`` bases of a
 record are dropped. Splits are contiguous by position: the windows of all records in file order, the last
 ``round(n * test_fraction)`` windows are the test split, the ``round(n * val_fraction)`` before them the
 validation split, the rest the training split (for a single genome: the end of the chromosome is the
-test set). ``split_seed`` is accepted for a uniform loader signature and does not affect the split.
+test set). ``split_seed`` is accepted for a uniform loader signature and does not affect the split. With
+``val_path`` / ``test_path`` the windows of that file are the validation / test split instead.
 
 Any character other than ACGT (``N``, IUPAC ambiguity codes such as ``R``/``Y``, gaps ``-``) is an error
 naming the character, the record and the 1-based position in the record, unless ``unknown="skip"``, which
@@ -22,7 +23,10 @@ drops every window that contains one (the number dropped is in ``metadata["skipp
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import os
+import re
 import zlib
 from pathlib import Path
 from typing import Any
@@ -31,9 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .arrays import file_sha256
 from .base import DiscreteDataset, split_counts
 from .fashion_mnist import DatasetUnavailableError
+from .limits import DEFAULT_MAX_BYTES, STATE_BYTES, check_decoded, check_max_bytes, check_states
 
 __all__ = [
     "DNA_ALPHABET",
@@ -64,6 +68,11 @@ for _i, _c in enumerate(DNA_ALPHABET):
     _LUT[ord(_c)] = _i
     _LUT[ord(_c.lower())] = _i
 _WHITESPACE = b" \t\r\n\v\f"
+_HEADER = re.compile(rb"^>([^\n]*)", re.MULTILINE)
+_COMMENT = re.compile(rb"^;[^\n]*", re.MULTILINE)
+_GZIP_CHUNK = 1 << 20
+#: At most this many records per FASTA file.
+MAX_RECORDS = 1_000_000
 
 
 class FastaRecord:
@@ -79,96 +88,103 @@ class FastaRecord:
         return int(self.codes.shape[0])
 
 
-def _read_bytes(p: Path) -> bytes:
+def _read_bytes(p: Path, max_bytes: int) -> tuple[bytes, str]:
+    """The decoded bytes of a plain or gzipped file and the SHA-256 of the file's bytes.
+
+    Gzip is inflated as a stream and stopped as soon as it exceeds ``max_bytes // 8`` bytes, so a small
+    gzip of zeros cannot inflate to gigabytes (see :mod:`~discrete_diffusion.data.limits`).
+    """
+    check_decoded(p.stat().st_size, max_bytes, f"{p}: the FASTA file")
     raw = p.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
     if raw[:2] != _GZIP_MAGIC:
-        return raw
+        check_decoded(len(raw), max_bytes, f"{p}: the FASTA file")
+        return raw, digest
+    cap = max_bytes // STATE_BYTES
+    chunks, total = [], 0
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+            while True:
+                chunk = stream.read(_GZIP_CHUNK)
+                if not chunk:
+                    break
+                total += len(chunk)
+                check_decoded(total, max_bytes, f"{p}: the gzip stream inflated")
+                chunks.append(chunk)
     except EOFError as exc:
         raise ValueError(f"{p}: truncated gzip file ({exc})") from None
     except (OSError, zlib.error) as exc:
         raise ValueError(f"{p}: corrupt gzip file ({exc})") from None
+    assert total <= cap
+    return b"".join(chunks), digest
 
 
-def read_fasta(path: str | os.PathLike) -> list[FastaRecord]:
+def read_fasta(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> list[FastaRecord]:
     """Parse a plain or gzipped FASTA file into records (see the module docstring).
+
+    Line ends may be ``\\n``, ``\\r\\n`` or a lone ``\\r`` (classic Mac OS). At most ``max_bytes // 8``
+    decoded bytes and :data:`MAX_RECORDS` records are read.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: empty file, truncated/corrupt gzip, no ``>`` header before the first sequence line.
+        ValueError: empty file, truncated/corrupt gzip, no ``>`` header before the first sequence line,
+            a file over the limits.
     """
-    p = Path(path).expanduser()
+    return _read_fasta(Path(path).expanduser(), check_max_bytes(max_bytes))[0]
+
+
+def _read_fasta(p: Path, max_bytes: int) -> tuple[list[FastaRecord], str]:
     if not p.is_file():
         raise FileNotFoundError(f"FASTA file not found: {p}")
-    data = _read_bytes(p)
-    lines = data.split(b"\n")
+    data, digest = _read_bytes(p, max_bytes)
+    # One line end for all: CRLF (Windows) and a lone CR (classic Mac OS) become LF; comment lines are
+    # blanked (line numbers kept). All in C, with no per-line Python objects.
+    text = _COMMENT.sub(b"", data.replace(b"\r\n", b"\n").replace(b"\r", b"\n"))
+    del data
     records: list[FastaRecord] = []
-    header: bytes | None = None
-    chunks: list[bytes] = []
+    previous: re.Match[bytes] | None = None
 
-    def flush() -> None:
-        if header is None:
+    def flush(end: int) -> None:
+        if previous is None:
             return
-        text = header.decode("utf-8", "replace").strip()
-        name = text.split()[0] if text.split() else f"record{len(records) + 1}"
-        records.append(FastaRecord(name, text, b"".join(chunks).translate(None, _WHITESPACE)))
+        header = previous.group(1).decode("utf-8", "replace").strip()
+        name = header.split()[0] if header.split() else f"record{len(records) + 1}"
+        records.append(FastaRecord(name, header, text[previous.end() : end].translate(None, _WHITESPACE)))
 
-    for lineno, line in enumerate(lines, 1):
-        if line.startswith(b">"):
-            flush()
-            header, chunks = line[1:], []
-        elif line.startswith(b";"):
-            continue
-        elif header is None:
-            if line.strip():
-                raise ValueError(
-                    f"{p}: not a FASTA file: line {lineno} comes before any '>' header "
-                    f"(starts with {line[:40]!r})"
-                )
-        else:
-            chunks.append(line)
-    flush()
-    if not records:
-        what = "empty" if not data.strip() else "without a '>' header"
+    for match in _HEADER.finditer(text):
+        if previous is None:
+            _check_prefix(text[: match.start()], p)
+        flush(match.start())
+        previous = match
+        if len(records) >= MAX_RECORDS:
+            raise ValueError(f"{p}: more than {MAX_RECORDS} FASTA records; split the file")
+    if previous is None:
+        what = "empty" if not text.strip() else "without a '>' header"
+        if text.strip():
+            _check_prefix(text, p)
         raise ValueError(f"{p}: FASTA file is {what}")
-    return records
+    flush(len(text))
+    return records, digest
+
+
+def _check_prefix(prefix: bytes, p: Path) -> None:
+    """Only blank lines may come before the first ``>`` header."""
+    stripped = prefix.lstrip(_WHITESPACE)
+    if stripped:
+        at = len(prefix) - len(stripped)
+        lineno = prefix.count(b"\n", 0, at) + 1
+        line = stripped.split(b"\n", 1)[0]
+        raise ValueError(
+            f"{p}: not a FASTA file: line {lineno} comes before any '>' header (starts with {line[:40]!r})"
+        )
 
 
 def _describe_char(byte: int) -> str:
     return repr(chr(byte)) if 32 <= byte < 127 else f"byte 0x{byte:02x}"
 
 
-def load_fasta(
-    path: str | os.PathLike,
-    seq_len: int = 256,
-    val_fraction: float = 0.05,
-    test_fraction: float = 0.05,
-    split_seed: int = 0,
-    unknown: str = "error",
-    name: str = "fasta",
-) -> DiscreteDataset:
-    """DNA windows from a plain or gzipped FASTA file (registry name ``"fasta"``).
-
-    Args:
-        path: the FASTA file (``.fa``, ``.fna``, ``.fasta``, gzipped or not).
-        seq_len: window length in bases.
-        val_fraction, test_fraction: fractions of windows for the validation and test splits (the end of
-            the file).
-        split_seed: unused by the positional split; kept for a uniform loader signature.
-        unknown: ``"error"`` (any non-ACGT character raises) or ``"skip"`` (drop windows containing one).
-
-    Raises:
-        ValueError: bad option, file errors as in :func:`read_fasta`, a non-ACGT character with
-            ``unknown="error"`` (names it, the record and the 1-based position), no complete window.
-    """
-    if unknown not in UNKNOWN_POLICIES:
-        raise ValueError(f"unknown must be one of {', '.join(UNKNOWN_POLICIES)}; got {unknown!r}")
-    if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
-        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
-    seq_len = int(seq_len)
-    p = Path(path).expanduser()
-    records = read_fasta(p)
+def _windows(records: list[FastaRecord], seq_len: int, unknown: str, p: Path) -> tuple[np.ndarray, int]:
+    """All complete windows ``(n, seq_len)`` uint8 of the records, in order, and the number skipped."""
     windows: list[np.ndarray] = []
     skipped = 0
     for rec in records:
@@ -188,19 +204,79 @@ def load_fasta(
             w = w[keep]
         windows.append(w)
     allw = np.concatenate(windows, axis=0) if windows else np.zeros((0, seq_len), np.uint8)
-    total = int(allw.shape[0])
-    if total == 0:
+    if allw.shape[0] == 0:
         longest = max(len(r) for r in records)
         raise ValueError(
             f"{p}: no complete window of seq_len={seq_len} bases"
             + (" without non-ACGT characters" if skipped else "")
             + f" (longest record: {longest} bases)"
         )
-    n_train, n_val, n_test = split_counts(total, val_fraction, test_fraction)
+    return allw, skipped
+
+
+def load_fasta(
+    path: str | os.PathLike,
+    seq_len: int = 256,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    split_seed: int = 0,
+    unknown: str = "error",
+    name: str = "fasta",
+    val_path: str | os.PathLike | None = None,
+    test_path: str | os.PathLike | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> DiscreteDataset:
+    """DNA windows from a plain or gzipped FASTA file (registry name ``"fasta"``).
+
+    Args:
+        path: the FASTA file (``.fa``, ``.fna``, ``.fasta``, gzipped or not).
+        seq_len: window length in bases.
+        val_fraction, test_fraction: fractions of windows for the validation and test splits (the end of
+            the file).
+        split_seed: unused by the positional split; kept for a uniform loader signature.
+        unknown: ``"error"`` (any non-ACGT character raises) or ``"skip"`` (drop windows containing one).
+        val_path, test_path: separate FASTA files whose windows are the validation / test split (config
+            ``data.val_path`` / ``data.test_path``); ``path`` is then not split for it.
+        max_bytes: memory budget (config ``data.max_bytes``): at most ``max_bytes // 8`` decoded bytes per
+            file (gzip is inflated as a stream and stopped there); see :mod:`~discrete_diffusion.data.limits`.
+
+    ``metadata["files"]`` maps ``path`` / ``val_path`` / ``test_path`` to the file and its SHA-256.
+
+    Raises:
+        ValueError: bad option, file errors as in :func:`read_fasta`, a non-ACGT character with
+            ``unknown="error"`` (names it, the record and the 1-based position), no complete window.
+    """
+    if unknown not in UNKNOWN_POLICIES:
+        raise ValueError(f"unknown must be one of {', '.join(UNKNOWN_POLICIES)}; got {unknown!r}")
+    if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+    seq_len = int(seq_len)
+    max_bytes = check_max_bytes(max_bytes)
+    p = Path(path).expanduser()
+    records, digest = _read_fasta(p, max_bytes)
+    allw, skipped = _windows(records, seq_len, unknown, p)
+    files = {"path": {"file": str(p.resolve()), "sha256": digest}}
+    extra: dict[str, np.ndarray] = {}
+    for option, split, other in (("val_path", "val", val_path), ("test_path", "test", test_path)):
+        if other is not None:
+            q = Path(other).expanduser()
+            other_records, other_digest = _read_fasta(q, max_bytes)
+            extra[split], other_skipped = _windows(other_records, seq_len, unknown, q)
+            skipped += other_skipped
+            files[option] = {"file": str(q.resolve()), "sha256": other_digest}
+    check_states(allw.size + sum(w.size for w in extra.values()), max_bytes, f"{p}: the windows of all splits")
+    total = int(allw.shape[0])
+    n_train, n_val, n_test = split_counts(total, 0.0 if "val" in extra else val_fraction,
+                                          0.0 if "test" in extra else test_fraction)
     x = torch.from_numpy(allw.astype(np.int64))
+    parts = {"train": x[:n_train].clone(), "val": x[n_train : n_train + n_val].clone(),
+             "test": x[n_train + n_val :].clone()}
+    for split, w in extra.items():
+        parts[split] = torch.from_numpy(w.astype(np.int64))
     meta: dict[str, Any] = {
         "source": str(p.resolve()),
-        "sha256": file_sha256(p),
+        "sha256": digest,
+        "files": files,
         "alphabet": DNA_ALPHABET,
         "seq_len": seq_len,
         "records": len(records),
@@ -211,14 +287,15 @@ def load_fasta(
         "vocab": list("ACGT"),
         "split": {
             "method": "contiguous windows by position: train | val | test",
-            "windows": {"train": n_train, "val": n_val, "test": n_test},
+            "windows": {split: int(t.shape[0]) for split, t in parts.items()},
+            "separate_files": sorted(extra),
             "val_fraction": float(val_fraction),
             "test_fraction": float(test_fraction),
             "split_seed": int(split_seed),
         },
     }
     return DiscreteDataset(
-        train=x[:n_train].clone(), val=x[n_train : n_train + n_val].clone(), test=x[n_train + n_val :].clone(),
+        train=parts["train"], val=parts["val"], test=parts["test"],
         num_states=4, name=name, kind="sequence", metadata=meta,
     )
 
@@ -229,6 +306,7 @@ def load_ecoli(
     test_fraction: float = 0.05,
     split_seed: int = 0,
     path: str | os.PathLike | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> DiscreteDataset:
     """The E. coli 536 genome (NC_008253, 4.9 Mbp, ACGT only; registry name ``"ecoli"``).
 
@@ -245,7 +323,7 @@ def load_ecoli(
             f"(apt-get install {ECOLI_DEBIAN_PACKAGE}); or pass path=<NC_008253 FASTA file>"
         )
     return load_fasta(p, seq_len=seq_len, val_fraction=val_fraction, test_fraction=test_fraction,
-                      split_seed=split_seed, unknown="error", name="ecoli")
+                      split_seed=split_seed, unknown="error", name="ecoli", max_bytes=max_bytes)
 
 
 def encode_dna(seq: str) -> Tensor:

@@ -9,7 +9,8 @@ last ``round(n * test_fraction)`` characters form the test block, the ``round(n 
 them the validation block, and everything before that the training block. Each block is then cut into
 non-overlapping windows of ``seq_len`` characters, in order; the remainder of a block shorter than
 ``seq_len`` is dropped (the count is in ``metadata["dropped_chars"]``). ``split_seed`` is accepted for
-a uniform loader signature but does not affect this positional split.
+a uniform loader signature but does not affect this positional split. With ``val_path`` / ``test_path``
+(:func:`load_text_file`) that file is the validation / test block and the text is split only into the others.
 
 Vocabulary: the sorted unique characters of the *training* block (or the ``vocab`` passed in). When the
 validation or test block (or, with a given ``vocab``, the training block) contains a character outside
@@ -30,6 +31,7 @@ runs once.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -45,6 +47,7 @@ from torch import Tensor
 
 from .base import DiscreteDataset, split_counts
 from .fashion_mnist import DatasetUnavailableError
+from .limits import DEFAULT_MAX_BYTES, check_decoded, check_max_bytes
 
 __all__ = [
     "UNK",
@@ -66,23 +69,32 @@ UNK = "<unk>"
 KJV_DEBIAN_PACKAGE = "bible-kjv"
 
 _BOM = "\ufeff"
+_ENCODE_CHUNK = 1 << 20
 _VERSE_REF = re.compile(r"^(?:[1-3]?[A-Z][A-Za-z]*)(\d+):(\d+) ")
 
 
-def read_utf8(path: str | os.PathLike) -> str:
+def read_utf8(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
     """Read a whole file as UTF-8 (a leading byte-order mark is dropped).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the bytes are not valid UTF-8 (names the file and the byte offset) or the file is
-            empty.
+        ValueError: the bytes are not valid UTF-8 (names the file and the byte offset), the file is
+            empty, or it is over ``max_bytes // 8`` bytes (each byte can become one 8-byte state; see
+            :mod:`~discrete_diffusion.data.limits`).
     """
-    p = Path(path).expanduser()
+    return _read_utf8(Path(path).expanduser(), check_max_bytes(max_bytes))[0]
+
+
+def _read_utf8(p: Path, max_bytes: int) -> tuple[str, str]:
+    """The text of ``p`` and the SHA-256 of exactly the bytes decoded."""
     if not p.is_file():
         raise FileNotFoundError(f"text file not found: {p}")
+    check_decoded(p.stat().st_size, max_bytes, f"{p}: the text file")
     raw = p.read_bytes()
+    check_decoded(len(raw), max_bytes, f"{p}: the text file")
     if not raw:
         raise ValueError(f"{p}: the text file is empty")
+    digest = hashlib.sha256(raw).hexdigest()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -95,7 +107,7 @@ def read_utf8(path: str | os.PathLike) -> str:
         text = text[1:]
     if not text:
         raise ValueError(f"{p}: the text file is empty")
-    return text
+    return text, digest
 
 
 def _vocab_list(vocab: str | Sequence[str]) -> list[str]:
@@ -117,23 +129,25 @@ def encode_text(text: str, vocab: str | Sequence[str]) -> Tensor:
     otherwise they raise ``ValueError`` naming the first one and its position.
     """
     symbols = _vocab_list(vocab)
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
     table = np.array(sorted(ord(s) for s in symbols if s != UNK), dtype=np.int64)
     index_of = {ord(s): i for i, s in enumerate(symbols) if s != UNK}
     order = np.array([index_of[int(c)] for c in table], dtype=np.int64)
-    pos = np.searchsorted(table, codes)
-    pos_c = np.minimum(pos, max(len(table) - 1, 0))
-    known = (table[pos_c] == codes) if len(table) else np.zeros(codes.shape, dtype=bool)
-    out = np.empty(codes.shape, dtype=np.int64)
-    out[known] = order[pos_c[known]]
-    if not known.all():
-        if UNK not in symbols:
-            i = int(np.argmin(known))
-            raise ValueError(
-                f"character {text[i]!r} (U+{ord(text[i]):04X}) at position {i} is not in the vocabulary "
-                f"and the vocabulary has no {UNK!r} entry"
-            )
-        out[~known] = symbols.index(UNK)
+    out = np.empty(len(text), dtype=np.int64)
+    for start in range(0, len(text), _ENCODE_CHUNK):  # in chunks: temporaries stay small for long texts
+        piece = text[start : start + _ENCODE_CHUNK]
+        codes = np.frombuffer(piece.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        pos_c = np.minimum(np.searchsorted(table, codes), max(len(table) - 1, 0))
+        known = (table[pos_c] == codes) if len(table) else np.zeros(codes.shape, dtype=bool)
+        chunk = out[start : start + len(piece)]
+        chunk[known] = order[pos_c[known]]
+        if not known.all():
+            if UNK not in symbols:
+                i = int(np.argmin(known))
+                raise ValueError(
+                    f"character {piece[i]!r} (U+{ord(piece[i]):04X}) at position {start + i} is not in the "
+                    f"vocabulary and the vocabulary has no {UNK!r} entry"
+                )
+            chunk[~known] = symbols.index(UNK)
     return torch.from_numpy(out)
 
 
@@ -169,9 +183,13 @@ def dataset_from_text(
     name: str = "text",
     metadata: dict[str, Any] | None = None,
     where: str = "text",
+    val_text: str | None = None,
+    test_text: str | None = None,
 ) -> DiscreteDataset:
     """Character-level :class:`DiscreteDataset` from a string (see the module docstring for the rules).
 
+    ``val_text`` / ``test_text``, when given, are the validation / test blocks instead of a fraction of
+    ``text`` (their fraction is then ignored and ``text`` is split only into the remaining blocks).
     Returns ``kind="sequence"`` splits of shape ``(n, seq_len)``; ``val``/``test`` may be empty when their
     block is shorter than ``seq_len``.
     """
@@ -181,11 +199,15 @@ def dataset_from_text(
     if not text:
         raise ValueError(f"{where}: the text is empty")
     n = len(text)
+    if val_text is not None:
+        val_fraction = 0.0
+    if test_text is not None:
+        test_fraction = 0.0
     n_train, n_val, n_test = split_counts(n, val_fraction, test_fraction)
     blocks = {
         "train": text[:n_train],
-        "val": text[n_train : n_train + n_val],
-        "test": text[n_train + n_val :],
+        "val": text[n_train : n_train + n_val] if val_text is None else val_text,
+        "test": text[n_train + n_val :] if test_text is None else test_text,
     }
     if n_train < seq_len:
         raise ValueError(
@@ -213,7 +235,8 @@ def dataset_from_text(
         dropped_chars=dropped,
         split={
             "method": "contiguous blocks by position: train | val | test",
-            "chars": {"train": n_train, "val": n_val, "test": n_test},
+            "chars": {split: len(b) for split, b in blocks.items()},
+            "separate_files": [split for split, t in (("val", val_text), ("test", test_text)) if t is not None],
             "val_fraction": float(val_fraction),
             "test_fraction": float(test_fraction),
             "split_seed": int(split_seed),
@@ -233,6 +256,9 @@ def load_text_file(
     split_seed: int = 0,
     vocab: str | Sequence[str] | None = None,
     name: str = "text",
+    val_path: str | os.PathLike | None = None,
+    test_path: str | os.PathLike | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> DiscreteDataset:
     """Character-level dataset from any UTF-8 text file (registry name ``"text"``).
 
@@ -243,16 +269,36 @@ def load_text_file(
         split_seed: unused by the positional split; kept for a uniform loader signature.
         vocab: a fixed vocabulary (string or list of characters, optionally with ``"<unk>"``), e.g. the
             ``metadata["vocab"]`` of an earlier run; ``None`` builds it from the training block.
+        val_path, test_path: separate UTF-8 files that are the validation / test block (config
+            ``data.val_path`` / ``data.test_path``); ``path`` is then not split for that block.
+        max_bytes: memory budget (config ``data.max_bytes``); each file may hold at most ``max_bytes // 8``
+            bytes, since every byte can become one 8-byte state.
+
+    ``metadata["files"]`` maps ``path`` / ``val_path`` / ``test_path`` to the file and its SHA-256.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not UTF-8 (file and byte offset named), empty file, text too short for ``seq_len``.
+        ValueError: not UTF-8 (file and byte offset named), empty file, text too short for ``seq_len``,
+            files over the budget.
     """
+    max_bytes = check_max_bytes(max_bytes)
     p = Path(path).expanduser()
-    text = read_utf8(p)
+    text, digest = _read_utf8(p, max_bytes)
+    files = {"path": {"file": str(p.resolve()), "sha256": digest}}
+    extra: dict[str, str] = {}
+    total = len(text)
+    for option, split, other in (("val_path", "val", val_path), ("test_path", "test", test_path)):
+        if other is not None:
+            q = Path(other).expanduser()
+            extra[split], other_digest = _read_utf8(q, max_bytes)
+            files[option] = {"file": str(q.resolve()), "sha256": other_digest}
+            total += len(extra[split])
+            check_decoded(total, max_bytes, f"{p}: the text files together")
     return dataset_from_text(
         text, seq_len=seq_len, val_fraction=val_fraction, test_fraction=test_fraction,
-        split_seed=split_seed, vocab=vocab, name=name, metadata={"source": str(p.resolve())}, where=str(p),
+        split_seed=split_seed, vocab=vocab, name=name, where=str(p),
+        metadata={"source": str(p.resolve()), "files": files},
+        val_text=extra.get("val"), test_text=extra.get("test"),
     )
 
 

@@ -4,6 +4,7 @@ with exact resume, best-checkpoint selection on the validation NLL, and data-par
 
 Run directory layout (DESIGN.md section 5):
     config.yaml            the resolved config
+    data.json              SHA-256 of the data files and splits (checked by evaluate / sample / --resume)
     metrics.jsonl          one JSON line per logged step / evaluation
     checkpoints/           ckpt_XXXXXXXX.{safetensors,json}: model, EMA, optimizer, scheduler, RNG, step
     best/                  the checkpoint with the lowest validation NLL so far (EMA weights evaluated)
@@ -48,6 +49,7 @@ from ..builders import (
     build_weighting_from,
 )
 from ..config import MODEL_SECTIONS, save_config, to_dict
+from ..data.manifest import MANIFEST_NAME, DataChangedError, check_data_manifest, write_data_manifest
 from ..denoiser import NetworkDenoiser, noise_level_input
 from ..losses import diffusion_terms, draw_noise, training_loss
 from ..processes.base import Prediction
@@ -354,10 +356,23 @@ class Trainer:
         self._on_main(lambda: save_image_grid(x.cpu(), self.dataset.num_states, path), "writing a sample grid")
         return path if self.ctx.is_main else None
 
+    def _record_data(self, resume: bool) -> None:
+        """data.json: checksums of the data files and splits (data/manifest.py). A resumed run must find the
+        data it was trained on; evaluate and sample compare against this record."""
+        if resume and (self.run_dir / MANIFEST_NAME).exists():
+            try:
+                check_data_manifest(self.run_dir, self.dataset)
+            except DataChangedError as err:
+                raise DataChangedError(f"{str(err).split('; restore')[0]}; a resumed run must train on the data it "
+                                       f"started with: restore the data or train into a new --out") from None
+        else:
+            write_data_manifest(self.run_dir, self.dataset)
+
     def fit(self, resume: bool = False) -> TrainResult:
         self._on_main(lambda: self._prepare_run_dir(resume), "preparing the run directory")
         if resume:  # validates the config against the checkpoint before anything is written
             self.ctx.agree(self._resume, "resuming")
+        self._on_main(lambda: self._record_data(resume), "recording the data checksums")
         self._on_main(lambda: save_config(self.config, self.run_dir / "config.yaml"), "writing config.yaml")
         tc = self.config.train
         bar = tqdm(total=tc.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
