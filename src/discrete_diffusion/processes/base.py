@@ -53,7 +53,7 @@ def sample_categorical(log_probs: Tensor, generator: torch.Generator | None = No
     index = torch.empty(rows.shape[0], dtype=torch.long, device=log_probs.device)
     step = max(1, CATEGORICAL_CHUNK // k)
     for start in range(0, rows.shape[0], step):
-        cdf = rows[start:start + step].double().exp_().cumsum_(-1)
+        cdf = rows[start:start + step].double().exp().cumsum(-1)      # out of place: .double() may alias
         # the first index whose cdf exceeds u * total (never a zero-probability value, even at u = 0)
         found = torch.searchsorted(cdf, u[start:start + step] * cdf[:, -1:], right=True)[:, 0]
         index[start:start + step] = found.clamp_max_(k - 1)
