@@ -236,6 +236,7 @@ def test_blocked_transform_equals_the_float64_transform(monkeypatch):
     """Temperature, top-k and top-p done in float64 blocks of rows, returned in float32, equal the whole-tensor
     float64 computation (to float32 rounding), with the same kept sets."""
     log_probs = torch.log_softmax(torch.randn(5, 6, 400, generator=torch.Generator().manual_seed(4)) * 2, -1)
+    log_probs[1, :3] = torch.full((400,), -torch.inf).index_fill(0, torch.tensor([7]), 0.0)   # point masses (SUBS)
     reference = sampler_base._transform_rows(log_probs.reshape(-1, 400).double(), 0.7, 0.9, 60).reshape(5, 6, 400)
     monkeypatch.setattr(sampler_base, "TRANSFORM_CHUNK", 1200)
     out = transform_x0_log_probs(log_probs, temperature=0.7, top_p=0.9, top_k=60)
@@ -243,6 +244,7 @@ def test_blocked_transform_equals_the_float64_transform(monkeypatch):
     assert torch.equal(torch.isfinite(out), torch.isfinite(reference))
     finite = torch.isfinite(out)
     torch.testing.assert_close(out[finite].double(), reference[finite], rtol=0, atol=1e-5)
+    assert torch.equal(out[1, :3], log_probs[1, :3])
     assert transform_x0_log_probs(log_probs.double(), top_p=0.9).dtype == torch.float64   # oracle tables keep float64
 
 

@@ -56,15 +56,18 @@ def transform_x0_log_probs(log_probs: Tensor, temperature: float = 1.0, top_p: f
     0 = off) keeps the k most probable values (ties broken by index order of ``torch.topk``). Top-p keeps the
     smallest set of most probable values whose mass reaches top_p (always at least the most probable one).
     The arithmetic is float64, a bounded block of rows at a time (``TRANSFORM_CHUNK`` values), so a float32
-    (B, L, K) input never has a (B, L, K) float64 copy."""
+    (B, L, K) input never has a (B, L, K) float64 copy. Rows with a single finite value (a point mass, such as
+    SUBS's unmasked sites) are fixed points of all three and are copied without work."""
     if temperature == 1.0 and top_p >= 1.0 and (top_k <= 0 or top_k >= log_probs.shape[-1]):
         return log_probs
     k = log_probs.shape[-1]
     rows = log_probs.reshape(-1, k)
-    out = torch.empty_like(rows)
+    out = rows.clone()
+    active = (torch.isfinite(rows).sum(-1) > 1).nonzero()[:, 0]           # rows that the transform can change
     step = max(1, TRANSFORM_CHUNK // k)
-    for start in range(0, rows.shape[0], step):
-        out[start:start + step] = _transform_rows(rows[start:start + step].double(), temperature, top_p, top_k)
+    for start in range(0, active.shape[0], step):
+        block = active[start:start + step]
+        out[block] = _transform_rows(rows[block].double(), temperature, top_p, top_k).to(out.dtype)
     return out.reshape(log_probs.shape)
 
 
