@@ -96,7 +96,7 @@ def test_two_gloo_processes_match_one_process(single_run, two_process_run):
 def test_evaluate_split_over_two_processes(single_run):
     """`ddiff evaluate` under torchrun pools both ranks' shards: all 150 validation images, printed once."""
     proc = torchrun("evaluate", str(single_run), "--json", "--split", "val", "--t-samples", "1",
-                    "--checkpoint", "latest", "--no-progress")
+                    "--checkpoint", "latest", "--device", "cpu", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     payload = json.loads(proc.stdout)  # printed once, by rank 0
     assert payload["num_examples"] == 150 and payload["split"] == "val"
@@ -111,7 +111,7 @@ def test_sample_split_over_two_processes(single_run, tmp_path):
     """`ddiff sample` under torchrun: each rank draws its share from its own stream; rank 0 gathers and writes."""
     out = tmp_path / "samples"
     proc = torchrun("sample", str(single_run), "--num-samples", "5", "--steps", "3", "--seed", "7",
-                    "--checkpoint", "latest", "--out", str(out), "--no-progress")
+                    "--checkpoint", "latest", "--out", str(out), "--device", "cpu", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     x = torch.from_numpy(np.load(out / "bridge_3steps_seed7.npy"))
     run = load_run(single_run, "latest", "cpu")

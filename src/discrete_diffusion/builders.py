@@ -125,10 +125,13 @@ def build_sampler_from(config: DictConfig, name: str | None = None, steps: int |
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" picks CUDA when present, else CPU; an unavailable explicit CUDA device is a ValueError."""
+    """"auto" picks CUDA when present, else CPU; an unavailable explicit CUDA device (no CUDA, or an index past
+    the visible devices) is a ValueError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available; use device=cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) are visible")
     return device

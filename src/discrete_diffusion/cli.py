@@ -31,6 +31,7 @@ def _add_sample_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="number of sampler steps (default: sample.steps)")
     p.add_argument("--temperature", type=float, default=None, help="divide log p(x0 | x_t) by this (> 0)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling on p(x0 | x_t), in (0, 1]")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most probable x0 values (k >= 1; 0 = off)")
     p.add_argument("--cache", action="store_true", default=None,
                    help="reuse predictions of rows whose x_t did not change (masking only; approximate with a "
                         "trained network, which is conditioned on the noise level)")
@@ -52,7 +53,7 @@ def sampler_options(args: argparse.Namespace) -> dict:
             options[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ValueError(f"malformed --option {item!r}: cannot parse the value {value!r}") from None
-    for key in ("temperature", "top_p", "cache"):
+    for key in ("temperature", "top_p", "top_k", "cache"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     return options

@@ -29,9 +29,20 @@ def noise_level_input(lam: Tensor) -> Tensor:
     return lam.float().clamp(-NOISE_LEVEL_RANGE, NOISE_LEVEL_RANGE) / NOISE_LEVEL_RANGE
 
 
+def backbone_input(process: ForwardProcess, backbone: nn.Module, xt: Tensor, lam: Tensor) -> Tensor:
+    """What ``backbone`` reads for x_t: x_t itself, (B, *sites) long, when the process's input is tokens
+    (``input_kind == "tokens"``, its features being one_hot(x_t)) and the backbone embeds indices (its
+    ``accepts_tokens`` is True); otherwise ``process.network_features(xt, lam)``, (B, C_in, *sites) float.
+    The two give the same output for the same weights (an index picks the input layer's column that the
+    one-hot vector would), but the token path never builds the (B, C_in, *sites) one-hot tensor."""
+    if process.input_kind == "tokens" and getattr(backbone, "accepts_tokens", False):
+        return xt
+    return process.network_features(xt, lam)
+
+
 class NetworkDenoiser(nn.Module):
-    """Wraps a backbone (features (B, C_in, *sites), noise level (B,)) -> (B, C_out, *sites) with a
-    process's input features and output parameterisation.
+    """Wraps a backbone (features (B, C_in, *sites), or x_t (B, *sites) long for a token backbone; noise level
+    (B,)) -> (B, C_out, *sites) with a process's input (``backbone_input``) and output parameterisation.
 
     Conditioning on logit(alpha) rather than on t makes a trained model usable with any schedule's time
     grid at sampling time.
@@ -45,8 +56,7 @@ class NetworkDenoiser(nn.Module):
         self.parameterization = parameterization
 
     def forward(self, xt: Tensor, lam: Tensor) -> Prediction:
-        features = self.process.network_features(xt, lam)
-        output = self.backbone(features, noise_level_input(lam))
+        output = self.backbone(backbone_input(self.process, self.backbone, xt, lam), noise_level_input(lam))
         return self.process.prediction_from_output(output.float(), xt, lam, self.parameterization)
 
 

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from .baselines.fit import FitResult, FitSettings, fit_model
 from .builders import build_backbone
 from .config import load_config, save_config, to_dict
-from .denoiser import Denoiser, noise_level_input
+from .denoiser import Denoiser, backbone_input, noise_level_input
 from .processes import ForwardProcess
 from .schedules import Schedule
 from .train.ema import compare_tensors
@@ -62,7 +62,7 @@ class NoisePlanner(nn.Module):
 
     def logits(self, xt: Tensor, lam: Tensor) -> Tensor:
         """logit P(z = 1 | x_t) per site: (B, *sites) float32."""
-        output = self.backbone(self.process.network_features(xt, lam), noise_level_input(lam))
+        output = self.backbone(backbone_input(self.process, self.backbone, xt, lam), noise_level_input(lam))
         return output[:, 0].float()
 
     def forward(self, xt: Tensor, lam: Tensor) -> Tensor:

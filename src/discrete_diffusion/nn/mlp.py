@@ -51,10 +51,18 @@ class MLP(nn.Module):
         depth: number of residual blocks (``>= 0``).
         dropout: dropout probability inside the residual blocks.
 
+    Token input ``(B, *site_shape)`` long in ``0..C_in-1`` stands for its one-hot features: the input
+    Linear's weight ``W`` (hidden, C_in * S + hidden) is applied as ``sum_s W[:, x_s * S + s]`` (the columns
+    the flattened one-hot vector selects, S sites) plus ``W[:, C_in * S:] emb + b``, with the same parameters
+    and the same output as the one-hot path, without the (B, C_in * S) input.
+
     Shapes:
-        ``features`` ``(B, C_in, *site_shape)`` float, ``noise_level`` ``(B,)``
-        float in ``[-1, 1]`` -> ``(B, C_out, *site_shape)``.
+        ``features`` ``(B, C_in, *site_shape)`` float or ``(B, *site_shape)`` long tokens, ``noise_level``
+        ``(B,)`` float in ``[-1, 1]`` -> ``(B, C_out, *site_shape)``.
     """
+
+    #: Reads token indices (see ``denoiser.backbone_input``).
+    accepts_tokens = True
 
     def __init__(
         self,
@@ -86,14 +94,29 @@ class MLP(nn.Module):
         nn.init.zeros_(self.output_proj.weight)
         nn.init.zeros_(self.output_proj.bias)
 
+    def _embed_tokens(self, tokens: Tensor, emb: Tensor) -> Tensor:
+        """input_proj(cat(flattened one_hot(tokens), emb)) without the one-hot: (B, S) long, (B, hidden) -> (B, hidden)."""
+        sites = tokens.shape[1]
+        weight = self.input_proj.weight                                      # (hidden, C_in * S + hidden)
+        columns = tokens * sites + torch.arange(sites, device=tokens.device)  # flat index of channel x_s at site s
+        picked = F.embedding(columns, weight[:, : self.in_channels * sites].t()).sum(1)   # (B, hidden)
+        return picked + F.linear(emb, weight[:, self.in_channels * sites:], self.input_proj.bias)
+
     def forward(self, features: Tensor, noise_level: Tensor) -> Tensor:
-        """``(B, C_in, *site_shape)``, ``(B,)`` -> ``(B, C_out, *site_shape)``."""
-        noise_level = _prepare_inputs(features, noise_level, self.in_channels, len(self.site_shape))
-        if tuple(features.shape[2:]) != self.site_shape:
-            raise ValueError(f"expected site shape {self.site_shape}, got {tuple(features.shape[2:])}")
+        """``(B, C_in, *site_shape)`` float or ``(B, *site_shape)`` long, ``(B,)`` -> ``(B, C_out, *site_shape)``."""
+        if not features.is_floating_point():
+            if tuple(features.shape[1:]) != self.site_shape:
+                raise ValueError(f"expected token input of shape (B, *{self.site_shape}), got {tuple(features.shape)}")
+            noise_level = _prepare_inputs(features[:, None], noise_level, 1, len(self.site_shape))
+            emb = self.noise_embedding(noise_level)
+            h = self._embed_tokens(features.reshape(features.shape[0], -1), emb)
+        else:
+            noise_level = _prepare_inputs(features, noise_level, self.in_channels, len(self.site_shape))
+            if tuple(features.shape[2:]) != self.site_shape:
+                raise ValueError(f"expected site shape {self.site_shape}, got {tuple(features.shape[2:])}")
+            emb = self.noise_embedding(noise_level)
+            h = self.input_proj(torch.cat([features.reshape(features.shape[0], -1).to(emb.dtype), emb], dim=1))
         batch = features.shape[0]
-        emb = self.noise_embedding(noise_level)
-        h = self.input_proj(torch.cat([features.reshape(batch, -1).to(emb.dtype), emb], dim=1))
         for blk in self.blocks:
             h = blk(h, emb)
         out = self.output_proj(F.silu(self.norm_out(h)))

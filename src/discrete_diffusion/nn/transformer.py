@@ -8,9 +8,10 @@ References:
   (Learned absolute positions at std 0.02 trained badly here; rotary trained at once; DESIGN.md.)
 - Vaswani et al., "Attention Is All You Need", 2017.
 
-Layout, for features ``(B, C_in, L)``::
+Layout, for features ``(B, C_in, L)`` or token indices ``(B, L)`` long in ``0..C_in-1``::
 
     h = Linear(C_in -> dim)(features.transpose)              (B, L, dim)
+      = W[:, tokens].T + b   for tokens, features = one_hot(tokens)  (an embedding lookup; no one-hot tensor)
     c = NoiseLevelEmbedding(dim)(noise_level)                (B, dim)
     depth x  h = h + gate1(c) * Attn(LN(h) * (1 + scale1(c)) + shift1(c))      rotary q/k, SDPA
              h = h + gate2(c) * MLP (LN(h) * (1 + scale2(c)) + shift2(c))
@@ -23,6 +24,13 @@ and the noise level reaches the output from the first optimisation step instead 
 
 Site shapes with more than one axis (e.g. ``(H, W)`` or ``(C, H, W)``) are flattened into ``L`` in
 row-major (raster) order, so rotary positions are 1-D raster positions; the output is reshaped back.
+
+Token input: a process whose features are one-hot (masking, uniform, matrix) gives the backbone x_t itself
+(``denoiser.backbone_input``). The lookup reads the columns of ``input_proj.weight`` (an ``nn.Embedding(C_in, dim)``
+weight is that matrix transposed) and adds its bias, so the parameters, their names and shapes are those of the
+one-hot path: checkpoints (and optimizer states) written before the token path existed load unchanged, and the
+two inputs give the same output for the same weights. At a GPT-2-sized vocabulary this drops the
+(B, K + 1, L) float input and the copy the Linear keeps for its backward.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ __all__ = [
     "FeedForward",
     "AdaLNZeroBlock",
     "SequenceTransformer",
+    "embed_tokens",
 ]
 
 
@@ -164,6 +173,19 @@ class PreNormBlock(nn.Module):
         return h + self.dropout(self.mlp(self.norm2(h)))
 
 
+def embed_tokens(linear: nn.Linear, tokens: Tensor) -> Tensor:
+    """``linear(one_hot(tokens, in_features))`` as a lookup: ``(...)`` long -> ``(..., out_features)``.
+
+    Row v of ``linear.weight.T`` (column v of the weight) is what the one-hot vector of v selects; under autocast
+    the result takes the autocast dtype, as the Linear's output would."""
+    h = F.embedding(tokens, linear.weight.t())
+    if linear.bias is not None:
+        h = h + linear.bias
+    if torch.is_autocast_enabled(h.device.type):
+        h = h.to(torch.get_autocast_dtype(h.device.type))
+    return h
+
+
 class SequenceTransformer(nn.Module):
     """Bidirectional transformer backbone (registry name ``"transformer"``); see the module docstring.
 
@@ -179,10 +201,14 @@ class SequenceTransformer(nn.Module):
         dropout: dropout in attention, MLP and on the residual branches.
 
     Shapes:
-        ``features`` ``(B, C_in, *site_shape)`` float, ``noise_level`` ``(B,)`` float in ``[-1, 1]``
-        -> ``(B, C_out, *site_shape)``. ``site_shape`` is ``(seq_len,)`` or the shape passed as
-        ``seq_len``.
+        ``features`` ``(B, C_in, *site_shape)`` float, or token indices ``(B, *site_shape)`` long in
+        ``0..C_in-1`` (read as their one-hot features, without building them), ``noise_level`` ``(B,)`` float
+        in ``[-1, 1]`` -> ``(B, C_out, *site_shape)``. ``site_shape`` is ``(seq_len,)`` or the shape passed
+        as ``seq_len``.
     """
+
+    #: Reads token indices (see ``denoiser.backbone_input``).
+    accepts_tokens = True
 
     def __init__(
         self,
@@ -223,16 +249,26 @@ class SequenceTransformer(nn.Module):
         nn.init.zeros_(self.output_proj.bias)
 
     def forward(self, features: Tensor, noise_level: Tensor) -> Tensor:
-        """``(B, C_in, *site_shape)``, ``(B,)`` -> ``(B, C_out, *site_shape)``."""
-        noise_level = _prepare_inputs(features, noise_level, self.in_channels, len(self.site_shape))
-        if tuple(features.shape[2:]) != self.site_shape:
-            raise ValueError(
-                f"features must have shape (B, {self.in_channels}, {', '.join(map(str, self.site_shape))}), "
-                f"got {tuple(features.shape)}"
-            )
+        """``(B, C_in, *site_shape)`` float or ``(B, *site_shape)`` long tokens, ``(B,)`` -> ``(B, C_out, *site_shape)``."""
+        tokens = not features.is_floating_point()
+        if tokens:
+            if tuple(features.shape[1:]) != self.site_shape:
+                raise ValueError(f"token input must have shape (B, {', '.join(map(str, self.site_shape))}), "
+                                 f"got {tuple(features.shape)}")
+            noise_level = _prepare_inputs(features[:, None], noise_level, 1, len(self.site_shape))
+        else:
+            noise_level = _prepare_inputs(features, noise_level, self.in_channels, len(self.site_shape))
+            if tuple(features.shape[2:]) != self.site_shape:
+                raise ValueError(
+                    f"features must have shape (B, {self.in_channels}, {', '.join(map(str, self.site_shape))}), "
+                    f"got {tuple(features.shape)}"
+                )
         batch = features.shape[0]
         c = self.noise_embedding(noise_level)
-        h = self.input_proj(features.reshape(batch, self.in_channels, self.seq_len).transpose(1, 2).to(c.dtype))
+        if tokens:
+            h = embed_tokens(self.input_proj, features.reshape(batch, self.seq_len))
+        else:
+            h = self.input_proj(features.reshape(batch, self.in_channels, self.seq_len).transpose(1, 2).to(c.dtype))
         for block in self.blocks:
             h = block(h, c)
         shift, scale = self.final_modulation(F.silu(c)).chunk(2, dim=-1)

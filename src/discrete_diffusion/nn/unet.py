@@ -142,6 +142,10 @@ class UNet(nn.Module):
         num_heads: attention heads.
         emb_dim: width of the noise-level embedding (default ``2 * base_channels``).
 
+    Always reads float features (no ``accepts_tokens``): its first layer is a 3x3 convolution, which on a
+    one-hot input is a sum of nine shifted lookups rather than one embedding, and image data has few values
+    (17 to 256), so the one-hot input costs little here.
+
     Shapes:
         ``features`` ``(B, C_in, H, W)`` float, ``noise_level`` ``(B,)`` float in
         ``[-1, 1]`` -> ``(B, C_out, H, W)``.

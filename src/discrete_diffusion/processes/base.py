@@ -35,16 +35,33 @@ class Prediction:
     mean_missing: Tensor | None = None
 
 
+#: Rows x values of float64 work that ``sample_categorical`` holds at once (2^22 values: 32 MiB).
+CATEGORICAL_CHUNK = 1 << 22
+
+
 def sample_categorical(log_probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Draw one index per row of log-probabilities (..., K) by inverse CDF in float64: (...) long.
 
     float64 matters: float32/bfloat16 sampling truncates the tails and makes samples look better than
-    the model is (Zheng et al., 2024, on generative perplexity)."""
-    cdf = log_probs.double().exp().cumsum(-1)
-    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, dtype=torch.float64, device=cdf.device)
-    # the first index whose cdf exceeds u * total (never a zero-probability value, even at u = 0)
-    index = torch.searchsorted(cdf, u * cdf[..., -1:], right=True)[..., 0]
-    return index.clamp_max(cdf.shape[-1] - 1)
+    the model is (Zheng et al., 2024, on generative perplexity). The log-probs keep their dtype (float32 from a
+    network); only the rows being drawn are turned into a float64 CDF, a bounded block of rows at a time
+    (``CATEGORICAL_CHUNK`` values), so at a vocabulary of 50k no (N, K) float64 tensor exists. The uniforms are
+    drawn for all rows first, in one call, so the draws are the same whatever the block size."""
+    k = log_probs.shape[-1]
+    rows = log_probs.reshape(-1, k)
+    u = torch.rand((rows.shape[0], 1), generator=generator, dtype=torch.float64, device=log_probs.device)
+    index = torch.empty(rows.shape[0], dtype=torch.long, device=log_probs.device)
+    step = max(1, CATEGORICAL_CHUNK // k)
+    for start in range(0, rows.shape[0], step):
+        cdf = rows[start:start + step].double().exp().cumsum(-1)      # out of place: .double() may alias
+        # the first index whose cdf exceeds u * total (never a zero-probability value, even at u = 0)
+        found = torch.searchsorted(cdf, u[start:start + step] * cdf[:, -1:], right=True)[:, 0]
+        index[start:start + step] = found.clamp_max_(k - 1)
+    return index.reshape(log_probs.shape[:-1])
+
+
+#: The kinds of network input a process can declare (``ForwardProcess.input_kind``).
+INPUT_KINDS = ("features", "tokens")
 
 
 #: How a leap turns expected jump counts into at most one move per site (see ``jump_from_rates``).
@@ -110,6 +127,11 @@ class ForwardProcess(ABC):
     #: Whether the exact p(x0 | x_t) changes with the noise level while x_t stays fixed. When False (masking:
     #: a mask carries no information whatever alpha is), a sampler may reuse a prediction until x_t changes.
     posterior_depends_on_noise_level: bool = True
+    #: What the network reads (one of ``INPUT_KINDS``). "features": ``network_features`` (B, C_in, *sites) float.
+    #: "tokens": ``network_features`` is exactly one_hot(x_t, feature_channels) on the channel axis, so a backbone
+    #: that embeds indices (``accepts_tokens``) is given x_t itself, (B, *sites) long, and never sees the one-hot
+    #: tensor (see ``denoiser.backbone_input``); a backbone that does not still gets the one-hot features.
+    input_kind: str = "features"
 
     def __init__(self, num_states: int) -> None:
         if int(num_states) < 2:

@@ -102,6 +102,9 @@ class MaskingProcess(ForwardProcess):
         return (torch.sigmoid(lam.double()) * math.log(self.num_states) * sites).to(torch.get_default_dtype())
 
     # ----- denoiser output -----------------------------------------------------------------------
+    #: network_features is one_hot(x_t): an embedding backbone reads the indices (ForwardProcess.input_kind)
+    input_kind = "tokens"
+
     @property
     def feature_channels(self) -> int:
         return self.num_values

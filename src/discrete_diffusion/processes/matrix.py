@@ -239,6 +239,9 @@ class MatrixProcess(ForwardProcess):
         return kl.to(torch.get_default_dtype())
 
     # ----- denoiser output -----------------------------------------------------------------------
+    #: network_features is one_hot(x_t): an embedding backbone reads the indices (ForwardProcess.input_kind)
+    input_kind = "tokens"
+
     @property
     def feature_channels(self) -> int:
         return self.num_values

@@ -110,6 +110,9 @@ class UniformProcess(ForwardProcess):
         return (kl * x0[0].numel()).to(torch.get_default_dtype())
 
     # ----- denoiser output -----------------------------------------------------------------------
+    #: network_features is one_hot(x_t): an embedding backbone reads the indices (ForwardProcess.input_kind)
+    input_kind = "tokens"
+
     @property
     def feature_channels(self) -> int:
         return self.num_states

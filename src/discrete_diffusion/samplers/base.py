@@ -7,8 +7,8 @@ With ``final_denoise`` the last step goes to alpha = 1 (lam = +inf): every remai
 removed by drawing x0 from the denoiser.
 
 Options every sampler honours (the base wraps the denoiser, so subclasses see their effect without code):
-- ``temperature`` and ``top_p``: applied to the predicted log p(x0 | x_t) before any sampling or rate
-  (``transform_x0_log_probs``); a mean-only Blackout prediction cannot be transformed and raises, and a
+- ``temperature``, ``top_k`` and ``top_p``: applied to the predicted log p(x0 | x_t) before any sampling or
+  rate (``transform_x0_log_probs``); a mean-only Blackout prediction cannot be transformed and raises, and a
   Blackout "logits" prediction loses its mean (it would no longer match), so only samplers that draw x0
   (bridge) accept it there.
 - ``grid``: the name of a schedule whose alpha(t) places the steps instead of the run's schedule (e.g.
@@ -45,14 +45,41 @@ ProgressCallback = Callable[[int, int, Tensor], None]
 MULTI_JUMP_RULES = ("reject", "first")
 
 
-def transform_x0_log_probs(log_probs: Tensor, temperature: float = 1.0, top_p: float = 1.0) -> Tensor:
-    """Temperature then nucleus (top-p) on log p(x0 | x_t) (..., K): renormalised float64 log-probs.
+#: Rows x values of float64 work that ``transform_x0_log_probs`` holds at once (2^22 values: 32 MiB).
+TRANSFORM_CHUNK = 1 << 22
 
-    Temperature divides the log-probs (-inf stays -inf, so SUBS's copied sites stay copied). Top-p keeps the
-    smallest set of most probable values whose mass reaches top_p (always at least the most probable one)."""
-    out = log_probs.double()
+
+def transform_x0_log_probs(log_probs: Tensor, temperature: float = 1.0, top_p: float = 1.0,
+                           top_k: int = 0) -> Tensor:
+    """Temperature, then top-k, then nucleus (top-p) on log p(x0 | x_t) (..., K): renormalised log-probs in the
+    input's dtype (..., K).
+
+    Temperature divides the log-probs (-inf stays -inf, so SUBS's copied sites stay copied). Top-k (k >= 1;
+    0 = off) keeps the k most probable values (ties broken by index order of ``torch.topk``). Top-p keeps the
+    smallest set of most probable values whose mass reaches top_p (always at least the most probable one).
+    The arithmetic is float64, a bounded block of rows at a time (``TRANSFORM_CHUNK`` values), so a float32
+    (B, L, K) input never has a (B, L, K) float64 copy. Rows with a single finite value (a point mass, such as
+    SUBS's unmasked sites) are fixed points of all three and are copied without work."""
+    if temperature == 1.0 and top_p >= 1.0 and (top_k <= 0 or top_k >= log_probs.shape[-1]):
+        return log_probs
+    k = log_probs.shape[-1]
+    rows = log_probs.reshape(-1, k)
+    out = rows.clone()
+    active = (torch.isfinite(rows).sum(-1) > 1).nonzero()[:, 0]           # rows that the transform can change
+    step = max(1, TRANSFORM_CHUNK // k)
+    for start in range(0, active.shape[0], step):
+        block = active[start:start + step]
+        out[block] = _transform_rows(rows[block].double(), temperature, top_p, top_k).to(out.dtype)
+    return out.reshape(log_probs.shape)
+
+
+def _transform_rows(out: Tensor, temperature: float, top_p: float, top_k: int) -> Tensor:
+    """transform_x0_log_probs on a float64 block (n, K)."""
     if temperature != 1.0:
         out = torch.log_softmax(out / temperature, dim=-1)
+    if 0 < top_k < out.shape[-1]:
+        keep = torch.zeros_like(out, dtype=torch.bool).scatter_(-1, out.topk(top_k, dim=-1).indices, True)
+        out = torch.log_softmax(out.masked_fill(~keep, -torch.inf), dim=-1)
     if top_p < 1.0:
         sorted_lp, order = torch.sort(out, dim=-1, descending=True)
         mass_before = torch.cumsum(sorted_lp.exp(), dim=-1) - sorted_lp.exp()
@@ -61,6 +88,15 @@ def transform_x0_log_probs(log_probs: Tensor, temperature: float = 1.0, top_p: f
         keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
         out = torch.log_softmax(torch.where(keep, out, torch.full_like(out, -torch.inf)), dim=-1)
     return out
+
+
+def check_top_k(top_k: int, who: str) -> int:
+    """top_k as an int >= 0 (0 = off); a ValueError naming ``who`` otherwise."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) and not (isinstance(top_k, float) and top_k.is_integer()):
+        raise ValueError(f"{who}: top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+    if int(top_k) < 0:
+        raise ValueError(f"{who}: top_k must be an integer >= 0 (0 = off), got {top_k}")
+    return int(top_k)
 
 
 class _CountingDenoiser:
@@ -109,17 +145,18 @@ class _CachingDenoiser:
 
 
 class _TransformedDenoiser:
-    """Applies temperature / top-p to every prediction's x0 log-probs."""
+    """Applies temperature / top-k / top-p to every prediction's x0 log-probs."""
 
-    def __init__(self, denoiser: Denoiser, temperature: float, top_p: float) -> None:
-        self.denoiser, self.temperature, self.top_p = denoiser, temperature, top_p
+    def __init__(self, denoiser: Denoiser, temperature: float, top_p: float, top_k: int = 0) -> None:
+        self.denoiser, self.temperature, self.top_p, self.top_k = denoiser, temperature, top_p, top_k
 
     def __call__(self, xt: Tensor, lam: Tensor) -> Prediction:
         prediction = self.denoiser(xt, lam)
         if prediction.x0_log_probs is None:
-            raise ValueError("temperature / top_p need a prediction with x0 log-probs (not a mean-only model)")
+            raise ValueError("temperature / top_k / top_p need a prediction with x0 log-probs (not a mean-only model)")
         # a count process's mean would no longer match the transformed probabilities: drop it
-        return Prediction(x0_log_probs=transform_x0_log_probs(prediction.x0_log_probs, self.temperature, self.top_p))
+        return Prediction(x0_log_probs=transform_x0_log_probs(prediction.x0_log_probs, self.temperature, self.top_p,
+                                                                    self.top_k))
 
 
 class Sampler(ABC):
@@ -136,7 +173,7 @@ class Sampler(ABC):
         return cls.supported_processes is None or name in cls.supported_processes
 
     def __init__(self, num_steps: int = 100, final_denoise: bool = True, temperature: float = 1.0,
-                 top_p: float = 1.0, cache: bool = False, grid: str | None = None) -> None:
+                 top_p: float = 1.0, cache: bool = False, grid: str | None = None, top_k: int = 0) -> None:
         if int(num_steps) < 1:
             raise ValueError(f"{type(self).__name__}: num_steps must be >= 1, got {num_steps}")
         if not float(temperature) > 0:
@@ -147,6 +184,7 @@ class Sampler(ABC):
         self.final_denoise = bool(final_denoise)
         self.temperature = float(temperature)
         self.top_p = float(top_p)
+        self.top_k = check_top_k(top_k, type(self).__name__)
         self.cache = bool(cache)
         if grid is not None and grid not in SCHEDULES:
             raise ValueError(f"{type(self).__name__}: unknown grid {grid!r}; valid grids (schedules): "
@@ -170,8 +208,8 @@ class Sampler(ABC):
         wrapped: Denoiser = self._counter
         if self.cache:
             wrapped = _CachingDenoiser(wrapped)
-        if self.temperature != 1.0 or self.top_p < 1.0:
-            wrapped = _TransformedDenoiser(wrapped, self.temperature, self.top_p)
+        if self.temperature != 1.0 or self.top_p < 1.0 or self.top_k > 0:
+            wrapped = _TransformedDenoiser(wrapped, self.temperature, self.top_p, self.top_k)
         return wrapped
 
     def _record_cost(self) -> None:
@@ -241,6 +279,8 @@ class Sampler(ABC):
             out["temperature"] = self.temperature
         if self.top_p != 1.0:
             out["top_p"] = self.top_p
+        if self.top_k:
+            out["top_k"] = self.top_k
         if self.cache:
             out["cache"] = True
         if self.grid is not None:

@@ -46,8 +46,8 @@ class ConfidenceSampler(Sampler):
 
     def __init__(self, num_steps: int = 100, final_denoise: bool = True, noise: float = 0.0,
                  temperature: float = 1.0, top_p: float = 1.0, cache: bool = False,
-                 grid: str | None = None) -> None:
-        super().__init__(num_steps, final_denoise, temperature, top_p, cache, grid)
+                 grid: str | None = None, top_k: int = 0) -> None:
+        super().__init__(num_steps, final_denoise, temperature, top_p, cache, grid, top_k)
         if float(noise) < 0:
             raise ValueError(f"maskgit: noise must be >= 0, got {noise}")
         self.noise = float(noise)

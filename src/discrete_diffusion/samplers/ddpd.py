@@ -58,8 +58,8 @@ class PlannedDenoisingSampler(Sampler):
 
     def __init__(self, num_steps: int = 100, final_denoise: bool = True, planner: Planner | None = None,
                  masked_denoiser: Denoiser | None = None, temperature: float = 1.0, top_p: float = 1.0,
-                 cache: bool = False, grid: str | None = None) -> None:
-        super().__init__(num_steps, final_denoise, temperature, top_p, cache, grid)
+                 cache: bool = False, grid: str | None = None, top_k: int = 0) -> None:
+        super().__init__(num_steps, final_denoise, temperature, top_p, cache, grid, top_k)
         self.planner = planner
         self.masked_denoiser = masked_denoiser
         self._count_extra_networks()
@@ -146,4 +146,4 @@ class PlannedDenoisingSampler(Sampler):
         unmasked = 1.0 - z.reshape(z.shape[0], -1).double().mean(1)
         lam = torch.logit(unmasked).clamp(-30.0, 30.0)
         log_probs = self._masked(masked_input, lam).x0_log_probs[chosen]
-        return transform_x0_log_probs(log_probs, self.temperature, self.top_p)
+        return transform_x0_log_probs(log_probs, self.temperature, self.top_p, self.top_k)

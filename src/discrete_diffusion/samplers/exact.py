@@ -42,8 +42,8 @@ class ExactSimulationSampler(Sampler):
 
     def __init__(self, num_steps: int = 1, final_denoise: bool = True, lam_stop: float = 25.0,
                  temperature: float = 1.0, top_p: float = 1.0, cache: bool = False,
-                 grid: str | None = None) -> None:
-        super().__init__(num_steps, final_denoise, temperature, top_p, cache, grid)
+                 grid: str | None = None, top_k: int = 0) -> None:
+        super().__init__(num_steps, final_denoise, temperature, top_p, cache, grid, top_k)
         self.lam_stop = float(lam_stop)
 
     @torch.no_grad()

@@ -48,8 +48,8 @@ class ReMDMSampler(Sampler):
     def __init__(self, num_steps: int = 100, final_denoise: bool = True, strategy: str = "cap",
                  eta: float = 0.02, t_on: float | None = None, t_off: float = 0.05, alpha_on: float = 0.9,
                  temperature: float = 1.0, top_p: float = 1.0, cache: bool = False,
-                 grid: str | None = None) -> None:
-        super().__init__(num_steps, final_denoise, temperature, top_p, cache, grid)
+                 grid: str | None = None, top_k: int = 0) -> None:
+        super().__init__(num_steps, final_denoise, temperature, top_p, cache, grid, top_k)
         if strategy not in STRATEGIES:
             raise ValueError(f"remdm: strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
         if not 0.0 <= float(eta) <= 1.0:

@@ -31,8 +31,8 @@ class TauLeapingSampler(Sampler):
 
     def __init__(self, num_steps: int = 100, final_denoise: bool = True, multi_jump: str = "reject",
                  temperature: float = 1.0, top_p: float = 1.0, cache: bool = False,
-                 grid: str | None = None) -> None:
-        super().__init__(num_steps, final_denoise, temperature, top_p, cache, grid)
+                 grid: str | None = None, top_k: int = 0) -> None:
+        super().__init__(num_steps, final_denoise, temperature, top_p, cache, grid, top_k)
         check_jump_rule(multi_jump, MULTI_JUMP_RULES)
         self.multi_jump = multi_jump
 

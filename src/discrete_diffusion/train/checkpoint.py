@@ -85,7 +85,8 @@ def save_checkpoint(
         model: model (DDP / ``torch.compile`` wrappers are unwrapped).
         optimizer, scheduler, ema: saved when given.
         rng_generators: named ``torch.Generator`` objects to save alongside the global
-            torch / CUDA / numpy / python RNG states (which are always saved).
+            torch / numpy / python RNG states (always saved) and the CUDA ones (saved when the
+            model's parameters are on CUDA).
         extra: JSON-able metadata (tensors allowed).  ``extra["config"]`` (dict or
             OmegaConf config) is stored as the manifest's ``config`` and checked by
             ``load_checkpoint(expected_config=...)``; ``extra["config_hash"]`` is stored
@@ -141,7 +142,8 @@ def save_checkpoint(
         for name, t in ema_state.pop("shadow").items():
             tensors[f"ema.{name}"] = t
         meta["ema"] = ema_state
-    meta["rng"] = encode_state(capture_rng_state(rng_generators), "rng", tensors)
+    on_cuda = any(p.is_cuda for p in model.parameters())     # CUDA RNG states only for a run on CUDA
+    meta["rng"] = encode_state(capture_rng_state(rng_generators, cuda=on_cuda), "rng", tensors)
     meta["extra"] = encode_state(extra, "extra", tensors)
 
     try:

@@ -121,8 +121,12 @@ def resolve_local_device(name: str, ctx: DistContext) -> torch.device:
         if device.index is None:
             device = torch.device("cuda", ctx.local_rank if ctx.enabled else torch.cuda.current_device())
         if device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device} requested but only {torch.cuda.device_count()} CUDA device(s) "
-                             "are visible")
+            count = torch.cuda.device_count()
+            if ctx.enabled and device.index == ctx.local_rank:
+                raise ValueError(f"rank {ctx.rank} (LOCAL_RANK {ctx.local_rank}) needs {device} but only {count} CUDA "
+                                 f"device(s) are visible: start at most {count} process(es) per node "
+                                 "(torchrun --nproc_per_node) or use --device cpu / train.device=cpu (gloo)")
+            raise ValueError(f"device {device} requested but only {count} CUDA device(s) are visible")
     return device
 
 

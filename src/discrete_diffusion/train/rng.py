@@ -9,7 +9,7 @@ Layout of the dict returned by :func:`capture_rng_state`::
 
     {
       "torch_cpu":  uint8 Tensor,                 # torch.get_rng_state()
-      "torch_cuda": [uint8 Tensor, ...],          # one per visible CUDA device ([] without CUDA)
+      "torch_cuda": [uint8 Tensor, ...],          # one per visible CUDA device ([] unless cuda=True)
       "numpy":      {"bit_generator": "MT19937", "keys": int64 Tensor[624],
                      "pos": int, "has_gauss": int, "cached_gaussian": float},
       "python":     [version, [625 ints], gauss_next or None],   # random.getstate()
@@ -30,12 +30,16 @@ import torch
 __all__ = ["capture_rng_state", "restore_rng_state", "check_rng_state"]
 
 
-def capture_rng_state(generators: Mapping[str, torch.Generator] | None = None) -> dict[str, Any]:
-    """Snapshot the torch (CPU + CUDA), numpy, python ``random`` and given generator states.
+def capture_rng_state(generators: Mapping[str, torch.Generator] | None = None,
+                      cuda: bool = False) -> dict[str, Any]:
+    """Snapshot the torch (CPU, and CUDA when asked), numpy, python ``random`` and given generator states.
 
     Args:
         generators: named ``torch.Generator`` objects owned by the caller (e.g. the
             generator that drives data order and diffusion noise).  May be ``None``.
+        cuda: also record the CUDA generators (of every visible device, when CUDA is initialised): pass
+            True when the run computes on CUDA. A CPU run records none, so its checkpoint holds the same
+            keys whether or not a GPU happens to be visible (or initialised by someone else).
 
     Returns:
         A dict of tensors and JSON-able values (see the module docstring); tensors are
@@ -48,7 +52,7 @@ def capture_rng_state(generators: Mapping[str, torch.Generator] | None = None) -
         gens[str(name)] = gen.get_state().clone()
 
     cuda_states: list[torch.Tensor] = []
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if cuda and torch.cuda.is_available() and torch.cuda.is_initialized():
         cuda_states = [s.clone() for s in torch.cuda.get_rng_state_all()]
 
     bitgen, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)

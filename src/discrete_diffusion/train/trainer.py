@@ -50,7 +50,7 @@ from ..builders import (
 )
 from ..config import MODEL_SECTIONS, save_config, to_dict
 from ..data.manifest import MANIFEST_NAME, DataChangedError, check_data_manifest, write_data_manifest
-from ..denoiser import NetworkDenoiser, noise_level_input
+from ..denoiser import NetworkDenoiser, backbone_input, noise_level_input
 from ..losses import diffusion_terms, draw_noise, training_loss
 from ..processes.base import Prediction
 from ..visualize import save_image_grid
@@ -93,7 +93,7 @@ class AutocastDenoiser(nn.Module):
 
     def forward(self, xt: Tensor, lam: Tensor) -> Prediction:
         d = self.denoiser
-        features = d.process.network_features(xt, lam)
+        features = backbone_input(d.process, d.backbone, xt, lam)
         with torch.autocast(self.device_type, dtype=torch.bfloat16):
             output = d.backbone(features, noise_level_input(lam))
         return d.process.prediction_from_output(output.float(), xt, lam, d.parameterization)
