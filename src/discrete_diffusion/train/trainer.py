@@ -21,6 +21,7 @@ global batch: one process, two processes and two micro-batches train the same mo
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import random
@@ -123,6 +124,10 @@ class Trainer:
     def _build(self) -> None:
         config, tc = self.config, self.config.train
         self.dataset = build_dataset(config)
+        if self.dataset.val.shape[0] == 0 and self.dataset.test.shape[0] == 0:  # validation needs one of them
+            raise ValueError(f"the dataset has {self.dataset.train.shape[0]} training examples and none left for "
+                             "validation or test (each split takes about 10% of a user array); validation and "
+                             "best-checkpoint selection need at least one: use a larger dataset")
         self.process = build_process_from(config, self.dataset.num_states)
         self.schedule = build_schedule_from(config)
         self.proposal = build_proposal(config)
@@ -228,8 +233,16 @@ class Trainer:
         tmp.replace(path)
 
     def _write_metrics(self, record: dict) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+        except OSError as err:
+            latest = find_latest_checkpoint(self.run_dir / "checkpoints")
+            kept = f"the last checkpoint {latest} is intact" if latest is not None else "no checkpoint was written yet"
+            reason = "the disk is full (No space left on device)" if err.errno == errno.ENOSPC else str(err)
+            raise OSError(f"could not append to {path}: {reason}; training stopped at step {self.step}, {kept}") \
+                from None
 
     def _save(self, directory: Path, keep_last: int) -> None:
         save_checkpoint(directory, self.step, self.denoiser, self.optimizer, self.scheduler, self.ema,
