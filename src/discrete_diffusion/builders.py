@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -74,15 +75,28 @@ def build_backbone(config: DictConfig, process: ForwardProcess, site_shape: tupl
     """The ``config.model`` network on the process's input features; its output channels are the
     parameterization's unless ``out_channels`` is given (a DDPD planner has one). A network of more than
     ``MAX_PARAMETERS`` parameters is refused before its weights are allocated (ValueError)."""
-    with torch.device("meta"):  # shapes only: no memory, no random draws
-        probe = _backbone(config, process, site_shape, out_channels)
-    count = sum(p.numel() for p in probe.parameters())
+    if _rough_parameter_count(config.model, math.prod(site_shape)) > MAX_PARAMETERS // 100:
+        with torch.device("meta"):  # exact count from shapes only: no memory, no random draws (a one-off import
+            probe = _backbone(config, process, site_shape, out_channels)  # of a few seconds, so only when big)
+        count = sum(p.numel() for p in probe.parameters())
+    else:
+        count = 0
     if count > MAX_PARAMETERS:
         m = config.model
         raise ValueError(f"model.backbone={m.backbone} with these model.* sizes has {count:,} parameters, more than "
                          f"the limit of {MAX_PARAMETERS:,}; lower model.hidden, model.dim, model.depth or "
                          "model.base_channels")
     return _backbone(config, process, site_shape, out_channels)
+
+
+def _rough_parameter_count(m: DictConfig, sites: int) -> float:
+    """The backbone's parameter count within a small factor (the weight matrices that dominate it)."""
+    if m.backbone == "mlp":
+        return m.hidden * m.hidden * m.depth + 2 * m.hidden * sites
+    if m.backbone == "transformer":
+        return (10 + 2 * m.mlp_ratio) * m.dim * m.dim * m.depth
+    widest = m.base_channels * max(m.channel_mults, default=1)
+    return 18 * widest * widest * (m.num_res_blocks + 1) * max(len(m.channel_mults), 1) + 16 * m.base_channels ** 2
 
 
 def _backbone(config: DictConfig, process: ForwardProcess, site_shape: tuple[int, ...],

@@ -196,15 +196,17 @@ def check_values(config: DictConfig) -> None:
     integer("model.dim", 1, MAX_WIDTH)
     integer("model.heads", 1, MAX_WIDTH)
     number("model.mlp_ratio", 0.0, 64.0, low_open=True)
-    for key in ("lr", "proposal_scale"):
-        number(f"train.{key}", 0.0, math.inf, low_open=True, high_open=True)
-    for key in ("weight_decay", "grad_clip", "ce_weight"):
-        number(f"train.{key}", 0.0, math.inf, high_open=True)
-    for key in ("ema_decay", "min_lr_ratio"):
-        number(f"train.{key}", 0.0, 1.0)
-    number("train.proposal_loc", -math.inf, math.inf, low_open=True, high_open=True)
-    number("train.time_limit_minutes", 0.0, math.inf, low_open=True, high_open=True, optional=True)
-    integer("sample.steps", 1, MAX_SAMPLER_STEPS)
+    # the ranges of lr, weight_decay, grad_clip, ema_decay, min_lr_ratio, time_limit_minutes and the counts of
+    # train.* are checked by train.checks.check_train_config; here only that they are finite
+    for key in ("lr", "weight_decay", "grad_clip", "ema_decay", "min_lr_ratio", "proposal_loc"):
+        value = config.train[key]
+        need(math.isfinite(value), f"train.{key} must be a finite number, got {value}")
+    tl = config.train.time_limit_minutes
+    need(tl is None or math.isfinite(tl), f"train.time_limit_minutes must be a finite number (or null), got {tl}")
+    number("train.proposal_scale", 0.0, math.inf, low_open=True, high_open=True)
+    number("train.ce_weight", 0.0, math.inf, high_open=True)
+    need(config.sample.steps <= MAX_SAMPLER_STEPS,
+         f"sample.steps must be at most {MAX_SAMPLER_STEPS}, got {config.sample.steps}")
     for key, value in (("train.seed", config.train.seed), ("data.split_seed", config.data.split_seed)):
         try:
             check_seed(value, key)
