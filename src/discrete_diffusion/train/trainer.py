@@ -326,7 +326,10 @@ class Trainer:
             raise self._non_finite(float(value[0]))
 
     def validate(self) -> dict:
-        """Validation NLL (bits/dim) of the EMA weights, with a fixed seed so evaluations compare. Under
+        """Validation NLL (bits/dim) of the EMA weights on one fixed set of noise draws: the generator is seeded
+        with train.seed + 3 at every validation and the ``train.eval_t_samples`` lam draws of each example are
+        stratified (``losses.estimate_elbo``), so two validations of the same weights agree exactly and
+        checkpoints differ by their weights, not the noise. The training generators are not touched. Under
         torchrun every rank evaluates its shard of the split and the statistics are all-reduced."""
         split = self.dataset.val if self.dataset.val.shape[0] else self.dataset.test
         self.denoiser.eval()
