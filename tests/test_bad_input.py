@@ -54,10 +54,21 @@ def test_bad_user_array_is_refused(ddiff, tmp_path, case, data, fragments):
     assert not (tmp_path / "run").exists()
 
 
-def test_sequence_data_with_image_backbone_is_refused(ddiff, tmp_path):
-    path = array_file(tmp_path, GOOD.reshape(20, 64))
+@pytest.mark.parametrize("shape", [(20, 64), (20, 3)])
+def test_sequence_data_with_image_backbone_is_refused(ddiff, tmp_path, shape):
+    """The error names the backbones that fit: (N, 3) vectors and (N, 64) sequences need mlp or transformer."""
+    path = array_file(tmp_path, GOOD.reshape(20, 64)[:, :shape[1]])
     err = refused(ddiff, tmp_path / "run", "data.name=array", f"data.path={path}")
-    assert "backbone 'unet' needs images" in err and "(64,)" in err
+    assert "backbone 'unet' needs images" in err and f"({shape[1]},)" in err
+    assert "use model.backbone=transformer or model.backbone=mlp" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_image_augmentation_on_sequences_names_the_fix(ddiff, tmp_path):
+    path = array_file(tmp_path, GOOD.reshape(20, 64))
+    err = refused(ddiff, tmp_path / "run", "data.name=array", f"data.path={path}", "model.backbone=mlp",
+                  "train.augment=shift")
+    assert "needs image data" in err and "use train.augment=none" in err
 
 
 def test_truncated_idx_file_is_refused(tmp_path):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from .config import MAX_SAMPLER_STEPS, check_device, default_schedule
 from .data import DiscreteDataset, dataset_options, load_dataset
 from .denoiser import NetworkDenoiser
 from .losses import LogitAlphaProposal, Objective, Weighting, build_weighting
@@ -17,6 +19,9 @@ from .samplers import Sampler, build_sampler
 from .schedules import Schedule, build_schedule
 
 BACKBONE_NAMES = ("unet", "mlp", "transformer")
+#: Largest backbone accepted, in parameters (4 GB of float32 weights; training keeps 4 copies: weights, EMA,
+#: two Adam moments). Counted on the meta device before any memory is allocated.
+MAX_PARAMETERS = 1_000_000_000
 
 
 def build_dataset(config: DictConfig) -> DiscreteDataset:
@@ -36,12 +41,14 @@ def build_dataset(config: DictConfig) -> DiscreteDataset:
 
 
 def build_schedule_from(config: DictConfig) -> Schedule:
+    """``process.schedule``, or the process's default (``config.DEFAULT_SCHEDULES``) when it is null."""
     p = config.process
-    if p.schedule == "blackout":
+    name = p.schedule if p.schedule is not None else default_schedule(p.name)
+    if name == "blackout":
         return build_schedule("blackout", t_end=p.t_end)
-    if p.schedule in ("log-linear", "cosine"):
-        return build_schedule(p.schedule, eps=p.eps)
-    return build_schedule(p.schedule)
+    if name in ("log-linear", "cosine"):
+        return build_schedule(name, eps=p.eps)
+    return build_schedule(name)
 
 
 def build_process_from(config: DictConfig, num_states: int) -> ForwardProcess:
@@ -68,13 +75,41 @@ class SiteChannelFold(nn.Module):
 def build_backbone(config: DictConfig, process: ForwardProcess, site_shape: tuple[int, ...],
                    out_channels: int | None = None) -> nn.Module:
     """The ``config.model`` network on the process's input features; its output channels are the
-    parameterization's unless ``out_channels`` is given (a DDPD planner has one)."""
+    parameterization's unless ``out_channels`` is given (a DDPD planner has one). A network of more than
+    ``MAX_PARAMETERS`` parameters is refused before its weights are allocated (ValueError)."""
+    if _rough_parameter_count(config.model, math.prod(site_shape)) > MAX_PARAMETERS // 100:
+        with torch.device("meta"):  # exact count from shapes only: no memory, no random draws (a one-off import
+            probe = _backbone(config, process, site_shape, out_channels)  # of a few seconds, so only when big)
+        count = sum(p.numel() for p in probe.parameters())
+    else:
+        count = 0
+    if count > MAX_PARAMETERS:
+        m = config.model
+        raise ValueError(f"model.backbone={m.backbone} with these model.* sizes has {count:,} parameters, more than "
+                         f"the limit of {MAX_PARAMETERS:,}; lower model.hidden, model.dim, model.depth or "
+                         "model.base_channels")
+    return _backbone(config, process, site_shape, out_channels)
+
+
+def _rough_parameter_count(m: DictConfig, sites: int) -> float:
+    """The backbone's parameter count within a small factor (the weight matrices that dominate it)."""
+    if m.backbone == "mlp":
+        return m.hidden * m.hidden * m.depth + 2 * m.hidden * sites
+    if m.backbone == "transformer":
+        return (10 + 2 * m.mlp_ratio) * m.dim * m.dim * m.depth
+    widest = m.base_channels * max(m.channel_mults, default=1)
+    return 18 * widest * widest * (m.num_res_blocks + 1) * max(len(m.channel_mults), 1) + 16 * m.base_channels ** 2
+
+
+def _backbone(config: DictConfig, process: ForwardProcess, site_shape: tuple[int, ...],
+              out_channels: int | None) -> nn.Module:
     m = config.model
     c_in = process.feature_channels
     c_out = process.output_channels(config.process.parameterization) if out_channels is None else out_channels
     if m.backbone == "unet":
         if len(site_shape) not in (2, 3):
-            raise ValueError(f"backbone 'unet' needs images of shape (H, W) or (C, H, W), got sites {site_shape}")
+            raise ValueError(f"backbone 'unet' needs images of shape (H, W) or (C, H, W), got sites {site_shape}; "
+                             "for sequences or vectors use model.backbone=transformer or model.backbone=mlp")
         fold = 1 if len(site_shape) == 2 else site_shape[0]
         unet = UNet(c_in * fold, c_out * fold, image_size=tuple(site_shape[-2:]), base_channels=m.base_channels,
                     channel_mults=tuple(m.channel_mults), num_res_blocks=m.num_res_blocks,
@@ -120,13 +155,17 @@ def build_sampler_from(config: DictConfig, name: str | None = None, steps: int |
     configured = name is None or name == config.sample.sampler
     merged = OmegaConf.to_container(config.sample.options, resolve=True) if configured else {}
     merged.update(options or {})
-    return build_sampler(config.sample.sampler if name is None else name,
-                         num_steps=config.sample.steps if steps is None else steps, **merged)
+    num_steps = config.sample.steps if steps is None else steps
+    if isinstance(num_steps, int) and num_steps > MAX_SAMPLER_STEPS:
+        raise ValueError(f"{num_steps} sampler steps requested; at most {MAX_SAMPLER_STEPS} are allowed "
+                         "(exact samplers need none: --sampler exact)")
+    return build_sampler(config.sample.sampler if name is None else name, num_steps=num_steps, **merged)
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" picks CUDA when present, else CPU; an unavailable explicit CUDA device (no CUDA, or an index past
-    the visible devices) is a ValueError."""
+    """"auto" picks CUDA when present, else CPU; a malformed name (allowed: auto, cpu, cuda, cuda:N) or an
+    unavailable explicit CUDA device (no CUDA, or an index past the visible devices) is a ValueError."""
+    check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)

@@ -28,7 +28,8 @@ def _datasets_help() -> str:
 
 def _add_sample_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default=None, help="sampler name (default: the run's sample.sampler)")
-    p.add_argument("--steps", type=int, default=None, help="number of sampler steps (default: sample.steps)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="number of sampler steps, at most 1000000 (default: sample.steps; exact samplers ignore it)")
     p.add_argument("--temperature", type=float, default=None, help="divide log p(x0 | x_t) by this (> 0)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling on p(x0 | x_t), in (0, 1]")
     p.add_argument("--top-k", type=int, default=None, help="keep the k most probable x0 values (k >= 1; 0 = off)")
@@ -82,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train a model. The config is built from defaults, then --config FILE "
                                        "(YAML), then overrides such as train.steps=1000 data.name=array "
                                        "data.path=x.npy. The resolved config, metrics.jsonl, checkpoints and "
-                                       "sample grids go into --out.",
+                                       "sample grids go into --out. process.schedule defaults to the process's "
+                                       "grid: blackout for process.name=blackout, log-linear for masking, uniform "
+                                       "and matrix; a schedule you set is kept. Ctrl-C stops training; resume "
+                                       "from the last checkpoint with --resume.",
                            epilog=_datasets_help())
     train.add_argument("overrides", nargs="*", help="section.key=value overrides (sections: data, process, model, "
                                                      "train, sample, evaluate)")
@@ -93,7 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = sub.add_parser("sample", help="draw samples from a trained run",
                             description="Draw samples from RUN_DIR's EMA weights; writes an .npy array "
-                                        "(N, *sites) and, for images, a PNG grid.", epilog=_datasets_help(),
+                                        "(N, *sites), a .json record of the sampler and its options and, for "
+                                        "images, a PNG grid, named {sampler}_{steps}steps_seed{seed}.{npy,json,png} "
+                                        "(e.g. bridge_200steps_seed0.npy), or {sampler}_seed{seed}.* for exact "
+                                        "samplers, which take no steps (exact_seed0.npy); ddpd adds -planner / "
+                                        "-masked to {sampler} with --planner / --masked-denoiser.",
+                            epilog=_datasets_help(),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     sample.add_argument("run_dir", help="a directory written by `ddiff train` or `ddiff demo`")
     _add_sample_options(sample)
@@ -101,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="number of samples (default: sample.num_samples); under torchrun spell it --num-samples "
                              "(torchrun reads --num as its own --numa-binding)")
     sample.add_argument("--batch-size", type=int, default=None, help="samples per batch")
-    sample.add_argument("--seed", type=int, default=0, help="random seed (same seed, same samples)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed in 0..2^62 (same seed, same samples)")
     sample.add_argument("--out", default=None, help="output folder (default: RUN_DIR/samples)")
     sample.add_argument("--checkpoint", default="best", choices=["best", "latest"], help="which weights")
     sample.add_argument("--planner", default=None, metavar="DIR",
@@ -122,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"], help="data split")
     evaluate.add_argument("--t-samples", type=int, default=None, help="importance draws of t per example")
     evaluate.add_argument("--batch-size", type=int, default=None, help="examples per batch")
-    evaluate.add_argument("--seed", type=int, default=0, help="random seed")
+    evaluate.add_argument("--seed", type=int, default=0, help="random seed in 0..2^62")
     evaluate.add_argument("--checkpoint", default="best", choices=["best", "latest"], help="which weights")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON (key nll_bits_per_dim)")
     evaluate.add_argument("--allow-data-change", action="store_true",
@@ -250,7 +259,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out) if args.out else Path(args.run_dir) / "samples"
     extras = ("-planner" if args.planner else "") + ("-masked" if args.masked_denoiser else "")
-    stem = f"{sampler.name}{extras}_{sampler.num_steps}steps_seed{args.seed}"
+    steps = f"_{sampler.num_steps}steps" if sampler.uses_steps else ""  # exact samplers take no steps
+    stem = f"{sampler.name}{extras}{steps}_seed{args.seed}"
     paths = save_samples(samples, run, out, stem=stem)
     paths["json"] = str(out / f"{stem}.json")
     record = sampler.config()
@@ -309,18 +319,50 @@ def cmd_train_planner(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse a malformed --device or an out-of-range --seed before any work (ValueError)."""
+    from .config import check_device, check_seed
+
+    if getattr(args, "device", None) is not None:
+        check_device(args.device, "--device")
+    if getattr(args, "seed", None) is not None:
+        check_seed(args.seed, "--seed")
+
+
+def interrupted_note(args: argparse.Namespace) -> str:
+    """What a Ctrl-C left behind: for train and demo the last checkpoint and how to resume."""
+    if args.command not in ("train", "demo"):
+        return "stopped before finishing; run the command again"
+    from .train.checkpoint import find_latest_checkpoint
+
+    out = Path(args.out)
+    try:
+        latest = find_latest_checkpoint(out / "checkpoints") if (out / "checkpoints").is_dir() else None
+    except (OSError, ValueError):
+        latest = None
+    if not (out / "config.yaml").is_file():
+        return "training had not started; nothing to resume"
+    kept = f"the last checkpoint is {latest}" if latest is not None else "no checkpoint had been written yet"
+    return f"{kept}; resume with: ddiff train --out {out} --resume"
+
+
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
             "train-planner": cmd_train_planner}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; user errors (bad input, impossible settings, a NaN loss, a full disk) print one line
-    ``ddiff COMMAND: error: ...`` and return 2. Under torchrun the process group is left on the way out."""
+    ``ddiff COMMAND: error: ...`` and return 2; Ctrl-C prints one line (for training: the last checkpoint and
+    how to resume) and returns 130. Under torchrun the process group is left on the way out."""
     from .train.distributed import env_world, teardown
 
     args = build_parser().parse_args(argv)
     try:
+        check_arguments(args)
         return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print(f"ddiff {args.command}: interrupted; {interrupted_note(args)}", file=sys.stderr)
+        return 130
     except (ValueError, OSError, FloatingPointError) as err:
         try:
             rank, world, _ = env_world()

@@ -47,16 +47,24 @@ class LogitAlphaProposal:
             raise ValueError(f"proposal scale must be > 0, got {self.scale}")
 
     def sample(self, batch: int, lam_low: float, lam_high: float, generator: torch.Generator | None = None,
-               device: torch.device | str = "cpu", stratified: bool = True) -> tuple[Tensor, Tensor]:
+               device: torch.device | str = "cpu", stratified: bool = True,
+               stratum: tuple[int, int] = (0, 1)) -> tuple[Tensor, Tensor]:
         """Draw lam (B,) and return (lam, 1 / g(lam)), both float64.
 
         Stratified: example i gets the i-th of B equal-probability strata under a random permutation, so
         each example's estimate stays unbiased while the batch average has much lower variance.
+        ``stratum=(k, S)`` confines every draw to the k-th of S equal-probability bands (u in [k/S, (k+1)/S)):
+        the S draws k = 0..S-1 of one example then cover the proposal evenly, and their mean stays unbiased.
         """
+        k, num_strata = stratum
+        if not 0 <= k < num_strata:
+            raise ValueError(f"stratum must be (k, S) with 0 <= k < S, got {stratum}")
         u = torch.rand(batch, generator=generator, dtype=torch.float64, device=device)
         if stratified:
             order = torch.randperm(batch, generator=generator, device=device).to(torch.float64)
             u = (order + u) / batch
+        if num_strata > 1:
+            u = (k + u) / num_strata
         cdf_low = self._cdf(lam_low)
         cdf_high = self._cdf(lam_high)
         mass = cdf_high - cdf_low
@@ -214,10 +222,12 @@ class NoiseDraw:
 
 
 def draw_noise(process: ForwardProcess, x0: Tensor, schedule: Schedule, proposal: LogitAlphaProposal,
-               generator: torch.Generator | None) -> NoiseDraw:
-    """Draw lam from the proposal (stratified over the batch) and x_t ~ q(. | x0, lam)."""
+               generator: torch.Generator | None, stratum: tuple[int, int] = (0, 1)) -> NoiseDraw:
+    """Draw lam from the proposal (stratified over the batch, within band ``stratum``: see
+    ``LogitAlphaProposal.sample``) and x_t ~ q(. | x0, lam)."""
     lam_low, lam_high = logit_alpha_range(schedule)
-    lam, inv_density = proposal.sample(x0.shape[0], lam_low, lam_high, generator, device=x0.device)
+    lam, inv_density = proposal.sample(x0.shape[0], lam_low, lam_high, generator, device=x0.device,
+                                       stratum=stratum)
     xt = process.sample_marginal(x0, lam, generator)
     return NoiseDraw(xt, lam.to(torch.get_default_dtype()), inv_density.to(torch.get_default_dtype()))
 
@@ -273,14 +283,18 @@ def training_loss(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, sched
 def estimate_elbo(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, schedule: Schedule,
                   proposal: LogitAlphaProposal | None = None, generator: torch.Generator | None = None,
                   num_samples: int = 1) -> ElboEstimate:
-    """Unbiased estimate of the negative ELBO terms per example, averaging ``num_samples`` draws of lam."""
+    """Unbiased estimate of the negative ELBO terms per example, averaging ``num_samples`` draws of lam.
+
+    Draw k of S = ``num_samples`` lies in the k-th of S equal-probability bands of the proposal (and is
+    stratified over the batch within it), so each example's S draws cover the whole lam range: the same
+    unbiased mean with less variance than S independent draws (a fixed seed then gives a fixed set)."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     proposal = proposal or LogitAlphaProposal()
     diffusion = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
     reconstruction = torch.zeros_like(diffusion)
-    for _ in range(num_samples):
-        noise = draw_noise(process, x0, schedule, proposal, generator)
+    for k in range(num_samples):
+        noise = draw_noise(process, x0, schedule, proposal, generator, stratum=(k, num_samples))
         diffusion += diffusion_terms(process, denoiser, x0, noise)[1].double()
         reconstruction += _reconstruction(process, denoiser, x0, schedule, generator).double()
     lam_low, _ = logit_alpha_range(schedule)

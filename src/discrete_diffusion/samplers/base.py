@@ -165,6 +165,8 @@ class Sampler(ABC):
     name: str = ""
     #: registry names of the processes this sampler applies to; None means every process.
     supported_processes: tuple[str, ...] | None = None
+    #: whether ``num_steps`` changes what the sampler does (False for exact simulation, which has no grid)
+    uses_steps: bool = True
 
     @classmethod
     def supports(cls, process: ForwardProcess | str) -> bool:

@@ -39,6 +39,7 @@ def apply_jumps(x: Tensor, rows: Tensor, flat_rates: Tensor, num_values: int,
 class ExactSimulationSampler(Sampler):
     name = "exact"
     supported_processes: tuple[str, ...] | None = ("masking", "blackout")
+    uses_steps = False  # event-driven: num_steps is ignored
 
     def __init__(self, num_steps: int = 1, final_denoise: bool = True, lam_stop: float = 25.0,
                  temperature: float = 1.0, top_p: float = 1.0, cache: bool = False,

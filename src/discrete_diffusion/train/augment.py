@@ -36,5 +36,5 @@ def build_augmentation(name: str, kind: str) -> Augmentation | None:
     if name == "none":
         return None
     if kind != "image":
-        raise ValueError(f"augmentation {name!r} needs image data, got a {kind!r} dataset")
+        raise ValueError(f"augmentation {name!r} needs image data, got a {kind!r} dataset; use train.augment=none")
     return random_shift

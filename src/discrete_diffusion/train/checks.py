@@ -12,6 +12,7 @@ from ..builders import (
     build_schedule_from,
     build_weighting_from,
 )
+from ..config import check_values
 
 #: Values of ``train.precision``.
 PRECISIONS = ("fp32", "bf16")
@@ -21,6 +22,7 @@ MAX_ALPHA_AT_ONE = 0.01
 
 def check_train_config(config: DictConfig, world_size: int = 1) -> None:
     """Refuse impossible settings before anything is built or written (ValueError listing every problem)."""
+    check_values(config)  # finiteness and ranges of every number, the device string
     tc = config.train
     problems: list[str] = []
 
@@ -54,6 +56,6 @@ def check_train_config(config: DictConfig, world_size: int = 1) -> None:
     build_objective_from(config)
     if not schedule.alpha_min <= MAX_ALPHA_AT_ONE:
         raise ValueError(
-            f"impossible setting: schedule {config.process.schedule!r} has alpha(1) = {schedule.alpha_min:.4g}, but "
+            f"impossible setting: schedule {schedule.name!r} has alpha(1) = {schedule.alpha_min:.4g}, but "
             f"t = 1 must be (nearly) pure noise, alpha(1) <= {MAX_ALPHA_AT_ONE}; lower process.eps "
             f"(log-linear, cosine) or raise process.t_end (blackout)")

@@ -22,6 +22,7 @@ global batch: one process, two processes and two micro-batches train the same mo
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import random
@@ -137,6 +138,10 @@ class Trainer:
     def _build(self) -> None:
         config, tc = self.config, self.config.train
         self.dataset = build_dataset(config)
+        if self.dataset.val.shape[0] == 0 and self.dataset.test.shape[0] == 0:  # validation needs one of them
+            raise ValueError(f"the dataset has {self.dataset.train.shape[0]} training examples and none left for "
+                             "validation or test (each split takes about 10% of a user array); validation and "
+                             "best-checkpoint selection need at least one: use a larger dataset")
         self.process = build_process_from(config, self.dataset.num_states)
         self.schedule = build_schedule_from(config)
         self.proposal = build_proposal(config)
@@ -242,8 +247,16 @@ class Trainer:
         tmp.replace(path)
 
     def _write_metrics(self, record: dict) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+        except OSError as err:
+            latest = find_latest_checkpoint(self.run_dir / "checkpoints")
+            kept = f"the last checkpoint {latest} is intact" if latest is not None else "no checkpoint was written yet"
+            reason = "the disk is full (No space left on device)" if err.errno == errno.ENOSPC else str(err)
+            raise OSError(f"could not append to {path}: {reason}; training stopped at step {self.step}, {kept}") \
+                from None
 
     def _save(self, directory: Path, keep_last: int) -> None:
         save_checkpoint(directory, self.step, self.denoiser, self.optimizer, self.scheduler, self.ema,
@@ -327,7 +340,10 @@ class Trainer:
             raise self._non_finite(float(value[0]))
 
     def validate(self) -> dict:
-        """Validation NLL (bits/dim) of the EMA weights, with a fixed seed so evaluations compare. Under
+        """Validation NLL (bits/dim) of the EMA weights on one fixed set of noise draws: the generator is seeded
+        with train.seed + 3 at every validation and the ``train.eval_t_samples`` lam draws of each example are
+        stratified (``losses.estimate_elbo``), so two validations of the same weights agree exactly and
+        checkpoints differ by their weights, not the noise. The training generators are not touched. Under
         torchrun every rank evaluates its shard of the split and the statistics are all-reduced."""
         split = self.dataset.val if self.dataset.val.shape[0] else self.dataset.test
         self.denoiser.eval()
