@@ -10,10 +10,12 @@ states, such as a mask, are never data). P_t = expm(sigma Q) in float64:
 - "eigen": for symmetric Q, or irreducible Q reversible with respect to its stationary pi whose
   eigenbasis is well conditioned (sqrt(max pi / min pi) <= 1e4): S = D^1/2 Q D^-1/2 is symmetric, so
   P_t = D^-1/2 U exp(sigma Lambda) U^T D^1/2 with one eigh at construction. Its entries carry absolute
-  errors ~1e-16, so it is used only for sigma c > 1/2; smaller sigma (t -> 0, where tiny entries such as
-  P[x0, y] ~ sigma Q[x0, y] matter) takes the all-positive Poisson sum below without squarings.
+  errors ~1e-16 sqrt(max pi / min pi), so it is used only for sigma c > 1/2 and only where every entry of the
+  result is above 1e-8 times that factor; otherwise (t -> 0, where tiny entries such as P[x0, y] ~ sigma Q[x0, y]
+  matter, or a sparse Q not yet mixed) P_t takes the all-positive Poisson sum below.
 - "uniformization" otherwise: with c = max_x -Q[x, x] and the stochastic S = I + Q/c,
-  P_t = sum_k Poisson(k; sigma c) S^k, evaluated by scaling and squaring with only non-negative terms.
+  P_t = sum_k Poisson(k; sigma c) S^k, evaluated by scaling and squaring with only non-negative terms (at
+  least enough squarings that 18 * 2^s >= M - 1, so no path between two states is cut off).
   Unlike a general-purpose matrix_exp (whose alternating Taylor terms leave absolute errors ~1e-16) every
   entry is accurate to a relative ~1e-14, structural zeros stay exactly zero and rows sum to one.
 
@@ -57,6 +59,7 @@ EXPM_METHODS = ("auto", "eigen", "uniformization")
 _SIGMA_MAX = 1e4          # sigma is clamped here (alpha = e^-10000): P_t is the limit long before
 _TAYLOR_DEGREE = 18       # Poisson(0.5) tail beyond 18 jumps: ~2e-23
 _MAX_CONDITION = 1e4      # sqrt(max pi / min pi) above which the eigenbasis is not trusted
+_EIGEN_FLOOR = 1e-8       # the eigenbasis serves a sigma only if every entry is >= this * its condition
 
 
 def _load_rates(rates: RatesLike, num_states: int | None, options: dict) -> Tensor:
@@ -162,6 +165,8 @@ class MatrixProcess(ForwardProcess):
             self._eigenvalues = evals.clamp_max(0.0)
             self._left = vecs / pi_sqrt[:, None]
             self._right = vecs.T * pi_sqrt[None, :]
+            # its absolute errors are ~1e-16 * sqrt(pi_x / pi_k): entries above this floor are good to ~1e-8
+            self._eigen_floor = _EIGEN_FLOOR * float((pi_sqrt.max() / pi_sqrt.min()))
             return "eigen"
         return "uniformization"
 
@@ -172,12 +177,15 @@ class MatrixProcess(ForwardProcess):
         unique, inverse = torch.unique(sigma.cpu(), return_inverse=True)
         y = unique * self._uniform_rate
         p = torch.empty(unique.shape[0], self.num_values, self.num_values, dtype=torch.float64)
-        # The eigenbasis leaves absolute errors ~1e-16, so it serves only sigma c > 1/2; below, the
-        # all-positive Poisson sum keeps tiny entries (t -> 0) accurate to a relative ~1e-15.
+        # The eigenbasis leaves absolute errors ~1e-16, so it serves only sigma c > 1/2 and only where no entry
+        # is tiny (a chain not yet mixed, e.g. banded K = 32 at sigma c ~ 1-100); elsewhere the all-positive
+        # Poisson sum keeps tiny entries accurate to a relative ~1e-15 per squaring.
         large = (y > 0.5) if self.expm_method == "eigen" else torch.zeros_like(y, dtype=torch.bool)
         if bool(large.any()):
             decay = torch.exp(unique[large, None] * self._eigenvalues[None, :])          # (U', M)
             p[large] = torch.einsum("ij,uj,jk->uik", self._left, decay, self._right)
+            tiny = (p[large] < self._eigen_floor).flatten(1).any(1)
+            large[large.clone()] = ~tiny
         small = ~large
         if bool(small.any()):
             p[small] = self._uniformized(y[small])
@@ -189,8 +197,10 @@ class MatrixProcess(ForwardProcess):
     def _uniformized(self, y: Tensor) -> Tensor:
         """expm(sigma Q) for y = c sigma (U,) float64 >= 0 by uniformization with only non-negative terms:
         (U, M, M), every entry accurate to a relative ~1e-16 per squaring (structural zeros stay zero)."""
-        # the fewest squarings s with z = y / 2^s <= 1/2 (relative errors double per squaring)
-        squarings = torch.ceil(torch.log2(y.clamp_min(1e-300) / 0.5)).clamp_min(0).long()
+        # the fewest squarings s with z = y / 2^s <= 1/2 (relative errors double per squaring) and
+        # 2^s * degree >= M - 1, so that every path between two states is in the product (no false zeros)
+        fewest = max(0, math.ceil(math.log2(max(1.0, (self.num_values - 1) / _TAYLOR_DEGREE))))
+        squarings = torch.ceil(torch.log2(y.clamp_min(1e-300) / 0.5)).clamp_min(fewest).long()
         z = y / torch.pow(2.0, squarings.double())
         k = torch.arange(_TAYLOR_DEGREE + 1, dtype=torch.float64)
         log_weights = k[None, :] * torch.log(z[:, None]) - z[:, None] - torch.lgamma(k + 1)[None, :]
