@@ -162,3 +162,27 @@ def test_exact_window_matches_table_for_asymmetric_generators(rates, options, nu
     x = sampler.sample(proc, SharedLevelOracle(oracle, 2), build_schedule("log-linear"), (num, 2), generator=_gen(1))
     tv = total_variation(empirical_distribution(x, 4), probs)
     assert tv < floor + tol, (tv, floor)
+
+
+# ----- P_t precision that the bound and the rates rely on ------------------------------------------------------
+def test_transition_matrix_has_no_false_zeros_for_far_states():
+    """Banded K = 32 (rate 1 to each neighbour) at sigma = 1e-6: P[0, 31] = sigma^31 / 31! (1 + O(sigma)), the
+    one path of 31 jumps. The original Poisson sum (18 terms, no squaring at sigma c < 1/2) returned exactly 0."""
+    proc = MatrixProcess(32, "banded")
+    sigma = 1e-6
+    p = proc.transition_matrix(torch.tensor([sigma], dtype=torch.float64))[0]
+    expected = math.exp(31 * math.log(sigma) - math.lgamma(32))
+    assert abs(float(p[0, 31]) / expected - 1.0) < 1e-4, (float(p[0, 31]), expected)
+
+
+def test_transition_matrix_tiny_entries_do_not_take_eigenbasis_noise():
+    """Banded K = 32 normalised (symmetric: the eigenbasis serves sigma c > 1/2) at sigma c ~ 1.4-20, where
+    P[0, 31] ~ 1e-30: every entry must match the all-positive uniformization to a relative 1e-9. The original
+    eigenbasis left absolute errors ~1e-16 there (relative ~1e14), and the rate of a prediction sure of x0 = 0 at
+    x_t = 31 came out 6415 at lam = 5 where the exact worst case is 34."""
+    auto = MatrixProcess(32, "banded", normalize=True)
+    reference = MatrixProcess(32, "banded", normalize=True, expm_method="uniformization")
+    assert auto.expm_method == "eigen"
+    sigma = torch.tensor([0.0067, 0.03, 0.1, 1.0, 6.0], dtype=torch.float64)
+    got, want = auto.transition_matrix(sigma), reference.transition_matrix(sigma)
+    assert float(((got - want).abs() / want).max()) < 1e-9

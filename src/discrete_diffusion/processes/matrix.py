@@ -14,8 +14,8 @@ states, such as a mask, are never data). P_t = expm(sigma Q) in float64:
   result is above 1e-8 times that factor; otherwise (t -> 0, where tiny entries such as P[x0, y] ~ sigma Q[x0, y]
   matter, or a sparse Q not yet mixed) P_t takes the all-positive Poisson sum below.
 - "uniformization" otherwise: with c = max_x -Q[x, x] and the stochastic S = I + Q/c,
-  P_t = sum_k Poisson(k; sigma c) S^k, evaluated by scaling and squaring with only non-negative terms (at
-  least enough squarings that 18 * 2^s >= M - 1, so no path between two states is cut off).
+  P_t = sum_k Poisson(k; sigma c) S^k, evaluated by scaling and squaring with only non-negative terms (for
+  M > 19 at least 2^s >= (M - 1) / 2 squarings at any sigma, so that no path between two states is cut off).
   Unlike a general-purpose matrix_exp (whose alternating Taylor terms leave absolute errors ~1e-16) every
   entry is accurate to a relative ~1e-14, structural zeros stay exactly zero and rows sum to one.
 
@@ -197,9 +197,12 @@ class MatrixProcess(ForwardProcess):
     def _uniformized(self, y: Tensor) -> Tensor:
         """expm(sigma Q) for y = c sigma (U,) float64 >= 0 by uniformization with only non-negative terms:
         (U, M, M), every entry accurate to a relative ~1e-16 per squaring (structural zeros stay zero)."""
-        # the fewest squarings s with z = y / 2^s <= 1/2 (relative errors double per squaring) and
-        # 2^s * degree >= M - 1, so that every path between two states is in the product (no false zeros)
-        fewest = max(0, math.ceil(math.log2(max(1.0, (self.num_values - 1) / _TAYLOR_DEGREE))))
+        # the fewest squarings s with z = y / 2^s <= 1/2 (relative errors double per squaring); when a path
+        # between two states can be longer than the degree (M - 1 > 18), also 2^s >= (M - 1) / 2, so that a path
+        # of up to M - 1 jumps spreads over the 2^s factors with at most 18 in each but for a fraction < 1e-10
+        # (with fewer, far entries come out 0 or too small: P[0, 31] of banded K = 32 was 0 at sigma c < 1/2)
+        longest = self.num_values - 1
+        fewest = math.ceil(math.log2(longest / 2)) if longest > _TAYLOR_DEGREE else 0
         squarings = torch.ceil(torch.log2(y.clamp_min(1e-300) / 0.5)).clamp_min(fewest).long()
         z = y / torch.pow(2.0, squarings.double())
         k = torch.arange(_TAYLOR_DEGREE + 1, dtype=torch.float64)
