@@ -6,14 +6,16 @@ the bound, the exact worst-case rate over the window (max over a 41-point lam gr
 x0, which attain the maximum), and their ratio; then runs `exact-window` with the exact oracle of a random table
 (D = 1) to lam_stop and reports network evaluations per site, capped (`--cap`) so that a run that never ends stops.
 
-    python benchmarks/exact_window_cost.py                 # prints a Markdown table
-    python benchmarks/exact_window_cost.py --lam-stop -5 --cap 20000
+    python benchmarks/exact_window_cost.py                 # prints Markdown tables, writes results/exact_window_cost.md
+    python benchmarks/exact_window_cost.py --lam-stop 10 --cap 100000
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -69,17 +71,24 @@ def main() -> None:
     parser.add_argument("--lam-stop", type=float, default=-5.0)
     parser.add_argument("--chains", type=int, default=8)
     parser.add_argument("--cap", type=int, default=20000, help="stop after this many network rows")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "exact_window_cost.md"))
     args = parser.parse_args()
+    lines: list[str] = [f"`python benchmarks/exact_window_cost.py {' '.join(sys.argv[1:])}`".replace(" `", "`"), ""]
+
+    def emit(text: str) -> None:
+        print(text)
+        lines.append(text)
+
     schedule = build_schedule("log-linear")
     lam_start = float(torch.logit(torch.tensor(schedule.alpha_min, dtype=torch.float64)))
-    print(f"| case | window (lam) | worst-case rate | bound | bound / worst |\n|---|---|---|---|---|")
+    emit(f"| case | window (lam) | worst-case rate | bound | bound / worst |\n|---|---|---|---|---|")
     for name, make in CASES.items():
         proc = make()
         for start in (lam_start, -5.0, -2.0, 0.0, 2.0, 5.0, 9.5):
             worst, bound = worst_rate(proc, start, start + 0.5)
             ratio = bound / worst if worst > 0 else float("nan")
-            print(f"| {name} | [{start:.2f}, {start + 0.5:.2f}] | {worst:.4g} | {bound:.4g} | {ratio:.3g} |")
-    print(f"\nexact-window, oracle of a random table (D = 1), {args.chains} chains, lam_stop {args.lam_stop}, "
+            emit(f"| {name} | [{start:.2f}, {start + 0.5:.2f}] | {worst:.4g} | {bound:.4g} | {ratio:.3g} |")
+    emit(f"\nexact-window, oracle of a random table (D = 1), {args.chains} chains, lam_stop {args.lam_stop}, "
           f"cap {args.cap} network rows\n\n| case | network rows per site | batched calls | ended | seconds |\n"
           f"|---|---|---|---|---|")
     for name, make in CASES.items():
@@ -95,7 +104,9 @@ def main() -> None:
             ended = "no (cap)"
         except (RuntimeError, ValueError) as err:
             ended = f"raised: {err}"
-        print(f"| {name} | {counter.rows / args.chains:.1f} | {counter.calls} | {ended} | {time.time() - start:.1f} |")
+        emit(f"| {name} | {counter.rows / args.chains:.1f} | {counter.calls} | {ended} | {time.time() - start:.1f} |")
+
+    Path(args.out).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
