@@ -135,7 +135,8 @@ def test_exact_thinning_negative_control_wrong_oracle(floor):
 
 def test_exact_window_matches_table_for_the_gaussian_matrix(floor):
     """Pooled over two runs (40k samples, expected floor ~ floor / sqrt 2 = 0.0071): single 20k runs measured
-    0.0066-0.0162 (seeds 0-3), the pooled 80k 0.0060, as close as 256 bridge steps (0.0049)."""
+    0.0066-0.0162 (seeds 0-3), the pooled 80k 0.0060, as close as 256 bridge steps (0.0049), with the window bound
+    before issue 10 (same law, other candidate draws). Asymmetric generators: tests/test_exact_window_bound.py."""
     proc = MatrixProcess(K, "gaussian", normalize=True)
     draws = [_sample(proc, "exact-window", 1, seed=seed, lam_stop=6.0) for seed in (1, 2)]
     pooled = torch.cat([x for x, _ in draws])

@@ -10,10 +10,12 @@ states, such as a mask, are never data). P_t = expm(sigma Q) in float64:
 - "eigen": for symmetric Q, or irreducible Q reversible with respect to its stationary pi whose
   eigenbasis is well conditioned (sqrt(max pi / min pi) <= 1e4): S = D^1/2 Q D^-1/2 is symmetric, so
   P_t = D^-1/2 U exp(sigma Lambda) U^T D^1/2 with one eigh at construction. Its entries carry absolute
-  errors ~1e-16, so it is used only for sigma c > 1/2; smaller sigma (t -> 0, where tiny entries such as
-  P[x0, y] ~ sigma Q[x0, y] matter) takes the all-positive Poisson sum below without squarings.
+  errors ~1e-16 sqrt(max pi / min pi), so it is used only for sigma c > 1/2 and only where every entry of the
+  result is above 1e-8 times that factor; otherwise (t -> 0, where tiny entries such as P[x0, y] ~ sigma Q[x0, y]
+  matter, or a sparse Q not yet mixed) P_t takes the all-positive Poisson sum below.
 - "uniformization" otherwise: with c = max_x -Q[x, x] and the stochastic S = I + Q/c,
-  P_t = sum_k Poisson(k; sigma c) S^k, evaluated by scaling and squaring with only non-negative terms.
+  P_t = sum_k Poisson(k; sigma c) S^k, evaluated by scaling and squaring with only non-negative terms (for
+  M > 19 at least 2^s >= (M - 1) / 2 squarings at any sigma, so that no path between two states is cut off).
   Unlike a general-purpose matrix_exp (whose alternating Taylor terms leave absolute errors ~1e-16) every
   entry is accurate to a relative ~1e-14, structural zeros stay exactly zero and rows sum to one.
 
@@ -24,7 +26,7 @@ Math (DESIGN.md section 3), per site with x = x_t, all in float64:
     bridge: q(x_s | x_t, x0) ∝ P_{s->t}[x_s, x_t] P_s[x0, x_s],  P_{s->t} = expm((sigma_t - sigma_s) Q).
 The total reverse rate per lam does not vanish as alpha -> 0 for a general Q, so there is no bound
 c(x) sigmoid(lam) and ``reverse_rate_bound`` raises; ``reverse_rate_window_bound`` bounds it over a window of
-lam instead, for the "exact-window" simulator.
+lam instead, for the "exact-window" simulator (processes/matrix_window.py).
 
 Parameterisation "logits": p(x0 | x_t) = softmax(net + log P_t[x0, x_t]), the Bayes posterior under a flat
 prior when net = 0, which concentrates on x_t as t -> 0 and puts no mass on x0 that cannot reach x_t. For
@@ -50,12 +52,14 @@ from torch import Tensor
 from .base import ForwardProcess, Prediction, expand_to_sites, sample_categorical
 from .generators import (GENERATORS, _unreachable_pair, spectral_gap, stationary_distribution,
                          validate_rate_matrix)
+from .matrix_window import bound_from_table, reachability, window_table
 
 RatesLike = str | os.PathLike | Tensor | np.ndarray | Sequence[Sequence[float]]
 EXPM_METHODS = ("auto", "eigen", "uniformization")
 _SIGMA_MAX = 1e4          # sigma is clamped here (alpha = e^-10000): P_t is the limit long before
 _TAYLOR_DEGREE = 18       # Poisson(0.5) tail beyond 18 jumps: ~2e-23
 _MAX_CONDITION = 1e4      # sqrt(max pi / min pi) above which the eigenbasis is not trusted
+_EIGEN_FLOOR = 1e-8       # the eigenbasis serves a sigma only if every entry is >= this * its condition
 
 
 def _load_rates(rates: RatesLike, num_states: int | None, options: dict) -> Tensor:
@@ -110,6 +114,7 @@ class MatrixProcess(ForwardProcess):
         if normalize:
             q = q / spectral_gap(q)
         self.rate_matrix = q
+        self._reachable = reachability(q)                                  # (M, M) bool: k can reach x
         unreachable = _unreachable_pair(q)
         self.stationary = stationary_distribution(q) if unreachable is None else None
         self.prior = self._resolve_prior(prior, unreachable)
@@ -160,6 +165,8 @@ class MatrixProcess(ForwardProcess):
             self._eigenvalues = evals.clamp_max(0.0)
             self._left = vecs / pi_sqrt[:, None]
             self._right = vecs.T * pi_sqrt[None, :]
+            # its absolute errors are ~1e-16 * sqrt(pi_x / pi_k): entries above this floor are good to ~1e-8
+            self._eigen_floor = _EIGEN_FLOOR * float((pi_sqrt.max() / pi_sqrt.min()))
             return "eigen"
         return "uniformization"
 
@@ -170,29 +177,42 @@ class MatrixProcess(ForwardProcess):
         unique, inverse = torch.unique(sigma.cpu(), return_inverse=True)
         y = unique * self._uniform_rate
         p = torch.empty(unique.shape[0], self.num_values, self.num_values, dtype=torch.float64)
-        # The eigenbasis leaves absolute errors ~1e-16, so it serves only sigma c > 1/2; below, the
-        # all-positive Poisson sum keeps tiny entries (t -> 0) accurate to a relative ~1e-15.
+        # The eigenbasis leaves absolute errors ~1e-16, so it serves only sigma c > 1/2 and only where no entry
+        # is tiny (a chain not yet mixed, e.g. banded K = 32 at sigma c ~ 1-100); elsewhere the all-positive
+        # Poisson sum keeps tiny entries accurate to a relative ~1e-15 per squaring.
         large = (y > 0.5) if self.expm_method == "eigen" else torch.zeros_like(y, dtype=torch.bool)
         if bool(large.any()):
             decay = torch.exp(unique[large, None] * self._eigenvalues[None, :])          # (U', M)
             p[large] = torch.einsum("ij,uj,jk->uik", self._left, decay, self._right)
+            tiny = (p[large] < self._eigen_floor).flatten(1).any(1)
+            large[large.clone()] = ~tiny
         small = ~large
         if bool(small.any()):
-            # the fewest squarings s with z = y / 2^s <= 1/2 (relative errors double per squaring)
-            squarings = torch.ceil(torch.log2(y[small].clamp_min(1e-300) / 0.5)).clamp_min(0).long()
-            z = y[small] / torch.pow(2.0, squarings.double())
-            k = torch.arange(_TAYLOR_DEGREE + 1, dtype=torch.float64)
-            log_weights = k[None, :] * torch.log(z[:, None]) - z[:, None] - torch.lgamma(k + 1)[None, :]
-            weights = torch.where(z[:, None] > 0, log_weights.exp(), (k == 0).double()[None, :])
-            block = torch.einsum("uk,kij->uij", weights, self._powers)      # Poisson(z)-weighted powers of S
-            for step in range(int(squarings.max())):
-                todo = squarings > step
-                block[todo] = block[todo] @ block[todo]
-            p[small] = block
+            p[small] = self._uniformized(y[small])
         p = p.clamp(0.0, 1.0)
         p = p / p.sum(-1, keepdim=True)                                   # rows stochastic to rounding
         p = torch.where((unique == 0)[:, None, None], torch.eye(self.num_values, dtype=torch.float64), p)
         return p[inverse].to(sigma.device)
+
+    def _uniformized(self, y: Tensor) -> Tensor:
+        """expm(sigma Q) for y = c sigma (U,) float64 >= 0 by uniformization with only non-negative terms:
+        (U, M, M), every entry accurate to a relative ~1e-16 per squaring (structural zeros stay zero)."""
+        # the fewest squarings s with z = y / 2^s <= 1/2 (relative errors double per squaring); when a path
+        # between two states can be longer than the degree (M - 1 > 18), also 2^s >= (M - 1) / 2, so that a path
+        # of up to M - 1 jumps spreads over the 2^s factors with at most 18 in each but for a fraction < 1e-10
+        # (with fewer, far entries come out 0 or too small: P[0, 31] of banded K = 32 was 0 at sigma c < 1/2)
+        longest = self.num_values - 1
+        fewest = math.ceil(math.log2(longest / 2)) if longest > _TAYLOR_DEGREE else 0
+        squarings = torch.ceil(torch.log2(y.clamp_min(1e-300) / 0.5)).clamp_min(fewest).long()
+        z = y / torch.pow(2.0, squarings.double())
+        k = torch.arange(_TAYLOR_DEGREE + 1, dtype=torch.float64)
+        log_weights = k[None, :] * torch.log(z[:, None]) - z[:, None] - torch.lgamma(k + 1)[None, :]
+        weights = torch.where(z[:, None] > 0, log_weights.exp(), (k == 0).double()[None, :])
+        block = torch.einsum("uk,kij->uij", weights, self._powers)          # Poisson(z)-weighted powers of S
+        for step in range(int(squarings.max()) if squarings.numel() else 0):
+            todo = squarings > step
+            block[todo] = block[todo] @ block[todo]
+        return block
 
     def _marginals(self, lam: Tensor) -> Tensor:
         """P_t rows for the data values: (B, K, M) float64."""
@@ -309,52 +329,24 @@ class MatrixProcess(ForwardProcess):
         weight = expand_to_sites(torch.sigmoid(-lam.double()), xt)[..., None]
         return weight * self._rates_into(xt) * s
 
+    def reverse_rate_window_table(self, lam_from: Tensor, lam_to: Tensor) -> Tensor:
+        """Per-state upper bounds (B, M) float64 on the reverse rate per unit of lam of one site at each value x,
+        valid for every lam in [lam_from, lam_to] (B,) and every prediction: >= (1 - alpha) max_k R[k, x] with
+        R[k, x] = sum_{z != x} P_t[k, z] Q[z, x] / P_t[k, x]; +inf where P_t underflows (see
+        ``processes/matrix_window.py`` for the math). It does not depend on x_t, so it stays valid after a jump."""
+        return window_table(self, lam_from, lam_to)
+
+    @staticmethod
+    def window_bound_from_table(xt: Tensor, table: Tensor) -> Tensor:
+        """The total bound (B,) float64 for x_t (B, *sites) from a ``reverse_rate_window_table`` (B, M). Raises
+        ValueError when a site sits at a state whose bound is not finite."""
+        return bound_from_table(xt, table)
+
     def reverse_rate_window_bound(self, xt: Tensor, lam_from: Tensor, lam_to: Tensor) -> Tensor:
-        """An upper bound (B,) float64 on the total reverse rate per unit of lam at x_t, valid for every lam in
-        [lam_from, lam_to] and every prediction (for the "exact-window" sampler).
-
-        The rate is (1 - alpha) sum_{y != x} Q[y, x] s_y with s_y <= max_k P[k, y] / P[k, x] over data values k
-        that can reach x. With c = max_x -Q[x, x], S = I + Q/c and P = sum_n Poisson(n; c sigma) S^n, and
-        Poisson(n; .) unimodal in its rate, the sums of the per-term minimum / maximum over the window's sigma
-        range [sigma(lam_to), sigma(lam_from)] (truncated / plus the tail) bound P from below / above."""
-        lam_from, lam_to = lam_from.double(), lam_to.double()
-        rate = self._uniform_rate
-        low_rate, high_rate = rate * F.softplus(-lam_to), rate * F.softplus(-lam_from)              # (B,)
-        powers = self._window_powers()                                                               # (N + 1, M, M)
-        n = torch.arange(powers.shape[0], dtype=torch.float64, device=lam_from.device)
-
-        def poisson(lam_rate: Tensor) -> Tensor:                                                     # (B, N + 1)
-            log_pmf = n * torch.log(lam_rate[:, None].clamp_min(1e-300)) - lam_rate[:, None] - torch.lgamma(n + 1)
-            return torch.where(lam_rate[:, None] > 0, log_pmf.exp(), (n == 0).double()[None, :])
-
-        at_low, at_high = poisson(low_rate), poisson(high_rate)
-        at_mode = torch.exp(torch.xlogy(n, n) - n - torch.lgamma(n + 1))[None, :]                   # Poisson(n; n)
-        inside = (low_rate[:, None] <= n) & (n <= high_rate[:, None])
-        weight_min = torch.minimum(at_low, at_high)
-        weight_max = torch.where(inside, at_mode, torch.maximum(at_low, at_high))
-        tail = (1.0 - at_high.sum(1)).clamp(0.0, 1.0)                                                # P(Pois > N)
-        mats = powers.to(lam_from.device)
-        lower = torch.einsum("bn,nij->bij", weight_min, mats)[:, : self.num_states]                 # (B, K, M)
-        upper = (torch.einsum("bn,nij->bij", weight_max, mats)[:, : self.num_states]
-                 + tail[:, None, None]).clamp_max(1.0)
-        ratio = upper[:, :, :, None] / torch.where(lower > 0, lower, torch.ones_like(lower))[:, :, None, :]
-        ratio = torch.where((lower > 0)[:, :, None, :], ratio, torch.zeros_like(ratio))              # (B, K, y, x)
-        ratio_bound = ratio.amax(1)                                                                  # (B, y, x)
-        q = self.rate_matrix.to(lam_from.device)
-        off = ~torch.eye(self.num_values, dtype=torch.bool, device=lam_from.device)
-        per_state = (q.T[None] * ratio_bound * off).sum(1)                                          # (B, x)
-        per_site = torch.gather(per_state, 1, xt.reshape(xt.shape[0], -1))
-        return torch.sigmoid(-lam_from) * per_site.sum(1)
-
-    def _window_powers(self, terms: int = 80) -> Tensor:
-        """S^n for n = 0..terms (S = I + Q/c), computed once: (terms + 1, M, M) float64."""
-        if getattr(self, "_window_power_cache", None) is None:
-            step = torch.eye(self.num_values, dtype=torch.float64) + self.rate_matrix / self._uniform_rate
-            powers = [torch.eye(self.num_values, dtype=torch.float64)]
-            for _ in range(terms):
-                powers.append(powers[-1] @ step)
-            self._window_power_cache = torch.stack(powers).clamp_min(0.0)
-        return self._window_power_cache
+        """An upper bound (B,) float64 on the total reverse rate per unit of lam at x_t (B, *sites), valid for
+        every lam in [lam_from, lam_to] and every prediction (for the "exact-window" sampler): the sum over the
+        sites of ``reverse_rate_window_table``. Raises ValueError where no finite bound exists."""
+        return bound_from_table(xt, window_table(self, lam_from.double(), lam_to.double()))
 
     def reverse_rate_bound(self, xt: Tensor) -> Tensor:
         raise ValueError("process 'matrix' has no reverse_rate_bound: for a general Q the reverse rate per unit "

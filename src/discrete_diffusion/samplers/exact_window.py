@@ -4,16 +4,21 @@ References: Lewis & Shedler, "Simulation of nonhomogeneous Poisson processes by 
 Campbell et al., NeurIPS 2022 (the reverse CTMC of a discrete diffusion).
 
 For a general Q the total reverse rate has no bound of the form c(x) sigmoid(lam) (see ``exact``), but the
-process can bound it over a window [lam, lam + w] for every prediction (``reverse_rate_window_bound``). The
-simulation walks lam upward in windows: in each, a candidate time is drawn from the constant bound B; past
-the window's end the chain moves on to the next window without a jump, otherwise the candidate is accepted
-with probability (true total rate) / B and jumps to (site, value) in proportion to the rates. With an exact
-denoiser the samples follow the data distribution exactly up to the final noise-removal draw at lam_stop.
+process can bound it over a window [lam, lam + w] for every prediction (``reverse_rate_window_table``: one bound
+per state value, summed over the sites). The simulation walks lam upward in windows: in each, a candidate time is
+drawn from the constant bound B; past the window's end the chain moves on to the next window without a jump,
+otherwise the candidate is accepted with probability (true total rate) / B and jumps to (site, value) in
+proportion to the rates. After a jump the window and its per-state table stay (they hold for every state), only
+the sum over the sites is redone. With an exact denoiser the samples follow the data distribution exactly up to
+the final noise-removal draw at lam_stop.
 
-The bound (``MatrixProcess.reverse_rate_window_bound``) must hold for any denoiser, so it is loose near the
-data end (alpha -> 1), where it grows like 1 / min P_t[k, x]: each rejected candidate costs a network call.
-Meant for small problems (a few sites and states) and a dense Q (e.g. the Gaussian kernel); ``lam_stop``
-defaults lower than ``exact``'s for that reason. ``num_steps`` is not used.
+The bound is the rate of the worst prediction (sure of the data value x0 that maximises the rate) at its worst
+lam in the window, within a factor ~2 (``MatrixProcess`` bisects the window until it is): each rejected candidate
+costs a network call. Near the data end that worst rate stays about d (1 - alpha) / sigma ~ d per unit lam and
+site (d the largest number of jumps between two values), so the cost grows with lam_stop; meant as ground truth
+for small problems (a few sites and states), with ``lam_stop`` lower than ``exact``'s. Where P_t underflows (a far
+state at lam ~ 25) no valid bound exists and the sampler raises ValueError instead of stalling. ``num_steps`` is
+not used.
 """
 
 from __future__ import annotations
@@ -45,12 +50,13 @@ class WindowThinningSampler(ExactSimulationSampler):
                generator: torch.Generator | None = None, device: torch.device | str | None = None,
                callback: ProgressCallback | None = None) -> Tensor:
         device = self.sampling_device(denoiser, generator, device)
-        if not hasattr(process, "reverse_rate_window_bound"):
-            raise ValueError(f"sampler {self.name!r} needs a process with reverse_rate_window_bound (matrix); got "
+        if not hasattr(process, "reverse_rate_window_table"):
+            raise ValueError(f"sampler {self.name!r} needs a process with reverse_rate_window_table (matrix); got "
                              f"{process.name!r} (use 'exact' for masking and blackout, 'exact-thinning' for uniform)")
         x, denoiser, lam, lam_end = self._start(process, denoiser, schedule, shape, generator, device)
         window_end = torch.minimum(lam + self.window, torch.full_like(lam, lam_end))
-        bound = process.reverse_rate_window_bound(x, lam, window_end)
+        table = process.reverse_rate_window_table(lam, window_end)                 # (B, M): per state value
+        bound = process.window_bound_from_table(x, table)
         events = 0
         while True:
             active = (lam < lam_end).nonzero()[:, 0]
@@ -76,10 +82,12 @@ class WindowThinningSampler(ExactSimulationSampler):
                 accepted = u < accept_prob
                 x = apply_jumps(x, idx[accepted], flat[accepted], rates.shape[-1], generator)
                 jumped = idx[accepted]
-                moved = torch.cat([moved, jumped])          # a jump changes x: its bound is recomputed
+                if jumped.numel():                      # same window, new state: re-sum the per-state table
+                    bound[jumped] = process.window_bound_from_table(x[jumped], table[jumped])
             if moved.numel():
                 window_end[moved] = torch.minimum(lam[moved] + self.window, torch.full_like(lam[moved], lam_end))
-                bound[moved] = process.reverse_rate_window_bound(x[moved], lam[moved], window_end[moved])
+                table[moved] = process.reverse_rate_window_table(lam[moved], window_end[moved])
+                bound[moved] = process.window_bound_from_table(x[moved], table[moved])
             events += 1
             self._after_event(events, x, callback)
         return self._finish(process, denoiser, x, lam_end, generator)
