@@ -225,8 +225,9 @@ class ForwardProcess(ABC):
     def leap(self, xt: Tensor, prediction: Prediction, lam: Tensor, lam_from: Tensor, lam_to: Tensor,
              rule: str = "reject", generator: torch.Generator | None = None) -> Tensor:
         """One leap over [lam_from, lam_to] with the reverse rates frozen at x_t (prediction made at lam):
-        ``jump_from_rates(integrated_reverse_rates(...), rule)``. Processes whose rates factorise (masking:
-        a per-site hazard times p(x0 | x_t)) override it to draw targets only where a site moves."""
+        ``jump_from_rates(integrated_reverse_rates(...), rule)``, at most one move per site. Processes whose rates
+        factorise (masking: a per-site hazard times p(x0 | x_t)) override it to draw targets only where a site
+        moves; count processes (Blackout) override it to fire every birth due (Poisson per channel)."""
         expected = self.integrated_reverse_rates(xt, prediction, lam, lam_from, lam_to)
         return jump_from_rates(xt, expected, generator, rule)
 
@@ -235,7 +236,8 @@ class ForwardProcess(ABC):
         """One leap from ``base`` with the expected jumps (sum_i c_i E_i)_+ (the current value dropped), where
         E_i = integrated_reverse_rates(x_i, prediction_i, lam_i, lam_from_i, lam_to) for each term
         (c_i, x_i, prediction_i, lam_i, lam_from_i): the second stage of the theta methods. Processes whose
-        rates are sparse (masking: only masked sites) override it to work on the sites that can move."""
+        rates are sparse (masking: only masked sites) override it to work on the sites that can move; masking and
+        Blackout combine per channel (MASK -> y out of base's MASK; the birth nu = +1, Poisson), see theirs."""
         combined = sum(c * self.integrated_reverse_rates(x, p, lam, lam_from, lam_to) for c, x, p, lam, lam_from in terms)
         return jump_from_rates(base, combined.clamp_min(0.0).scatter(-1, base[..., None], 0.0), generator, rule)
 

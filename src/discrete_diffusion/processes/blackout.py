@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import ForwardProcess, Prediction, expand_to_sites
+from .base import ForwardProcess, Prediction, RateTerm, check_jump_rule, expand_to_sites
 
 
 def log_binomial_pmf(k: Tensor, n: Tensor, log_p: Tensor, log_1mp: Tensor) -> Tensor:
@@ -212,3 +212,29 @@ class BlackoutProcess(ForwardProcess):
         hazard = expand_to_sites(F.softplus(lam_s) - F.softplus(lam_t), xt)
         births = torch.poisson(mean_missing.double().clamp_min(0) * hazard, generator=generator)
         return torch.minimum(xt + births.long(), torch.full_like(xt, self.max_count))
+
+    # ----- leaps: the birth channel (nu = +1) fires a Poisson number of times -------------------------------
+    def leap(self, xt: Tensor, prediction: Prediction, lam: Tensor, lam_from: Tensor, lam_to: Tensor,
+             rule: str = "reject", generator: torch.Generator | None = None) -> Tensor:
+        """Every birth due over [lam_from, lam_to] with the rate frozen at x_t: x_t + Poisson(yhat h), h =
+        softplus(lam_to) - softplus(lam_from), capped at N (Santos et al. 2023). A count site has one channel,
+        nu = +1, whose jumps add up, so the categorical one-move rules (``rule``: reject / first / euler, which
+        decide between competing targets of one site) do not apply: every rule gives this law."""
+        check_jump_rule(rule)
+        return self.tau_leap(xt, self.expected_missing(prediction), lam_from, lam_to, generator)
+
+    def combined_leap(self, base: Tensor, terms: list[RateTerm], lam_to: Tensor, rule: str = "reject",
+                      generator: torch.Generator | None = None) -> Tensor:
+        """base + Poisson((sum_i c_i yhat_i h_i)_+) per site, capped at N: the stages combined per channel
+        (nu = +1), as Ren et al. 2025 combine intensities. Term i = (c_i, x_i, prediction_i, lam_i, lam_from_i)
+        gives the birth intensity at x_i, yhat_i = E[x0 - x_i | x_i], and h_i = softplus(lam_to) -
+        softplus(lam_from_i) its integrated alpha; the births are added to ``base`` whatever x_i is (theta-RK-2
+        adds them to x_t with intensities from y*). ``rule`` is validated and, as in ``leap``, does not apply."""
+        check_jump_rule(rule)
+        expected = None
+        for c, x, prediction, _lam, lam_from in terms:
+            hazard = (F.softplus(lam_to.double()) - F.softplus(lam_from.double())).clamp_min(0.0)
+            term = c * self.expected_missing(prediction).double().clamp_min(0) * expand_to_sites(hazard, x)
+            expected = term if expected is None else expected + term
+        births = torch.poisson(expected.clamp_min(0.0), generator=generator)
+        return torch.minimum(base + births.long(), torch.full_like(base, self.max_count))

@@ -153,24 +153,41 @@ class MaskingProcess(ForwardProcess):
 
     def combined_leap(self, base: Tensor, terms: list[RateTerm], lam_to: Tensor, rule: str = "reject",
                       generator: torch.Generator | None = None) -> Tensor:
-        """Only masked sites of ``base`` can move, and a term's rate there is c h p(y | x) (h its integrated alpha,
-        zero where the term's state is unmasked): the combination is formed on those sites only, and targets
-        are drawn (float64) only where a site moves. Same law as the generic combined_leap (tested)."""
+        """One leap from ``base`` with the rates of the terms combined per channel "site d: MASK -> y".
+
+        Only masked sites of ``base`` move. Term i = (c_i, x_i, prediction_i, lam_i, lam_from_i) contributes
+        c_i h_i p_i(y) at such a site, h_i = softplus(lam_to) - softplus(lam_from_i) its integrated alpha and
+        p_i = p(x0^d | x_i) (for a site that x_i has already unmasked, the point mass on x_i's value: SUBS, and
+        the exact posterior). The channel's intensity is taken out of MASK, base's value, even where x_i has moved:
+        theta-RK-2 leaps from x_t with rates from y*, and a zero rate at the sites y* unmasked would make a site
+        unmask over the step with probability e^{-h_1}(1 - e^{-h}) instead of 1 - e^{-h} (first order).
+
+        Every p_i sums to one, so the combined total hazard is exactly H = (sum_i c_i h_i)_+ whatever the
+        predictions: a site moves with probability move_probability(H, rule) (with "first" the exact
+        1 - (1 - alpha_s)/(1 - alpha_t) of the step when the h_i come from one interval) and its target is drawn
+        (float64, only where a site moves) in proportion to (sum_i c_i h_i p_i(y))_+. Where that clamp does not
+        bind and every x_i is masked wherever base is (theta-trapezoidal), this is the law of the generic
+        combined_leap (tested)."""
         check_jump_rule(rule)
         sites = base == self.mask_index
         if not bool(sites.any()):
             return base
         rows = sites.nonzero(as_tuple=True)[0]
-        combined = None
+        combined, total = None, None
         for c, x, prediction, _lam, lam_from in terms:
             hazard = (F.softplus(lam_to.double()) - F.softplus(lam_from.double())).clamp_min(0.0)[rows]
-            weight = (c * hazard * (x[sites] == self.mask_index)).float()[:, None]
-            term = self.x0_log_probs(prediction, x)[sites].exp_().mul_(weight)     # a fresh (n, K) tensor
+            x_sites = x[sites]
+            moved = x_sites != self.mask_index                                  # x has unmasked these sites
+            probs = self.x0_log_probs(prediction, x)[sites].exp()               # a fresh (n, K) tensor
+            if bool(moved.any()):
+                probs[moved] = F.one_hot(x_sites[moved], self.num_states).to(probs.dtype)
+            term = probs.mul_((c * hazard).float()[:, None])
             combined = term if combined is None else combined.add_(term)
+            total = c * hazard if total is None else total + c * hazard
         combined = combined.clamp_min_(0.0)
-        total = combined.sum(-1).double()
+        total = total.clamp_min(0.0)
         u = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=base.device)
-        move = u < move_probability(total, rule)
+        move = (u < move_probability(total, rule)) & (combined.sum(-1) > 0)
         values = base[sites]
         if bool(move.any()):
             values[move] = sample_categorical(torch.log(combined[move].double()), generator)

@@ -8,11 +8,12 @@ One step from lam_t to lam_s, with the intermediate point lam_m = lam_t + theta 
 1. y* = leap from x_t with the rates at (x_t, lam_t) over [lam_t, lam_m];
 2. x_s = leap from y* with the rates (a1 mu(y*, lam_m) - a2 mu(x_t, lam_t))_+ over [lam_m, lam_s],
    a1 = 1 / (2 theta (1 - theta)), a2 = ((1 - theta)^2 + theta^2) / (2 theta (1 - theta)), a1 - a2 = 1.
-Rates are indexed by (site, target value) and come only from the process (``integrated_reverse_rates``, the
-expected jumps with the prediction frozen, which for masking integrates the alpha factor exactly); the rate
-into y*'s own value is dropped. Each leap moves a site at most once (``multi_jump``, default "first";
-see ``theta_base``). Two network calls per step; the last
-interval to alpha = 1 draws x0 from the denoiser (one call).
+Rates come only from the process (``combined_leap`` on ``integrated_reverse_rates``, the expected jumps with
+the prediction frozen, which for masking and Blackout integrate the alpha factor exactly): per target value
+(site, y) on categorical processes, the rate into y*'s own value dropped, and the masked site's total hazard
+exact; per channel on Blackout (nu = +1: y* + Poisson((a1 yhat(y*) - a2 yhat(x_t))_+ h) births). Each leap
+moves a categorical site at most once (``multi_jump``, default "first"; see ``theta_base``). Two network calls
+per step; the last interval to alpha = 1 draws x0 from the denoiser (one call).
 """
 
 from __future__ import annotations
