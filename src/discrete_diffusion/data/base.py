@@ -105,7 +105,7 @@ def validate_values(x: Any, num_states: int | None, where: str = "") -> Tensor:
                 f"data{loc} has values out of range (min found {lo}, max found {hi}); "
                 f"allowed range is {rng} for num_states={num_states}"
             )
-    if hi > np.iinfo(np.int64).max:
+    if (float(hi) >= 2.0**63) if kind == "f" else (int(hi) > np.iinfo(np.int64).max):  # no cast of a huge float
         raise ValueError(f"data{loc} has values too large for int64 (max found {hi})")
     return torch.from_numpy(np.ascontiguousarray(arr.astype(np.int64, copy=False)))
 

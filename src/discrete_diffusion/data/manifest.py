@@ -124,7 +124,8 @@ def check_data_manifest(run_dir: str | os.PathLike, dataset: DiscreteDataset, al
                         f"{recorded['splits_sha256']} recorded, {now['splits_sha256']} now")
     if problems and not allow_change:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise DataChangedError(f"{problems[0]}{more}; restore the data, or pass --allow-data-change to use it anyway")
+        raise DataChangedError(f"{problems[0]}{more}; restore the data (ddiff sample and ddiff evaluate accept "
+                               "--allow-data-change to use it anyway; training and train-planner do not)")
     for problem in problems:
         warnings.warn(f"DATA CHANGED SINCE TRAINING (--allow-data-change): {problem}; results describe the new "
                       f"data, not the data of {path}", DataChangedWarning, stacklevel=2)
