@@ -63,8 +63,8 @@ class RunLock:
         except OSError as err:
             os.close(fd)
             if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise RunDirectoryLocked(f"run directory {self.run_dir} is in use by another training (it holds "
-                                         f"{self.path}); wait for it to finish or use another --out") from None
+                raise RunDirectoryLocked(f"run directory {self.run_dir} is in use by another training (which holds "
+                                         f"the lock {self.path}); wait for it to finish or use another --out") from None
             raise
         except BaseException:
             os.close(fd)

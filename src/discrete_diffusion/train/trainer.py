@@ -91,7 +91,7 @@ def _listing(directory: Path, show: int = 5, limit: int = 1000) -> str:
         return f"unreadable: {err.strerror}"
     if not names:
         return "nothing"
-    count = f"{len(names)}{'+' if len(names) == limit else ''} entries"
+    count = f"{len(names)}{'+' if len(names) == limit else ''} {'entry' if len(names) == 1 else 'entries'}"
     return f"{count}: {', '.join(names[:show])}{', ...' if len(names) > show else ''}"
 
 
