@@ -58,7 +58,8 @@ from ..denoiser import NetworkDenoiser, noise_level_input
 from ..losses import diffusion_terms, draw_noise, training_loss
 from ..processes.base import Prediction
 from ..visualize import save_image_grid
-from .atomic_io import append_text, atomic_write_text, ensure_dir, probe_writable, read_text_nofollow, refuse_link, user_dir
+from .atomic_io import (append_text, atomic_write_text, ensure_dir, probe_writable, read_text_nofollow, refuse_link,
+                        user_dir)
 from .augment import build_augmentation
 from .checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
 from .checks import check_train_config
