@@ -3,7 +3,7 @@
 FAULT_LOCKSTEP=1: every ``os.fsync`` is announced on stdout as ``FSYNC <path>`` and waits for a line on
 stdin before it runs, so the parent can SIGKILL the child at an exact point of a checkpoint write (a temp
 file written but not renamed, a manifest renamed but its directory not yet synced, ...).
-FAULT_FSYNC_DELAY=seconds: announce every fsync without waiting and sleep that long in it (widens the
+FAULT_FSYNC_DELAY=seconds: announce every fsync (``FSYNCED <path>``) without waiting and sleep that long in it (widens the
 windows for random kills).
 """
 
@@ -30,7 +30,11 @@ def _lockstep_fsync(fd: int) -> None:
 
 
 def _slow_fsync(fd: int) -> None:
-    print("FSYNC", flush=True)  # announce only (FAULT_LOCKSTEP unset): the parent does not answer
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        path = "?"
+    print(f"FSYNCED {path}", flush=True)  # announce only (FAULT_LOCKSTEP unset): the parent does not answer
     time.sleep(float(os.environ["FAULT_FSYNC_DELAY"]))
     _real_fsync(fd)
 

@@ -192,9 +192,12 @@ def test_sigkill_at_random_times_then_resume_is_bit_identical(uninterrupted, tmp
     run = tmp_path / "killed"
     kills = 0
     for attempt in range(40):
-        child = Child(run, resume=attempt > 0, lockstep=False, fsync_delay=0.02)
-        while (line := child.lines.get(timeout=120)) not in (None, "FSYNC"):
-            pass  # wait for the first fsync: training has started writing checkpoints
+        # --resume needs a complete checkpoint; a kill before the first one leaves a run to start anew
+        child = Child(run, resume=find_latest_checkpoint(run / "checkpoints") is not None, lockstep=False,
+                      fsync_delay=0.02)
+        while (line := child.lines.get(timeout=120)) is not None and not (
+                line.startswith("FSYNCED") and "/checkpoints/" in line):
+            pass  # wait for the first checkpoint fsync (config.yaml and metrics.jsonl are fsync'ed before training)
         if line is None:
             assert child.proc.wait(timeout=60) == 0
             break

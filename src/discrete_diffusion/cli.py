@@ -159,10 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_training(config_path: str | None, overrides: list[str], out: str, resume: bool, progress: bool):
     from .config import load_config
-    from .train.trainer import Trainer
+    from .train.trainer import Trainer, resumable_checkpoint
 
     out_dir = Path(out)
-    if resume and config_path is None and (out_dir / "config.yaml").is_file():
+    if resume:  # nothing to resume is an error, before anything is built or written
+        resumable_checkpoint(out_dir)
+    if resume and config_path is None:
         config_path = str(out_dir / "config.yaml")
     config = load_config(config_path, overrides)
     trainer = Trainer(config, out_dir, progress=progress)
@@ -172,6 +174,7 @@ def run_training(config_path: str | None, overrides: list[str], out: str, resume
 def cmd_demo(args: argparse.Namespace) -> int:
     from .builders import build_sampler_from
     from .pipeline import evaluate_run, generate_samples, load_run, save_samples, write_json
+    from .train.atomic_io import user_dir
     from .train.distributed import env_world
 
     if env_world()[1] > 1:
@@ -181,7 +184,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     overrides = DEMO_OVERRIDES + [f"train.device={args.device}"]
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
-    out = Path(args.out)
+    out = user_dir(args.out)
     result = run_training(None, overrides, str(out), resume=False, progress=not args.no_progress)
     train_s = time.time() - start
     run = load_run(out, "best", args.device)
@@ -242,6 +245,7 @@ def ddpd_networks(args: argparse.Namespace, run, device: str) -> dict:
 def cmd_sample(args: argparse.Namespace) -> int:
     from .builders import build_sampler_from
     from .pipeline import generate_samples, load_run, save_samples, write_json
+    from .train.atomic_io import user_dir
     from .train.distributed import sample_sharded, setup
 
     ctx, device = setup(args.device)  # under torchrun the samples are split over the ranks
@@ -257,7 +261,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
                              num, tuple(run.dataset.site_shape), args.seed)
     if not ctx.is_main:
         return 0
-    out = Path(args.out) if args.out else Path(args.run_dir) / "samples"
+    out = user_dir(args.out) if args.out else user_dir(args.run_dir) / "samples"  # links inside RUN_DIR refused
     extras = ("-planner" if args.planner else "") + ("-masked" if args.masked_denoiser else "")
     steps = f"_{sampler.num_steps}steps" if sampler.uses_steps else ""  # exact samplers take no steps
     stem = f"{sampler.name}{extras}{steps}_seed{args.seed}"

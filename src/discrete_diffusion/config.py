@@ -289,11 +289,10 @@ def _first_line(err: BaseException) -> str:
 
 
 def save_config(config: DictConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(config))
-    tmp.replace(path)
+    """Write the resolved config as YAML (atomically, never through a symbolic link: train/atomic_io.py)."""
+    from .train.atomic_io import atomic_write_text
+
+    atomic_write_text(Path(path), OmegaConf.to_yaml(config))
 
 
 def to_dict(config: DictConfig) -> dict[str, Any]:

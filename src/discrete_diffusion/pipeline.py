@@ -25,6 +25,7 @@ from .evaluate.likelihood import LikelihoodResult, evaluate_nll
 from .processes import ForwardProcess
 from .samplers import Sampler
 from .schedules import Schedule
+from .train.atomic_io import atomic_write, atomic_write_text, ensure_dir
 from .train.checkpoint import find_latest_checkpoint, load_model_weights
 from .visualize import save_image_grid
 
@@ -93,17 +94,20 @@ def generate_samples(run: LoadedRun, sampler: Sampler, num_samples: int, batch_s
 
 
 def save_samples(samples: torch.Tensor, run: LoadedRun, out_dir: Path, stem: str = "samples") -> dict[str, str]:
-    """Write samples as ``.npy`` (and a PNG grid for images); return the paths written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write samples as ``.npy`` (and a PNG grid for images); return the paths written. ``out_dir`` is created;
+    it must not be a symbolic link, and every file is written atomically without following links
+    (train/atomic_io.py)."""
+    ensure_dir(out_dir)
     npy = out_dir / f"{stem}.npy"
-    np.save(npy, samples.numpy())
+    array = samples.numpy()
+    atomic_write(npy, lambda f: np.save(f, array))
     paths = {"npy": str(npy)}
     if run.dataset.kind == "image":
         paths["png"] = str(save_image_grid(samples[:256], run.dataset.num_states, out_dir / f"{stem}.png"))
     vocab = run.dataset.metadata.get("vocab")
     if vocab is not None:  # text and DNA: one decoded sample per line
         text = out_dir / f"{stem}.txt"
-        text.write_text("".join(line.replace("\n", "\\n") + "\n" for line in decode_text(samples, vocab)))
+        atomic_write_text(text, "".join(line.replace("\n", "\\n") + "\n" for line in decode_text(samples, vocab)))
         paths["txt"] = str(text)
     return paths
 
@@ -131,6 +135,5 @@ def likelihood_unit(dataset: DiscreteDataset) -> str:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
+    """Write ``payload`` as indented JSON, atomically and never through a symbolic link."""
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")

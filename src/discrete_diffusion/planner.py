@@ -38,6 +38,7 @@ from .config import load_config, save_config, to_dict
 from .denoiser import Denoiser, backbone_input, noise_level_input
 from .processes import ForwardProcess
 from .schedules import Schedule
+from .train.atomic_io import ensure_dir, user_dir
 from .train.ema import compare_tensors
 
 #: ``planner(x_t (B, *sites) long, lam (B,)) -> P(site is noise | x_t) (B, *sites)``, as the ddpd sampler takes it.
@@ -139,8 +140,8 @@ def train_planner(run_dir: str | Path, overrides: list[str] | None = None, out_d
         if section not in ("model", "train") and to_dict(config)[section] != to_dict(run.config)[section]:
             raise ValueError(f"a planner is trained on its run's data and process: override only model.* and "
                              f"train.* keys, not {section}.*")
-    out = run_dir / "planner" if out_dir is None else Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = user_dir(run_dir) / "planner" if out_dir is None else user_dir(out_dir)
+    ensure_dir(out)  # a symbolic link at RUN_DIR/planner (or at a file in it) is never written through
     save_config(config, out / "config.yaml")
     torch.manual_seed(config.train.seed)
     backbone = build_backbone(config, run.process, run.dataset.site_shape, out_channels=1)

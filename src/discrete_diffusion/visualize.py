@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from PIL import Image
 from torch import Tensor
 
 from .data.base import validate_values
+from .train.atomic_io import atomic_write
 
 __all__ = ["image_grid", "save_image_grid", "levels_to_uint8"]
 
@@ -90,8 +90,10 @@ def save_image_grid(
 ) -> Path:
     """Write :func:`image_grid` of ``images`` to ``path`` as a PNG, atomically.
 
-    The PNG is written to a temporary file in the destination directory and moved
-    into place with ``os.replace``; parent directories are created. Empty cells of
+    The PNG is written to a temporary file in the destination directory (created
+    ``O_EXCL | O_NOFOLLOW``) and moved into place with ``os.replace``; parent
+    directories are created, and the one written into must not be a symbolic
+    link (``train/atomic_io.py``). Empty cells of
     the last row are filled with ``pad_value``.
 
     Returns:
@@ -101,13 +103,5 @@ def save_image_grid(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(grid)  # uint8 (H, W) -> "L", (H, W, 3) -> "RGB"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: img.save(f, format="PNG"))  # never through a symbolic link
     return path

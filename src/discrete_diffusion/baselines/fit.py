@@ -18,10 +18,11 @@ from typing import Callable, Optional, Protocol
 
 import torch
 from omegaconf import DictConfig
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..train.atomic_io import atomic_write
 from ..train.ema import EMA
 from ..train.optim import build_optimizer, clip_gradients, warmup_cosine_schedule
 
@@ -148,8 +149,8 @@ def fit_model(model: nn.Module, batch_loss: Callable[[Tensor], Tensor], validate
                 if best is None or val_bits < best[0]:
                     best = (val_bits, step)
                     weights_path.parent.mkdir(parents=True, exist_ok=True)
-                    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                              str(weights_path))
+                    blob = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+                    atomic_write(weights_path, lambda f: f.write(blob))  # never through a symbolic link
             curve.append([step, val_bits, round(time.time() - start, 1)])
             log(f"step {step}: train {loss.item() / math.log(2):.4f} bits/dim, val (EMA) {val_bits:.4f} bits/dim, "
                 f"{time.time() - start:.0f} s")

@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..train.atomic_io import atomic_write_text
 from .base import DiscreteDataset, sha256_of_arrays
 
 __all__ = ["MANIFEST_NAME", "DataChangedError", "DataChangedWarning", "data_manifest", "write_data_manifest",
@@ -53,20 +54,9 @@ def data_manifest(dataset: DiscreteDataset) -> dict[str, Any]:
 
 
 def write_data_manifest(run_dir: str | os.PathLike, dataset: DiscreteDataset) -> Path:
-    """Write ``RUN_DIR/data.json`` atomically (temp file, fsync, rename) and return its path."""
+    """Write ``RUN_DIR/data.json`` atomically and without following links (train/atomic_io.py); return its path."""
     path = Path(run_dir) / MANIFEST_NAME
-    tmp = path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(tmp, flags, 0o644)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data_manifest(dataset), indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_text(path, json.dumps(data_manifest(dataset), indent=2) + "\n")
     return path
 
 

@@ -9,6 +9,10 @@ Run directory layout (DESIGN.md section 5):
     checkpoints/           ckpt_XXXXXXXX.{safetensors,json}: model, EMA, optimizer, scheduler, RNG, step
     best/                  the checkpoint with the lowest validation NLL so far (EMA weights evaluated)
     samples/               sample grids during training (images)
+    .lock                  held (flock) by the training that owns the directory (train/run_lock.py)
+
+Every file is written through train/atomic_io.py (temp file created O_EXCL | O_NOFOLLOW, fsync, os.replace;
+appends O_NOFOLLOW): a symbolic link planted in a run directory is never written through.
 
 Batches. ``train.batch_size`` is the *global* batch of one optimizer step. Every rank draws the whole
 global batch from identically seeded generators (example indices, augmentation, lam and x_t) and keeps
@@ -23,8 +27,10 @@ global batch: one process, two processes and two micro-batches train the same mo
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -55,6 +61,8 @@ from ..denoiser import NetworkDenoiser, backbone_input, noise_level_input
 from ..losses import diffusion_terms, draw_noise, training_loss
 from ..processes.base import Prediction
 from ..visualize import save_image_grid
+from .atomic_io import (append_text, atomic_write_text, ensure_dir, probe_writable, read_text_nofollow, refuse_link,
+                        user_dir)
 from .augment import build_augmentation
 from .checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
 from .checks import check_train_config
@@ -67,6 +75,7 @@ from .distributed import (
 )
 from .ema import EMA
 from .optim import build_optimizer, clip_gradients, warmup_cosine_schedule
+from .run_lock import RunLock
 
 
 @dataclass
@@ -75,6 +84,42 @@ class TrainResult:
     step: int
     best_val_nll_bits_per_dim: float | None
     best_step: int | None
+
+
+def _listing(directory: Path, show: int = 5, limit: int = 1000) -> str:
+    """A short description of what ``directory`` holds: "nothing" or "N entries: a, b, ..." (bounded)."""
+    try:
+        with os.scandir(directory) as it:
+            names = sorted(entry.name for entry in itertools.islice(it, limit))
+    except OSError as err:
+        return f"unreadable: {err.strerror}"
+    if not names:
+        return "nothing"
+    count = f"{len(names)}{'+' if len(names) == limit else ''} {'entry' if len(names) == 1 else 'entries'}"
+    return f"{count}: {', '.join(names[:show])}{', ...' if len(names) > show else ''}"
+
+
+def resumable_checkpoint(run_dir: str | Path) -> Path:
+    """The newest complete checkpoint of ``run_dir``, the one ``--resume`` continues from.
+
+    Raises a one-line ``ValueError`` saying what the directory holds and what is missing when there is nothing
+    to resume: no directory, no ``config.yaml``, or no complete checkpoint in ``checkpoints/``. Reads only."""
+    run_dir = Path(run_dir)
+    anew = f"start a new run with `ddiff train --out {run_dir}` (without --resume)"
+    if not run_dir.exists():
+        raise ValueError(f"cannot resume {run_dir}: the directory does not exist; {anew}")
+    if not run_dir.is_dir():
+        raise ValueError(f"cannot resume {run_dir}: it is not a directory")
+    if not (run_dir / "config.yaml").is_file():
+        raise ValueError(f"cannot resume {run_dir}: it has no config.yaml, so no run was started there (it holds "
+                         f"{_listing(run_dir)}); {anew}")
+    checkpoints = run_dir / "checkpoints"
+    latest = find_latest_checkpoint(checkpoints)
+    if latest is None:
+        held = _listing(checkpoints) if checkpoints.is_dir() else "no checkpoints/ folder"
+        raise ValueError(f"cannot resume {run_dir}: it has config.yaml but no complete checkpoint in {checkpoints} "
+                         f"({held}); {anew}")
+    return latest
 
 
 def model_config(config: DictConfig) -> dict:
@@ -121,7 +166,7 @@ class Trainer:
     def __init__(self, config: DictConfig, run_dir: str | Path, progress: bool = True,
                  log: Callable[[str], None] = print) -> None:
         self.config = config
-        self.run_dir = Path(run_dir)
+        self.run_dir = user_dir(run_dir)  # a link the user typed is followed; links inside it never are
         tc = config.train
         check_train_config(config, env_world()[1])
         self.ctx, self.device = setup(tc.device)
@@ -180,18 +225,28 @@ class Trainer:
     def generators(self) -> dict[str, torch.Generator]:
         return {"data": self.data_generator, "noise": self.noise_generator}
 
-    def _prepare_run_dir(self, resume: bool) -> None:
+    def _prepare_run_dir(self, resume: bool, lock: RunLock) -> None:
+        """Check (``--resume``: that there is a checkpoint to resume), create the directory, take its lock,
+        check that it and ``checkpoints/`` are writable real directories (no symbolic links) and that the disk
+        has room. A fresh run starts ``metrics.jsonl`` anew. Nothing is written before every check passed
+        (except the lock file)."""
+        if resume:
+            resumable_checkpoint(self.run_dir)
         try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+            for name in ("best", "samples", "metrics.jsonl", "config.yaml"):
+                refuse_link(self.run_dir / name)
+            ensure_dir(self.run_dir / "checkpoints", root=self.run_dir)
             for directory in (self.run_dir, self.run_dir / "checkpoints"):
-                directory.mkdir(parents=True, exist_ok=True)
-                probe = directory / ".write_test"
-                probe.write_text("ok")
-                probe.unlink()
+                probe_writable(directory)
         except OSError as err:
             raise ValueError(f"run directory {self.run_dir} is not writable: {err}") from None
         if not resume and find_latest_checkpoint(self.run_dir / "checkpoints") is not None:
             raise ValueError(f"{self.run_dir} already holds checkpoints; resume it (--resume) or use a new --out")
         self._check_free_space()
+        if not resume and os.path.lexists(self.run_dir / "metrics.jsonl"):  # lines of an earlier, unfinished start
+            atomic_write_text(self.run_dir / "metrics.jsonl", "")
 
     def checkpoint_bytes(self) -> int:
         """About how many bytes one checkpoint takes: weights, EMA and two Adam moments."""
@@ -232,25 +287,23 @@ class Trainer:
         """Drop metric lines logged after the checkpoint we resume from (they will be logged again), and a
         line torn by a crash mid-write. Rewritten atomically."""
         path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
+        text = read_text_nofollow(path)
+        if text is None:
             return
         kept = []
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        for line in text.splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
             if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
                 kept.append(line)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def _write_metrics(self, record: dict) -> None:
         path = self.run_dir / "metrics.jsonl"
         try:
-            with open(path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
+            append_text(path, json.dumps(record) + "\n")
         except OSError as err:
             latest = find_latest_checkpoint(self.run_dir / "checkpoints")
             kept = f"the last checkpoint {latest} is intact" if latest is not None else "no checkpoint was written yet"
@@ -369,7 +422,12 @@ class Trainer:
         with self.ema.swap_into(self.denoiser):
             x = sample_sharded(self.ctx, draw, 64, shape, self.config.train.seed + 4)
         path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
-        self._on_main(lambda: save_image_grid(x.cpu(), self.dataset.num_states, path), "writing a sample grid")
+
+        def write() -> None:
+            ensure_dir(path.parent, root=self.run_dir)
+            save_image_grid(x.cpu(), self.dataset.num_states, path)
+
+        self._on_main(write, "writing a sample grid")
         return path if self.ctx.is_main else None
 
     def _record_data(self, resume: bool) -> None:
@@ -385,7 +443,16 @@ class Trainer:
             write_data_manifest(self.run_dir, self.dataset)
 
     def fit(self, resume: bool = False) -> TrainResult:
-        self._on_main(lambda: self._prepare_run_dir(resume), "preparing the run directory")
+        """Train to ``train.steps`` (``resume``: from the newest complete checkpoint, which must exist), holding
+        the run directory's lock (rank 0) throughout."""
+        lock = RunLock(self.run_dir)
+        try:
+            return self._fit(resume, lock)
+        finally:
+            lock.release()
+
+    def _fit(self, resume: bool, lock: RunLock) -> TrainResult:
+        self._on_main(lambda: self._prepare_run_dir(resume, lock), "preparing the run directory")
         if resume:  # validates the config against the checkpoint before anything is written
             self.ctx.agree(self._resume, "resuming")
         self._on_main(lambda: self._record_data(resume), "recording the data checksums")
