@@ -111,14 +111,14 @@ def test_config_that_is_a_directory_is_refused(ddiff, tmp_path):
 
 
 def test_disk_full_on_metrics_append_names_the_file_and_the_intact_checkpoint(ddiff, tmp_path, monkeypatch):
-    real_open = open
+    real_append = trainer_module.append_text
 
-    def full_disk_open(path, mode="r", *args, **kwargs):
-        if Path(path).name == "metrics.jsonl" and "a" in mode:
+    def full_disk_append(path, text):
+        if Path(path).name == "metrics.jsonl":
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_open(path, mode, *args, **kwargs)
+        return real_append(path, text)
 
-    monkeypatch.setattr(trainer_module, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(trainer_module, "append_text", full_disk_append)
     run = tmp_path / "run"
     # the first metrics line is written at step 6, after the step-3 checkpoint
     err = one_line_error(ddiff("train", "--out", run, "--no-progress", *with_overrides("train.eval_every=6")))
