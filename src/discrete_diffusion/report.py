@@ -116,9 +116,11 @@ class MetricsLog:
     file_bytes: int = 0
 
 
-def read_metrics(path: Path, max_bytes: int = MAX_METRICS_BYTES) -> MetricsLog:
-    """Parse ``metrics.jsonl`` into curves, reading at most its last ``max_bytes`` bytes (the first, partial
-    line of that window is dropped and not counted). Raises ValueError if the file cannot be opened."""
+def read_metrics(path: Path, max_bytes: int | None = None) -> MetricsLog:
+    """Parse ``metrics.jsonl`` into curves, reading at most its last ``max_bytes`` bytes (default
+    :data:`MAX_METRICS_BYTES`; the first, partial line of that window is dropped and not counted). Raises
+    ValueError if the file cannot be opened."""
+    max_bytes = MAX_METRICS_BYTES if max_bytes is None else max_bytes
     log = MetricsLog()
     with _open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
@@ -487,7 +489,8 @@ def render_html(report: Report, png: bytes) -> str:
         rows = [[r.stem, r.sampler if r.sampler is not None else "", "" if r.steps is None else str(r.steps),
                  _num(r.nfe), "" if r.seed is None else str(r.seed), str(r.num_samples), r.family]
                 + [_num(r.metrics[n][i]) if n in r.metrics else "" for n in names for i in (0, 1)]
-                for r in report.quality]
+                for r in sorted(report.quality, key=lambda r: (r.sampler or "", r.nfe if r.nfe is not None
+                                                               else math.inf, r.stem))]
         parts.append(f"<h2>Sample quality</h2><p>chart metric: {_e(report.metric or 'none')}</p>")
         parts.append(_table(header, rows))
     parts.append("<h2>Notes</h2>")
