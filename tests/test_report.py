@@ -271,3 +271,24 @@ def test_symlinks_are_not_followed(ddiff, tmp_path: Path) -> None:
 def test_help(ddiff) -> None:
     res = ddiff("report", "--help")
     assert res.rc == 0 and "--metric" in res.out and "RUN_DIR/report" in res.out
+
+
+def test_extreme_values_do_not_break_the_plot(tmp_path: Path) -> None:
+    run = _bare_run(tmp_path)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        {"step": 0, "loss": 1e308, "train_elbo_diffusion_bpd": -1e308}, {"step": 10**15, "loss": 1e-308},
+        {"step": 5, "loss": 0.0, "val_nll_bits_per_dim": 2.0})))
+    _quality(run / "quality", "a", "bridge", 1e308, {"tv": {"samples": 1e308, "reference": -1e308}})
+    _quality(run / "quality", "b", "bridge", 0.0, {"tv": {"samples": -1.0, "reference": 0.0}})
+    _, paths = rep.write_report(run)
+    with Image.open(paths["png"]) as img:
+        img.load()
+        assert img.size == page_size(True)
+
+
+def test_nice_ticks() -> None:
+    from discrete_diffusion.report_plots import nice_ticks
+
+    assert nice_ticks(0.0, 1.0) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert nice_ticks(3.3, 3.9) == pytest.approx([3.4, 3.6, 3.8])  # range / 5 = 0.12: steps of 0.2
+    assert nice_ticks(-7.0, 12.0) == pytest.approx([-5.0, 0.0, 5.0, 10.0])

@@ -32,6 +32,8 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 MAX_LEGEND = 10
 
 Series = dict[str, list[tuple[float, float]]]
+#: Values beyond this magnitude are not plotted (their differences would overflow the axis arithmetic).
+_MAX_ABS = 1e100
 
 
 def page_size(with_quality: bool) -> tuple[int, int]:
@@ -82,7 +84,7 @@ class _Axis:
     """Maps data values to [0, 1] on a linear or log10 scale; the range comes from the finite values."""
 
     def __init__(self, values: Sequence[float], log: bool | None) -> None:
-        finite = [v for v in values if math.isfinite(v)]
+        finite = [v for v in values if math.isfinite(v) and abs(v) <= _MAX_ABS]
         positive = [v for v in finite if v > 0]
         if log is None:  # automatic: log when every value is positive and they span more than 30x
             log = bool(finite) and len(positive) == len(finite) and max(positive) > 30 * min(positive)
@@ -96,7 +98,7 @@ class _Axis:
         self.lo, self.hi = lo - 0.04 * span, hi + 0.04 * span
 
     def frac(self, v: float) -> float | None:
-        if not math.isfinite(v) or (self.log and v <= 0):
+        if not math.isfinite(v) or abs(v) > _MAX_ABS or (self.log and v <= 0):
             return None
         return ((math.log10(v) if self.log else v) - self.lo) / (self.hi - self.lo)
 
@@ -109,6 +111,8 @@ def draw_chart(image: Image.Image, box: tuple[int, int, int, int], title: str, s
                reference: float | None = None) -> None:
     """Draw a line chart of ``series`` (label -> [(x, y), ...], points sorted by x) into ``box`` =
     (left, top, right, bottom) of ``image``. Non-finite points are skipped (and, on a log axis, values <= 0).
+    A series with more than two points per pixel column is drawn as the mean of each column over a light band
+    spanning the column's minimum to maximum.
     ``reference`` draws a dashed horizontal line labelled "reference". With no plottable point the box
     shows ``empty`` instead."""
     draw = ImageDraw.Draw(image)
@@ -158,6 +162,8 @@ def draw_chart(image: Image.Image, box: tuple[int, int, int, int], title: str, s
     for i, name in enumerate(names):
         colour = PALETTE[i % len(PALETTE)]
         xy = [to_px(fx, fy) for fx, fy in points[name]]
+        if len(xy) > 2 * (px1 - px0):  # dense: a light min-max band per pixel column under the column means
+            xy = _column_means(draw, xy, tuple(int(255 - 0.3 * (255 - c)) for c in colour))
         if len(xy) > 1:
             draw.line(xy, fill=colour, width=2)
         if len(xy) <= 60:
@@ -172,6 +178,22 @@ def draw_chart(image: Image.Image, box: tuple[int, int, int, int], title: str, s
         colour = PALETTE[j % len(PALETTE)] if j < min(len(names), MAX_LEGEND) else (0, 0, 0)
         draw.rectangle([lx + 6, ly + 7 + 16 * j, lx + 18, ly + 13 + 16 * j], fill=colour)
         draw.text((lx + 24, ly + 3 + 16 * j), _clip(name, 40), fill="black", font=font)
+
+
+def _column_means(draw: ImageDraw.ImageDraw, xy: list[tuple[float, float]], light: tuple[int, ...]
+                  ) -> list[tuple[float, float]]:
+    """Bin pixel points by column: draw each column's min-max range in ``light`` and return the column means."""
+    arr = np.asarray(xy, dtype=np.float64)
+    cols = np.rint(arr[:, 0]).astype(np.int64)
+    uniq, inverse, counts = np.unique(cols, return_inverse=True, return_counts=True)
+    mean = np.bincount(inverse, weights=arr[:, 1]) / counts
+    lo = np.full(len(uniq), np.inf)
+    hi = np.full(len(uniq), -np.inf)
+    np.minimum.at(lo, inverse, arr[:, 1])
+    np.maximum.at(hi, inverse, arr[:, 1])
+    for x, a, b in zip(uniq.tolist(), lo.tolist(), hi.tolist()):
+        draw.line([x, a, x, b], fill=light)
+    return list(zip(uniq.astype(float).tolist(), mean.tolist()))
 
 
 def _samples_panel(image: Image.Image, top: int, grid: np.ndarray | None, lines: Sequence[str], title: str) -> None:
