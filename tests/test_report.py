@@ -292,3 +292,13 @@ def test_nice_ticks() -> None:
     assert nice_ticks(0.0, 1.0) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     assert nice_ticks(3.3, 3.9) == pytest.approx([3.4, 3.6, 3.8])  # range / 5 = 0.12: steps of 0.2
     assert nice_ticks(-7.0, 12.0) == pytest.approx([-5.0, 0.0, 5.0, 10.0])
+
+
+@pytest.mark.parametrize("shape", [(0, 8, 8), (3, 0, 8), (64, 1024, 1024)])
+def test_empty_or_huge_sample_arrays_become_notes(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    run = _bare_run(tmp_path)
+    (run / "samples").mkdir()
+    np.save(run / "samples" / "s.npy", np.zeros(shape, dtype=np.uint8))
+    view = rep.read_samples(run)
+    assert view.kind == "missing" and view.grid is None
+    assert any(("holds no samples" in n) or ("take over 16.0 MiB" in n) for n in view.notes), view.notes

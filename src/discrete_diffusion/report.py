@@ -56,6 +56,7 @@ MAX_TEXT_LINES = 16
 MAX_TEXT_CHARS = 160
 _MAX_TEXT_READ = 64 << 10
 _MAX_SMALL_JSON = 1 << 20
+_MAX_SAMPLE_BYTES = 16 << 20
 _MAX_STEP = 10**15
 CURVE_KEYS = {"loss": "loss", "train_elbo_diffusion_bpd": "train ELBO (diffusion term)",
               "val_nll_bits_per_dim": "validation NLL"}
@@ -297,8 +298,11 @@ def _read_head(path: Path, follow: bool) -> np.ndarray:
             raise ValueError(f"{path}: expected a C-order array of samples (N, *sites), got shape {header.shape}")
         n = min(header.shape[0], MAX_GRID)
         row = math.prod(header.shape[1:]) * header.dtype.itemsize
-        if n * row > 64 << 20:
-            raise ValueError(f"{path}: {n} samples of shape {header.shape[1:]} are over 64 MiB")
+        if n == 0 or row == 0:
+            raise ValueError(f"{path} holds no samples (shape {header.shape})")
+        if n * row > _MAX_SAMPLE_BYTES:
+            raise ValueError(f"{path}: {n} samples of shape {header.shape[1:]} take over "
+                             f"{human_bytes(_MAX_SAMPLE_BYTES)}; the report shows samples of at most that size")
         raw = f.read(n * row)
     if len(raw) < n * row:
         raise ValueError(f"{path}: truncated .npy ({len(raw)} of {n * row} bytes for the first {n} samples)")
@@ -350,7 +354,7 @@ def read_samples(run_dir: Path, samples: Path | None = None) -> SamplesView:
             raise ValueError(f"--samples must be a .npy (or a .txt of decoded text), got {path.name}")
         x = _read_head(path, follow=explicit)
         if x.ndim == 3 or (x.ndim == 4 and x.shape[1] in (1, 3)):
-            view.kind, view.grid = "image", image_grid(x, _num_states(run_dir, x, view), nrow=8)
+            view.kind, view.grid = "image", image_grid(x, _num_states(run_dir, x, view), nrow=8, scale=1, padding=1)
         else:
             view.kind = "array"
             view.lines = [" ".join(str(v) for v in row.reshape(-1)[:48]) for row in x[:MAX_TEXT_LINES]]
