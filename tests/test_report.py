@@ -5,7 +5,6 @@ is reported (docs/report.md)."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from pathlib import Path
@@ -16,6 +15,7 @@ from PIL import Image
 
 from conftest import read_metrics as parse_metrics_lines
 from discrete_diffusion import report as rep
+from discrete_diffusion import report_data
 from discrete_diffusion.report_plots import page_size
 
 
@@ -139,7 +139,7 @@ def test_metrics_read_only_the_last_bytes(tmp_path: Path, monkeypatch, ddiff) ->
     # through the CLI the bound is stated in the report
     run = _bare_run(tmp_path)
     shutil.copy(path, run / "metrics.jsonl")
-    monkeypatch.setattr(rep, "MAX_METRICS_BYTES", 1000)
+    monkeypatch.setattr(report_data, "MAX_METRICS_BYTES", 1000)
     res = ddiff("report", run)
     assert res.rc == 0 and "only its last 1000 B were read" in res.out, res
 
@@ -181,7 +181,7 @@ def test_quality_bad_files_are_skipped_with_reason(tmp_path: Path) -> None:
     _quality(q, "long", "b" * 1000, 4.0, {"tv": {"samples": 0.1, "reference": 0.0}})
     _quality(q, "no_family", "bridge", 4.0, {"tv": {"samples": 0.1, "reference": 0.0}}, family=7)
     (q / "torn.json").write_text('{"sampler": "bridge", ')
-    (q / "big.json").write_bytes(b" " * (rep.MAX_QUALITY_BYTES + 1))
+    (q / "big.json").write_bytes(b" " * (report_data.MAX_QUALITY_BYTES + 1))
     os.symlink(q / "good.json", q / "link.json")
     records, notes = rep.read_quality(q)
     assert [r.stem for r in records] == ["good"]
@@ -222,8 +222,8 @@ def test_text_run_shows_decoded_excerpt(tmp_path: Path) -> None:
     os.utime(run / "samples" / "old.npy", (1, 1))
     view = rep.read_samples(run)
     assert view.kind == "text" and view.source == run / "samples" / "new.txt"
-    assert view.lines[0] == "in the beginning" and len(view.lines[1]) == rep.MAX_TEXT_CHARS
-    assert len(view.lines) == rep.MAX_TEXT_LINES
+    assert view.lines[0] == "in the beginning" and len(view.lines[1]) == report_data.MAX_TEXT_CHARS
+    assert len(view.lines) == report_data.MAX_TEXT_LINES
 
 
 def test_image_levels_come_from_data_json(tmp_path: Path) -> None:

@@ -217,11 +217,11 @@ def _samples_panel(image: Image.Image, top: int, grid: np.ndarray | None, lines:
 
 def render_page(title: str, samples_title: str, grid: np.ndarray | None, sample_lines: Sequence[str],
                 loss: Series, bits: Series, quality: Series | None, quality_metric: str,
-                quality_reference: float | None) -> Image.Image:
+                quality_reference: float | None, curves_missing: str | None = None) -> Image.Image:
     """The whole report PNG (RGB, :func:`page_size`). ``grid``: a ``uint8`` sample grid (H, W) or (H, W, 3),
     scaled down to fit the panel if larger, else ``sample_lines`` are printed there (text excerpts or what is
     missing). ``loss`` and ``bits``: the training charts (x = step). ``quality``: sampler -> [(NFE, value)],
-    or None for no quality chart."""
+    or None for no quality chart. ``curves_missing``: why there are no training curves, shown in their charts."""
     size = page_size(quality is not None)
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
@@ -231,9 +231,9 @@ def render_page(title: str, samples_title: str, grid: np.ndarray | None, sample_
     top += SAMPLES_H
     half = WIDTH // 2
     draw_chart(image, (0, top, half, top + CURVES_H), "training loss", loss, "step", "loss (per example)",
-               empty="no training records in metrics.jsonl")
+               empty=curves_missing or "no training records in metrics.jsonl")
     draw_chart(image, (half, top, WIDTH, top + CURVES_H), "bits per dimension", bits, "step", "bits/dim",
-               empty="no ELBO / validation records in metrics.jsonl")
+               empty=curves_missing or "no ELBO / validation records in metrics.jsonl")
     if quality is not None:
         top += CURVES_H
         nfes = [x for pts in quality.values() for x, _ in pts]
