@@ -152,8 +152,9 @@ def test_quality_one_curve_per_sampler(tmp_path: Path) -> None:
                      {"tv": {"samples": scale / nfe, "reference": 0.01}, "fid": {"samples": nfe, "reference": 1.0}})
     _quality(q, "bridge_10_seed1", "bridge", 10.0, {"tv": {"samples": 0.3, "reference": 0.03},
                                                      "fid": {"samples": 1.0, "reference": 1.0}}, seed=1)
-    _quality(q, "exact", "exact", None, {"tv": {"samples": 0.0, "reference": 0.01}, "fid": {"samples": 1, "reference": 1}})
-    _quality(q, "nan", "bridge", 40.0, {"tv": {"samples": None, "reference": 0.01}, "fid": {"samples": 1, "reference": 1}})
+    fid = {"samples": 1, "reference": 1}
+    _quality(q, "exact", "exact", None, {"tv": {"samples": 0.0, "reference": 0.01}, "fid": fid})
+    _quality(q, "nan", "bridge", 40.0, {"tv": {"samples": None, "reference": 0.01}, "fid": fid})
     records, notes = rep.read_quality(q)
     assert notes == [] and len(records) == 9
     assert rep.default_metric(records) == "tv"  # first metric of the first file (by name) common to all
@@ -194,8 +195,9 @@ def test_quality_bad_files_are_skipped_with_reason(tmp_path: Path) -> None:
 def test_hostile_strings_are_escaped(ddiff, tmp_path: Path) -> None:
     run = _bare_run(tmp_path)
     hostile = "<script>alert(1)</script>"
-    _quality(run / "quality", "evil", hostile, 8.0, {'<img src=x onerror="alert(2)">': {"samples": 1.0, "reference": 0.5}},
-             family='"><iframe src=//x>', samples_path="</table><script>alert(3)</script>")
+    _quality(run / "quality", "evil", hostile, 8.0,
+             {'<img src=x onerror="alert(2)">': {"samples": 1.0, "reference": 0.5}}, family='"><iframe src=//x>',
+             samples_path="</table><script>alert(3)</script>")
     (run / "samples").mkdir()
     np.save(run / "samples" / "s.npy", np.zeros((2, 5), dtype=np.int64))
     (run / "samples" / "s.txt").write_text("<b>bold</b> & <script>x</script>\nline two\n")
@@ -218,7 +220,8 @@ def test_text_run_shows_decoded_excerpt(tmp_path: Path) -> None:
     np.save(run / "samples" / "old.npy", np.zeros((2, 4), dtype=np.int64))
     (run / "samples" / "old.txt").write_text("old\n")
     np.save(run / "samples" / "new.npy", np.zeros((3, 4), dtype=np.int64))
-    (run / "samples" / "new.txt").write_text("in the beginning\n" + "x" * 500 + "\n" + "\n".join("l%d" % i for i in range(40)))
+    lines = ["in the beginning", "x" * 500] + [f"l{i}" for i in range(40)]
+    (run / "samples" / "new.txt").write_text("\n".join(lines))
     os.utime(run / "samples" / "old.npy", (1, 1))
     view = rep.read_samples(run)
     assert view.kind == "text" and view.source == run / "samples" / "new.txt"

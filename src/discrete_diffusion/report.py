@@ -15,8 +15,8 @@ no symlinks, every size bounded before reading, every field validated), the char
 :mod:`discrete_diffusion.report_plots`, and every string from a file is HTML-escaped here. What is
 missing or skipped is listed in the report and printed, not fatal; errors (one line) are a path that is
 not a run directory (no ``config.yaml``), a ``--samples`` file that cannot be shown, a ``--metric`` in no
-quality file, and an output directory that is a symlink. Output goes through :func:`~discrete_diffusion.train.atomic_io.atomic_write`
-into a directory that must not be a symlink.
+quality file, and an output directory that is a symlink. Both files are written with
+:func:`~discrete_diffusion.train.atomic_io.atomic_write` (temp file, fsync, rename).
 """
 
 from __future__ import annotations
@@ -36,11 +36,15 @@ from .report_data import (CURVE_KEYS, MetricsLog, QualityRecord, SamplesView, de
 from .report_plots import page_size, render_page
 from .train.atomic_io import atomic_write
 
-__all__ = ["Report", "build_report", "render_png", "render_html", "write_report", "CURVE_KEYS", "MetricsLog", "QualityRecord", "SamplesView", "default_metric",
-           "quality_reference", "quality_series", "read_metrics", "read_quality", "read_samples"]
+__all__ = ["Report", "build_report", "render_png", "render_html", "write_report", "CURVE_KEYS", "MetricsLog",
+           "QualityRecord", "SamplesView", "default_metric", "quality_reference", "quality_series", "read_metrics",
+           "read_quality", "read_samples"]
 
 
-# ------------------------------------------------------------------------------------------------------ report
+#: At most this many metric columns (each a samples and a reference column) in the HTML quality table.
+MAX_TABLE_METRICS = 64
+
+
 @dataclass
 class Report:
     """Everything the PNG and the HTML show, and the notes (missing or skipped inputs)."""
@@ -74,7 +78,8 @@ def build_report(run_dir: str | os.PathLike, samples: str | os.PathLike | None =
     if metrics is not None:
         if metrics.bytes_skipped:
             notes.append(f"metrics.jsonl is {human_bytes(metrics.file_bytes)}: only its last "
-                         f"{human_bytes(report_data.MAX_METRICS_BYTES)} were read ({metrics.bytes_skipped} bytes skipped)")
+                         f"{human_bytes(report_data.MAX_METRICS_BYTES)} were read "
+                         f"({metrics.bytes_skipped} bytes skipped)")
         if metrics.skipped_lines or metrics.blank_lines or metrics.bad_values:
             notes.append(f"metrics.jsonl: skipped {metrics.skipped_lines} corrupt line(s), {metrics.blank_lines} "
                          f"blank line(s) and {metrics.bad_values} NaN/infinite/non-numeric value(s)")
@@ -101,7 +106,7 @@ def render_png(report: Report) -> bytes:
     if report.quality:
         quality = quality_series(report.quality, report.metric) if report.metric else {}
     source = report.samples.source.name if report.samples.source else "none"
-    image = render_page(f"ddiff report: {report.run_dir.name}", f"samples ({report.samples.kind}): {source}",
+    image = render_page(f"ddiff report: {_run_name(report.run_dir)}", f"samples ({report.samples.kind}): {source}",
                         report.samples.grid, report.samples.lines, loss, bits, quality, report.metric or "?",
                         quality_reference(report.quality, report.metric) if report.metric else None,
                         None if report.metrics is not None else "no metrics.jsonl (see the notes)")
@@ -109,6 +114,10 @@ def render_png(report: Report) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _run_name(run_dir: Path) -> str:
+    return run_dir.resolve().name or str(run_dir)
 
 
 def _e(value: object) -> str:
@@ -132,7 +141,7 @@ def render_html(report: Report, png: bytes) -> str:
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
              'style-src \'unsafe-inline\'">',
-             f"<title>ddiff report: {_e(report.run_dir.name)}</title>",
+             f"<title>ddiff report: {_e(_run_name(report.run_dir))}</title>",
              "<style>body{font-family:sans-serif;margin:1.5em;max-width:1040px}table{border-collapse:collapse}"
              "td,th{border:1px solid #bbb;padding:2px 8px;text-align:right}th{background:#eee}"
              "pre{background:#f6f6f6;padding:6px;overflow-x:auto}</style></head><body>",
@@ -162,6 +171,9 @@ def render_html(report: Report, png: bytes) -> str:
                      f"line(s), {m.bad_values} NaN/infinite/non-numeric value(s) skipped</p>")
     if report.quality:
         names = list(dict.fromkeys(name for r in report.quality for name in r.metrics))
+        if len(names) > MAX_TABLE_METRICS:  # bound the table: files may each name different metrics
+            parts.append(f"<p>{len(names)} metric names; the table shows the first {MAX_TABLE_METRICS}</p>")
+            names = names[:MAX_TABLE_METRICS]
         header = ["file", "sampler", "steps", "NFE", "seed", "samples", "family"]
         header += [f"{n} ({w})" for n in names for w in ("samples", "reference")]
         rows = [[r.stem, r.sampler if r.sampler is not None else "", "" if r.steps is None else str(r.steps),
