@@ -273,7 +273,9 @@ def test_symlinks_are_not_followed(ddiff, tmp_path: Path) -> None:
 
 def test_help(ddiff) -> None:
     res = ddiff("report", "--help")
-    assert res.rc == 0 and "--metric" in res.out and "RUN_DIR/report" in res.out
+    assert res.rc == 0 and "--metric" in res.out and "--samples" in res.out and "RUN_DIR/report" in res.out
+    res = ddiff("--help")
+    assert res.rc == 0 and "report" in res.out
 
 
 def test_extreme_values_do_not_break_the_plot(tmp_path: Path) -> None:
@@ -305,3 +307,14 @@ def test_empty_or_huge_sample_arrays_become_notes(tmp_path: Path, shape: tuple[i
     view = rep.read_samples(run)
     assert view.kind == "missing" and view.grid is None
     assert any(("holds no samples" in n) or ("take over 16.0 MiB" in n) for n in view.notes), view.notes
+
+
+def test_quality_table_columns_are_bounded(tmp_path: Path) -> None:
+    run = _bare_run(tmp_path)
+    for i in range(rep.MAX_TABLE_METRICS + 6):
+        _quality(run / "quality", f"q{i:03d}", "bridge", float(i + 1), {f"m{i}": {"samples": 1.0, "reference": 1.0}})
+    report = rep.build_report(run)
+    assert report.metric is None and any("share no metric" in n for n in report.notes)
+    page = rep.render_html(report, rep.render_png(report))
+    assert f"{rep.MAX_TABLE_METRICS + 6} metric names; the table shows the first {rep.MAX_TABLE_METRICS}" in page
+    assert "m63 (samples)" in page and "m64 (samples)" not in page

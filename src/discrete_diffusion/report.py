@@ -107,9 +107,12 @@ def render_png(report: Report) -> bytes:
         quality = quality_series(report.quality, report.metric) if report.metric else {}
     source = report.samples.source.name if report.samples.source else "none"
     image = render_page(f"ddiff report: {_run_name(report.run_dir)}", f"samples ({report.samples.kind}): {source}",
-                        report.samples.grid, report.samples.lines, loss, bits, quality, report.metric or "?",
+                        report.samples.grid, report.samples.lines, loss, bits, quality,
+                        report.metric or "no metric common to all files",
                         quality_reference(report.quality, report.metric) if report.metric else None,
-                        None if report.metrics is not None else "no metrics.jsonl (see the notes)")
+                        None if report.metrics is not None else "no metrics.jsonl (see the notes)",
+                        f"no quality file has both an NFE and a finite {report.metric}" if report.metric
+                        else "the quality files share no metric: pass --metric NAME")
     assert image.size == page_size(quality is not None)
     buf = io.BytesIO()
     image.save(buf, format="PNG")

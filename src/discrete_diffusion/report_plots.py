@@ -217,11 +217,13 @@ def _samples_panel(image: Image.Image, top: int, grid: np.ndarray | None, lines:
 
 def render_page(title: str, samples_title: str, grid: np.ndarray | None, sample_lines: Sequence[str],
                 loss: Series, bits: Series, quality: Series | None, quality_metric: str,
-                quality_reference: float | None, curves_missing: str | None = None) -> Image.Image:
+                quality_reference: float | None, curves_missing: str | None = None,
+                quality_empty: str = "no point to plot") -> Image.Image:
     """The whole report PNG (RGB, :func:`page_size`). ``grid``: a ``uint8`` sample grid (H, W) or (H, W, 3),
     scaled down to fit the panel if larger, else ``sample_lines`` are printed there (text excerpts or what is
     missing). ``loss`` and ``bits``: the training charts (x = step). ``quality``: sampler -> [(NFE, value)],
-    or None for no quality chart. ``curves_missing``: why there are no training curves, shown in their charts."""
+    or None for no quality chart. ``curves_missing``: why there are no training curves, shown in their charts;
+    ``quality_empty``: what the quality chart says when it has no point."""
     size = page_size(quality is not None)
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
@@ -240,6 +242,6 @@ def render_page(title: str, samples_title: str, grid: np.ndarray | None, sample_
         xlog = bool(nfes) and min(nfes) > 0 and max(nfes) >= 4 * min(nfes)  # NFE spans octaves: log axis
         draw_chart(image, (0, top, WIDTH, top + QUALITY_H), f"sample quality vs NFE: {quality_metric}", quality,
                    "NFE (network evaluations per sample)", f"{quality_metric} (samples)", xlog=xlog, ylog=None,
-                   empty=f"no quality file has both an NFE and a finite {quality_metric!s}",
+                   empty=quality_empty,
                    reference=quality_reference)
     return image
