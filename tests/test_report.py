@@ -318,3 +318,11 @@ def test_quality_table_columns_are_bounded(tmp_path: Path) -> None:
     page = rep.render_html(report, rep.render_png(report))
     assert f"{rep.MAX_TABLE_METRICS + 6} metric names; the table shows the first {rep.MAX_TABLE_METRICS}" in page
     assert "m63 (samples)" in page and "m64 (samples)" not in page
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    run = _bare_run(tmp_path)
+    os.mkfifo(run / "metrics.jsonl")  # opening it for reading would block forever without O_NONBLOCK
+    report = rep.build_report(run)
+    assert report.metrics is None and any("is not a regular file" in n for n in report.notes)
