@@ -265,7 +265,9 @@ def test_symlinks_are_not_followed(ddiff, tmp_path: Path) -> None:
     os.symlink(outside, run / "report")
     res = ddiff("report", run)
     assert res.rc == 2 and "is a symlink" in res.err
-    assert sorted(p.name for p in outside.iterdir()) == ["m.jsonl"]  # nothing written through the link
+    assert sorted(p.name for p in outside.iterdir()) == ["m.jsonl"]  # nothing written through RUN/report
+    res = ddiff("report", run, "--out", run / "report")  # a --out the user typed may be a link: followed
+    assert res.rc == 0 and (outside / "report.png").is_file(), res
     os.unlink(run / "report")
     res = ddiff("report", run)
     assert res.rc == 0 and "training curves not shown" in res.out and "is a symlink" in res.out

@@ -15,7 +15,7 @@ no symlinks, every size bounded before reading, every field validated), the char
 :mod:`discrete_diffusion.report_plots`, and every string from a file is HTML-escaped here. What is
 missing or skipped is listed in the report and printed, not fatal; errors (one line) are a path that is
 not a run directory (no ``config.yaml``), a ``--samples`` file that cannot be shown, a ``--metric`` in no
-quality file, and an output directory that is a symlink. Both files are written with
+quality file, and a ``RUN/report`` that is a symlink. Both files are written with
 :func:`~discrete_diffusion.train.atomic_io.atomic_write` (temp file, fsync, rename).
 """
 
@@ -193,10 +193,13 @@ def render_html(report: Report, png: bytes) -> str:
     return "\n".join(parts)
 
 
-def _output_dir(out: Path) -> Path:
-    """Create ``out`` (and parents) and refuse it if it is (or became) a symlink or not a directory."""
+def _output_dir(out: Path, user_given: bool) -> Path:
+    """Create ``out`` (and parents) and return it. A ``--out`` the user typed may be a symlink (resolved once,
+    the user chose it); ``RUN/report`` inside the untrusted run directory must not be one, nor become one."""
     if out.is_symlink():
-        raise ValueError(f"refusing to write into {out}: it is a symlink (give a real directory with --out)")
+        if not user_given:
+            raise ValueError(f"refusing to write into {out}: it is a symlink (remove it or give --out DIR)")
+        out = Path(os.path.realpath(out))
     out.mkdir(parents=True, exist_ok=True)
     if out.is_symlink() or not out.is_dir():
         raise ValueError(f"refusing to write into {out}: not a directory")
@@ -208,7 +211,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     """Build the report of ``run_dir`` and write ``report.png`` and ``report.html`` into ``out`` (default
     ``RUN/report``) atomically; returns the report and ``{"png": path, "html": path}``."""
     report = build_report(run_dir, samples, metric)
-    directory = _output_dir(Path(out) if out is not None else report.run_dir / "report")
+    directory = _output_dir(Path(out) if out is not None else report.run_dir / "report", out is not None)
     png = render_png(report)
     page = render_html(report, png).encode("utf-8")
     paths = {"png": directory / "report.png", "html": directory / "report.html"}
