@@ -1,4 +1,4 @@
-"""The ``ddiff`` command line: demo, train, sample, evaluate, train-planner."""
+"""The ``ddiff`` command line: demo, train, sample, evaluate, train-planner, report."""
 
 from __future__ import annotations
 
@@ -154,6 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
     planner.add_argument("--out", default=None, help="output folder (default: RUN_DIR/planner)")
     planner.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     planner.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    report = sub.add_parser("report", help="write a PNG and an HTML page: samples, training curves, sample quality",
+                            description="Summarise RUN_DIR in one PNG and a self-contained HTML page (the PNG "
+                                        "inline, tables as text): a grid of the newest RUN_DIR/samples/*.npy "
+                                        "(decoded text for text and DNA runs), loss and bits/dim against step from "
+                                        "metrics.jsonl (its last 32 MiB; corrupt lines and NaN skipped and counted), "
+                                        "and, if RUN_DIR/quality/*.json exist (`ddiff evaluate --samples`), a "
+                                        "quality-vs-NFE curve per sampler and a table of every metric. Missing "
+                                        "parts are listed in the report. See docs/report.md.")
+    report.add_argument("run_dir", help="a directory written by `ddiff train` or `ddiff demo`")
+    report.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report)")
+    report.add_argument("--samples", default=None, metavar="PATH",
+                        help="the samples to show: a .npy, or a .txt of decoded text (default: the newest "
+                             "RUN_DIR/samples/*.npy)")
+    report.add_argument("--metric", default=None, metavar="NAME",
+                        help="quality metric of the NFE chart (default: the first metric common to all "
+                             "RUN_DIR/quality/*.json)")
     return parser
 
 
@@ -323,6 +340,16 @@ def cmd_train_planner(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    report, paths = write_report(args.run_dir, args.out, args.samples, args.metric)
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"png:  {paths['png']}\nhtml: {paths['html']}")
+    return 0
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse a malformed --device or an out-of-range --seed before any work (ValueError)."""
     from .config import check_device, check_seed
@@ -351,7 +378,7 @@ def interrupted_note(args: argparse.Namespace) -> str:
 
 
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
-            "train-planner": cmd_train_planner}
+            "train-planner": cmd_train_planner, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
