@@ -73,11 +73,11 @@ class ARJudgeConfig:
     heads: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.0
-    steps: int = 600
-    batch_size: int = 32
+    steps: int = 800
+    batch_size: int = 16
     lr: float = 2e-3
     warmup_steps: int = 50
-    eval_every: int = 200
+    eval_every: int = 400
     ema_decay: float = 0.99
     seed: int = 0
 
@@ -176,8 +176,9 @@ def load_or_train_ar_judge(dataset: DiscreteDataset, cache_dir: Path, config: AR
         if (ar_dir / "config.json").exists() or (ar_dir / "weights.safetensors").exists():
             warnings.warn(f"retraining the AR judge in {ar_dir}: {why}", RuntimeWarning, stacklevel=2)
     ar_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    model = _build(dataset, cfg, device)
+    with torch.random.fork_rng(devices=[]):   # a seeded initialisation that leaves the caller's RNG alone
+        torch.manual_seed(cfg.seed)
+        model = _build(dataset, cfg, torch.device("cpu")).to(device)
     val = dataset.val if dataset.val.shape[0] else dataset.train
     scratch = Path(tempfile.mkdtemp(prefix=".train.", dir=ar_dir))   # fresh and private: no symlink to follow
     try:
@@ -188,7 +189,7 @@ def load_or_train_ar_judge(dataset: DiscreteDataset, cache_dir: Path, config: AR
         shutil.rmtree(scratch, ignore_errors=True)
     model.eval()
     atomic_write(ar_dir / "weights.safetensors", lambda f: f.write(payload))
-    test_bits = float(bits_per_dim(model, dataset.test, device).mean()) if dataset.test.shape[0] else None
+    test_bits = float(bits_per_dim(model, dataset.test, device, batch_size=64).mean()) if dataset.test.shape[0] else None
     record = {**key, "weights_sha256": sha256_file(ar_dir / "weights.safetensors"),
               "fit": {"best_val_bits_per_token": fit.best_val_bits_per_dim, "best_step": fit.best_step,
                       "steps_done": fit.steps_done, "train_seconds": round(fit.train_seconds, 1)},
@@ -219,7 +220,7 @@ def text_quality(run: "LoadedRun", samples: Tensor, reference: Tensor, *, cache_
     def put(name: str, fn) -> None:
         out[name] = {which: float(fn(x)) for which, x in sets.items()}
 
-    put("ar_nll_bits_per_token", lambda x: bits_per_dim(judge.model, x, run.device).mean())
+    put("ar_nll_bits_per_token", lambda x: bits_per_dim(judge.model, x, run.device, batch_size=64).mean())
     if is_char_level(dataset):
         out["ar_nll_bits_per_char"] = dict(out["ar_nll_bits_per_token"])
     put("unigram_entropy_bits", lambda x: unigram_entropy_bits(x, k))
