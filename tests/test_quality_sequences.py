@@ -232,3 +232,33 @@ def test_bad_samples_raise_one_line_value_errors(family, text_data, dna_data, tm
     other = SimpleNamespace(dataset=dna_data if family == "text" else text_data, device=CPU)
     with pytest.raises(ValueError, match="need a (text|DNA) dataset"):
         fn(other, other.dataset.test, other.dataset.test, cache_dir=tmp_path)
+
+
+# ------------------------------------------------------------------------- with a real run directory
+
+
+@pytest.mark.slow
+def test_text_quality_of_a_trained_run(tmp_path):
+    """A tiny masking run on a text file, loaded from its directory; its samples scored against the test split."""
+    from discrete_diffusion.builders import build_sampler_from
+    from conftest import with_overrides
+    from discrete_diffusion.config import load_config
+    from discrete_diffusion.pipeline import generate_samples, load_run
+    from discrete_diffusion.train.trainer import Trainer
+
+    path = tmp_path / "t.txt"
+    path.write_text(_text(words=1500))
+    config = load_config(None, with_overrides(
+        "data.name=text", f"data.path={path}", "data.seq_len=32", "process.name=masking",
+        "model.backbone=transformer", "model.dim=32", "model.depth=1", "model.heads=2", "train.steps=4",
+        "train.eval_every=4", "train.checkpoint_every=4", "train.sample_every=4"))
+    Trainer(config, tmp_path / "run", progress=False).fit()
+    run = load_run(tmp_path / "run", "best", "cpu")
+    samples = generate_samples(run, build_sampler_from(run.config), 16, seed=0, progress=False)
+    reference = run.dataset.test[:16]
+    metrics = text_quality(run, samples, reference, cache_dir=tmp_path / "run" / "quality", ar_config=TINY)
+    assert (tmp_path / "run" / "quality" / "ar_model" / "weights.safetensors").is_file()
+    for name, values in metrics.items():
+        assert math.isfinite(values["samples"]) and math.isfinite(values["reference"]), name
+    # four training steps: the samples are far from text, the judge says so
+    assert metrics["ar_nll_bits_per_token"]["samples"] > metrics["ar_nll_bits_per_token"]["reference"]
