@@ -195,6 +195,8 @@ def test_dna_metrics_identical_disjoint_and_gc(dna_data):
         assert disjoint[f"kmer_js_k{k}"]["samples"] == pytest.approx(1.0, abs=1e-12)
     assert disjoint["gc_content"] == {"samples": 0.0, "reference": 1.0}
     assert gc_content(torch.stack([encode_dna("ACGT"), encode_dna("GGCC")])) == 0.75
+    with pytest.warns(RuntimeWarning, match="compare fairly only at equal sizes"):
+        dna_quality(run, dna_data.test[:2], dna_data.test, cache_dir=Path("unused"))
 
 
 # ----------------------------------------------------------------------------- families, bad input

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..data.base import DiscreteDataset
 from ..data.dna import DNA_ALPHABET
-from .ngram import check_token_batch, js_divergence_bits, kmer_spectrum
+from .ngram import check_token_batch, js_divergence_bits, kmer_spectrum, warn_if_sizes_differ
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..pipeline import LoadedRun
@@ -79,6 +79,7 @@ def dna_quality(run: "LoadedRun", samples: Tensor, reference: Tensor, *, cache_d
         raise ValueError(f"DNA metrics need a DNA dataset (loaders 'fasta' or 'ecoli'); {dataset.name!r} is not")
     x = check_token_batch(samples, dataset, "samples")
     ref = check_token_batch(reference, dataset, "reference")
+    warn_if_sizes_differ(x, ref)
     if x.shape[1] < max(KMER_SIZES):
         raise ValueError(f"DNA metrics need windows of at least {max(KMER_SIZES)} bases, got {x.shape[1]}")
     comparison = _training_comparison(dataset.train.reshape(dataset.train.shape[0], -1), ref.shape[0])

@@ -31,6 +31,7 @@ from ..data.base import DiscreteDataset
 __all__ = [
     "MAX_TRAIN_NGRAM_POSITIONS",
     "check_token_batch",
+    "warn_if_sizes_differ",
     "ngram_codes",
     "distinct_n",
     "unigram_entropy_bits",
@@ -70,6 +71,15 @@ def check_token_batch(x: object, dataset: DiscreteDataset, what: str) -> Tensor:
         raise ValueError(f"{what} has values in {lo}..{hi}; allowed are 0..{dataset.num_states - 1} "
                          f"(num_states={dataset.num_states}; a mask index is not a token)")
     return x
+
+
+def warn_if_sizes_differ(samples: Tensor, reference: Tensor) -> None:
+    """Warn when ``samples`` and ``reference`` hold different numbers of sequences: distinct-n and k-mer
+    divergences depend on the sample size, so their reference values are comparable only at equal ``N``."""
+    if samples.shape[0] != reference.shape[0]:
+        warnings.warn(f"{samples.shape[0]} samples against {reference.shape[0]} reference sequences: size-dependent "
+                      f"metrics (distinct-n, k-mer JS) compare fairly only at equal sizes", RuntimeWarning,
+                      stacklevel=3)
 
 
 def _exact(num_states: int, n: int) -> bool:

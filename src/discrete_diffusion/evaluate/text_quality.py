@@ -46,7 +46,8 @@ from ..data.base import DiscreteDataset
 from ..data.manifest import data_manifest
 from ..data.text import UNK
 from ..train.atomic_io import atomic_write, sha256_file
-from .ngram import check_token_batch, distinct_n, ngram_overlap, training_ngram_set, unigram_entropy_bits
+from .ngram import (check_token_batch, distinct_n, ngram_overlap, training_ngram_set, unigram_entropy_bits,
+                    warn_if_sizes_differ)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..pipeline import LoadedRun
@@ -213,6 +214,7 @@ def text_quality(run: "LoadedRun", samples: Tensor, reference: Tensor, *, cache_
         raise ValueError(f"text metrics need a text dataset (loaders 'text' or 'kjv'); {dataset.name!r} is not")
     sets = {"samples": check_token_batch(samples, dataset, "samples"),
             "reference": check_token_batch(reference, dataset, "reference")}
+    warn_if_sizes_differ(sets["samples"], sets["reference"])
     k = dataset.num_states
     judge = load_or_train_ar_judge(dataset, cache_dir, ar_config, run.device, progress)
     out: dict[str, dict[str, float]] = {}
