@@ -17,7 +17,8 @@ shape (``reference``). Definitions (``x`` is ``(N, L)``, tokens in ``0..K-1``):
 * ``unigram_entropy_bits = -sum_k p_k log2 p_k`` of the pooled token histogram.
 * ``distinct_n`` (n = 1..4): distinct n-grams / all n-grams, n-grams inside each sequence, pooled.
 * ``memorised_8gram_share``: share of the 8-grams of ``x`` found verbatim among the 8-grams of the training
-  split (read as one running text; memory bound in :data:`~discrete_diffusion.evaluate.ngram.MAX_TRAIN_NGRAM_POSITIONS`).
+  split (read as one running text; memory bound:
+  :data:`~discrete_diffusion.evaluate.ngram.MAX_TRAIN_NGRAM_POSITIONS`).
 
 The AR judge is trained once per cache directory and reused: ``cache_dir / "ar_model"`` holds
 ``weights.safetensors`` (never unpickled) and ``config.json`` with the judge's config, the data checksum
@@ -46,6 +47,7 @@ from ..data.base import DiscreteDataset
 from ..data.manifest import data_manifest
 from ..data.text import UNK
 from ..train.atomic_io import atomic_write, sha256_file
+from .dna_quality import is_dna
 from .ngram import (check_token_batch, distinct_n, ngram_overlap, training_ngram_set, unigram_entropy_bits,
                     warn_if_sizes_differ)
 
@@ -99,8 +101,6 @@ class ARJudge:
 def is_text(dataset: DiscreteDataset) -> bool:
     """Text (character- or token-level): a sequence dataset whose ``metadata["vocab"]`` lists its
     ``num_states`` symbols as strings, and that is not DNA (the ``text`` and ``kjv`` loaders)."""
-    from .dna_quality import is_dna
-
     vocab = dataset.metadata.get("vocab")
     return (dataset.kind == "sequence" and len(dataset.site_shape) == 1 and isinstance(vocab, list)
             and len(vocab) == dataset.num_states and all(isinstance(s, str) for s in vocab) and not is_dna(dataset))
@@ -179,7 +179,7 @@ def load_or_train_ar_judge(dataset: DiscreteDataset, cache_dir: Path, config: AR
     ar_dir.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):   # a seeded initialisation that leaves the caller's RNG alone
         torch.manual_seed(cfg.seed)
-        model = _build(dataset, cfg, torch.device("cpu")).to(device)
+        model = _build(dataset, cfg, device)
     val = dataset.val if dataset.val.shape[0] else dataset.train
     scratch = Path(tempfile.mkdtemp(prefix=".train.", dir=ar_dir))   # fresh and private: no symlink to follow
     try:
@@ -190,7 +190,9 @@ def load_or_train_ar_judge(dataset: DiscreteDataset, cache_dir: Path, config: AR
         shutil.rmtree(scratch, ignore_errors=True)
     model.eval()
     atomic_write(ar_dir / "weights.safetensors", lambda f: f.write(payload))
-    test_bits = float(bits_per_dim(model, dataset.test, device, batch_size=64).mean()) if dataset.test.shape[0] else None
+    test_bits = None
+    if dataset.test.shape[0]:
+        test_bits = float(bits_per_dim(model, dataset.test, device, batch_size=64).mean())
     record = {**key, "weights_sha256": sha256_file(ar_dir / "weights.safetensors"),
               "fit": {"best_val_bits_per_token": fit.best_val_bits_per_dim, "best_step": fit.best_step,
                       "steps_done": fit.steps_done, "train_seconds": round(fit.train_seconds, 1)},
