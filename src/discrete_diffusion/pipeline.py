@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 from .builders import build_dataset, build_denoiser, build_process_from, build_proposal, build_schedule_from, resolve_device
 from .config import MODEL_SECTIONS, load_config, to_dict
 from .data import DiscreteDataset
-from .data.manifest import check_data_manifest
+from .data.manifest import check_data_manifest, run_tokenizer_json
 from .data.text import decode_text
+from .data.tokenizer import BpeTokenizer
 from .denoiser import NetworkDenoiser
-from .evaluate.likelihood import LikelihoodResult, evaluate_nll
+from .evaluate.likelihood import LikelihoodResult, bits_per_char, evaluate_nll
 from .processes import ForwardProcess
 from .samplers import Sampler
 from .schedules import Schedule
@@ -64,7 +65,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto",
         raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
     config = load_config(run_dir / "config.yaml")
     dev = resolve_device(device)
-    dataset = build_dataset(config)
+    dataset = build_dataset(config, run_tokenizer_json(run_dir) if config.data.tokenizer == "bpe" else None)
     check_data_manifest(run_dir, dataset, allow_change=allow_data_change)
     process = build_process_from(config, dataset.num_states)
     denoiser = build_denoiser(config, process, dataset.site_shape)
@@ -100,10 +101,11 @@ def save_samples(samples: torch.Tensor, run: LoadedRun, out_dir: Path, stem: str
     paths = {"npy": str(npy)}
     if run.dataset.kind == "image":
         paths["png"] = str(save_image_grid(samples[:256], run.dataset.num_states, out_dir / f"{stem}.png"))
-    vocab = run.dataset.metadata.get("vocab")
-    if vocab is not None:  # text and DNA: one decoded sample per line
+    vocab, tokenizer = run.dataset.metadata.get("vocab"), run.dataset.metadata.get("tokenizer_json")
+    if vocab is not None or tokenizer is not None:  # text and DNA: one decoded sample per line
+        lines = decode_text(samples, vocab) if vocab is not None else BpeTokenizer(tokenizer).decode_rows(samples)
         text = out_dir / f"{stem}.txt"
-        text.write_text("".join(line.replace("\n", "\\n") + "\n" for line in decode_text(samples, vocab)))
+        text.write_text("".join(line.replace("\n", "\\n") + "\n" for line in lines), encoding="utf-8")
         paths["txt"] = str(text)
     return paths
 
@@ -123,7 +125,10 @@ def evaluate_run(run: LoadedRun, split: str = "test", t_samples: int | None = No
 
 
 def likelihood_unit(dataset: DiscreteDataset) -> str:
-    """How bits per site read for a dataset: per base (DNA), per character (text), else per dimension."""
+    """How bits per site read for a dataset: per token (BPE text), per base (DNA), per character (text), else
+    per dimension."""
+    if dataset.metadata.get("tokenizer") is not None:
+        return "bits/token"
     vocab = dataset.metadata.get("vocab")
     if vocab is None:
         return "bits/dim"
@@ -134,3 +139,18 @@ def write_json(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(path)
+
+
+def per_char_fields(dataset: DiscreteDataset, split: str, result: LikelihoodResult) -> dict[str, float]:
+    """For a BPE-tokenised text run, the NLL of ``split`` per token and per character (empty dict otherwise):
+    ``nll_bits_per_token`` (= ``nll_bits_per_dim``), ``nll_bits_per_char`` = bits/token * T / C with T the
+    tokens of the split's windows and C the characters they decode to (``metadata["window_chars"]``), their
+    standard errors, ``num_tokens`` and ``num_chars``."""
+    if dataset.metadata.get("tokenizer") is None:
+        return {}
+    tokens, chars = dataset.split(split).numel(), int(dataset.metadata["window_chars"][split])
+    return {"nll_bits_per_token": result.nll_bits_per_dim,
+            "nll_bits_per_token_stderr": result.nll_bits_per_dim_stderr,
+            "nll_bits_per_char": bits_per_char(result.nll_bits_per_dim, tokens, chars),
+            "nll_bits_per_char_stderr": bits_per_char(result.nll_bits_per_dim_stderr, tokens, chars),
+            "num_tokens": tokens, "num_chars": chars}

@@ -50,7 +50,13 @@ from ..builders import (
     build_weighting_from,
 )
 from ..config import MODEL_SECTIONS, save_config, to_dict
-from ..data.manifest import MANIFEST_NAME, DataChangedError, check_data_manifest, write_data_manifest
+from ..data.manifest import (
+    MANIFEST_NAME,
+    DataChangedError,
+    check_data_manifest,
+    run_tokenizer_json,
+    write_data_manifest,
+)
 from ..denoiser import NetworkDenoiser, backbone_input, noise_level_input
 from ..losses import diffusion_terms, draw_noise, training_loss
 from ..processes.base import Prediction
@@ -137,7 +143,7 @@ class Trainer:
 
     def _build(self) -> None:
         config, tc = self.config, self.config.train
-        self.dataset = build_dataset(config)
+        self.dataset = build_dataset(config, self._cached_tokenizer())
         if self.dataset.val.shape[0] == 0 and self.dataset.test.shape[0] == 0:  # validation needs one of them
             raise ValueError(f"the dataset has {self.dataset.train.shape[0]} training examples and none left for "
                              "validation or test (each split takes about 10% of a user array); validation and "
@@ -159,6 +165,13 @@ class Trainer:
         self.data_generator = torch.Generator().manual_seed(tc.seed + 1)
         self.noise_generator = torch.Generator(device=self.device).manual_seed(tc.seed + 2)
         self.train_data = self.dataset.train.to(self.device)
+
+    def _cached_tokenizer(self) -> str | None:
+        """A BPE run that holds checkpoints (which only --resume continues) keeps the tokenizer it was trained
+        with: ``RUN_DIR/tokenizer.json``, checked against data.json; otherwise None (one is trained)."""
+        if self.config.data.tokenizer != "bpe" or find_latest_checkpoint(self.run_dir / "checkpoints") is None:
+            return None
+        return run_tokenizer_json(self.run_dir)
 
     def _training_module(self) -> nn.Module:
         module: nn.Module = self.denoiser
