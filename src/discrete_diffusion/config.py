@@ -87,6 +87,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"               # auto | cpu | cuda | cuda:N
     time_limit_minutes: Optional[float] = None  # stop early (evaluate + checkpoint) once training took this long
+    compile: bool = False              # torch.compile the backbone (checkpoints keep the eager parameter names)
 
 
 @dataclass

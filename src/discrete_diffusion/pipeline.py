@@ -105,7 +105,9 @@ def save_samples(samples: torch.Tensor, run: LoadedRun, out_dir: Path, stem: str
     if vocab is not None or tokenizer is not None:  # text and DNA: one decoded sample per line
         lines = decode_text(samples, vocab) if vocab is not None else BpeTokenizer(tokenizer).decode_rows(samples)
         text = out_dir / f"{stem}.txt"
-        text.write_text("".join(line.replace("\n", "\\n") + "\n" for line in lines), encoding="utf-8")
+        # newlines and carriage returns escaped, so every reader sees one sample per line
+        text.write_text("".join(line.replace("\n", "\\n").replace("\r", "\\r") + "\n" for line in lines),
+                        encoding="utf-8")
         paths["txt"] = str(text)
     return paths
 
