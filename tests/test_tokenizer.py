@@ -14,11 +14,11 @@ pytest.importorskip("tokenizers")
 
 from discrete_diffusion.config import load_config  # noqa: E402
 from discrete_diffusion.data import load_text_file  # noqa: E402
-from discrete_diffusion.data.manifest import run_tokenizer_json  # noqa: E402
 from discrete_diffusion.data.tokenizer import (  # noqa: E402
     TOKENIZER_NAME,
     BpeTokenizer,
     TokenizerUnavailableError,
+    run_tokenizer_json,
     train_bpe,
 )
 from discrete_diffusion.evaluate.likelihood import LikelihoodResult, bits_per_char  # noqa: E402

@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 from .builders import build_dataset, build_denoiser, build_process_from, build_proposal, build_schedule_from, resolve_device
 from .config import MODEL_SECTIONS, load_config, to_dict
 from .data import DiscreteDataset
-from .data.manifest import check_data_manifest, run_tokenizer_json
+from .data.manifest import check_data_manifest
 from .data.text import decode_text
-from .data.tokenizer import BpeTokenizer
+from .data.tokenizer import BpeTokenizer, run_tokenizer_json
 from .denoiser import NetworkDenoiser
 from .evaluate.likelihood import LikelihoodResult, bits_per_char, evaluate_nll
 from .processes import ForwardProcess

@@ -11,9 +11,9 @@ data again and call :func:`check_data_manifest`: a file whose checksum differs i
 ``--allow-data-change``), which emits a :class:`DataChangedWarning` instead. A run written before the
 manifest existed has no ``data.json``: it keeps working, with a warning that nothing can be checked.
 
-A BPE-tokenised text run (``data.tokenizer=bpe``) also keeps its trained tokenizer: :func:`write_data_manifest`
-writes ``RUN_DIR/tokenizer.json`` next to ``data.json``, whose ``files["tokenizer"]`` holds its SHA-256, and
-:func:`run_tokenizer_json` reads it back only when that checksum matches (data/tokenizer.py).
+A BPE-tokenised text run (``data.tokenizer=bpe``) also keeps its trained tokenizer, ``RUN_DIR/tokenizer.json``,
+whose SHA-256 is ``files["tokenizer"]`` here; :func:`~discrete_diffusion.data.tokenizer.run_tokenizer_json`
+reads it back only when that checksum matches.
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from .base import DiscreteDataset, sha256_of_arrays
-from .tokenizer import read_run_tokenizer, write_run_tokenizer
 
 __all__ = ["MANIFEST_NAME", "DataChangedError", "DataChangedWarning", "data_manifest", "write_data_manifest",
-           "check_data_manifest", "run_tokenizer_json"]
+           "check_data_manifest"]
 
 #: File name of the manifest inside a run directory.
 MANIFEST_NAME = "data.json"
@@ -58,11 +57,8 @@ def data_manifest(dataset: DiscreteDataset) -> dict[str, Any]:
 
 
 def write_data_manifest(run_dir: str | os.PathLike, dataset: DiscreteDataset) -> Path:
-    """Write ``RUN_DIR/data.json`` atomically (temp file, fsync, rename) and return its path; a dataset with a
-    trained tokenizer (``metadata["tokenizer_json"]``) has it written to ``RUN_DIR/tokenizer.json`` first."""
+    """Write ``RUN_DIR/data.json`` atomically (temp file, fsync, rename) and return its path."""
     path = Path(run_dir) / MANIFEST_NAME
-    if dataset.metadata.get("tokenizer_json") is not None:
-        write_run_tokenizer(run_dir, dataset.metadata["tokenizer_json"])
     tmp = path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(tmp, flags, 0o644)
@@ -137,20 +133,3 @@ def check_data_manifest(run_dir: str | os.PathLike, dataset: DiscreteDataset, al
         warnings.warn(f"DATA CHANGED SINCE TRAINING (--allow-data-change): {problem}; results describe the new "
                       f"data, not the data of {path}", DataChangedWarning, stacklevel=2)
     return problems
-
-
-def run_tokenizer_json(run_dir: str | os.PathLike) -> str:
-    """The JSON of ``RUN_DIR/tokenizer.json`` after checking its SHA-256 against ``data.json``.
-
-    Raises:
-        ValueError: no manifest, a manifest without a tokenizer checksum, or a missing, oversized or changed
-            tokenizer file (one line naming the file; see :func:`~discrete_diffusion.data.tokenizer.read_run_tokenizer`).
-    """
-    path = Path(run_dir) / MANIFEST_NAME
-    if not path.exists() and not path.is_symlink():
-        raise ValueError(f"{run_dir} has no {MANIFEST_NAME}: a data.tokenizer=bpe run needs the checksum of its "
-                         f"tokenizer recorded there at training time")
-    entry = _read_manifest(path)["files"].get("tokenizer")
-    if entry is None:
-        raise ValueError(f"{path} records no tokenizer checksum, but the config has data.tokenizer=bpe")
-    return read_run_tokenizer(run_dir, entry["sha256"])

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,7 +42,7 @@ from .limits import MAX_NUM_STATES
 
 __all__ = ["TOKENIZER_NAME", "MIN_VOCAB_SIZE", "MAX_VOCAB_SIZE", "MAX_TOKENIZER_BYTES", "TOKENIZER_KINDS",
            "TokenizerUnavailableError", "BpeTokenizer", "check_vocab_size", "train_bpe", "read_run_tokenizer",
-           "write_run_tokenizer"]
+           "write_run_tokenizer", "run_tokenizer_json"]
 
 #: File name of the cached tokenizer inside a run directory.
 TOKENIZER_NAME = "tokenizer.json"
@@ -201,12 +202,19 @@ def read_run_tokenizer(run_dir: str | os.PathLike, sha256: str) -> str:
         ValueError: missing, a symlink or not a regular file, too large, a different checksum, or not UTF-8.
     """
     path = Path(run_dir) / TOKENIZER_NAME
-    if path.is_symlink() or not path.is_file():
-        raise ValueError(f"{path}: the run's tokenizer is missing or not a regular file; it was written at training "
+    missing = ValueError(f"{path}: the run's tokenizer is missing or not a regular file; it was written at training "
                          f"time and the model's token ids depend on it")
-    if path.stat().st_size > MAX_TOKENIZER_BYTES:
-        raise ValueError(f"{path}: the tokenizer file is over {MAX_TOKENIZER_BYTES} bytes; it is not one ddiff wrote")
-    with open(path, "rb") as f:
+    try:  # never through a symbolic link, and only a regular file
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        raise missing from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise missing
+        if info.st_size > MAX_TOKENIZER_BYTES:
+            raise ValueError(f"{path}: the tokenizer file is over {MAX_TOKENIZER_BYTES} bytes; it is not one ddiff "
+                             f"wrote")
         raw = f.read(MAX_TOKENIZER_BYTES + 1)
     if len(raw) > MAX_TOKENIZER_BYTES:
         raise ValueError(f"{path}: the tokenizer file is over {MAX_TOKENIZER_BYTES} bytes; it is not one ddiff wrote")
@@ -218,3 +226,22 @@ def read_run_tokenizer(run_dir: str | os.PathLike, sha256: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"{path}: the tokenizer file is not UTF-8") from None
+
+
+def run_tokenizer_json(run_dir: str | os.PathLike) -> str:
+    """The JSON of ``RUN_DIR/tokenizer.json`` after checking its SHA-256 against ``data.json``.
+
+    Raises:
+        ValueError: no manifest, a manifest without a tokenizer checksum, or a missing, oversized or changed
+            tokenizer file (one line naming the file; see :func:`~discrete_diffusion.data.tokenizer.read_run_tokenizer`).
+    """
+    from .manifest import MANIFEST_NAME, _read_manifest
+
+    path = Path(run_dir) / MANIFEST_NAME
+    if not path.exists() and not path.is_symlink():
+        raise ValueError(f"{run_dir} has no {MANIFEST_NAME}: a data.tokenizer=bpe run needs the checksum of its "
+                         f"tokenizer recorded there at training time")
+    entry = _read_manifest(path)["files"].get("tokenizer")
+    if entry is None:
+        raise ValueError(f"{path} records no tokenizer checksum, but the config has data.tokenizer=bpe")
+    return read_run_tokenizer(run_dir, entry["sha256"])

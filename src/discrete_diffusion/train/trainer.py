@@ -51,13 +51,8 @@ from ..builders import (
     build_weighting_from,
 )
 from ..config import MODEL_SECTIONS, save_config, to_dict
-from ..data.manifest import (
-    MANIFEST_NAME,
-    DataChangedError,
-    check_data_manifest,
-    run_tokenizer_json,
-    write_data_manifest,
-)
+from ..data.manifest import MANIFEST_NAME, DataChangedError, check_data_manifest, write_data_manifest
+from ..data.tokenizer import run_tokenizer_json, write_run_tokenizer
 from ..denoiser import NetworkDenoiser, backbone_input, noise_level_input
 from ..losses import diffusion_terms, draw_noise, training_loss
 from ..processes.base import Prediction
@@ -412,6 +407,8 @@ class Trainer:
                 raise DataChangedError(f"{str(err).split('; restore')[0]}; a resumed run must train on the data it "
                                        f"started with: restore the data or train into a new --out") from None
         else:
+            if self.dataset.metadata.get("tokenizer_json") is not None:  # BPE text: the trained tokenizer
+                write_run_tokenizer(self.run_dir, self.dataset.metadata["tokenizer_json"])
             write_data_manifest(self.run_dir, self.dataset)
 
     def fit(self, resume: bool = False) -> TrainResult:
