@@ -101,13 +101,20 @@ def save_samples(samples: torch.Tensor, run: LoadedRun, out_dir: Path, stem: str
     paths = {"npy": str(npy)}
     if run.dataset.kind == "image":
         paths["png"] = str(save_image_grid(samples[:256], run.dataset.num_states, out_dir / f"{stem}.png"))
-    vocab, tokenizer = run.dataset.metadata.get("vocab"), run.dataset.metadata.get("tokenizer_json")
-    if vocab is not None or tokenizer is not None:  # text and DNA: one decoded sample per line
-        lines = decode_text(samples, vocab) if vocab is not None else BpeTokenizer(tokenizer).decode_rows(samples)
+    vocab = run.dataset.metadata.get("vocab")
+    if vocab is not None:  # text and DNA: one decoded sample per line
         text = out_dir / f"{stem}.txt"
-        # newlines and carriage returns escaped, so every reader sees one sample per line
-        text.write_text("".join(line.replace("\n", "\\n").replace("\r", "\\r") + "\n" for line in lines),
-                        encoding="utf-8")
+        text.write_text("".join(line.replace("\n", "\\n") + "\n" for line in decode_text(samples, vocab)))
+        paths["txt"] = str(text)
+
+    tokenizer = run.dataset.metadata.get("tokenizer_json")
+    if tokenizer is not None:  # BPE text: one decoded sample per line, newlines and carriage returns escaped
+        from .train.atomic_io import atomic_write
+
+        lines = "".join(line.replace("\n", "\\n").replace("\r", "\\r") + "\n"
+                        for line in BpeTokenizer(tokenizer).decode_rows(samples))
+        text = out_dir / f"{stem}.txt"
+        atomic_write(text, lambda f: f.write(lines.encode("utf-8")))
         paths["txt"] = str(text)
     return paths
 
