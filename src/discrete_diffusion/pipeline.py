@@ -133,6 +133,21 @@ def evaluate_run(run: LoadedRun, split: str = "test", t_samples: int | None = No
                             batch_size, generator, run.device, progress=bar.update)
 
 
+def per_char_fields(dataset: DiscreteDataset, split: str, result: LikelihoodResult) -> dict[str, float]:
+    """For a BPE-tokenised text run, the NLL of ``split`` per token and per character (empty dict otherwise):
+    ``nll_bits_per_token`` (= ``nll_bits_per_dim``), ``nll_bits_per_char`` = bits/token * T / C with T the
+    tokens of the split's windows and C the characters they decode to (``metadata["window_chars"]``), their
+    standard errors, ``num_tokens`` and ``num_chars``."""
+    if dataset.metadata.get("tokenizer") is None:
+        return {}
+    tokens, chars = dataset.split(split).numel(), int(dataset.metadata["window_chars"][split])
+    return {"nll_bits_per_token": result.nll_bits_per_dim,
+            "nll_bits_per_token_stderr": result.nll_bits_per_dim_stderr,
+            "nll_bits_per_char": bits_per_char(result.nll_bits_per_dim, tokens, chars),
+            "nll_bits_per_char_stderr": bits_per_char(result.nll_bits_per_dim_stderr, tokens, chars),
+            "num_tokens": tokens, "num_chars": chars}
+
+
 def likelihood_unit(dataset: DiscreteDataset) -> str:
     """How bits per site read for a dataset: per token (BPE text), per base (DNA), per character (text), else
     per dimension."""
@@ -149,17 +164,3 @@ def write_json(path: Path, payload: dict) -> None:
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(path)
 
-
-def per_char_fields(dataset: DiscreteDataset, split: str, result: LikelihoodResult) -> dict[str, float]:
-    """For a BPE-tokenised text run, the NLL of ``split`` per token and per character (empty dict otherwise):
-    ``nll_bits_per_token`` (= ``nll_bits_per_dim``), ``nll_bits_per_char`` = bits/token * T / C with T the
-    tokens of the split's windows and C the characters they decode to (``metadata["window_chars"]``), their
-    standard errors, ``num_tokens`` and ``num_chars``."""
-    if dataset.metadata.get("tokenizer") is None:
-        return {}
-    tokens, chars = dataset.split(split).numel(), int(dataset.metadata["window_chars"][split])
-    return {"nll_bits_per_token": result.nll_bits_per_dim,
-            "nll_bits_per_token_stderr": result.nll_bits_per_dim_stderr,
-            "nll_bits_per_char": bits_per_char(result.nll_bits_per_dim, tokens, chars),
-            "nll_bits_per_char_stderr": bits_per_char(result.nll_bits_per_dim_stderr, tokens, chars),
-            "num_tokens": tokens, "num_chars": chars}
