@@ -109,12 +109,12 @@ def save_samples(samples: torch.Tensor, run: LoadedRun, out_dir: Path, stem: str
 
     tokenizer = run.dataset.metadata.get("tokenizer_json")
     if tokenizer is not None:  # BPE text: one decoded sample per line, newlines and carriage returns escaped
-        from .train.atomic_io import atomic_write
+        from .train import atomic_io
 
         lines = "".join(line.replace("\n", "\\n").replace("\r", "\\r") + "\n"
                         for line in BpeTokenizer(tokenizer).decode_rows(samples))
         text = out_dir / f"{stem}.txt"
-        atomic_write(text, lambda f: f.write(lines.encode("utf-8")))
+        atomic_io.atomic_write(text, lambda f: f.write(lines.encode("utf-8")))
         paths["txt"] = str(text)
     return paths
 
