@@ -5,6 +5,7 @@ with exact resume, best-checkpoint selection on the validation NLL, and data-par
 Run directory layout (DESIGN.md section 5):
     config.yaml            the resolved config
     data.json              SHA-256 of the data files and splits (checked by evaluate / sample / --resume)
+    tokenizer.json         BPE text only: the trained tokenizer (its SHA-256 is in data.json; data/tokenizer.py)
     metrics.jsonl          one JSON line per logged step / evaluation
     checkpoints/           ckpt_XXXXXXXX.{safetensors,json}: model, EMA, optimizer, scheduler, RNG, step
     best/                  the checkpoint with the lowest validation NLL so far (EMA weights evaluated)
