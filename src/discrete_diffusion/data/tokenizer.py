@@ -95,8 +95,9 @@ def _pieces(text: str) -> list[str]:
 def train_bpe(text: str, vocab_size: int) -> str:
     """Train a byte-level BPE tokenizer of at most ``vocab_size`` tokens on ``text``; return its JSON.
 
-    Deterministic: the merges are chosen by pair count with ties broken by the library's fixed order, and
-    no randomness (dropout) is used. Raises ValueError for a bad ``vocab_size`` or an empty text.
+    Deterministic (no dropout, no sampling; tests/test_tokenizer.py trains twice and compares the JSON). Pairs
+    seen once are not merged (``min_frequency=2``), so a small text may give fewer than ``vocab_size`` tokens.
+    Raises ValueError for a bad ``vocab_size`` or an empty text.
     """
     check_vocab_size(vocab_size)
     if not text:
