@@ -24,8 +24,9 @@ BACKBONE_NAMES = ("unet", "mlp", "transformer")
 MAX_PARAMETERS = 1_000_000_000
 
 
-def build_dataset(config: DictConfig) -> DiscreteDataset:
-    """Load the dataset named in ``config.data`` with the options that apply to it."""
+def build_dataset(config: DictConfig, tokenizer_json: str | None = None) -> DiscreteDataset:
+    """Load the dataset named in ``config.data`` with the options that apply to it; ``tokenizer_json`` is a
+    trained tokenizer (a run's checked ``tokenizer.json``) used instead of training one for ``data.tokenizer=bpe``."""
     data = config.data
     options: dict[str, Any] = {"split_seed": data.split_seed}
     if data.path is not None:
@@ -37,6 +38,12 @@ def build_dataset(config: DictConfig) -> DiscreteDataset:
             options[key] = data[key]
     if data.max_bytes is not None and "max_bytes" in dataset_options(data.name):  # built-in data need no budget
         options["max_bytes"] = data.max_bytes
+    if data.tokenizer != "char" or data.vocab_size is not None:  # subword tokens: text datasets only
+        if "tokenizer" not in dataset_options(data.name):
+            raise ValueError(f"data.tokenizer / data.vocab_size apply to text datasets (text, kjv), not {data.name!r}")
+        options.update(tokenizer=data.tokenizer, vocab_size=data.vocab_size)
+        if tokenizer_json is not None:
+            options["tokenizer_json"] = tokenizer_json
     return load_dataset(data.name, **options)
 
 

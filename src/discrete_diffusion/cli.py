@@ -301,7 +301,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from .builders import build_proposal
-    from .pipeline import evaluate_run, likelihood_unit, load_run
+    from .pipeline import evaluate_run, likelihood_unit, load_run, per_char_fields
     from .train.distributed import evaluate_nll_sharded, setup
 
     ctx, device = setup(args.device)  # under torchrun the examples are split over the ranks
@@ -317,12 +317,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                       build_proposal(run.config), t_samples, batch_size, args.seed, run.device)
         if not ctx.is_main:
             return 0
+    per_char = per_char_fields(run.dataset, args.split, result)  # BPE text: bits per token and per character
     if args.json:
-        print(json.dumps({**result.to_dict(), "unit": likelihood_unit(run.dataset), "split": args.split,
+        print(json.dumps({**result.to_dict(), **per_char, "unit": likelihood_unit(run.dataset), "split": args.split,
                           "checkpoint": str(run.checkpoint)}, indent=2))
     else:
+        chars = (f" = {per_char['nll_bits_per_char']:.4f} ± {per_char['nll_bits_per_char_stderr']:.4f} bits/char"
+                 if per_char else "")
         print(f"{args.split} NLL <= {result.nll_bits_per_dim:.4f} ± {result.nll_bits_per_dim_stderr:.4f} "
-              f"{likelihood_unit(run.dataset)} "
+              f"{likelihood_unit(run.dataset)}{chars} "
               f"({result.num_examples} examples, {result.t_samples} t-samples each; prior: {result.prior})")
     return 0
 

@@ -29,6 +29,8 @@ class DataConfig:
     val_path: Optional[str] = None  # array / png-folder / text / fasta: a separate validation file (or folder)
     test_path: Optional[str] = None  # array / png-folder / text / fasta: a separate test file (or folder)
     max_bytes: Optional[int] = None  # memory budget of a load (default 1 GiB of int64 states; data/limits.py)
+    tokenizer: str = "char"         # text / kjv: "char" (one state per character) or "bpe" (byte-level BPE)
+    vocab_size: Optional[int] = None  # tokenizer=bpe: number of tokens (257..65536), e.g. 4096
 
 
 @dataclass
@@ -85,6 +87,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"               # auto | cpu | cuda | cuda:N
     time_limit_minutes: Optional[float] = None  # stop early (evaluate + checkpoint) once training took this long
+    compile: bool = False              # torch.compile the backbone (checkpoints keep the eager parameter names)
 
 
 @dataclass
@@ -183,6 +186,12 @@ def check_values(config: DictConfig) -> None:
     integer("data.num_states", 2, MAX_STATES, optional=True)
     integer("data.levels", 2, 256, optional=True)
     integer("data.seq_len", 1, 1 << 24, optional=True)
+    need(config.data.tokenizer in ("char", "bpe"), f"data.tokenizer must be char or bpe, got {config.data.tokenizer!r}")
+    if config.data.tokenizer == "bpe":
+        need(config.data.vocab_size is not None, "data.tokenizer=bpe needs data.vocab_size (257..65536), e.g. 4096")
+        integer("data.vocab_size", 257, 1 << 16, optional=True)
+    else:
+        need(config.data.vocab_size is None, "data.vocab_size applies to data.tokenizer=bpe only")
     number("process.t_end", 0.0, 700.0, low_open=True)  # exp(-700) is still a normal float64
     number("process.eps", 0.0, 1.0, low_open=True, high_open=True)
     integer("model.base_channels", 1, MAX_WIDTH)

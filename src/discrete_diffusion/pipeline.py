@@ -20,8 +20,9 @@ from .config import MODEL_SECTIONS, load_config, to_dict
 from .data import DiscreteDataset
 from .data.manifest import check_data_manifest
 from .data.text import decode_text
+from .data.tokenizer import BpeTokenizer, run_tokenizer_json
 from .denoiser import NetworkDenoiser
-from .evaluate.likelihood import LikelihoodResult, evaluate_nll
+from .evaluate.likelihood import LikelihoodResult, bits_per_char, evaluate_nll
 from .processes import ForwardProcess
 from .samplers import Sampler
 from .schedules import Schedule
@@ -65,7 +66,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto",
         raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
     config = load_config(run_dir / "config.yaml")
     dev = resolve_device(device)
-    dataset = build_dataset(config)
+    dataset = build_dataset(config, run_tokenizer_json(run_dir) if config.data.tokenizer == "bpe" else None)
     check_data_manifest(run_dir, dataset, allow_change=allow_data_change)
     process = build_process_from(config, dataset.num_states)
     denoiser = build_denoiser(config, process, dataset.site_shape)
@@ -109,6 +110,16 @@ def save_samples(samples: torch.Tensor, run: LoadedRun, out_dir: Path, stem: str
         text = out_dir / f"{stem}.txt"
         atomic_write_text(text, "".join(line.replace("\n", "\\n") + "\n" for line in decode_text(samples, vocab)))
         paths["txt"] = str(text)
+
+    tokenizer = run.dataset.metadata.get("tokenizer_json")
+    if tokenizer is not None:  # BPE text: one decoded sample per line, newlines and carriage returns escaped
+        from .train import atomic_io
+
+        lines = "".join(line.replace("\n", "\\n").replace("\r", "\\r") + "\n"
+                        for line in BpeTokenizer(tokenizer).decode_rows(samples))
+        text = out_dir / f"{stem}.txt"
+        atomic_io.atomic_write(text, lambda f: f.write(lines.encode("utf-8")))
+        paths["txt"] = str(text)
     return paths
 
 
@@ -126,8 +137,26 @@ def evaluate_run(run: LoadedRun, split: str = "test", t_samples: int | None = No
                             batch_size, generator, run.device, progress=bar.update)
 
 
+def per_char_fields(dataset: DiscreteDataset, split: str, result: LikelihoodResult) -> dict[str, float]:
+    """For a BPE-tokenised text run, the NLL of ``split`` per token and per character (empty dict otherwise):
+    ``nll_bits_per_token`` (= ``nll_bits_per_dim``), ``nll_bits_per_char`` = bits/token * T / C with T the
+    tokens of the split's windows and C the characters they decode to (``metadata["window_chars"]``), their
+    standard errors, ``num_tokens`` and ``num_chars``."""
+    if dataset.metadata.get("tokenizer") is None:
+        return {}
+    tokens, chars = dataset.split(split).numel(), int(dataset.metadata["window_chars"][split])
+    return {"nll_bits_per_token": result.nll_bits_per_dim,
+            "nll_bits_per_token_stderr": result.nll_bits_per_dim_stderr,
+            "nll_bits_per_char": bits_per_char(result.nll_bits_per_dim, tokens, chars),
+            "nll_bits_per_char_stderr": bits_per_char(result.nll_bits_per_dim_stderr, tokens, chars),
+            "num_tokens": tokens, "num_chars": chars}
+
+
 def likelihood_unit(dataset: DiscreteDataset) -> str:
-    """How bits per site read for a dataset: per base (DNA), per character (text), else per dimension."""
+    """How bits per site read for a dataset: per token (BPE text), per base (DNA), per character (text), else
+    per dimension."""
+    if dataset.metadata.get("tokenizer") is not None:
+        return "bits/token"
     vocab = dataset.metadata.get("vocab")
     if vocab is None:
         return "bits/dim"

@@ -10,6 +10,10 @@ data again and call :func:`check_data_manifest`: a file whose checksum differs i
 :class:`DataChangedError` naming the file and both checksums, unless ``allow_change`` (the flag
 ``--allow-data-change``), which emits a :class:`DataChangedWarning` instead. A run written before the
 manifest existed has no ``data.json``: it keeps working, with a warning that nothing can be checked.
+
+A BPE-tokenised text run (``data.tokenizer=bpe``) also keeps its trained tokenizer, ``RUN_DIR/tokenizer.json``,
+whose SHA-256 is ``files["tokenizer"]`` here; :func:`~discrete_diffusion.data.tokenizer.run_tokenizer_json`
+reads it back only when that checksum matches.
 """
 
 from __future__ import annotations

@@ -20,6 +20,14 @@ its index; ``metadata["unk_index"]`` is that index, or ``None`` when no UNK was 
 symbols (JSON-serialisable), so a run directory can decode samples with :func:`decode_text`.
 ``num_states = len(metadata["vocab"])``.
 
+Subwords: with ``tokenizer="bpe"`` and ``vocab_size=N`` (config ``data.tokenizer=bpe data.vocab_size=N``) the
+blocks are split as above, a byte-level BPE tokenizer is trained on the training block
+(:mod:`~discrete_diffusion.data.tokenizer`), each block is tokenised and cut into windows of ``seq_len``
+*tokens*, and ``num_states = N``. There is no ``metadata["vocab"]`` then; ``metadata["tokenizer_json"]`` holds
+the tokenizer, ``metadata["tokenizer"]`` its summary, ``metadata["files"]["tokenizer"]`` its SHA-256 (recorded
+in a run's ``data.json``) and ``metadata["window_chars"]`` the number of characters the kept windows of each
+split decode to (for bits per character).
+
 KJV: the Debian package ``bible-kjv`` provides the ``bible`` program; the text is
 ``bible -f off Gen1:1-Rev22:21 </dev/null`` with the stray first line (the program echoes a verse that
 is not Genesis 1:1, e.g. ``Obad1:1 ...``, before the requested range) and the leading verse references
@@ -48,6 +56,7 @@ from torch import Tensor
 from .base import DiscreteDataset, split_counts
 from .fashion_mnist import DatasetUnavailableError
 from .limits import DEFAULT_MAX_BYTES, check_decoded, check_max_bytes
+from .tokenizer import TOKENIZER_KINDS, TOKENIZER_NAME, BpeTokenizer, check_vocab_size, train_bpe
 
 __all__ = [
     "UNK",
@@ -185,11 +194,16 @@ def dataset_from_text(
     where: str = "text",
     val_text: str | None = None,
     test_text: str | None = None,
+    tokenizer: str = "char",
+    vocab_size: int | None = None,
+    tokenizer_json: str | None = None,
 ) -> DiscreteDataset:
     """Character-level :class:`DiscreteDataset` from a string (see the module docstring for the rules).
 
     ``val_text`` / ``test_text``, when given, are the validation / test blocks instead of a fraction of
     ``text`` (their fraction is then ignored and ``text`` is split only into the remaining blocks).
+    ``tokenizer="bpe"`` tokenises with byte-level BPE of ``vocab_size`` tokens, trained on the training block,
+    or the given ``tokenizer_json`` (a run's cached tokenizer) without training.
     Returns ``kind="sequence"`` splits of shape ``(n, seq_len)``; ``val``/``test`` may be empty when their
     block is shorter than ``seq_len``.
     """
@@ -209,6 +223,21 @@ def dataset_from_text(
         "val": text[n_train : n_train + n_val] if val_text is None else val_text,
         "test": text[n_train + n_val :] if test_text is None else test_text,
     }
+    if tokenizer not in TOKENIZER_KINDS:
+        raise ValueError(f"data.tokenizer must be one of {', '.join(TOKENIZER_KINDS)}, got {tokenizer!r}")
+    if tokenizer == "bpe":
+        if vocab is not None:
+            raise ValueError("a fixed character vocab cannot be combined with data.tokenizer=bpe")
+        return _bpe_dataset(blocks, seq_len=seq_len, vocab_size=vocab_size, tokenizer_json=tokenizer_json,
+                            name=name, metadata=metadata, where=where, split={
+                                "method": "contiguous blocks by position: train | val | test",
+                                "chars": {split: len(b) for split, b in blocks.items()},
+                                "separate_files": [s for s, t in (("val", val_text), ("test", test_text)) if t is not None],
+                                "val_fraction": float(val_fraction), "test_fraction": float(test_fraction),
+                                "split_seed": int(split_seed)})
+    if vocab_size is not None or tokenizer_json is not None:
+        raise ValueError(f"data.vocab_size applies to data.tokenizer=bpe only, got vocab_size={vocab_size} with "
+                         f"data.tokenizer={tokenizer}")
     if n_train < seq_len:
         raise ValueError(
             f"{where}: the training block has {n_train} characters, fewer than seq_len={seq_len}; "
@@ -248,6 +277,41 @@ def dataset_from_text(
     )
 
 
+def _bpe_dataset(blocks: dict[str, str], *, seq_len: int, vocab_size: int | None, tokenizer_json: str | None,
+                 name: str, metadata: dict[str, Any] | None, where: str, split: dict[str, Any]) -> DiscreteDataset:
+    """The BPE branch of :func:`dataset_from_text`: train (or load) the tokenizer, tokenise, cut windows."""
+    if vocab_size is None:
+        raise ValueError("data.tokenizer=bpe needs data.vocab_size (an integer in 257..65536), e.g. 4096")
+    check_vocab_size(vocab_size)
+    json_text = train_bpe(blocks["train"], vocab_size) if tokenizer_json is None else tokenizer_json
+    bpe = BpeTokenizer(json_text, where=f"{where}: tokenizer")
+    if bpe.size > vocab_size:
+        raise ValueError(f"{where}: the tokenizer has {bpe.size} tokens, more than data.vocab_size={vocab_size}")
+    ids = {s: bpe.encode(b) for s, b in blocks.items()}
+    if ids["train"].numel() < seq_len:
+        raise ValueError(f"{where}: the training block has {ids['train'].numel()} tokens, fewer than "
+                         f"seq_len={seq_len}; use a smaller seq_len or a longer text")
+    parts = {s: _windows(t, seq_len) for s, t in ids.items()}
+    meta = dict(metadata or {})
+    files = dict(meta.get("files") or {})
+    files["tokenizer"] = {"file": TOKENIZER_NAME, "sha256": bpe.sha256}
+    meta.update(
+        tokenizer={"kind": "bpe", "vocab_size": vocab_size, "trained_tokens": bpe.size, "sha256": bpe.sha256},
+        tokenizer_json=json_text,
+        files=files,
+        seq_len=seq_len,
+        num_chars=sum(len(b) for b in blocks.values()),
+        num_tokens={s: int(t.numel()) for s, t in ids.items()},
+        window_chars={s: len(bpe.decode(p.reshape(-1))) for s, p in parts.items()},
+        dropped_tokens={s: int(ids[s].numel() - p.numel()) for s, p in parts.items()},
+        split=split,
+    )
+    return DiscreteDataset(
+        train=parts["train"], val=parts["val"], test=parts["test"], num_states=vocab_size,
+        name=name, kind="sequence", metadata=meta,
+    )
+
+
 def load_text_file(
     path: str | os.PathLike,
     seq_len: int = 256,
@@ -259,6 +323,9 @@ def load_text_file(
     val_path: str | os.PathLike | None = None,
     test_path: str | os.PathLike | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    tokenizer: str = "char",
+    vocab_size: int | None = None,
+    tokenizer_json: str | None = None,
 ) -> DiscreteDataset:
     """Character-level dataset from any UTF-8 text file (registry name ``"text"``).
 
@@ -273,6 +340,10 @@ def load_text_file(
             ``data.val_path`` / ``data.test_path``); ``path`` is then not split for that block.
         max_bytes: memory budget (config ``data.max_bytes``); each file may hold at most ``max_bytes // 8``
             bytes, since every byte can become one 8-byte state.
+        tokenizer, vocab_size: ``"char"`` (one state per character) or ``"bpe"`` with ``vocab_size`` tokens
+            (config ``data.tokenizer`` / ``data.vocab_size``; see the module docstring).
+        tokenizer_json: with ``"bpe"``, a trained tokenizer to use instead of training one (a run's
+            ``tokenizer.json``, after its checksum was checked).
 
     ``metadata["files"]`` maps ``path`` / ``val_path`` / ``test_path`` to the file and its SHA-256.
 
@@ -299,6 +370,7 @@ def load_text_file(
         split_seed=split_seed, vocab=vocab, name=name, where=str(p),
         metadata={"source": str(p.resolve()), "files": files},
         val_text=extra.get("val"), test_text=extra.get("test"),
+        tokenizer=tokenizer, vocab_size=vocab_size, tokenizer_json=tokenizer_json,
     )
 
 
@@ -391,8 +463,12 @@ def load_kjv(
     test_fraction: float = 0.05,
     split_seed: int = 0,
     vocab: str | Sequence[str] | None = None,
+    tokenizer: str = "char",
+    vocab_size: int | None = None,
+    tokenizer_json: str | None = None,
 ) -> DiscreteDataset:
-    """The King James Bible at character level (registry name ``"kjv"``; about 4.1 MB, 63 symbols).
+    """The King James Bible at character level (registry name ``"kjv"``; about 4.1 MB, 63 symbols), or in
+    byte-level BPE tokens with ``tokenizer="bpe"`` and ``vocab_size`` (e.g. 4096).
 
     Split and vocabulary rules as in :func:`load_text_file`; the last 5% of the Bible (the end of the New
     Testament) is the test block. Needs the Debian package ``bible-kjv`` the first time (then cached).
@@ -400,7 +476,8 @@ def load_kjv(
     text = kjv_text()
     return dataset_from_text(
         text, seq_len=seq_len, val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
-        vocab=vocab, name="kjv", where="kjv",
+        vocab=vocab, name="kjv", where="kjv", tokenizer=tokenizer, vocab_size=vocab_size,
+        tokenizer_json=tokenizer_json,
         metadata={"source": f"Debian package {KJV_DEBIAN_PACKAGE}: bible -f off Gen1:1-Rev22:21",
                   "cache": str(kjv_cache_path())},
     )

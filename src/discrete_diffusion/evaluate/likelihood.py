@@ -4,6 +4,9 @@ Reference: the continuous-time ELBO of ``discrete_diffusion.losses`` (Campbell e
 Lou et al., ICML 2024). bits/dim = (-ELBO in nats) / (D ln 2) with D the number of sites. The standard
 error is over examples (each averaged over ``t_samples`` importance draws of lam), so it covers both the
 spread of the data and the Monte-Carlo noise of the estimator.
+
+For BPE-tokenised text a site is a token; :func:`bits_per_char` converts bits per token to bits per character
+(bits/char = bits/token * T / C, T tokens decoding to C characters) so that tables compare with character models.
 """
 
 from __future__ import annotations
@@ -67,3 +70,15 @@ def evaluate_nll(process: ForwardProcess, denoiser: Denoiser, schedule: Schedule
         diffusion_bits_per_dim=float(parts[0]), prior_bits_per_dim=float(parts[1]),
         reconstruction_bits_per_dim=float(parts[2]), num_examples=n, t_samples=t_samples,
         prior=getattr(process, "prior_description", "the process's prior at t = 1"))
+
+
+def bits_per_char(bits_per_token: float, num_tokens: int, num_chars: int) -> float:
+    """Bits per character of a text evaluated in tokens: ``bits_per_token * num_tokens / num_chars``.
+
+    ``num_tokens`` tokens of the evaluated split hold ``bits_per_token * num_tokens`` bits in all, and they
+    decode to ``num_chars`` characters. Raises ValueError unless both counts are positive.
+    """
+    if num_tokens < 1 or num_chars < 1:
+        raise ValueError(f"bits per character needs positive token and character counts, got {num_tokens} tokens "
+                         f"and {num_chars} characters")
+    return bits_per_token * num_tokens / num_chars

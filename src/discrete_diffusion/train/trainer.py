@@ -5,6 +5,7 @@ with exact resume, best-checkpoint selection on the validation NLL, and data-par
 Run directory layout (DESIGN.md section 5):
     config.yaml            the resolved config
     data.json              SHA-256 of the data files and splits (checked by evaluate / sample / --resume)
+    tokenizer.json         BPE text only: the trained tokenizer (its SHA-256 is in data.json; data/tokenizer.py)
     metrics.jsonl          one JSON line per logged step / evaluation
     checkpoints/           ckpt_XXXXXXXX.{safetensors,json}: model, EMA, optimizer, scheduler, RNG, step
     best/                  the checkpoint with the lowest validation NLL so far (EMA weights evaluated)
@@ -57,6 +58,7 @@ from ..builders import (
 )
 from ..config import MODEL_SECTIONS, save_config, to_dict
 from ..data.manifest import MANIFEST_NAME, DataChangedError, check_data_manifest, write_data_manifest
+from ..data.tokenizer import run_tokenizer_json, write_run_tokenizer
 from ..denoiser import NetworkDenoiser, backbone_input, noise_level_input
 from ..losses import diffusion_terms, draw_noise, training_loss
 from ..processes.base import Prediction
@@ -145,6 +147,20 @@ class AutocastDenoiser(nn.Module):
         return d.process.prediction_from_output(output.float(), xt, lam, d.parameterization)
 
 
+def compile_backbone(denoiser: NetworkDenoiser, device: torch.device) -> None:
+    """``train.compile=true``: compile the backbone's forward in place with ``torch.compile``
+    (``nn.Module.compile``), so parameter names, and so checkpoints, stay those of the eager model (no
+    ``_orig_mod.`` prefix) and a compiled run resumes, samples and evaluates like an eager one. Only the
+    backbone is compiled; the parameterisation and the loss stay eager. On CPU the inductor backend builds
+    C++ kernels: without a C++ compiler (``$CXX`` or ``g++``) this raises ValueError before training starts."""
+    if device.type == "cpu":
+        cxx = os.environ.get("CXX") or "g++"
+        if shutil.which(cxx) is None:
+            raise ValueError(f"train.compile=true on CPU needs a C++ compiler (torch.compile builds C++ kernels), "
+                             f"and {cxx!r} is not on PATH: install g++ (or set $CXX) or use train.compile=false")
+    denoiser.backbone.compile()
+
+
 def best_record(extra: dict, step: int) -> tuple[float, int] | None:
     """The checkpoint's ``extra["best"]``: ``[]`` (no validation yet) or ``[NLL, step <= step]``."""
     best = extra.get("best", []) if isinstance(extra, dict) else None
@@ -182,7 +198,7 @@ class Trainer:
 
     def _build(self) -> None:
         config, tc = self.config, self.config.train
-        self.dataset = build_dataset(config)
+        self.dataset = build_dataset(config, self._cached_tokenizer())
         if self.dataset.val.shape[0] == 0 and self.dataset.test.shape[0] == 0:  # validation needs one of them
             raise ValueError(f"the dataset has {self.dataset.train.shape[0]} training examples and none left for "
                              "validation or test (each split takes about 10% of a user array); validation and "
@@ -197,6 +213,8 @@ class Trainer:
         random.seed(tc.seed)  # unused by the library, but checkpointed: a resumed run must match a straight one
         np.random.seed(tc.seed % 2**32)
         self.denoiser = build_denoiser(config, self.process, self.dataset.site_shape).to(self.device)
+        if tc.compile:
+            compile_backbone(self.denoiser, self.device)
         self.optimizer = build_optimizer(self.denoiser, lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = warmup_cosine_schedule(self.optimizer, min(tc.warmup_steps, tc.steps), tc.steps,
                                                 tc.min_lr_ratio)
@@ -204,6 +222,13 @@ class Trainer:
         self.data_generator = torch.Generator().manual_seed(tc.seed + 1)
         self.noise_generator = torch.Generator(device=self.device).manual_seed(tc.seed + 2)
         self.train_data = self.dataset.train.to(self.device)
+
+    def _cached_tokenizer(self) -> str | None:
+        """A BPE run that holds checkpoints (which only --resume continues) keeps the tokenizer it was trained
+        with: ``RUN_DIR/tokenizer.json``, checked against data.json; otherwise None (one is trained)."""
+        if self.config.data.tokenizer != "bpe" or find_latest_checkpoint(self.run_dir / "checkpoints") is None:
+            return None
+        return run_tokenizer_json(self.run_dir)
 
     def _training_module(self) -> nn.Module:
         module: nn.Module = self.denoiser
@@ -440,6 +465,8 @@ class Trainer:
                 raise DataChangedError(f"{str(err).split('; restore')[0]}; a resumed run must train on the data it "
                                        f"started with: restore the data or train into a new --out") from None
         else:
+            if self.dataset.metadata.get("tokenizer_json") is not None:  # BPE text: the trained tokenizer
+                write_run_tokenizer(self.run_dir, self.dataset.metadata["tokenizer_json"])
             write_data_manifest(self.run_dir, self.dataset)
 
     def fit(self, resume: bool = False) -> TrainResult:
