@@ -108,18 +108,20 @@ def kid(real: Tensor, fake: Tensor, num_subsets: int = 100, subset_size: int = 1
     return total / num_subsets
 
 
-def _pairwise(a: Tensor, b: Tensor, chunk: int = 2048) -> Tensor:
-    """Euclidean distances ``(n_a, n_b)``, computed in row chunks."""
-    return torch.cat([torch.cdist(a[i:i + chunk], b) for i in range(0, a.shape[0], chunk)])
+#: Distance blocks hold at most this many entries (2^24 float64 values: 128 MiB).
+_BLOCK_ENTRIES = 1 << 24
+
+
+def _row_chunks(rows: int, cols: int) -> range:
+    return range(0, rows, max(1, _BLOCK_ENTRIES // max(cols, 1)))
 
 
 def _knn_radii(x: Tensor, k: int) -> Tensor:
-    """Distance of each row of ``x`` to its k-th nearest other row (itself excluded)."""
-    radii = []
-    for i in range(0, x.shape[0], 2048):
-        dist = torch.cdist(x[i:i + 2048], x)
-        radii.append(dist.kthvalue(k + 1, dim=1).values)  # the 1st smallest is the row itself (0)
-    return torch.cat(radii)
+    """Distance of each row of ``x`` to its k-th nearest other row (itself excluded), in row blocks."""
+    step = _row_chunks(x.shape[0], x.shape[0]).step
+    # the 1st smallest distance of a row is to itself (0)
+    return torch.cat([torch.cdist(x[i:i + step], x).kthvalue(k + 1, dim=1).values
+                      for i in range(0, x.shape[0], step)])
 
 
 def prdc(real: Tensor, fake: Tensor, k: int = 5) -> dict[str, float]:
@@ -132,7 +134,7 @@ def prdc(real: Tensor, fake: Tensor, k: int = 5) -> dict[str, float]:
         density   = 1/(k M) sum_j sum_i 1[y_j in B(x_i, r_i)]     coverage = 1/N sum_i 1[nearest fake to x_i in B(x_i, r_i)]
 
     Shapes: ``real`` ``(N, d)``, ``fake`` ``(M, d)``; both need more than ``k`` rows. A set against itself
-    gives precision = recall = coverage = 1 exactly.
+    gives precision = recall = coverage = 1 exactly. Distances are computed in blocks of at most 2^24 entries.
     """
     x, y = _as_features(real, "real features", k + 1), _as_features(fake, "fake features", k + 1)
     if x.shape[1] != y.shape[1]:
@@ -140,13 +142,20 @@ def prdc(real: Tensor, fake: Tensor, k: int = 5) -> dict[str, float]:
     if k < 1:
         raise ValueError(f"prdc needs k >= 1, got {k}")
     real_r, fake_r = _knn_radii(x, k), _knn_radii(y, k)
-    dist = _pairwise(x, y)  # (N, M)
-    inside = dist <= real_r[:, None]
+    balls_holding = torch.zeros(y.shape[0], dtype=torch.float64)  # per fake: real balls that hold it
+    recalled, covered = [], []
+    blocks = _row_chunks(x.shape[0], y.shape[0])
+    for i in blocks:
+        dist = torch.cdist(x[i:i + blocks.step], y)  # (block, M)
+        radii = real_r[i:i + dist.shape[0]]
+        balls_holding += (dist <= radii[:, None]).double().sum(0)
+        recalled.append((dist <= fake_r[None, :]).any(1))
+        covered.append(dist.min(1).values <= radii)
     return {
-        "precision": float(inside.any(0).double().mean()),
-        "recall": float((dist <= fake_r[None, :]).any(1).double().mean()),
-        "density": float(inside.double().sum(0).mean() / k),
-        "coverage": float((dist.min(1).values <= real_r).double().mean()),
+        "precision": float((balls_holding > 0).double().mean()),
+        "recall": float(torch.cat(recalled).double().mean()),
+        "density": float(balls_holding.sum() / (k * y.shape[0])),
+        "coverage": float(torch.cat(covered).double().mean()),
     }
 
 
