@@ -354,3 +354,16 @@ def test_cli_evaluate_bad_samples(ddiff, quality_run, tmp_path, make, extra, mes
     res = ddiff("evaluate", quality_run, "--samples", path, *extra, "--no-progress")
     assert res.rc == 2 and re.search(message, res.err), res
     assert len(res.err.strip().splitlines()) == 1
+
+
+def test_sample_record_fields_are_type_checked(tmp_path):
+    from discrete_diffusion.evaluate.sample_files import read_sample_record
+
+    npy = tmp_path / "x.npy"
+    assert read_sample_record(npy) == {"sampler": None, "steps": None, "nfe": None, "seed": None}
+    npy.with_suffix(".json").write_text(json.dumps({"sampler": {"name": "exact", "num_steps": 100}, "seed": "3",
+                                                    "nfe_last_batch": True}))
+    assert read_sample_record(npy) == {"sampler": "exact", "steps": None, "nfe": None, "seed": None}
+    npy.with_suffix(".json").write_text("[1, 2")
+    with pytest.raises(ValueError, match="not a sample record"):
+        read_sample_record(npy)

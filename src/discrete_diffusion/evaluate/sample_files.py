@@ -69,7 +69,8 @@ def read_sample_record(npy: Path) -> dict[str, Any]:
     record_path = npy.with_suffix(".json")
     if not record_path.is_file():
         return out
-    raw = record_path.read_bytes()[:_MAX_RECORD_BYTES + 1]
+    with open(record_path, "rb") as f:
+        raw = f.read(_MAX_RECORD_BYTES + 1)
     try:
         if len(raw) > _MAX_RECORD_BYTES:
             raise ValueError("too large")
