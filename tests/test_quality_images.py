@@ -346,6 +346,8 @@ def test_cli_evaluate_replaces_a_symlinked_record(ddiff, quality_run, digits, tm
     (lambda d: np.save(d.with_suffix(".npy"), np.full((4, 8, 8), 99)), [], "out of range"),
     (lambda d: np.save(d.with_suffix(".npy"), np.zeros((4, 64))), [], r"shape \(N, 8, 8\)"),
     (lambda d: np.save(d.with_suffix(".npy"), np.zeros((4, 8, 8))), ["--sampler", "bridge"], "not both"),
+    (lambda d: np.save(d.with_suffix(".npy"), np.zeros((4, 8, 8))), ["--t-samples", "2"], "option of the likelihood"),
+    (lambda d: np.save(d.with_suffix(".npy"), np.zeros((4, 8, 8), dtype=object), allow_pickle=True), [], "dtype"),
 ])
 def test_cli_evaluate_bad_samples(ddiff, quality_run, tmp_path, make, extra, message):
     target = tmp_path / "bad"
