@@ -55,7 +55,7 @@ def small_default(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def test_features(classifier_cache, digits) -> torch.Tensor:
+def digits_test_features(classifier_cache, digits) -> torch.Tensor:
     clf = load_or_train_classifier(digits, classifier_cache, SMALL)
     assert clf.status == "cached"
     return clf.features_and_classes(digits.test)[0]
@@ -107,9 +107,9 @@ def test_prdc_hand_example():
                                                    "coverage": 0.75}, abs=1e-12)
 
 
-def test_prdc_of_a_set_against_itself(test_features):
+def test_prdc_of_a_set_against_itself(digits_test_features):
     """Precision = recall = coverage = 1 exactly; density = (k + 1) / k (each real ball holds its centre)."""
-    out = prdc(test_features, test_features, k=5)
+    out = prdc(digits_test_features, digits_test_features, k=5)
     assert out["precision"] == out["recall"] == out["coverage"] == 1.0
     assert out["density"] == pytest.approx(6 / 5, abs=0.02)  # ties among the 297 digits can add a little
 
