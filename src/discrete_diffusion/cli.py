@@ -124,16 +124,27 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     sample.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    evaluate = sub.add_parser("evaluate", help="test NLL upper bound in bits per dimension",
+    evaluate = sub.add_parser("evaluate", help="test NLL upper bound in bits per dimension, or sample quality",
                               description="Estimate the negative ELBO of a data split in bits per dimension, "
-                                          "with its standard error over examples.")
+                                          "with its standard error over examples. With --samples PATH (an .npy "
+                                          "file or a folder of them from `ddiff sample`), or --sampler / --steps / "
+                                          "--num-samples (samples drawn now), report sample-quality metrics beside "
+                                          "those of held-out real data of --split, and write "
+                                          "RUN_DIR/quality/STEM.json (docs/quality.md).")
     evaluate.add_argument("run_dir", help="a directory written by `ddiff train` or `ddiff demo`")
-    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"], help="data split")
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"],
+                          help="data split (likelihood), or the split of the real reference data (sample quality)")
+    evaluate.add_argument("--samples", default=None, metavar="PATH",
+                          help="sample quality of an .npy file or of each .npy file in a folder")
+    _add_sample_options(evaluate)
+    evaluate.add_argument("--num-samples", dest="num", type=int, default=None,
+                          help="sample quality of this many samples drawn now (default: sample.num_samples)")
     evaluate.add_argument("--t-samples", type=int, default=None, help="importance draws of t per example")
-    evaluate.add_argument("--batch-size", type=int, default=None, help="examples per batch")
-    evaluate.add_argument("--seed", type=int, default=0, help="random seed in 0..2^62")
+    evaluate.add_argument("--batch-size", type=int, default=None, help="examples (or samples drawn) per batch")
+    evaluate.add_argument("--seed", type=int, default=0, help="random seed in 0..2^62 (also of samples drawn now)")
     evaluate.add_argument("--checkpoint", default="best", choices=["best", "latest"], help="which weights")
-    evaluate.add_argument("--json", action="store_true", help="print the result as JSON (key nll_bits_per_dim)")
+    evaluate.add_argument("--json", action="store_true",
+                          help="print the result as JSON (key nll_bits_per_dim; sample quality: the quality record)")
     evaluate.add_argument("--allow-data-change", action="store_true",
                           help="evaluate even if a data file's checksum differs from the one recorded at training "
                                "(warns); without it such a run is refused")
@@ -259,6 +270,13 @@ def ddpd_networks(args: argparse.Namespace, run, device: str) -> dict:
     return options
 
 
+def sample_stem(sampler, seed: int, extras: str = "") -> str:
+    """File stem of samples: {sampler}{extras}_{steps}steps_seed{seed}, or {sampler}{extras}_seed{seed} for exact
+    samplers, which take no steps."""
+    steps = f"_{sampler.num_steps}steps" if sampler.uses_steps else ""
+    return f"{sampler.name}{extras}{steps}_seed{seed}"
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from .builders import build_sampler_from
     from .pipeline import generate_samples, load_run, save_samples, write_json
@@ -280,8 +298,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return 0
     out = user_dir(args.out) if args.out else user_dir(args.run_dir) / "samples"  # links inside RUN_DIR refused
     extras = ("-planner" if args.planner else "") + ("-masked" if args.masked_denoiser else "")
-    steps = f"_{sampler.num_steps}steps" if sampler.uses_steps else ""  # exact samplers take no steps
-    stem = f"{sampler.name}{extras}{steps}_seed{args.seed}"
+    stem = sample_stem(sampler, args.seed, extras)
     paths = save_samples(samples, run, out, stem=stem)
     paths["json"] = str(out / f"{stem}.json")
     record = sampler.config()
@@ -304,6 +321,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .pipeline import evaluate_run, likelihood_unit, load_run, per_char_fields
     from .train.distributed import evaluate_nll_sharded, setup
 
+    if quality_requested(args):
+        return cmd_evaluate_quality(args)
     ctx, device = setup(args.device)  # under torchrun the examples are split over the ranks
     run = load_run(args.run_dir, args.checkpoint, str(device), args.allow_data_change)
     if not ctx.enabled:
@@ -328,6 +347,76 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"{likelihood_unit(run.dataset)}{chars} "
               f"({result.num_examples} examples, {result.t_samples} t-samples each; prior: {result.prior})")
     return 0
+
+
+def quality_requested(args: argparse.Namespace) -> bool:
+    """Whether `ddiff evaluate` was asked for sample quality (--samples, or any option to draw samples)."""
+    return (args.samples is not None or args.num is not None or args.sampler is not None or args.steps is not None
+            or bool(sampler_options(args)))
+
+
+def cmd_evaluate_quality(args: argparse.Namespace) -> int:
+    """`ddiff evaluate RUN --samples PATH` or `--sampler/--steps/--num-samples`: sample quality (docs/quality.md)."""
+    import json
+
+    from .builders import build_sampler_from
+    from .evaluate.quality import evaluate_quality
+    from .evaluate.sample_files import read_sample_record, read_samples, sample_files, write_quality_record
+    from .pipeline import generate_samples, load_run
+    from .train.distributed import env_world
+
+    if env_world()[1] > 1:
+        raise ValueError("`ddiff evaluate` of sample quality runs in one process; run it without torchrun")
+    drawing = args.num is not None or args.sampler is not None or args.steps is not None or sampler_options(args)
+    if args.samples is not None and drawing:
+        raise ValueError("give --samples PATH (saved samples) or --sampler/--steps/--num-samples and sampler options "
+                         "(samples drawn now), not both")
+    if args.t_samples is not None:
+        raise ValueError("--t-samples is an option of the likelihood evaluation, not of sample quality")
+    files = sample_files(Path(args.samples)) if args.samples is not None else []
+    run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change)
+    progress = not args.no_progress
+    jobs = []  # (stem, samples, record)
+    for path in files:
+        jobs.append((path.stem, read_samples(path, run.config.data.max_bytes),
+                     {**read_sample_record(path), "samples_path": str(path.resolve())}))
+    if args.samples is None:
+        sampler = build_sampler_from(run.config, args.sampler, args.steps, sampler_options(args))
+        num = run.config.sample.num_samples if args.num is None else args.num
+        batch_size = run.config.sample.batch_size if args.batch_size is None else args.batch_size
+        samples = generate_samples(run, sampler, num, batch_size, args.seed, progress)
+        jobs.append((sample_stem(sampler, args.seed), samples,
+                     {"sampler": sampler.name, "steps": sampler.num_steps if sampler.uses_steps else None,
+                      "nfe": float(sampler.nfe), "seed": args.seed, "samples_path": None}))
+    quality_dir = Path(args.run_dir) / "quality"
+    payloads = []
+    for stem, samples, record in jobs:
+        result = evaluate_quality(run, samples, reference_split=args.split, cache_dir=quality_dir, progress=progress)
+        payload = {"sampler": record["sampler"], "steps": record["steps"], "nfe": record["nfe"], "seed": record["seed"],
+                   "num_samples": int(samples.shape[0]), "family": result.family, "metrics": result.metrics,
+                   "samples_path": record["samples_path"], "extra": result.extra}
+        written = write_quality_record(quality_dir / f"{stem}.json", payload)
+        payloads.append(payload)
+        if not args.json:
+            print(format_quality(stem, payload) + f"\nquality: {written}")
+    if args.json:
+        print(json.dumps(payloads[0] if len(payloads) == 1 else payloads, indent=2))
+    return 0
+
+
+def format_quality(stem: str, payload: dict) -> str:
+    """The table of one quality record: metric, samples, reference; then the classifier accuracy and notes."""
+    extra = payload["extra"]
+    lines = [f"{stem}: {payload['family']} metrics of {extra['num_samples']} samples and of {extra['num_reference']} "
+             f"{extra['reference_split']} examples (reference), each against the {extra['target']}",
+             f"{'metric':<22} {'samples':>12} {'reference':>12}"]
+    for name, values in payload["metrics"].items():
+        lines.append(f"{name:<22} {values['samples']:>12.5g} {values['reference']:>12.5g}")
+    if "classifier_test_accuracy" in extra:
+        lines.append(f"classifier accuracy on the test split: {100 * extra['classifier_test_accuracy']:.1f} % "
+                     f"({extra['classifier_status']})")
+    lines += [f"note: {note}" for note in extra["notes"]]
+    return "\n".join(lines)
 
 
 def cmd_train_planner(args: argparse.Namespace) -> int:

@@ -100,16 +100,20 @@ class ARJudge:
 
 def is_text(dataset: DiscreteDataset) -> bool:
     """Text (character- or token-level): a sequence dataset whose ``metadata["vocab"]`` lists its
-    ``num_states`` symbols as strings, and that is not DNA (the ``text`` and ``kjv`` loaders)."""
+    ``num_states`` symbols as strings, or a byte-level BPE dataset (``metadata["tokenizer_json"]``), and that
+    is not DNA (the ``text`` and ``kjv`` loaders)."""
     vocab = dataset.metadata.get("vocab")
-    return (dataset.kind == "sequence" and len(dataset.site_shape) == 1 and isinstance(vocab, list)
-            and len(vocab) == dataset.num_states and all(isinstance(s, str) for s in vocab) and not is_dna(dataset))
+    characters = (isinstance(vocab, list) and len(vocab) == dataset.num_states
+                  and all(isinstance(s, str) for s in vocab))
+    bpe = isinstance(dataset.metadata.get("tokenizer_json"), str)  # byte-level BPE tokens (data/tokenizer.py)
+    return (dataset.kind == "sequence" and len(dataset.site_shape) == 1 and (characters or bpe)
+            and not is_dna(dataset))
 
 
 def is_char_level(dataset: DiscreteDataset) -> bool:
     """Every token is one character: each vocabulary entry is a single character or ``"<unk>"``."""
     vocab = dataset.metadata.get("vocab")
-    return is_text(dataset) and all(len(s) == 1 or s == UNK for s in vocab)
+    return is_text(dataset) and isinstance(vocab, list) and all(len(s) == 1 or s == UNK for s in vocab)
 
 
 def _build(dataset: DiscreteDataset, cfg: ARJudgeConfig, device: torch.device) -> ARTransformer:
