@@ -109,7 +109,7 @@ def build_backbone(config: DictConfig, process: ForwardProcess, site_shape: tupl
         raise ValueError(f"model.backbone={m.backbone} with these model.* sizes has {count:,} parameters, more than "
                          f"the limit of {MAX_PARAMETERS:,}; lower model.hidden, model.dim, model.depth or "
                          "model.base_channels")
-    return _backbone(config, process, site_shape, out_channels)
+    return _backbone(config, process, site_shape, out_channels, num_classes)
 
 
 def _rough_parameter_count(m: DictConfig, sites: int) -> float:
@@ -123,7 +123,7 @@ def _rough_parameter_count(m: DictConfig, sites: int) -> float:
 
 
 def _backbone(config: DictConfig, process: ForwardProcess, site_shape: tuple[int, ...],
-              out_channels: int | None) -> nn.Module:
+              out_channels: int | None, num_classes: int = 0) -> nn.Module:
     m = config.model
     c_in = process.feature_channels
     c_out = process.output_channels(config.process.parameterization) if out_channels is None else out_channels
