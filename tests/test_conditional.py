@@ -1,0 +1,194 @@
+"""Labels through the pipeline (issue 12 item 1): class embeddings in the backbones, labels and cond_dropout in
+training (bit-exact resume), conditional validation, checkpoints (old unconditional ones keep loading), and the
+sampling options of ``ddiff sample`` (--class, --guidance, --infill/--mask) with their one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, with_overrides
+from discrete_diffusion.cli import main
+from discrete_diffusion.config import load_config
+from discrete_diffusion.data.arrays import load_array_file
+from discrete_diffusion.denoiser import ConditionalDenoiser
+from discrete_diffusion.nn import MLP, SequenceTransformer, UNet
+from discrete_diffusion.pipeline import Conditioning, generate_samples, load_run
+from discrete_diffusion.samplers import build_sampler
+from discrete_diffusion.train.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+COND = ["process.name=masking", "model.num_classes=null", "train.cond_dropout=0.25"]
+
+
+def backbones(num_classes: int) -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    return {"mlp": MLP(4, 3, (5,), hidden=16, depth=1, num_classes=num_classes),
+            "transformer": SequenceTransformer(4, 3, 5, dim=16, depth=1, heads=2, num_classes=num_classes),
+            "unet": UNet(4, 3, (4, 4), base_channels=8, channel_mults=(1,), num_classes=num_classes)}
+
+
+@pytest.mark.parametrize("name", ["mlp", "transformer", "unet"])
+def test_backbone_class_embedding(name):
+    """An unconditional backbone has exactly the parameters it had before (no class table) and refuses labels; a
+    conditional one has C + 1 rows (null class last), its output depends on the label, and labels=None is the
+    null class."""
+    plain, cond = backbones(0)[name], backbones(3)[name].eval()
+    assert not any("class_embedding" in k for k in plain.state_dict())
+    extra = {k: v for k, v in cond.state_dict().items() if k not in plain.state_dict()}
+    assert list(extra) == ["class_embedding.table.weight"] and extra["class_embedding.table.weight"].shape[0] == 4
+    for p in cond.parameters():               # the output head is zero at init: perturb every weight
+        torch.nn.init.normal_(p, std=0.3) if p.dim() > 1 else None
+    shape = (2, 4, 5) if name != "unet" else (2, 4, 4, 4)
+    x, level = torch.randn(shape), torch.zeros(2)
+    out = [cond(x, level, torch.tensor([c, c])) for c in range(4)]
+    assert not torch.allclose(out[0], out[1])
+    assert torch.equal(cond(x, level), out[3])
+    with pytest.raises(ValueError, match="unconditional"):
+        plain(x, level, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"labels must lie in 0..3"):
+        cond(x, level, torch.tensor([0, 4]))
+
+
+def test_npz_with_x_and_y_gives_labels(tmp_path):
+    path = tmp_path / "data.npz"
+    np.savez(path, x=np.random.default_rng(0).integers(0, 4, (40, 6)), y=np.arange(40) % 5)
+    dataset = load_array_file(path)
+    assert dataset.train_labels is not None and dataset.val_labels is not None
+    assert int(torch.cat([dataset.train_labels, dataset.val_labels, dataset.test_labels]).max()) == 4
+
+
+def test_labels_reach_batches_and_cond_dropout(tmp_path):
+    """The batch labels are the dataset's labels of the drawn examples; cond_dropout replaces a fraction by the
+    null class (num_classes); num_classes=null is inferred (10 digits)."""
+    config = load_config(overrides=with_overrides(*COND, "train.cond_dropout=0.5", "train.batch_size=400"))
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    assert trainer.num_classes == 10 and trainer.denoiser.num_classes == 10
+    state = trainer.data_generator.get_state()
+    x0, labels = trainer._next_batch()
+    trainer.data_generator.set_state(state)
+    index = torch.randperm(trainer.train_data.shape[0], generator=trainer.data_generator)[:400]
+    assert torch.equal(x0, trainer.train_data[index])
+    kept = labels != 10
+    assert torch.equal(labels[kept], trainer.dataset.train_labels[index][kept])
+    assert 0.4 < float((~kept).float().mean()) < 0.6
+
+
+def test_unconditional_batches_are_unchanged(tmp_path):
+    """An unconditional run draws exactly the batch of the original code (the same generator stream)."""
+    trainer = Trainer(load_config(overrides=TINY), tmp_path / "run", progress=False)
+    generator = torch.Generator().manual_seed(trainer.config.train.seed + 1)
+    x0, labels = trainer._next_batch()
+    assert labels is None
+    assert torch.equal(x0, trainer.train_data[torch.randperm(trainer.train_data.shape[0], generator=generator)[:8]])
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from discrete_diffusion.train.checkpoint import find_latest_checkpoint
+    import json
+
+    manifest = find_latest_checkpoint(run_dir / "checkpoints")
+    return load_file(str(manifest.parent / json.loads(manifest.read_text())["tensors_file"]))
+
+
+def test_conditional_resume_is_bit_exact(tmp_path):
+    """cond_dropout draws come from the data generator: 4 steps + resume to 8 = 8 straight steps, bit for bit."""
+    ref = with_overrides(*COND, "train.steps=8", "train.checkpoint_every=4", "train.eval_every=4",
+                         "train.sample_every=100", "train.min_lr_ratio=1.0")
+    assert main(["train", "--out", str(tmp_path / "a"), "--no-progress", *ref]) == 0
+    assert main(["train", "--out", str(tmp_path / "b"), "--no-progress", *with_overrides("train.steps=4", base=ref)]) == 0
+    assert main(["train", "--out", str(tmp_path / "b"), "--no-progress", "--resume", "train.steps=8"]) == 0
+    a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    assert sorted(a) == sorted(b) and "model.backbone.class_embedding.table.weight" in a
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.", "ema.")))
+
+
+@pytest.fixture(scope="module")
+def cond_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("cond") / "run"
+    assert main(["train", "--out", str(run), "--no-progress", *with_overrides(*COND)]) == 0
+    return run
+
+
+def test_conditional_run_samples_every_class(cond_run, ddiff, tmp_path):
+    """--class all: one class per row, cycling; --class 3 --guidance 2 writes its own files and the JSON records it.
+    A batch of mixed classes is drawn one sampler call per class (each bound to one class), so it works with the
+    exact sampler too, which evaluates subsets of rows."""
+    res = ddiff("sample", cond_run, "--class", "3", "--guidance", "2", "--num", "4", "--steps", "3", "--out", tmp_path,
+                "--no-progress")
+    assert res.rc == 0, res.err
+    assert (tmp_path / "bridge_3steps_seed0_class3_g2.npy").is_file()
+    assert '"guidance": 2.0' in (tmp_path / "bridge_3steps_seed0_class3_g2.json").read_text()
+    run = load_run(cond_run, device="cpu")
+    for name in ("bridge", "exact"):
+        sampler = build_sampler(name, num_steps=3)
+        mixed = generate_samples(run, sampler, 20, 20, seed=1, progress=False,
+                                 conditioning=Conditioning(classes=list(range(10))))
+        assert mixed.shape == (20, 8, 8)
+    res = ddiff("sample", cond_run, "--class", "all", "--num", "20", "--steps", "3", "--out", tmp_path, "--no-progress")
+    assert res.rc == 0 and (tmp_path / "bridge_3steps_seed0_classes.png").is_file()
+
+
+def test_conditional_infill_keeps_known_pixels(cond_run, ddiff, tmp_path):
+    known = np.arange(64).reshape(8, 8) % 17
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[:3] = True
+    np.save(tmp_path / "known.npy", known)
+    np.save(tmp_path / "mask.npy", mask)
+    res = ddiff("sample", cond_run, "--class", "1", "--infill", tmp_path / "known.npy", "--mask", tmp_path / "mask.npy",
+                "--num", "3", "--steps", "3", "--out", tmp_path, "--no-progress")
+    assert res.rc == 0, res.err
+    x = np.load(tmp_path / "bridge_3steps_seed0_class1_infill.npy")
+    assert (x[:, mask] == known[mask]).all()
+
+
+def test_sample_errors_one_line(cond_run, trained_run, ddiff, tmp_path):
+    np.save(tmp_path / "bad.npy", np.zeros((7, 8), dtype=bool))
+    np.save(tmp_path / "ok.npy", np.zeros((8, 8), dtype=np.int64))
+    cases = [
+        ((cond_run, "--class", "10"), "unknown class 10: this model has classes 0..9"),
+        ((cond_run, "--class", "x"), "--class takes integers"),
+        ((cond_run, "--guidance", "2"), "--guidance needs --class"),
+        ((trained_run, "--class", "3", "--guidance", "2"), "unconditional"),
+        ((trained_run, "--guidance", "2"), "guidance needs a class-conditional run"),
+        ((cond_run, "--infill", tmp_path / "ok.npy", "--mask", tmp_path / "bad.npy"), "must both have the run's site"),
+        ((cond_run, "--infill", tmp_path / "ok.npy"), "needs both --infill"),
+        ((cond_run, "--prompt", "ab_"), "--prompt is for text runs"),
+    ]
+    for args, message in cases:
+        res = ddiff("sample", *args, "--num", "2", "--steps", "2", "--out", tmp_path, "--no-progress")
+        assert res.rc != 0 and message in res.err, (args, res.err)
+        assert len(res.err.strip().splitlines()) == 1, res.err
+
+
+def test_unconditional_checkpoint_from_main_loads_unchanged(tmp_path):
+    """A run trained by the original (main) code, without model.num_classes in its config, loads and samples; the
+    rebuilt denoiser is unconditional and predicts exactly as before (same weights, no class table)."""
+    src = tmp_path / "main_src"
+    src.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "main", "src"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+    run = tmp_path / "old"
+    env = {**os.environ, "PYTHONPATH": str(src / "src"), "OMP_NUM_THREADS": "1"}
+    code = ("import sys; from discrete_diffusion.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, "train", "--out", str(run), "--no-progress",
+                           *with_overrides("train.steps=2", "train.eval_every=2", "train.checkpoint_every=2",
+                                           "train.sample_every=100")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "num_classes" not in (run / "config.yaml").read_text()
+    loaded = load_run(run, device="cpu")
+    assert loaded.denoiser.num_classes == 0
+    x = build_sampler("bridge", num_steps=2).sample(loaded.process, loaded.denoiser, loaded.schedule, (2, 8, 8),
+                                                    torch.Generator().manual_seed(0))
+    assert x.shape == (2, 8, 8)
+    with pytest.raises(ValueError, match="unconditional"):
+        ConditionalDenoiser(loaded.denoiser, 0)
