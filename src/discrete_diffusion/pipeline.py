@@ -189,16 +189,38 @@ def save_samples(samples: torch.Tensor, run: LoadedRun, out_dir: Path, stem: str
 
 def evaluate_run(run: LoadedRun, split: str = "test", t_samples: int | None = None, batch_size: int | None = None,
                  seed: int = 0, progress: bool = True) -> LikelihoodResult:
-    """NLL upper bound of a data split in bits per dimension."""
+    """NLL upper bound of a data split in bits per dimension; for a class-conditional run the bound on
+    -log p(x | c), each class's examples with their class (as the training validation scores it)."""
     data = run.dataset.split(split)
     t_samples = run.config.evaluate.t_samples if t_samples is None else t_samples
     batch_size = run.config.evaluate.batch_size if batch_size is None else batch_size
     if t_samples < 1 or batch_size < 1:
         raise ValueError(f"t_samples and batch_size must be >= 1, got {t_samples} and {batch_size}")
     generator = torch.Generator(device=run.device).manual_seed(seed)
+    labels = run.dataset.labels(split)
+    if run.denoiser.num_classes and labels is not None:   # conditional: -log p(x | c), class by class, pooled
+        parts = [(data[labels == c], ConditionalDenoiser(run.denoiser, int(c))) for c in torch.unique(labels).tolist()]
+    else:   # unconditional (a conditional run without labels for this split: its null class, p(x))
+        parts = [(data, run.denoiser if not run.denoiser.num_classes else
+                  ConditionalDenoiser(run.denoiser, run.denoiser.num_classes))]
     with tqdm(total=data.shape[0], desc=f"evaluate ({split})", disable=not progress, dynamic_ncols=True) as bar:
-        return evaluate_nll(run.process, run.denoiser, run.schedule, data, build_proposal(run.config), t_samples,
-                            batch_size, generator, run.device, progress=bar.update)
+        results = [evaluate_nll(run.process, denoiser, run.schedule, part, build_proposal(run.config), t_samples,
+                                batch_size, generator, run.device, progress=bar.update) for part, denoiser in parts]
+    return results[0] if len(results) == 1 else pool_results(results)
+
+
+def pool_results(results: list[LikelihoodResult]) -> LikelihoodResult:
+    """One LikelihoodResult of disjoint parts of a split (e.g. its classes): means weighted by the examples, standard
+    errors combined as independent, sqrt(sum_i (n_i / n)^2 se_i^2)."""
+    n = sum(r.num_examples for r in results)
+    w = [r.num_examples / n for r in results]
+    mean = lambda key: sum(wi * getattr(r, key) for wi, r in zip(w, results))  # noqa: E731
+    stderr = math.sqrt(sum((wi * r.nll_bits_per_dim_stderr) ** 2 for wi, r in zip(w, results)))
+    return LikelihoodResult(
+        nll_bits_per_dim=mean("nll_bits_per_dim"), nll_bits_per_dim_stderr=stderr,
+        diffusion_bits_per_dim=mean("diffusion_bits_per_dim"), prior_bits_per_dim=mean("prior_bits_per_dim"),
+        reconstruction_bits_per_dim=mean("reconstruction_bits_per_dim"), num_examples=n,
+        t_samples=results[0].t_samples, prior=results[0].prior)
 
 
 def likelihood_unit(dataset: DiscreteDataset) -> str:

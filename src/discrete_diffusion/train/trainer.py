@@ -391,9 +391,13 @@ class Trainer:
 
         def draw(n: int, seed: int) -> Tensor:
             generator = torch.Generator(device=self.device).manual_seed(seed)
-            denoiser = self.denoiser if not self.num_classes else \
-                ConditionalDenoiser(self.denoiser, torch.arange(n) % self.num_classes)   # classes cycle over rows
-            return sampler.sample(self.process, denoiser, self.schedule, (n, *shape), generator, self.device)
+            if not self.num_classes:
+                return sampler.sample(self.process, self.denoiser, self.schedule, (n, *shape), generator, self.device)
+            labels, x = torch.arange(n) % self.num_classes, torch.empty((n, *shape), dtype=torch.long)
+            for c in torch.unique(labels).tolist():   # classes cycle over rows; one sampler call per class
+                x[labels == c] = sampler.sample(self.process, ConditionalDenoiser(self.denoiser, c), self.schedule,
+                                                (int((labels == c).sum()), *shape), generator, self.device).cpu()
+            return x
 
         self.denoiser.eval()
         with self.ema.swap_into(self.denoiser):
