@@ -212,3 +212,24 @@ def test_evaluate_conditional_run_scores_each_class(cond_run):
         run.process, ConditionalDenoiser(run.denoiser, c), run.schedule, run.dataset.val[labels == c],
         build_proposal(run.config), 1, 64, generator).nll_bits_per_dim for c in torch.unique(labels).tolist())
     assert abs(result.nll_bits_per_dim - manual / labels.numel()) < 1e-9
+
+
+def test_text_prompt_with_blanks(tmp_path, ddiff):
+    """--prompt on an (unconditional) text run: the non-blank characters are kept at their positions; a character
+    outside the vocabulary or a prompt longer than seq_len is a one-line error."""
+    text = tmp_path / "t.txt"
+    text.write_text("abcab cabba cab " * 200)
+    run = tmp_path / "text"
+    assert main(["train", "--out", str(run), "--no-progress", *with_overrides(
+        "data.name=text", f"data.path={text}", "data.seq_len=8", "process.name=masking", "model.backbone=transformer",
+        "model.dim=16", "model.depth=1", "model.heads=2", "train.steps=2", "train.eval_every=2",
+        "train.checkpoint_every=2", "train.sample_every=100")]) == 0
+    res = ddiff("sample", run, "--prompt", "ab_c__a", "--num", "3", "--steps", "3", "--out", tmp_path, "--no-progress")
+    assert res.rc == 0, res.err
+    lines = (tmp_path / "bridge_3steps_seed0_infill.txt").read_text().splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        assert line[:2] == "ab" and line[3] == "c" and line[6] == "a" and len(line) == 8
+    for prompt, message in (("abz", "not in the run's vocabulary"), ("a" * 9, "more than seq_len = 8")):
+        res = ddiff("sample", run, "--prompt", prompt, "--num", "2", "--out", tmp_path, "--no-progress")
+        assert res.rc != 0 and message in res.err and len(res.err.strip().splitlines()) == 1, res.err
