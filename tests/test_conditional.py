@@ -233,3 +233,27 @@ def test_text_prompt_with_blanks(tmp_path, ddiff):
     for prompt, message in (("abz", "not in the run's vocabulary"), ("a" * 9, "more than seq_len = 8")):
         res = ddiff("sample", run, "--prompt", prompt, "--num", "2", "--out", tmp_path, "--no-progress")
         assert res.rc != 0 and message in res.err and len(res.err.strip().splitlines()) == 1, res.err
+
+
+def test_png_folder_with_class_subfolders(tmp_path):
+    """A png-folder of class subfolders yields labels (class c = the c-th subfolder name, sorted); a flat folder
+    stays unlabelled; a validation folder with an unknown class is refused."""
+    from PIL import Image
+
+    from discrete_diffusion.data.png_folder import load_png_folder
+
+    rng = np.random.default_rng(0)
+    for name, count in (("b_dog", 12), ("a_cat", 8)):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (4, 4), dtype=np.uint8)).save(tmp_path / "train" / name / f"{i}.png")
+    dataset = load_png_folder(tmp_path / "train", levels=4)
+    labels = torch.cat([dataset.train_labels, dataset.val_labels, dataset.test_labels])
+    assert dataset.metadata["classes"] == ["a_cat", "b_dog"]
+    assert int((labels == 0).sum()) == 8 and int((labels == 1).sum()) == 12
+    flat = load_png_folder(tmp_path / "train" / "a_cat")
+    assert flat.train_labels is None
+    (tmp_path / "val" / "c_cow").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (4, 4), dtype=np.uint8)).save(tmp_path / "val" / "c_cow" / "0.png")
+    with pytest.raises(ValueError, match="not among the training classes"):
+        load_png_folder(tmp_path / "train", val_path=tmp_path / "val")
