@@ -257,3 +257,18 @@ def test_png_folder_with_class_subfolders(tmp_path):
     Image.fromarray(rng.integers(0, 256, (4, 4), dtype=np.uint8)).save(tmp_path / "val" / "c_cow" / "0.png")
     with pytest.raises(ValueError, match="not among the training classes"):
         load_png_folder(tmp_path / "train", val_path=tmp_path / "val")
+
+
+def test_config_errors_for_conditioning(tmp_path):
+    for override, message in (("train.cond_dropout=1.0", "train.cond_dropout must be a finite number in [0, 1)"),
+                              ("model.num_classes=-1", "model.num_classes must be an integer in 0..")):
+        with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+            load_config(overrides=[override])
+    with pytest.raises(ValueError, match="model.num_classes=5 but the dataset has labels up to 9"):
+        Trainer(load_config(overrides=with_overrides("model.num_classes=5")), tmp_path / "r", progress=False)
+    text = tmp_path / "t.txt"
+    text.write_text("abc " * 100)
+    with pytest.raises(ValueError, match="needs class labels, but dataset"):
+        Trainer(load_config(overrides=with_overrides("model.num_classes=3", "data.name=text", f"data.path={text}",
+                                                     "data.seq_len=4", "model.backbone=mlp")), tmp_path / "s",
+                progress=False)
