@@ -19,7 +19,6 @@ from discrete_diffusion.oracle import (
     OracleDenoiser,
     SharedLevelOracle,
     all_configurations,
-    configuration_index,
     empirical_distribution,
     total_variation,
 )

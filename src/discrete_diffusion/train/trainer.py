@@ -42,13 +42,13 @@ from tqdm.auto import tqdm
 from ..builders import (
     build_dataset,
     build_denoiser,
-    resolve_num_classes,
     build_objective_from,
     build_process_from,
     build_proposal,
     build_sampler_from,
     build_schedule_from,
     build_weighting_from,
+    resolve_num_classes,
 )
 from ..config import MODEL_SECTIONS, save_config, to_dict
 from ..data.manifest import MANIFEST_NAME, DataChangedError, check_data_manifest, write_data_manifest
