@@ -24,6 +24,8 @@ from discrete_diffusion.samplers import build_sampler
 from discrete_diffusion.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
+#: The main-line commit before conditioning existed: its runs have no model.num_classes in their config.
+BEFORE_CONDITIONING = "b79d73c"
 COND = ["process.name=masking", "model.num_classes=null", "train.cond_dropout=0.25"]
 
 
@@ -171,23 +173,32 @@ def test_sample_errors_one_line(cond_run, trained_run, ddiff, tmp_path):
 
 
 def test_unconditional_checkpoint_from_main_loads_unchanged(tmp_path):
-    """A run trained by the original (main) code, without model.num_classes in its config, loads and samples; the
-    rebuilt denoiser is unconditional and predicts exactly as before (same weights, no class table)."""
+    """A run trained by the code before conditioning (main at BEFORE_CONDITIONING), without model.num_classes in its
+    config, loads and samples; the rebuilt denoiser is unconditional and predicts bit for bit what the old code
+    predicts from the same checkpoint."""
     src = tmp_path / "main_src"
     src.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", "main", "src"], capture_output=True, check=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", BEFORE_CONDITIONING, "src"], capture_output=True,
+                             check=True)
     subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
     run = tmp_path / "old"
     env = {**os.environ, "PYTHONPATH": str(src / "src"), "OMP_NUM_THREADS": "1"}
-    code = ("import sys; from discrete_diffusion.cli import main; sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.run([sys.executable, "-c", code, "train", "--out", str(run), "--no-progress",
-                           *with_overrides("train.steps=2", "train.eval_every=2", "train.checkpoint_every=2",
-                                           "train.sample_every=100")], env=env, capture_output=True, text=True,
-                          timeout=300)
+    code = ("import sys, torch, numpy as np; from discrete_diffusion.cli import main; "
+            "from discrete_diffusion.pipeline import load_run; out, run = sys.argv[1], sys.argv[4]; "
+            "assert main(sys.argv[2:]) == 0; r = load_run(run, device='cpu'); "
+            "xt = torch.arange(128).reshape(2, 8, 8) % 17; p = r.denoiser(xt, torch.tensor([-1.0, 2.0])); "
+            "np.save(out, p.x0_log_probs.detach().numpy())")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "old.npy"), "train", "--out", str(run),
+                           "--no-progress", *with_overrides("train.steps=2", "train.eval_every=2",
+                                                            "train.checkpoint_every=2", "train.sample_every=100")],
+                          env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "num_classes" not in (run / "config.yaml").read_text()
     loaded = load_run(run, device="cpu")
     assert loaded.denoiser.num_classes == 0
+    with torch.no_grad():
+        new = loaded.denoiser(torch.arange(128).reshape(2, 8, 8) % 17, torch.tensor([-1.0, 2.0])).x0_log_probs
+    assert torch.equal(new, torch.from_numpy(np.load(tmp_path / "old.npy")))
     x = build_sampler("bridge", num_steps=2).sample(loaded.process, loaded.denoiser, loaded.schedule, (2, 8, 8),
                                                     torch.Generator().manual_seed(0))
     assert x.shape == (2, 8, 8)
