@@ -73,20 +73,41 @@ class SiteChannelFold(nn.Module):
         self.backbone = backbone
         self.out_channels = out_channels
 
-    def forward(self, features: Tensor, noise_level: Tensor) -> Tensor:
+    def forward(self, features: Tensor, noise_level: Tensor, labels: Tensor | None = None) -> Tensor:
         b, c, s, h, w = features.shape
-        out = self.backbone(features.reshape(b, c * s, h, w), noise_level)
+        args = (features.reshape(b, c * s, h, w), noise_level)
+        out = self.backbone(*args) if labels is None else self.backbone(*args, labels)
         return out.reshape(b, self.out_channels, s, h, w)
 
 
+def resolve_num_classes(config: DictConfig, dataset: DiscreteDataset) -> int:
+    """C of ``model.num_classes``: as given (0 = unconditional), or for null the dataset's max label + 1 over all
+    splits. A conditional model needs training labels, all in 0..C-1 (ValueError otherwise)."""
+    given = config.model.num_classes
+    if given == 0:
+        return 0
+    labels = [y for y in (dataset.train_labels, dataset.val_labels, dataset.test_labels) if y is not None]
+    if dataset.train_labels is None:
+        raise ValueError(f"model.num_classes={given} needs class labels, but dataset {dataset.name!r} has none "
+                         "(labelled: digits, fashion-mnist, array .npz with train_labels or x and y); "
+                         "use model.num_classes=0")
+    top = max(int(y.max()) for y in labels if y.numel()) + 1
+    if given is None:
+        return top
+    if top > given:
+        raise ValueError(f"model.num_classes={given} but the dataset has labels up to {top - 1}; use "
+                         f"model.num_classes={top} or null (inferred)")
+    return int(given)
+
+
 def build_backbone(config: DictConfig, process: ForwardProcess, site_shape: tuple[int, ...],
-                   out_channels: int | None = None) -> nn.Module:
+                   out_channels: int | None = None, num_classes: int = 0) -> nn.Module:
     """The ``config.model`` network on the process's input features; its output channels are the
     parameterization's unless ``out_channels`` is given (a DDPD planner has one). A network of more than
     ``MAX_PARAMETERS`` parameters is refused before its weights are allocated (ValueError)."""
     if _rough_parameter_count(config.model, math.prod(site_shape)) > MAX_PARAMETERS // 100:
         with torch.device("meta"):  # exact count from shapes only: no memory, no random draws (a one-off import
-            probe = _backbone(config, process, site_shape, out_channels)  # of a few seconds, so only when big)
+            probe = _backbone(config, process, site_shape, out_channels, num_classes)  # of a few seconds: when big)
         count = sum(p.numel() for p in probe.parameters())
     else:
         count = 0
@@ -95,7 +116,7 @@ def build_backbone(config: DictConfig, process: ForwardProcess, site_shape: tupl
         raise ValueError(f"model.backbone={m.backbone} with these model.* sizes has {count:,} parameters, more than "
                          f"the limit of {MAX_PARAMETERS:,}; lower model.hidden, model.dim, model.depth or "
                          "model.base_channels")
-    return _backbone(config, process, site_shape, out_channels)
+    return _backbone(config, process, site_shape, out_channels, num_classes)
 
 
 def _rough_parameter_count(m: DictConfig, sites: int) -> float:
@@ -109,7 +130,7 @@ def _rough_parameter_count(m: DictConfig, sites: int) -> float:
 
 
 def _backbone(config: DictConfig, process: ForwardProcess, site_shape: tuple[int, ...],
-              out_channels: int | None) -> nn.Module:
+              out_channels: int | None, num_classes: int = 0) -> nn.Module:
     m = config.model
     c_in = process.feature_channels
     c_out = process.output_channels(config.process.parameterization) if out_channels is None else out_channels
@@ -120,18 +141,21 @@ def _backbone(config: DictConfig, process: ForwardProcess, site_shape: tuple[int
         fold = 1 if len(site_shape) == 2 else site_shape[0]
         unet = UNet(c_in * fold, c_out * fold, image_size=tuple(site_shape[-2:]), base_channels=m.base_channels,
                     channel_mults=tuple(m.channel_mults), num_res_blocks=m.num_res_blocks,
-                    attention_resolutions=tuple(m.attention_resolutions), dropout=m.dropout)
+                    attention_resolutions=tuple(m.attention_resolutions), dropout=m.dropout, num_classes=num_classes)
         return unet if fold == 1 else SiteChannelFold(unet, c_out)
     if m.backbone == "transformer":
         return SequenceTransformer(c_in, c_out, seq_len=tuple(site_shape), dim=m.dim, depth=m.depth, heads=m.heads,
-                                   mlp_ratio=m.mlp_ratio, dropout=m.dropout)
+                                   mlp_ratio=m.mlp_ratio, dropout=m.dropout, num_classes=num_classes)
     if m.backbone == "mlp":
-        return MLP(c_in, c_out, site_shape=tuple(site_shape), hidden=m.hidden, depth=m.depth, dropout=m.dropout)
+        return MLP(c_in, c_out, site_shape=tuple(site_shape), hidden=m.hidden, depth=m.depth, dropout=m.dropout,
+                   num_classes=num_classes)
     raise ValueError(f"unknown backbone {m.backbone!r}; valid backbones: {', '.join(BACKBONE_NAMES)}")
 
 
-def build_denoiser(config: DictConfig, process: ForwardProcess, site_shape: tuple[int, ...]) -> NetworkDenoiser:
-    backbone = build_backbone(config, process, site_shape)
+def build_denoiser(config: DictConfig, process: ForwardProcess, site_shape: tuple[int, ...],
+                   num_classes: int = 0) -> NetworkDenoiser:
+    """The run's denoiser; ``num_classes`` > 0 (``resolve_num_classes``) makes its backbone class-conditional."""
+    backbone = build_backbone(config, process, site_shape, num_classes=num_classes)
     return NetworkDenoiser(backbone, process, config.process.parameterization)
 
 

@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "images, a PNG grid, named {sampler}_{steps}steps_seed{seed}.{npy,json,png} "
                                         "(e.g. bridge_200steps_seed0.npy), or {sampler}_seed{seed}.* for exact "
                                         "samplers, which take no steps (exact_seed0.npy); ddpd adds -planner / "
-                                        "-masked to {sampler} with --planner / --masked-denoiser.",
+                                        "-masked to {sampler} with --planner / --masked-denoiser; conditioning "
+                                        "adds _class{C} (_classes for several), _g{gamma} and _infill.",
                             epilog=_datasets_help(),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     sample.add_argument("run_dir", help="a directory written by `ddiff train` or `ddiff demo`")
@@ -119,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--masked-denoiser", default=None, metavar="RUN",
                         help="ddpd sampler on uniform noise: a masking-process run of the same data whose denoiser "
                              "fills the sites the planner calls noise (DDPD's pairing; docs/samplers.md)")
+    sample.add_argument("--class", dest="classes", action="append", default=None, metavar="C",
+                        help="class-conditional runs: the class of the samples; repeat it or give a list (3,5) to "
+                             "cycle over rows, or 'all' for one class per row cycling through every class")
+    sample.add_argument("--guidance", type=float, default=None, metavar="GAMMA",
+                        help="classifier-free guidance scale with --class: 0 unconditional, 1 conditional (default), "
+                             "> 1 sharper (docs/guidance.md)")
+    sample.add_argument("--infill", default=None, metavar="KNOWN.npy",
+                        help="infilling: an .npy of the run's site shape with the known values (used with --mask)")
+    sample.add_argument("--mask", default=None, metavar="MASK.npy",
+                        help="infilling: an .npy of the run's site shape, true (1) where --infill's value is known")
+    sample.add_argument("--prompt", default=None, metavar="TEXT",
+                        help="text runs: a template, each '_' a blank to fill, shorter than seq_len = blanks after")
     sample.add_argument("--allow-data-change", action="store_true",
                         help="use the data even if its checksum differs from the one recorded at training (warns)")
     sample.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -277,6 +290,73 @@ def sample_stem(sampler, seed: int, extras: str = "") -> str:
     return f"{sampler.name}{extras}{steps}_seed{seed}"
 
 
+#: Largest --infill / --mask file read (bytes): a site grid of the run's shape is far smaller.
+MAX_INFILL_BYTES = 1 << 26
+
+
+def _load_site_array(path: str, flag: str) -> "np.ndarray":
+    """An .npy array of a bounded size, read by the library's pickle-free reader (ValueError naming the flag)."""
+    from .data.npy_reader import parse_npy
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{flag} {path}: no such file")
+    if p.stat().st_size > MAX_INFILL_BYTES:
+        raise ValueError(f"{flag} {path} is larger than {MAX_INFILL_BYTES} bytes; it should hold one site grid")
+    return parse_npy(bytearray(p.read_bytes()), 8 * MAX_INFILL_BYTES, f"{flag} {path}")
+
+
+def conditioning_from_args(args: argparse.Namespace, run):
+    """The pipeline.Conditioning of --class, --guidance, --infill/--mask and --prompt (ValueError, one line)."""
+    import torch
+
+    from .pipeline import Conditioning
+
+    classes = None
+    if args.classes:
+        classes = []
+        for item in args.classes:
+            for part in str(item).split(","):
+                part = part.strip()
+                if part == "all":
+                    if not run.denoiser.num_classes:
+                        raise ValueError("--class all needs a class-conditional run; this run is unconditional "
+                                         "(model.num_classes = 0)")
+                    classes += list(range(run.denoiser.num_classes))
+                elif part.lstrip("-").isdigit():
+                    classes.append(int(part))
+                else:
+                    raise ValueError(f"--class takes integers, lists such as 3,5, or 'all'; got {part!r}")
+        if not run.denoiser.num_classes:
+            raise ValueError("--class needs a class-conditional run; this run is unconditional (model.num_classes = 0)")
+    known = values = None
+    if args.prompt is not None:
+        if args.infill is not None or args.mask is not None:
+            raise ValueError("--prompt and --infill/--mask both say what is known: give one of them")
+        vocab = run.dataset.metadata.get("vocab")
+        sites = tuple(run.dataset.site_shape)
+        if vocab is None or len(sites) != 1:
+            raise ValueError("--prompt is for text runs (a vocabulary and one sequence axis); use --infill/--mask")
+        if len(args.prompt) > sites[0]:
+            raise ValueError(f"--prompt has {len(args.prompt)} characters, more than seq_len = {sites[0]}")
+        index = {symbol: i for i, symbol in enumerate(vocab)}
+        missing = sorted({ch for ch in args.prompt if ch != "_" and ch not in index})
+        if missing:
+            raise ValueError(f"--prompt characters not in the run's vocabulary: {''.join(missing)!r}")
+        values = torch.zeros(sites, dtype=torch.long)
+        known = torch.zeros(sites, dtype=torch.bool)
+        for i, ch in enumerate(args.prompt):
+            if ch != "_":
+                values[i], known[i] = index[ch], True
+    elif args.infill is not None or args.mask is not None:
+        if args.infill is None or args.mask is None:
+            raise ValueError("infilling needs both --infill KNOWN.npy and --mask MASK.npy")
+        values = torch.from_numpy(_load_site_array(args.infill, "--infill").copy())
+        known = torch.from_numpy(_load_site_array(args.mask, "--mask").copy())
+    guidance = 1.0 if args.guidance is None else float(args.guidance)
+    return Conditioning(classes=classes, guidance=guidance, known=known, values=values)
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from .builders import build_sampler_from
     from .pipeline import generate_samples, load_run, save_samples, write_json
@@ -292,19 +372,25 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if num < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be >= 1, got {num} and {batch_size}")
     progress = not args.no_progress and ctx.is_main
-    samples = sample_sharded(ctx, lambda n, seed: generate_samples(run, sampler, n, batch_size, seed, progress),
+    conditioning = conditioning_from_args(args, run)
+    conditioning.check(run)       # one-line errors before any sampling
+    samples = sample_sharded(ctx, lambda n, seed: generate_samples(run, sampler, n, batch_size, seed, progress,
+                                                                   conditioning),
                              num, tuple(run.dataset.site_shape), args.seed)
     if not ctx.is_main:
         return 0
     out = user_dir(args.out) if args.out else user_dir(args.run_dir) / "samples"  # links inside RUN_DIR refused
     extras = ("-planner" if args.planner else "") + ("-masked" if args.masked_denoiser else "")
-    stem = sample_stem(sampler, args.seed, extras)
+    stem = sample_stem(sampler, args.seed, extras) + conditioning_suffix(conditioning)
     paths = save_samples(samples, run, out, stem=stem)
     paths["json"] = str(out / f"{stem}.json")
     record = sampler.config()
     for key in ("planner", "masked_denoiser"):
         if getattr(args, key):
             record[key] = str(Path(getattr(args, key)).resolve())
+    if conditioning.classes is not None or conditioning.known is not None:
+        record["conditioning"] = {"classes": conditioning.classes, "guidance": conditioning.guidance,
+                                  "infill_sites": None if conditioning.known is None else int(conditioning.known.sum())}
     write_json(out / f"{stem}.json", {"sampler": record, "num_samples": num, "seed": args.seed,
                                       "batch_size": batch_size, "network_calls_last_batch": sampler.network_calls,
                                       "nfe_last_batch": sampler.nfe, "run_dir": str(Path(args.run_dir).resolve()),
@@ -312,6 +398,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
+
+
+def conditioning_suffix(conditioning) -> str:
+    """File-name part of the conditioning: _class3 (or _classes for several), _g2 for guidance, _infill."""
+    out = ""
+    if conditioning.classes is not None:
+        out += f"_class{conditioning.classes[0]}" if len(set(conditioning.classes)) == 1 else "_classes"
+    if conditioning.guidance != 1.0:
+        out += f"_g{conditioning.guidance:g}"
+    return out + ("_infill" if conditioning.known is not None else "")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

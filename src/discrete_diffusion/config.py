@@ -59,6 +59,8 @@ class ModelConfig:
     dim: int = 256                     # transformer only
     heads: int = 4                     # transformer only
     mlp_ratio: float = 4.0             # transformer only
+    num_classes: Optional[int] = 0     # class-conditional with C classes (+ a null class); 0 = unconditional,
+    #                                    null = C inferred from the dataset's labels (max label + 1)
 
 
 @dataclass
@@ -79,6 +81,7 @@ class TrainConfig:
     proposal_loc: float = 0.0          # importance density over logit(alpha) for t
     proposal_scale: float = 2.0
     augment: str = "none"              # none | shift (random +-1 pixel translation, integer levels kept)
+    cond_dropout: float = 0.0          # conditional models: probability that a label is replaced by the null class
     eval_every: int = 500
     eval_t_samples: int = 4            # lam draws per validation image at periodic evaluation
     sample_every: int = 1000
@@ -133,6 +136,8 @@ MAX_SAMPLER_STEPS = 1_000_000
 #: Largest width (model.hidden, model.dim, model.base_channels) and depth (model.depth, num_res_blocks) accepted.
 MAX_WIDTH = 65_536
 MAX_DEPTH = 1_024
+#: Largest number of classes of a conditional model (model.num_classes): the class embedding's rows.
+MAX_CLASSES = 1 << 20
 #: Largest number of states K of user data (data.num_states): K output channels per site.
 MAX_STATES = 1 << 20
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:[0-9]{1,4})?)$")
@@ -207,6 +212,8 @@ def check_values(config: DictConfig) -> None:
     integer("model.depth", 1, MAX_DEPTH)
     integer("model.dim", 1, MAX_WIDTH)
     integer("model.heads", 1, MAX_WIDTH)
+    integer("model.num_classes", 0, MAX_CLASSES, optional=True)
+    number("train.cond_dropout", 0.0, 1.0, high_open=True)
     number("model.mlp_ratio", 0.0, 64.0, low_open=True)
     # the ranges of lr, weight_decay, grad_clip, ema_decay, min_lr_ratio, time_limit_minutes and the counts of
     # train.* are checked by train.checks.check_train_config; here only that they are finite

@@ -33,13 +33,15 @@ def configuration_index(x: Tensor, num_states: int) -> Tensor:
 class OracleDenoiser:
     """Exact p(x0^d | x_t) for data drawn from ``probs`` over all_configurations(K, D)."""
 
-    def __init__(self, process: ForwardProcess, probs: Tensor, num_sites: int) -> None:
+    def __init__(self, process: ForwardProcess, probs: Tensor, num_sites: int,
+                 dtype: torch.dtype = torch.float32) -> None:
         expected = process.num_states ** num_sites
         if probs.numel() != expected:
             raise ValueError(f"oracle: probs must have K^D = {expected} entries, got {probs.numel()}")
         self.process = process
         self.configs = all_configurations(process.num_states, num_sites)       # (J, D)
         self.log_probs = torch.log(probs.double().reshape(-1) / probs.sum())    # (J,)
+        self.dtype = dtype                      # of the Prediction (float64 for checks to 1e-10)
 
     def __call__(self, xt: Tensor, lam: Tensor) -> Prediction:
         log_q = self.process.log_marginal_matrix(lam.double())                 # (B, K, M): [b, x0, y]
@@ -53,7 +55,7 @@ class OracleDenoiser:
         log_marg = torch.log(marginals.clamp_min(1e-300))
         values = torch.arange(self.process.num_states, dtype=torch.float64)
         mean_missing = (marginals * (values - xt[..., None].double())).sum(-1).clamp_min(0)
-        return Prediction(x0_log_probs=log_marg.float(), mean_missing=mean_missing.float())
+        return Prediction(x0_log_probs=log_marg.to(self.dtype), mean_missing=mean_missing.to(self.dtype))
 
     def entropy(self) -> float:
         """H(p) in nats."""
@@ -92,3 +94,55 @@ def empirical_distribution(samples: Tensor, num_states: int) -> Tensor:
 def total_variation(p: Tensor, q: Tensor) -> float:
     """0.5 * sum |p - q| for two distributions over the same support."""
     return 0.5 * float((p.double() - q.double()).abs().sum())
+
+
+class ConditionalOracle:
+    """The exact class-conditional model of a joint table pi(x, c) (DESIGN.md section 3, "the oracle extends").
+
+    ``joint``: (K^D, C) non-negative weights over all_configurations(K, D) x classes. Called as
+    ``(x_t, lam, labels) -> Prediction`` like a conditional network: label c in 0..C-1 gives the exact
+    p(x0^d | x_t, c) (the oracle of pi(x | c)), label C (the null class) the exact p(x0^d | x_t) of the marginal
+    pi(x) = sum_c pi(x, c). Also exact: p(c | x0) (``class_log_probs``) and p_t(c | x_t) = sum_x0 p(x0 | x_t) p(c | x0)
+    (``class_posterior``), for guidance checks.
+    """
+
+    def __init__(self, process: ForwardProcess, joint: Tensor, num_sites: int,
+                 dtype: torch.dtype = torch.float64) -> None:
+        joint = joint.double()
+        if joint.dim() != 2 or joint.shape[0] != process.num_states ** num_sites or bool((joint < 0).any()):
+            raise ValueError(f"oracle: joint must be a non-negative ({process.num_states ** num_sites}, C) table, got "
+                             f"{tuple(joint.shape)}")
+        self.process, self.num_sites = process, num_sites
+        self.joint = joint / joint.sum()
+        self.num_classes = joint.shape[1]
+        self.oracles = [OracleDenoiser(process, self.joint[:, c], num_sites, dtype) for c in range(self.num_classes)]
+        self.oracles.append(OracleDenoiser(process, self.joint.sum(1), num_sites, dtype))   # the null class: pi(x)
+        self.configs = self.oracles[0].configs
+
+    def denoiser(self, label: int) -> OracleDenoiser:
+        """The exact plain denoiser of class ``label`` (num_classes: the unconditional one)."""
+        return self.oracles[label]
+
+    def table(self, label: int | None = None) -> Tensor:
+        """pi(x | c) over all_configurations (the marginal pi(x) for None or the null class): (K^D,) float64."""
+        if label is None or label == self.num_classes:
+            return self.joint.sum(1)
+        return self.joint[:, label] / self.joint[:, label].sum()
+
+    def class_log_probs(self, x0: Tensor) -> Tensor:
+        """log p(c | x0) for x0 (B, D): (B, C) float64 (-inf where pi(x0) = 0)."""
+        rows = self.joint[configuration_index(x0, self.process.num_states)]
+        return torch.log(rows / rows.sum(1, keepdim=True))
+
+    def __call__(self, xt: Tensor, lam: Tensor, labels: Tensor | None = None) -> Prediction:
+        if labels is None:
+            labels = torch.full((xt.shape[0],), self.num_classes, dtype=torch.long)
+        x0_log_probs, mean_missing = None, None
+        for c in torch.unique(labels).tolist():
+            rows = labels == c
+            pred = self.oracles[c](xt[rows], lam[rows])
+            if x0_log_probs is None:
+                x0_log_probs = pred.x0_log_probs.new_empty(xt.shape + pred.x0_log_probs.shape[-1:])
+                mean_missing = pred.mean_missing.new_empty(xt.shape)
+            x0_log_probs[rows], mean_missing[rows] = pred.x0_log_probs, pred.mean_missing
+        return Prediction(x0_log_probs=x0_log_probs, mean_missing=mean_missing)

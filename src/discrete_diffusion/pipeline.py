@@ -15,13 +15,22 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from .builders import build_dataset, build_denoiser, build_process_from, build_proposal, build_schedule_from, resolve_device
+from .builders import (
+    build_dataset,
+    build_denoiser,
+    build_process_from,
+    build_proposal,
+    build_schedule_from,
+    resolve_device,
+    resolve_num_classes,
+)
 from .config import MODEL_SECTIONS, load_config, to_dict
 from .data import DiscreteDataset
 from .data.manifest import check_data_manifest
 from .data.text import decode_text
 from .data.tokenizer import BpeTokenizer, run_tokenizer_json
-from .denoiser import NetworkDenoiser
+from .denoiser import ConditionalDenoiser, Denoiser, NetworkDenoiser, check_labels
+from .guidance import ClassifierFreeDenoiser, check_infill, infill_sample
 from .evaluate.likelihood import LikelihoodResult, bits_per_char, evaluate_nll
 from .processes import ForwardProcess
 from .samplers import Sampler
@@ -69,7 +78,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto",
     dataset = build_dataset(config, run_tokenizer_json(run_dir) if config.data.tokenizer == "bpe" else None)
     check_data_manifest(run_dir, dataset, allow_change=allow_data_change)
     process = build_process_from(config, dataset.num_states)
-    denoiser = build_denoiser(config, process, dataset.site_shape)
+    denoiser = build_denoiser(config, process, dataset.site_shape, resolve_num_classes(config, dataset))
     checkpoint = find_weights(run_dir, which)
     full = to_dict(config)  # a config.yaml edited after training must still describe the saved model
     load_model_weights(checkpoint, denoiser, use_ema=True, expected_config={k: full[k] for k in MODEL_SECTIONS})
@@ -77,20 +86,90 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto",
     return LoadedRun(config, dataset, process, build_schedule_from(config), denoiser, dev, checkpoint)
 
 
+@dataclass
+class Conditioning:
+    """What to condition samples on (docs/guidance.md).
+
+    classes: class per row, cycling (row i gets classes[i % len(classes)]); None = no class (a conditional run then
+        samples its null class, p(x)). guidance: the classifier-free scale gamma (1 = plain conditional; needs
+        classes). known, values: infilling, (*sites) bool and long, the same for every row (None = no infilling).
+    """
+
+    classes: list[int] | None = None
+    guidance: float = 1.0
+    known: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+
+    def check(self, run: LoadedRun) -> None:
+        """ValueError (one line) for a class unknown to the run, guidance on an unconditional run or without a class,
+        or an infilling mask / values whose shape is not the run's sites."""
+        classes = run.denoiser.num_classes
+        if self.classes is not None:
+            if not self.classes:
+                raise ValueError("--class needs at least one class")
+            check_labels(torch.tensor(self.classes), classes, allow_null=False)
+        if self.guidance != 1.0:
+            if classes == 0:
+                raise ValueError("guidance needs a class-conditional run; this run is unconditional (model.num_classes "
+                                 "= 0): drop --guidance or train with model.num_classes > 0")
+            if self.classes is None:
+                raise ValueError("--guidance needs --class (the class to guide towards)")
+            if not (math.isfinite(self.guidance) and self.guidance >= 0):
+                raise ValueError(f"--guidance must be a finite number >= 0, got {self.guidance}")
+        if self.known is not None:
+            sites = tuple(run.dataset.site_shape)
+            if self.values is None or tuple(self.known.shape) != sites or tuple(self.values.shape) != sites:
+                got = None if self.values is None else tuple(self.values.shape)
+                raise ValueError(f"infilling mask {tuple(self.known.shape)} and known values {got} must both have the "
+                                 f"run's site shape {sites}")
+            check_infill(run.process, sites, self.known, self.values)
+
+    def denoiser(self, run: LoadedRun, label: int | None) -> Denoiser:
+        """The plain denoiser for one class (None: the run's own, or its null class when conditional)."""
+        if label is None:
+            return run.denoiser if not run.denoiser.num_classes else \
+                ConditionalDenoiser(run.denoiser, run.denoiser.num_classes)
+        if self.guidance == 1.0:
+            return ConditionalDenoiser(run.denoiser, label)
+        return ClassifierFreeDenoiser(run.denoiser, label, self.guidance)
+
+
 def generate_samples(run: LoadedRun, sampler: Sampler, num_samples: int, batch_size: int = 256, seed: int = 0,
-                     progress: bool = True) -> torch.Tensor:
-    """Draw ``num_samples`` samples (N, *sites) long on CPU, deterministically for a seed."""
+                     progress: bool = True, conditioning: Conditioning | None = None) -> torch.Tensor:
+    """Draw ``num_samples`` samples (N, *sites) long on CPU, deterministically for a seed. With ``conditioning``:
+    rows cycle through its classes (each class's rows of a batch are drawn by one sampler call, bound to that one
+    class, so every sampler works) and its known sites are infilled (``guidance.infill_sample``)."""
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
+    cond = conditioning or Conditioning()
+    cond.check(run)
     generator = torch.Generator(device=run.device).manual_seed(seed)
     chunks = []
     steps = sampler.num_steps * math.ceil(num_samples / batch_size)
+    sites = tuple(run.dataset.site_shape)
     with tqdm(total=steps, desc=f"sample ({sampler.name})", disable=not progress, dynamic_ncols=True) as bar:
+        def draw(n: int, label: int | None) -> torch.Tensor:
+            denoiser = cond.denoiser(run, label)
+            tick = lambda k, total, _x: bar.update(1 / len(groups)) if total else None  # noqa: E731
+            if cond.known is None:
+                return sampler.sample(run.process, denoiser, run.schedule, (n, *sites), generator, run.device, tick)
+            known, values = (t.expand(n, *sites) for t in (cond.known, cond.values))
+            return infill_sample(sampler, run.process, denoiser, run.schedule, known, values, generator, run.device,
+                                 tick)
+
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
-            x = sampler.sample(run.process, run.denoiser, run.schedule, (n, *run.dataset.site_shape), generator,
-                               run.device, callback=lambda k, total, _x: bar.update(1) if total else None)
-            chunks.append(x.cpu())
+            if cond.classes is None:
+                groups = [None]
+                chunks.append(draw(n, None).cpu())
+                continue
+            labels = torch.tensor(cond.classes)[torch.arange(start, start + n) % len(cond.classes)]
+            groups = torch.unique(labels).tolist()
+            x = torch.empty((n, *sites), dtype=torch.long)
+            for label in groups:
+                rows = labels == label
+                x[rows] = draw(int(rows.sum()), int(label)).cpu()
+            chunks.append(x)
     return torch.cat(chunks)
 
 
@@ -125,16 +204,38 @@ def save_samples(samples: torch.Tensor, run: LoadedRun, out_dir: Path, stem: str
 
 def evaluate_run(run: LoadedRun, split: str = "test", t_samples: int | None = None, batch_size: int | None = None,
                  seed: int = 0, progress: bool = True) -> LikelihoodResult:
-    """NLL upper bound of a data split in bits per dimension."""
+    """NLL upper bound of a data split in bits per dimension; for a class-conditional run the bound on
+    -log p(x | c), each class's examples with their class (as the training validation scores it)."""
     data = run.dataset.split(split)
     t_samples = run.config.evaluate.t_samples if t_samples is None else t_samples
     batch_size = run.config.evaluate.batch_size if batch_size is None else batch_size
     if t_samples < 1 or batch_size < 1:
         raise ValueError(f"t_samples and batch_size must be >= 1, got {t_samples} and {batch_size}")
     generator = torch.Generator(device=run.device).manual_seed(seed)
+    labels = run.dataset.labels(split)
+    if run.denoiser.num_classes and labels is not None:   # conditional: -log p(x | c), class by class, pooled
+        parts = [(data[labels == c], ConditionalDenoiser(run.denoiser, int(c))) for c in torch.unique(labels).tolist()]
+    else:   # unconditional (a conditional run without labels for this split: its null class, p(x))
+        parts = [(data, run.denoiser if not run.denoiser.num_classes else
+                  ConditionalDenoiser(run.denoiser, run.denoiser.num_classes))]
     with tqdm(total=data.shape[0], desc=f"evaluate ({split})", disable=not progress, dynamic_ncols=True) as bar:
-        return evaluate_nll(run.process, run.denoiser, run.schedule, data, build_proposal(run.config), t_samples,
-                            batch_size, generator, run.device, progress=bar.update)
+        results = [evaluate_nll(run.process, denoiser, run.schedule, part, build_proposal(run.config), t_samples,
+                                batch_size, generator, run.device, progress=bar.update) for part, denoiser in parts]
+    return results[0] if len(results) == 1 else pool_results(results)
+
+
+def pool_results(results: list[LikelihoodResult]) -> LikelihoodResult:
+    """One LikelihoodResult of disjoint parts of a split (e.g. its classes): means weighted by the examples, standard
+    errors combined as independent, sqrt(sum_i (n_i / n)^2 se_i^2)."""
+    n = sum(r.num_examples for r in results)
+    w = [r.num_examples / n for r in results]
+    mean = lambda key: sum(wi * getattr(r, key) for wi, r in zip(w, results))  # noqa: E731
+    stderr = math.sqrt(sum((wi * r.nll_bits_per_dim_stderr) ** 2 for wi, r in zip(w, results)))
+    return LikelihoodResult(
+        nll_bits_per_dim=mean("nll_bits_per_dim"), nll_bits_per_dim_stderr=stderr,
+        diffusion_bits_per_dim=mean("diffusion_bits_per_dim"), prior_bits_per_dim=mean("prior_bits_per_dim"),
+        reconstruction_bits_per_dim=mean("reconstruction_bits_per_dim"), num_examples=n,
+        t_samples=results[0].t_samples, prior=results[0].prior)
 
 
 def per_char_fields(dataset: DiscreteDataset, split: str, result: LikelihoodResult) -> dict[str, float]:

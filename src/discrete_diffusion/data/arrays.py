@@ -185,9 +185,12 @@ def _npz_arrays(reader: NpzReader, key: str | None, path: Path) -> dict[str, np.
         return {k: reader.read(k) for k in keys}
     if len(keys) == 1:
         return {"train": reader.read(keys[0])}
+    if sorted(keys) == ["x", "y"]:           # data and class labels, split like a single array
+        return {"train": reader.read("x"), "train_labels": reader.read("y")}
     raise ValueError(
         f"{path}: .npz with several arrays must contain a 'train' key (optionally "
-        f"'val', 'test', '*_labels'), or pass key=...; found keys: {', '.join(keys)}"
+        f"'val', 'test', '*_labels'), keys 'x' and 'y' (data and labels), or pass key=...; "
+        f"found keys: {', '.join(keys)}"
     )
 
 
@@ -239,8 +242,9 @@ def load_array_file(
 
     * ``.npy``: one array of shape ``(N, *site_shape)``; val/test are split off.
     * ``.npz``: either keys ``train`` (+ optional ``val``, ``test``, ``train_labels``,
-      ``val_labels``, ``test_labels``), a single array under any key, or the array
-      named by ``key``. Missing splits are carved from ``train`` deterministically.
+      ``val_labels``, ``test_labels``), exactly ``x`` and ``y`` (data and class labels), a single
+      array under any key, or the array named by ``key``. Missing splits are carved from ``train``
+      deterministically (with their labels).
     * ``val_path`` / ``test_path`` (config ``data.val_path`` / ``data.test_path``): a separate
       ``.npy`` (or ``.npz`` with one array, or with a ``val`` / ``test`` key and optional labels)
       that is the validation / test split; it is then not carved from ``train``.

@@ -108,6 +108,48 @@ def _read_folder(folder: Path, mode: str, max_bytes: int, used_states: int = 0) 
     return np.stack(images), digest.hexdigest(), len(files)
 
 
+def _class_folders(folder: Path) -> list[Path] | None:
+    """The class subfolders of ``folder`` (sorted by name) when it holds no PNG itself but subfolders with PNGs;
+    None when it holds PNGs directly (an unlabelled folder)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"PNG folder not found: {folder}")
+    if any(p.is_file() and p.suffix.lower() == ".png" for p in folder.iterdir()):
+        return None
+    subs = sorted(p for p in folder.iterdir() if p.is_dir())
+    return subs or None
+
+
+def _read_labelled(folder: Path, mode: str, max_bytes: int, used_states: int = 0,
+                   classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray | None, str, int, list[str] | None]:
+    """``_read_folder`` of a folder of PNGs, or of a folder of class subfolders (one class per subfolder, labels in
+    sorted name order, or in the order of ``classes`` when given): (images, labels or None, SHA-256, number of
+    files, class names or None)."""
+    subs = _class_folders(folder)
+    if subs is None:
+        if classes is not None:
+            raise ValueError(f"{folder}: the training folder has class subfolders, so this one must have them too")
+        arr, digest, n = _read_folder(folder, mode, max_bytes, used_states)
+        return arr, None, digest, n, None
+    names = [p.name for p in subs]
+    if classes is not None and any(name not in classes for name in names):
+        unknown = [name for name in names if name not in classes]
+        raise ValueError(f"{folder}: class subfolder(s) {', '.join(unknown)} not among the training classes "
+                         f"{', '.join(classes)}")
+    order = classes if classes is not None else names
+    images, labels, digest, total = [], [], hashlib.sha256(), 0
+    for sub in subs:
+        arr, sub_digest, n = _read_folder(sub, mode, max_bytes, used_states)
+        if images and arr.shape[1:] != images[0].shape[1:]:
+            raise ValueError(f"{sub}: images have shape {arr.shape[1:]} but {subs[0].name}'s have "
+                             f"{images[0].shape[1:]}; all images must have the same size and colour type")
+        used_states += arr.size
+        images.append(arr)
+        labels.append(np.full(arr.shape[0], order.index(sub.name), dtype=np.int64))
+        digest.update(sub.name.encode() + b"\0" + sub_digest.encode())
+        total += n
+    return np.concatenate(images), np.concatenate(labels), digest.hexdigest(), total, order
+
+
 def load_png_folder(
     path: str | os.PathLike,
     *,
@@ -121,7 +163,11 @@ def load_png_folder(
     test_path: str | os.PathLike | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> DiscreteDataset:
-    """Load every ``*.png`` file (case-insensitive, not recursive) of a folder.
+    """Load every ``*.png`` file (case-insensitive, not recursive) of a folder, or of its class subfolders.
+
+    A folder that holds no PNG itself but subfolders of PNGs is labelled: one class per subfolder, class c the
+    c-th name in sorted order (``metadata["classes"]``); ``val_path`` / ``test_path`` then need class subfolders
+    too (names among the training classes).
 
     Files are read in sorted name order. All images must have the same size and
     colour type: grayscale (mode ``'L'``/``'1'``) gives ``(N, H, W)``, RGB gives
@@ -149,14 +195,19 @@ def load_png_folder(
         raise ValueError(f"mode must be one of {', '.join(_MODES)}; got {mode!r}")
     max_bytes = check_max_bytes(max_bytes)
     folder = Path(path).expanduser()
-    stacked, checksum, num_files = _read_folder(folder, mode, max_bytes)
+    stacked, train_labels, checksum, num_files, classes = _read_labelled(folder, mode, max_bytes)
     files = {"path": {"file": str(folder.resolve()), "sha256": checksum}}
     extra: dict[str, np.ndarray] = {}
+    extra_labels: dict[str, np.ndarray | None] = {}
     used = stacked.size
     for option, split, other in (("val_path", "val", val_path), ("test_path", "test", test_path)):
         if other is not None:
             q = Path(other).expanduser()
-            arr, other_sum, _n = _read_folder(q, mode, max_bytes, used)
+            if classes is None:
+                arr, other_sum, _n = _read_folder(q, mode, max_bytes, used)
+                extra_labels[split] = None
+            else:
+                arr, extra_labels[split], other_sum, _n, _c = _read_labelled(q, mode, max_bytes, used, classes)
             used += arr.size
             extra[split] = arr
             files[option] = {"file": str(q.resolve()), "sha256": other_sum}
@@ -181,6 +232,8 @@ def load_png_folder(
     if levels is not None:
         meta["levels"] = k
         meta["quantization"] = "value * levels // 256"
+    if classes is not None:
+        meta["classes"] = classes
     return dataset_from_arrays(
         data,
         parts.get("val"),
@@ -193,6 +246,9 @@ def load_png_folder(
         split_seed=split_seed,
         metadata=meta,
         where=str(folder),
+        train_labels=train_labels,
+        val_labels=extra_labels.get("val"),
+        test_labels=extra_labels.get("test"),
     )
 
 

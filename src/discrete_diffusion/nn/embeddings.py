@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SinusoidalEmbedding", "NoiseLevelEmbedding"]
+__all__ = ["SinusoidalEmbedding", "NoiseLevelEmbedding", "ClassEmbedding", "add_class_embedding"]
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -113,3 +113,44 @@ def _prepare_inputs(features: Tensor, noise_level: Tensor, in_channels: int, sit
     if noise_level.shape != (batch,):
         raise ValueError(f"noise_level must have shape ({batch},), got {tuple(noise_level.shape)}")
     return noise_level.to(features.device)
+
+
+class ClassEmbedding(nn.Module):
+    """Learned class embedding with a null class, added to the noise-level embedding (classifier-free guidance,
+    Ho & Salimans 2022).
+
+    Rows ``0..num_classes-1`` embed the classes; row ``num_classes`` is the null class ("no label"), which
+    ``train.cond_dropout`` trains and which ``labels=None`` selects.
+
+    Shapes:
+        ``labels`` ``(B,)`` long in ``0..num_classes`` (or ``None``: the null class for all ``batch`` rows)
+        -> ``(B, dim)`` in the dtype of the module's parameters.
+    """
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        if num_classes < 1 or dim < 1:
+            raise ValueError(f"ClassEmbedding needs num_classes >= 1 and dim >= 1, got {num_classes}, {dim}")
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def forward(self, labels: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        if labels is None:
+            labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        if labels.shape != (batch,) or labels.is_floating_point():
+            raise ValueError(f"labels must be a (B,) = ({batch},) integer tensor, got {tuple(labels.shape)} "
+                             f"{labels.dtype}")
+        if bool(((labels < 0) | (labels > self.num_classes)).any()):
+            raise ValueError(f"labels must lie in 0..{self.num_classes} ({self.num_classes} = the null class)")
+        return self.table(labels.to(device=device, dtype=torch.long))
+
+
+def add_class_embedding(emb: Tensor, table: ClassEmbedding | None, labels: Tensor | None) -> Tensor:
+    """``emb + table(labels)`` for a conditional backbone; an unconditional one (``table is None``) returns ``emb``
+    and refuses labels. emb: (B, dim) -> (B, dim)."""
+    if table is None:
+        if labels is not None:
+            raise ValueError("this backbone is unconditional (model.num_classes = 0): it takes no class labels")
+        return emb
+    return emb + table(labels, emb.shape[0], emb.device).to(emb.dtype)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embeddings import NoiseLevelEmbedding, _prepare_inputs
+from .embeddings import ClassEmbedding, NoiseLevelEmbedding, _prepare_inputs, add_class_embedding
 
 __all__ = ["MLP", "ResidualMLPBlock"]
 
@@ -50,6 +50,8 @@ class MLP(nn.Module):
         hidden: hidden width (also the width of the noise-level embedding).
         depth: number of residual blocks (``>= 0``).
         dropout: dropout probability inside the residual blocks.
+        num_classes: C > 0 adds a class embedding of C + 1 rows (the last the null class) to the noise-level
+            embedding; 0 (default) is unconditional, with the same parameters as before.
 
     Token input ``(B, *site_shape)`` long in ``0..C_in-1`` stands for its one-hot features: the input
     Linear's weight ``W`` (hidden, C_in * S + hidden) is applied as ``sum_s W[:, x_s * S + s]`` (the columns
@@ -72,6 +74,7 @@ class MLP(nn.Module):
         hidden: int = 256,
         depth: int = 3,
         dropout: float = 0.0,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         site_shape = tuple(int(s) for s in site_shape)
@@ -87,6 +90,7 @@ class MLP(nn.Module):
         self.site_shape = site_shape
         n_sites = math.prod(site_shape)
         self.noise_embedding = NoiseLevelEmbedding(hidden)
+        self.class_embedding = ClassEmbedding(num_classes, hidden) if num_classes > 0 else None
         self.input_proj = nn.Linear(in_channels * n_sites + hidden, hidden)
         self.blocks = nn.ModuleList(ResidualMLPBlock(hidden, hidden, dropout) for _ in range(depth))
         self.norm_out = nn.LayerNorm(hidden)
@@ -102,19 +106,20 @@ class MLP(nn.Module):
         picked = F.embedding(columns, weight[:, : self.in_channels * sites].t()).sum(1)   # (B, hidden)
         return picked + F.linear(emb, weight[:, self.in_channels * sites:], self.input_proj.bias)
 
-    def forward(self, features: Tensor, noise_level: Tensor) -> Tensor:
-        """``(B, C_in, *site_shape)`` float or ``(B, *site_shape)`` long, ``(B,)`` -> ``(B, C_out, *site_shape)``."""
+    def forward(self, features: Tensor, noise_level: Tensor, labels: Tensor | None = None) -> Tensor:
+        """``(B, C_in, *site_shape)`` float or ``(B, *site_shape)`` long, ``(B,)`` -> ``(B, C_out, *site_shape)``;
+        ``labels`` (B,) long (conditional backbones only; None = the null class)."""
         if not features.is_floating_point():
             if tuple(features.shape[1:]) != self.site_shape:
                 raise ValueError(f"expected token input of shape (B, *{self.site_shape}), got {tuple(features.shape)}")
             noise_level = _prepare_inputs(features[:, None], noise_level, 1, len(self.site_shape))
-            emb = self.noise_embedding(noise_level)
+            emb = add_class_embedding(self.noise_embedding(noise_level), self.class_embedding, labels)
             h = self._embed_tokens(features.reshape(features.shape[0], -1), emb)
         else:
             noise_level = _prepare_inputs(features, noise_level, self.in_channels, len(self.site_shape))
             if tuple(features.shape[2:]) != self.site_shape:
                 raise ValueError(f"expected site shape {self.site_shape}, got {tuple(features.shape[2:])}")
-            emb = self.noise_embedding(noise_level)
+            emb = add_class_embedding(self.noise_embedding(noise_level), self.class_embedding, labels)
             h = self.input_proj(torch.cat([features.reshape(features.shape[0], -1).to(emb.dtype), emb], dim=1))
         batch = features.shape[0]
         for blk in self.blocks:

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embeddings import NoiseLevelEmbedding, _prepare_inputs
+from .embeddings import ClassEmbedding, NoiseLevelEmbedding, _prepare_inputs, add_class_embedding
 
 __all__ = [
     "PreNormBlock",
@@ -199,6 +199,8 @@ class SequenceTransformer(nn.Module):
         heads: attention heads.
         mlp_ratio: MLP hidden width over ``dim``.
         dropout: dropout in attention, MLP and on the residual branches.
+        num_classes: C > 0 adds a class embedding (C + 1 rows, the last the null class) to the noise-level
+            embedding; 0 (default) is unconditional.
 
     Shapes:
         ``features`` ``(B, C_in, *site_shape)`` float, or token indices ``(B, *site_shape)`` long in
@@ -220,6 +222,7 @@ class SequenceTransformer(nn.Module):
         heads: int = 4,
         mlp_ratio: float = 4.0,
         dropout: float = 0.1,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         site_shape = (int(seq_len),) if isinstance(seq_len, numbers.Integral) else tuple(int(s) for s in seq_len)
@@ -239,6 +242,7 @@ class SequenceTransformer(nn.Module):
         self.seq_len = math.prod(site_shape)
         self.input_proj = nn.Linear(in_channels, dim)
         self.noise_embedding = NoiseLevelEmbedding(dim)
+        self.class_embedding = ClassEmbedding(num_classes, dim) if num_classes > 0 else None
         self.blocks = nn.ModuleList(
             AdaLNZeroBlock(dim, heads, mlp_ratio, self.seq_len, dropout) for _ in range(depth)
         )
@@ -248,8 +252,9 @@ class SequenceTransformer(nn.Module):
         nn.init.zeros_(self.output_proj.weight)
         nn.init.zeros_(self.output_proj.bias)
 
-    def forward(self, features: Tensor, noise_level: Tensor) -> Tensor:
-        """``(B, C_in, *site_shape)`` float or ``(B, *site_shape)`` long tokens, ``(B,)`` -> ``(B, C_out, *site_shape)``."""
+    def forward(self, features: Tensor, noise_level: Tensor, labels: Tensor | None = None) -> Tensor:
+        """``(B, C_in, *site_shape)`` float or ``(B, *site_shape)`` long tokens, ``(B,)`` -> ``(B, C_out, *site_shape)``;
+        ``labels`` (B,) long (conditional backbones only; None = the null class)."""
         tokens = not features.is_floating_point()
         if tokens:
             if tuple(features.shape[1:]) != self.site_shape:
@@ -264,7 +269,7 @@ class SequenceTransformer(nn.Module):
                     f"got {tuple(features.shape)}"
                 )
         batch = features.shape[0]
-        c = self.noise_embedding(noise_level)
+        c = add_class_embedding(self.noise_embedding(noise_level), self.class_embedding, labels)
         if tokens:
             h = embed_tokens(self.input_proj, features.reshape(batch, self.seq_len))
         else:

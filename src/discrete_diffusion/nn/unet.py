@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embeddings import NoiseLevelEmbedding, _prepare_inputs
+from .embeddings import ClassEmbedding, NoiseLevelEmbedding, _prepare_inputs, add_class_embedding
 
 __all__ = ["UNet", "ResBlock", "SelfAttention2d"]
 
@@ -141,6 +141,8 @@ class UNet(nn.Module):
         groups: GroupNorm groups.
         num_heads: attention heads.
         emb_dim: width of the noise-level embedding (default ``2 * base_channels``).
+        num_classes: C > 0 adds a class embedding (C + 1 rows, the last the null class) to the noise-level
+            embedding; 0 (default) is unconditional.
 
     Always reads float features (no ``accepts_tokens``): its first layer is a 3x3 convolution, which on a
     one-hot input is a sum of nine shifted lookups rather than one embedding, and image data has few values
@@ -169,6 +171,7 @@ class UNet(nn.Module):
         groups: int = 8,
         num_heads: int = 4,
         emb_dim: int | None = None,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         channel_mults = tuple(int(m) for m in channel_mults)
@@ -190,6 +193,7 @@ class UNet(nn.Module):
             return SelfAttention2d(ch, num_heads, groups) if height in attention_resolutions else None
 
         self.noise_embedding = NoiseLevelEmbedding(emb_dim)
+        self.class_embedding = ClassEmbedding(num_classes, emb_dim) if num_classes > 0 else None
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
         # Encoder: a skip is saved after every (ResBlock [+ attention]).
@@ -268,12 +272,13 @@ class UNet(nn.Module):
                 f"(H and W divisible by 2**(len(channel_mults)-1)); images are not padded."
             )
 
-    def forward(self, features: Tensor, noise_level: Tensor) -> Tensor:
-        """``(B, C_in, H, W)``, ``(B,)`` -> ``(B, C_out, H, W)``."""
+    def forward(self, features: Tensor, noise_level: Tensor, labels: Tensor | None = None) -> Tensor:
+        """``(B, C_in, H, W)``, ``(B,)`` -> ``(B, C_out, H, W)``; ``labels`` (B,) long (conditional backbones only;
+        None = the null class)."""
         noise_level = _prepare_inputs(features, noise_level, self.in_channels, 2)
         if tuple(features.shape[2:]) != self.image_size:
             raise ValueError(f"expected spatial size {self.image_size}, got {tuple(features.shape[2:])}")
-        emb = self.noise_embedding(noise_level)
+        emb = add_class_embedding(self.noise_embedding(noise_level), self.class_embedding, labels)
         h = self.conv_in(features.to(self.conv_in.weight.dtype))
         skips = []
         n_levels = len(self.channel_mults)

@@ -55,11 +55,12 @@ from ..builders import (
     build_sampler_from,
     build_schedule_from,
     build_weighting_from,
+    resolve_num_classes,
 )
 from ..config import MODEL_SECTIONS, save_config, to_dict
 from ..data.manifest import MANIFEST_NAME, DataChangedError, check_data_manifest, write_data_manifest
 from ..data.tokenizer import run_tokenizer_json, write_run_tokenizer
-from ..denoiser import NetworkDenoiser, backbone_input, noise_level_input
+from ..denoiser import ConditionalDenoiser, NetworkDenoiser, backbone_input, noise_level_input
 from ..losses import diffusion_terms, draw_noise, training_loss
 from ..processes.base import Prediction
 from ..visualize import save_image_grid
@@ -139,11 +140,15 @@ class AutocastDenoiser(nn.Module):
         self.denoiser = denoiser
         self.device_type = device_type
 
-    def forward(self, xt: Tensor, lam: Tensor) -> Prediction:
+    @property
+    def num_classes(self) -> int:
+        return self.denoiser.num_classes
+
+    def forward(self, xt: Tensor, lam: Tensor, labels: Tensor | None = None) -> Prediction:
         d = self.denoiser
-        features = backbone_input(d.process, d.backbone, xt, lam)
+        inputs = (backbone_input(d.process, d.backbone, xt, lam), noise_level_input(lam))
         with torch.autocast(self.device_type, dtype=torch.bfloat16):
-            output = d.backbone(features, noise_level_input(lam))
+            output = d.backbone(*inputs) if labels is None else d.backbone(*inputs, labels)
         return d.process.prediction_from_output(output.float(), xt, lam, d.parameterization)
 
 
@@ -212,7 +217,9 @@ class Trainer:
         torch.manual_seed(tc.seed)  # same on every rank: identical initial weights
         random.seed(tc.seed)  # unused by the library, but checkpointed: a resumed run must match a straight one
         np.random.seed(tc.seed % 2**32)
-        self.denoiser = build_denoiser(config, self.process, self.dataset.site_shape).to(self.device)
+        self.num_classes = resolve_num_classes(config, self.dataset)
+        self.denoiser = build_denoiser(config, self.process, self.dataset.site_shape,
+                                       self.num_classes).to(self.device)
         if tc.compile:
             compile_backbone(self.denoiser, self.device)
         self.optimizer = build_optimizer(self.denoiser, lr=tc.lr, weight_decay=tc.weight_decay)
@@ -222,6 +229,7 @@ class Trainer:
         self.data_generator = torch.Generator().manual_seed(tc.seed + 1)
         self.noise_generator = torch.Generator(device=self.device).manual_seed(tc.seed + 2)
         self.train_data = self.dataset.train.to(self.device)
+        self.train_labels = self.dataset.train_labels.to(self.device) if self.num_classes else None
 
     def _cached_tokenizer(self) -> str | None:
         """A BPE run that holds checkpoints (which only --resume continues) keeps the tokenizer it was trained
@@ -345,13 +353,23 @@ class Trainer:
         self.ctx.on_main(fn, what)
 
     # ----- the loop ------------------------------------------------------------------------------------
-    def _next_batch(self) -> torch.Tensor:
-        """The global batch (identical on every rank)."""
+    def _next_batch(self) -> tuple[Tensor, Tensor | None]:
+        """The global batch (identical on every rank) and, for a conditional model, its labels (B,), each replaced
+        by the null class (index num_classes) with probability train.cond_dropout. Every draw comes from the data
+        generator (after the permutation and the augmentation), so resume stays bit-exact; an unconditional run
+        draws exactly what it drew before labels existed."""
         n = self.train_data.shape[0]
         batch = min(self.config.train.batch_size, n)
         index = torch.randperm(n, generator=self.data_generator)[:batch].to(self.device)
         x0 = self.train_data[index]
-        return self.augment(x0, self.data_generator) if self.augment is not None else x0
+        x0 = self.augment(x0, self.data_generator) if self.augment is not None else x0
+        if self.train_labels is None:
+            return x0, None
+        labels = self.train_labels[index]
+        if self.config.train.cond_dropout > 0:
+            drop = torch.rand(batch, generator=self.data_generator) < self.config.train.cond_dropout
+            labels = labels.masked_fill(drop.to(self.device), self.num_classes)
+        return x0, labels
 
     def _non_finite(self, value: float) -> FloatingPointError:
         latest = find_latest_checkpoint(self.run_dir / "checkpoints")
@@ -361,9 +379,10 @@ class Trainer:
 
     def train_step(self) -> dict:
         self.model.train()
-        x0 = self._next_batch()
+        x0, labels = self._next_batch()
         if self._plain_step:
-            out = training_loss(self.process, self.denoiser, x0, self.schedule, self.proposal, self.weighting,
+            model = self.denoiser if labels is None else ConditionalDenoiser(self.denoiser, labels, self.num_classes)
+            out = training_loss(self.process, model, x0, self.schedule, self.proposal, self.weighting,
                                 self.noise_generator, objective=self.objective)
             if not torch.isfinite(out.loss):
                 raise self._non_finite(out.loss.item())
@@ -371,7 +390,7 @@ class Trainer:
             out.loss.backward()
             loss, elbo_mean = float(out.loss.detach()), float(out.elbo_diffusion.mean())
         else:
-            loss, elbo_mean = self._sharded_backward(x0)
+            loss, elbo_mean = self._sharded_backward(x0, labels)
         grad_norm = clip_gradients(self.denoiser, self.config.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -381,7 +400,7 @@ class Trainer:
         return {"step": self.step, "loss": loss, "train_elbo_diffusion_bpd": bits,
                 "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
 
-    def _sharded_backward(self, x0: Tensor) -> tuple[float, float]:
+    def _sharded_backward(self, x0: Tensor, labels: Tensor | None = None) -> tuple[float, float]:
         """Accumulate this rank's share of the gradient of the global-batch loss; returns the global mean
         loss and mean ELBO diffusion term. The noise is drawn for the global batch exactly as
         ``training_loss`` draws it, so the per-example randomness does not depend on the split."""
@@ -400,7 +419,8 @@ class Trainer:
             part = slice(start + a, start + b)
             sync = m == accum - 1 or not ctx.enabled
             with nullcontext() if sync else self.model.no_sync():
-                per_example, elbo = diffusion_terms(self.process, self.model, x0[part], noise[part], self.weighting,
+                model = self.model if labels is None else ConditionalDenoiser(self.model, labels[part], self.num_classes)
+                per_example, elbo = diffusion_terms(self.process, model, x0[part], noise[part], self.weighting,
                                                      self.objective)
                 micro_loss = per_example.sum() * scale
                 self._check_finite(micro_loss)
@@ -422,15 +442,23 @@ class Trainer:
         with train.seed + 3 at every validation and the ``train.eval_t_samples`` lam draws of each example are
         stratified (``losses.estimate_elbo``), so two validations of the same weights agree exactly and
         checkpoints differ by their weights, not the noise. The training generators are not touched. Under
-        torchrun every rank evaluates its shard of the split and the statistics are all-reduced."""
-        split = self.dataset.val if self.dataset.val.shape[0] else self.dataset.test
+        torchrun every rank evaluates its shard of the split and the statistics are all-reduced. A conditional model
+        is scored by the bound on -log p(x | c), each class's examples with their class bound, pooled by count."""
+        name = "val" if self.dataset.val.shape[0] else "test"
+        split, labels = self.dataset.split(name), self.dataset.labels(name)
         self.denoiser.eval()
+        parts = [(split, self.denoiser)] if not self.num_classes else [  # conditional: -log p(x | c), class by class
+            (split[labels == c], ConditionalDenoiser(self.denoiser, int(c))) for c in torch.unique(labels).tolist()
+        ] if labels is not None else [(split, ConditionalDenoiser(self.denoiser, self.num_classes))]   # unlabelled: null
+        mean = var = 0.0
         with self.ema.swap_into(self.denoiser):
-            result = evaluate_nll_sharded(self.ctx, self.process, self.denoiser, self.schedule, split, self.proposal,
-                                          self.config.train.eval_t_samples, self.config.evaluate.batch_size,
-                                          self.config.train.seed + 3, self.device)
-        return {"step": self.step, "val_nll_bits_per_dim": result.nll_bits_per_dim,
-                "val_nll_bits_per_dim_stderr": result.nll_bits_per_dim_stderr}
+            for data, denoiser in parts:
+                result = evaluate_nll_sharded(self.ctx, self.process, denoiser, self.schedule, data, self.proposal,
+                                              self.config.train.eval_t_samples, self.config.evaluate.batch_size,
+                                              self.config.train.seed + 3, self.device)
+                weight = data.shape[0] / split.shape[0]
+                mean, var = mean + weight * result.nll_bits_per_dim, var + (weight * result.nll_bits_per_dim_stderr) ** 2
+        return {"step": self.step, "val_nll_bits_per_dim": mean, "val_nll_bits_per_dim_stderr": math.sqrt(var)}
 
     def sample_grid(self) -> Path | None:
         """A grid of 64 samples from the EMA weights (split over ranks; rank 0 writes it)."""
@@ -441,7 +469,13 @@ class Trainer:
 
         def draw(n: int, seed: int) -> Tensor:
             generator = torch.Generator(device=self.device).manual_seed(seed)
-            return sampler.sample(self.process, self.denoiser, self.schedule, (n, *shape), generator, self.device)
+            if not self.num_classes:
+                return sampler.sample(self.process, self.denoiser, self.schedule, (n, *shape), generator, self.device)
+            labels, x = torch.arange(n) % self.num_classes, torch.empty((n, *shape), dtype=torch.long)
+            for c in torch.unique(labels).tolist():   # classes cycle over rows; one sampler call per class
+                x[labels == c] = sampler.sample(self.process, ConditionalDenoiser(self.denoiser, c), self.schedule,
+                                                (int((labels == c).sum()), *shape), generator, self.device).cpu()
+            return x
 
         self.denoiser.eval()
         with self.ema.swap_into(self.denoiser):

@@ -1,0 +1,105 @@
+"""Infilling (inpainting): sample the unknown sites given known values at some sites.
+
+References: Sahoo et al., "Simple and Effective Masked Diffusion Language Models", 2024 (masked infilling);
+Song et al., "Score-Based Generative Modeling through SDEs", 2021, and Lugmayr et al., "RePaint", 2022 (the
+replacement method: overwrite the known sites with a forward-noised copy at every step).
+
+``known``: (B, *sites) bool, ``values``: (B, *sites) long (read only where known, in 0..K-1).
+
+- masking, exact: the forward process acts independently per site and a revealed site stays revealed, so starting
+  the reverse chain from x_1 with the known sites unmasked (the others from the prior) and an exact denoiser
+  samples the exact conditional pi(x_unknown | x_known). Works with every sampler, exact simulation included.
+- every other process, approximate ("replacement"): after each grid step to level s, the known sites are
+  overwritten by a fresh draw x_s^known ~ q_s(. | values). The unknown sites then see known sites distributed as
+  the forward marginal rather than as the reverse chain's coupling with them, so the result is biased even with
+  an exact denoiser; docs/guidance.md gives the bias measured on the oracle (uniform process). Grid samplers only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..denoiser import Denoiser
+from ..processes.base import ForwardProcess
+from ..processes.masking import MaskingProcess
+from ..samplers.base import ProgressCallback, Sampler
+from ..schedules import Schedule
+
+
+def check_infill(process: ForwardProcess, shape: tuple[int, ...], known: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+    """(known bool, values long) validated against the sample shape (B, *sites) and the data values 0..K-1 at the
+    known sites; ValueError with one line saying what was wrong."""
+    known, values = torch.as_tensor(known), torch.as_tensor(values)
+    if tuple(known.shape) != tuple(shape) or tuple(values.shape) != tuple(shape):
+        raise ValueError(f"infill: the mask {tuple(known.shape)} and the known values {tuple(values.shape)} must both "
+                         f"have the sample shape {tuple(shape)}")
+    if known.dtype != torch.bool:
+        if known.is_floating_point() or not bool(((known == 0) | (known == 1)).all()):
+            raise ValueError("infill: the mask must be boolean (or 0/1 integers): True where the value is known")
+        known = known.bool()
+    if values.is_floating_point() or values.dtype == torch.bool:
+        raise ValueError(f"infill: the known values must be integers, got {values.dtype}")
+    values = values.long()
+    bad = known & ((values < 0) | (values >= process.num_states))
+    if bool(bad.any()):
+        raise ValueError(f"infill: known values must lie in 0..{process.num_states - 1}, got {int(values[bad][0])}")
+    return known, values.where(known, torch.zeros_like(values))
+
+
+def impose_known(process: ForwardProcess, x: Tensor, known: Tensor, values: Tensor, lam: float,
+                 generator: torch.Generator | None = None) -> Tensor:
+    """x with the known sites set: to the values themselves for masking (or at lam = +inf), else to a draw of
+    q(. | values) at noise level lam (replacement). (B, *sites) long."""
+    if isinstance(process, MaskingProcess) or lam == float("inf"):
+        return torch.where(known, values, x)
+    lam_rows = torch.full((x.shape[0],), float(lam), dtype=torch.float64, device=x.device)
+    return torch.where(known, process.sample_marginal(values, lam_rows, generator), x)
+
+
+def _start_from(process: ForwardProcess, known: Tensor, values: Tensor) -> ForwardProcess:
+    """The same process (a subclass instance sharing its state) whose prior draw has the known sites revealed."""
+    base = type(process)
+
+    class _KnownStart(base):  # type: ignore[misc, valid-type]
+        def sample_prior(self, shape, lam, generator=None, device="cpu"):
+            x = base.sample_prior(self, shape, lam, generator, device)
+            return torch.where(known.to(x.device), values.to(x.device), x)
+
+    proxy = object.__new__(_KnownStart)
+    proxy.__dict__ = process.__dict__
+    return proxy
+
+
+@torch.no_grad()
+def infill_sample(sampler: Sampler, process: ForwardProcess, denoiser: Denoiser, schedule: Schedule,
+                  known: Tensor, values: Tensor, generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None, callback: ProgressCallback | None = None) -> Tensor:
+    """Samples (B, *sites) long that keep ``values`` at the ``known`` sites (see the module docstring): exact for
+    masking with any sampler, replacement for the other processes with a grid sampler (a ValueError otherwise)."""
+    device = sampler.sampling_device(denoiser, generator, device)
+    known, values = check_infill(process, tuple(known.shape), known, values)
+    known, values = known.to(device), values.to(device)
+    masking = isinstance(process, MaskingProcess)
+    if not sampler.uses_steps:
+        if not masking:
+            raise ValueError(f"infilling with process {process.name!r} is the replacement method, which needs a grid "
+                             f"sampler; {sampler.name!r} has no grid (use e.g. bridge or tau-leaping)")
+        x = sampler.sample(_start_from(process, known, values), denoiser, schedule, tuple(known.shape), generator,
+                           device, callback)
+        return torch.where(known, values, x)
+    grid = sampler.time_grid(schedule)
+    x = process.sample_prior(tuple(known.shape), float(grid[0]), generator, device=device)
+    x = impose_known(process, x, known, values, float(grid[0]), generator)
+    batch = x.shape[0]
+    wrapped = sampler.wrap_denoiser(process, denoiser, batch)
+    sampler.begin(x)
+    for k in range(sampler.num_steps):
+        lam_t = torch.full((batch,), float(grid[k]), device=device)
+        lam_s = torch.full((batch,), float(grid[k + 1]), device=device)
+        x = sampler.step(process, wrapped, x, lam_t, lam_s, generator)
+        x = impose_known(process, x, known, values, float(grid[k + 1]), generator)
+        sampler._record_cost()
+        if callback is not None:
+            callback(k + 1, sampler.num_steps, x)
+    return x
