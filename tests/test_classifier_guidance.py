@@ -63,3 +63,124 @@ def test_guided_rates_at_gamma_1_equal_the_exact_conditional_model(name):
             got = guidance.process.reverse_rates(xt, guidance.denoiser(marginal)(xt, lam), lam)
             assert (got - target).abs().max() <= 1e-10 * max(1.0, float(target.abs().max()))
         assert (want - unguided).abs().max() > 1e-3          # the classes do differ
+
+
+def guided_samples(name: str, sampler_name: str, steps: int, gamma: float, label: int, n: int, seed: int,
+                   form: str = "exact", table_seed: int = 5):
+    process = make_process(name)
+    oracle = ConditionalOracle(process, joint_table(process, seed=table_seed), D)
+    sampler = build_sampler(sampler_name, num_steps=steps)
+    x = classifier_guided_sample(sampler, process, SharedLevelOracle(oracle.denoiser(C), D), schedule_for(name),
+                                 (n, D), oracle.noisy_classifier(), label, gamma, form,
+                                 torch.Generator().manual_seed(seed))
+    return oracle, x
+
+
+def mc_floor(n: int, states: int = 3) -> float:
+    """About 3x the expected TV of n exact draws over states^D cells."""
+    return 3 * 0.5 * (states ** D / (2 * torch.pi * n)) ** 0.5
+
+
+def test_exact_simulation_masking_reaches_conditional_table():
+    """Exact simulation (masking, exact classifier, gamma = 1) reaches pi(x | c) at the Monte-Carlo floor;
+    gamma = 0 reaches pi(x)."""
+    n = 4000
+    for gamma in (1.0, 0.0):
+        oracle, x = guided_samples("masking", "exact", 1, gamma, 1, n, 11)
+        table = oracle.table(1) if gamma == 1 else oracle.table()
+        assert total_variation(empirical_distribution(x, 3), table) < mc_floor(n)
+
+
+@pytest.mark.parametrize("name", PROCESSES)
+def test_tau_leaping_converges_to_conditional_table(name):
+    """Tau-leaping with exact classifier guidance at gamma = 1: its TV to pi(x | c) shrinks with the steps; at 64
+    steps (Blackout 128) it is within the Monte-Carlo floor of the exact conditional model's own leaping TV (the
+    leap's time error is the process's, not guidance's), and at the floor itself for masking and uniform. For
+    masking and Blackout, whose leaps use the same random draws, it draws what the conditional model draws."""
+    n = 3000
+    tvs = []
+    for steps in ((8, 128) if name == "blackout" else (2, 64)):
+        oracle, x = guided_samples(name, "tau-leaping", steps, 1.0, 0, n, 3)
+        tvs.append(total_variation(empirical_distribution(x, 3), oracle.table(0)))
+    plain = build_sampler("tau-leaping", num_steps=steps).sample(
+        oracle.process, SharedLevelOracle(oracle.denoiser(0), D), schedule_for(name), (n, D),
+        torch.Generator().manual_seed(3))
+    if name in ("masking", "blackout"):
+        assert (x == plain).all(1).double().mean() > 0.99
+    plain_tv = total_variation(empirical_distribution(plain, 3), oracle.table(0))
+    assert tvs[1] < tvs[0] and tvs[1] < plain_tv + mc_floor(n), (tvs, plain_tv)
+    if name in ("masking", "uniform"):
+        assert tvs[1] < mc_floor(n), tvs
+
+
+def test_euler_gamma_0_is_the_unconditional_table():
+    oracle, x = guided_samples("uniform", "euler", 64, 0.0, 2, 4000, 4)
+    assert total_variation(empirical_distribution(x, 3), oracle.table()) < mc_floor(4000)
+
+
+@pytest.mark.parametrize("name", ["masking", "uniform", "blackout"])
+def test_class_likelihood_rises_with_gamma(name):
+    """The average log p(c | x) of the samples rises with gamma (0 < 1 < 3)."""
+    scores = []
+    for gamma in (0.0, 1.0, 3.0):
+        oracle, x = guided_samples(name, "tau-leaping", 32, gamma, 2, 3000, 5, table_seed=7)
+        scores.append(float(oracle.class_log_probs(x)[:, 2].mean()))
+    assert scores[0] < scores[1] < scores[2], scores
+
+
+class LinearClassifier:
+    """log-scores linear in the one-hot input, W (C, D, M): the Taylor form is exact for it."""
+
+    num_classes = C
+
+    def __init__(self, num_values: int, seed: int = 0) -> None:
+        self.weight = torch.randn(C, D, num_values, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+    def onehot_log_probs(self, onehot, lam):
+        return torch.einsum("bdm,cdm->bc", onehot.double(), self.weight)
+
+    def __call__(self, xt, lam):
+        return self.onehot_log_probs(torch.nn.functional.one_hot(xt, self.weight.shape[-1]).double(), lam)
+
+
+@pytest.mark.parametrize("name", ["masking", "uniform", "matrix"])
+def test_taylor_form_is_exact_for_a_linear_classifier(name):
+    """On a classifier linear in the one-hot input the Taylor weights equal the exact ones to 1e-10; on the exact
+    noisy classifier they differ (first order only)."""
+    process = make_process(name)
+    xt, lam = every_state_and_level(process)
+    linear = LinearClassifier(process.num_values)
+    exact = ClassifierGuidance(process, linear, 1, 2.0, "exact").log_weights(xt, lam)
+    taylor = ClassifierGuidance(process, linear, 1, 2.0, "taylor").log_weights(xt, lam)
+    assert (exact - taylor).abs().max() <= 1e-10 and exact.abs().max() > 0.1
+    oracle = ConditionalOracle(process, joint_table(process), D).noisy_classifier()
+    exact = ClassifierGuidance(process, oracle, 1, 1.0, "exact").log_weights(xt, lam)
+    taylor = ClassifierGuidance(process, oracle, 1, 1.0, "taylor").log_weights(xt, lam)
+    assert (exact - taylor).abs().max() > 1e-3
+
+
+def test_bad_input_one_line_errors():
+    process = make_process("masking")
+    oracle = ConditionalOracle(process, joint_table(process), D)
+    classifier = oracle.noisy_classifier()
+    schedule, den = schedule_for("masking"), oracle.denoiser(C)
+    with pytest.raises(ValueError, match=r"unknown class 3: this model has classes 0..2"):
+        ClassifierGuidance(process, classifier, 3, 1.0)
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        ClassifierGuidance(process, classifier, 0, -1.0)
+    with pytest.raises(ValueError, match="guidance form must be one of"):
+        ClassifierGuidance(process, classifier, 0, 1.0, "second-order")
+    for name in ("bridge", "theta-trapezoidal"):
+        with pytest.raises(ValueError, match="use tau-leaping or euler"):
+            classifier_guided_sample(build_sampler(name, num_steps=4), process, den, schedule, (5, D), classifier, 0, 1.0)
+    with pytest.raises(ValueError, match="cache, temperature"):
+        classifier_guided_sample(build_sampler("tau-leaping", num_steps=4, temperature=0.5), process, den, schedule,
+                                 (5, D), classifier, 0, 1.0)
+    uniform = make_process("uniform")
+    with pytest.raises(ValueError, match="use tau-leaping or euler"):
+        classifier_guided_sample(build_sampler("exact-thinning"), uniform, den, schedule, (5, D), classifier, 0, 1.0)
+    blackout = make_process("blackout")
+    with pytest.raises(ValueError, match="taylor guidance form needs"):
+        guided = ClassifierGuidance(blackout, ConditionalOracle(blackout, joint_table(blackout), D).noisy_classifier(),
+                                    0, 1.0, "taylor")
+        guided.log_weights(torch.zeros(2, D, dtype=torch.long), torch.zeros(2))
