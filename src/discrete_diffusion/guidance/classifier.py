@@ -41,8 +41,10 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser, check_labels
-from ..processes.base import ForwardProcess, Prediction, jump_from_rates, expand_to_sites
+from ..processes.base import ForwardProcess, Prediction, jump_from_rates
 from ..processes.masking import MaskingProcess
+from ..samplers.base import ProgressCallback, Sampler
+from ..schedules import Schedule
 
 #: Registry names of the samplers that consume guided rates (exact simulation: masking only, see the module doc).
 GUIDED_SAMPLERS = ("tau-leaping", "euler", "exact")
@@ -243,7 +245,7 @@ class GuidedProcess:
         return self.base.reverse_rate_bound(xt) * torch.exp(top)
 
 
-def check_guided_sampler(sampler, process: ForwardProcess) -> None:
+def check_guided_sampler(sampler: Sampler, process: ForwardProcess) -> None:
     """ValueError unless ``sampler`` consumes the guided rates for ``process`` (see ``GUIDED_SAMPLERS``)."""
     name = getattr(sampler, "name", type(sampler).__name__)
     if name not in GUIDED_SAMPLERS or (name == "exact" and not isinstance(process, MaskingProcess)):
@@ -255,10 +257,11 @@ def check_guided_sampler(sampler, process: ForwardProcess) -> None:
 
 
 @torch.no_grad()
-def classifier_guided_sample(sampler, process: ForwardProcess, denoiser: Denoiser, schedule, shape: tuple[int, ...],
+def classifier_guided_sample(sampler: Sampler, process: ForwardProcess, denoiser: Denoiser, schedule: Schedule,
+                             shape: tuple[int, ...],
                              classifier: NoisyClassifier, label: int, gamma: float, form: str = "exact",
                              generator: torch.Generator | None = None, device: torch.device | str | None = None,
-                             callback=None) -> Tensor:
+                             callback: ProgressCallback | None = None) -> Tensor:
     """Samples (B, *sites) from the reverse chain guided towards ``label`` (see the module doc)."""
     check_guided_sampler(sampler, process)
     device = sampler.sampling_device(denoiser, generator, device)     # the network's device, before wrapping it
