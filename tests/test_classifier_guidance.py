@@ -268,3 +268,40 @@ def test_cli_bad_input_one_line(labelled_run, ddiff, tmp_path):
         res = ddiff(*args)
         assert res.rc == 2 and len(res.err.strip().splitlines()) == 1, (args, res.err)
         assert __import__("re").search(message, res.err), (message, res.err)
+
+
+def test_load_classifier_refuses_tampered_folders(labelled_run, tmp_path):
+    """Changed data checksums, non-finite weights, weights of another shape, a truncated file: one-line ValueErrors."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from discrete_diffusion.guidance.classifier_train import load_classifier
+    from discrete_diffusion.pipeline import load_run
+
+    run_dir, clf, _ = labelled_run
+    run = load_run(run_dir, "best", "cpu")
+    assert load_classifier(clf, run).num_classes == 2
+
+    def copy(name: str):
+        target = tmp_path / name
+        shutil.copytree(clf, target)
+        return target
+
+    changed = copy("changed")
+    manifest = json.loads((changed / "data.json").read_text())
+    manifest["splits_sha256"] = "0" * 64
+    (changed / "data.json").write_text(json.dumps(manifest))
+    nan, shape, cut = copy("nan"), copy("shape"), copy("cut")
+    state = load_file(str(clf / "classifier.safetensors"))
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.dim() == 2)
+    save_file({**state, key: torch.full_like(state[key], float("nan"))}, str(nan / "classifier.safetensors"))
+    save_file({**state, key: state[key][:1].clone()}, str(shape / "classifier.safetensors"))
+    data = (clf / "classifier.safetensors").read_bytes()
+    (cut / "classifier.safetensors").write_bytes(data[:len(data) // 2])
+    for folder, message in ((changed, "differ|changed|checksum"), (nan, "non-finite"), (shape, "do not match"),
+                            (cut, "cannot read classifier weights")):
+        with pytest.raises(ValueError, match=message) as info:
+            load_classifier(folder, run)
+        assert "\n" not in str(info.value)
