@@ -205,10 +205,10 @@ class GuidedProcess:
     def expected_missing(self, prediction: Prediction) -> Tensor:
         """Blackout: the birth rate into x^d + 1 is proportional to yhat^d, so the guided yhat is yhat * weight of
         the move x^d -> x^d + 1, (B, *sites) float64 (at x^d = N the gathered weight is the current value's, 0)."""
+        weights = _weights_of(prediction)
         mean = self.base.expected_missing(prediction).double()
-        xt = prediction.xt
-        target = (xt + 1).clamp_max(self.base.num_states - 1)[..., None]
-        return mean * torch.exp(torch.gather(_weights_of(prediction), -1, target)[..., 0])
+        target = (prediction.xt + 1).clamp_max(self.base.num_states - 1)[..., None]
+        return mean * torch.exp(torch.gather(weights, -1, target)[..., 0])
 
     def leap(self, xt: Tensor, prediction: Prediction, lam: Tensor, lam_from: Tensor, lam_to: Tensor,
              rule: str = "reject", generator: torch.Generator | None = None) -> Tensor:
