@@ -179,7 +179,15 @@ def test_bad_input_one_line_errors():
     uniform = make_process("uniform")
     with pytest.raises(ValueError, match="use tau-leaping or euler"):
         classifier_guided_sample(build_sampler("exact-thinning"), uniform, den, schedule, (5, D), classifier, 0, 1.0)
+    guided = ClassifierGuidance(process, classifier, 0, 1.0).process
+    xt, lam = torch.full((2, D), 3), torch.zeros(2)
+    with pytest.raises(ValueError, match="lost its per-move weights"):
+        guided.reverse_rates(xt, den(xt, lam), lam)
+    with pytest.raises(ValueError, match="bypasses"):
+        guided.bridge_step(xt, den(xt, lam), lam, lam + 1)
     blackout = make_process("blackout")
+    with pytest.raises(ValueError, match="use tau-leaping or euler"):
+        classifier_guided_sample(build_sampler("exact"), blackout, den, schedule, (5, D), classifier, 0, 1.0)
     with pytest.raises(ValueError, match="taylor guidance form needs"):
         guided = ClassifierGuidance(blackout, ConditionalOracle(blackout, joint_table(blackout), D).noisy_classifier(),
                                     0, 1.0, "taylor")
