@@ -1,4 +1,4 @@
-"""The ``ddiff`` command line: demo, train, sample, evaluate, train-planner, report."""
+"""The ``ddiff`` command line: demo, train, sample, evaluate, train-planner, train-classifier, report."""
 
 from __future__ import annotations
 
@@ -125,7 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "cycle over rows, or 'all' for one class per row cycling through every class")
     sample.add_argument("--guidance", type=float, default=None, metavar="GAMMA",
                         help="classifier-free guidance scale with --class: 0 unconditional, 1 conditional (default), "
-                             "> 1 sharper (docs/guidance.md)")
+                             "> 1 sharper (docs/guidance.md); with --classifier the classifier guidance scale")
+    sample.add_argument("--classifier", default=None, metavar="DIR",
+                        help="classifier guidance on the reverse rates with a classifier from `ddiff train-classifier` "
+                             "(e.g. RUN_DIR/classifier), towards --class; samplers tau-leaping, euler (exact: masking)")
+    sample.add_argument("--guidance-form", default="exact", choices=["exact", "taylor"],
+                        help="with --classifier: exact (one classifier call per candidate move) or taylor (one "
+                             "gradient, first order; one-hot input processes)")
     sample.add_argument("--infill", default=None, metavar="KNOWN.npy",
                         help="infilling: an .npy of the run's site shape with the known values (used with --mask)")
     sample.add_argument("--mask", default=None, metavar="MASK.npy",
@@ -178,6 +184,20 @@ def build_parser() -> argparse.ArgumentParser:
     planner.add_argument("--out", default=None, help="output folder (default: RUN_DIR/planner)")
     planner.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     planner.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    clf = sub.add_parser("train-classifier", help="train a noisy classifier p(c | x_t) for classifier guidance",
+                         description="Train a noise-conditioned classifier (cross-entropy on (x_t ~ q_t(. | x0), c), "
+                                     "t ~ U(0, 1) through the run's schedule) on RUN_DIR's labelled data. The run's "
+                                     "model and train sections are the classifier's unless overridden (model.* and "
+                                     "train.* only). Writes config.yaml, classifier.safetensors, data.json and "
+                                     "metrics.json (validation accuracy and cross-entropy at a few noise levels).",
+                         epilog="then: ddiff sample RUN_DIR --sampler tau-leaping --class 3 --classifier "
+                                "RUN_DIR/classifier --guidance 2")
+    clf.add_argument("run_dir", help="a run directory whose data have class labels")
+    clf.add_argument("overrides", nargs="*", help="model.key=value and train.key=value overrides")
+    clf.add_argument("--out", default=None, help="output folder (default: RUN_DIR/classifier)")
+    clf.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    clf.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     report = sub.add_parser("report", help="write a PNG and an HTML page: samples, training curves, sample quality",
                             description="Summarise RUN_DIR in one PNG and a self-contained HTML page (the PNG "
@@ -327,8 +347,9 @@ def conditioning_from_args(args: argparse.Namespace, run):
                     classes.append(int(part))
                 else:
                     raise ValueError(f"--class takes integers, lists such as 3,5, or 'all'; got {part!r}")
-        if not run.denoiser.num_classes:
-            raise ValueError("--class needs a class-conditional run; this run is unconditional (model.num_classes = 0)")
+        if not run.denoiser.num_classes and getattr(args, "classifier", None) is None:
+            raise ValueError("--class needs a class-conditional run; this run is unconditional (model.num_classes = 0): "
+                             "train one, or guide with --classifier DIR from `ddiff train-classifier`")
     known = values = None
     if args.prompt is not None:
         if args.infill is not None or args.mask is not None:
@@ -354,7 +375,13 @@ def conditioning_from_args(args: argparse.Namespace, run):
         values = torch.from_numpy(_load_site_array(args.infill, "--infill").copy())
         known = torch.from_numpy(_load_site_array(args.mask, "--mask").copy())
     guidance = 1.0 if args.guidance is None else float(args.guidance)
-    return Conditioning(classes=classes, guidance=guidance, known=known, values=values)
+    classifier = None
+    if getattr(args, "classifier", None) is not None:
+        from .guidance.classifier_train import load_classifier
+
+        classifier = load_classifier(args.classifier, run)
+    return Conditioning(classes=classes, guidance=guidance, known=known, values=values, classifier=classifier,
+                        guidance_form=getattr(args, "guidance_form", "exact"))
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -391,6 +418,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if conditioning.classes is not None or conditioning.known is not None:
         record["conditioning"] = {"classes": conditioning.classes, "guidance": conditioning.guidance,
                                   "infill_sites": None if conditioning.known is None else int(conditioning.known.sum())}
+        if conditioning.classifier is not None:
+            record["conditioning"].update(classifier=str(Path(args.classifier).resolve()),
+                                          guidance_form=conditioning.guidance_form)
     write_json(out / f"{stem}.json", {"sampler": record, "num_samples": num, "seed": args.seed,
                                       "batch_size": batch_size, "network_calls_last_batch": sampler.network_calls,
                                       "nfe_last_batch": sampler.nfe, "run_dir": str(Path(args.run_dir).resolve()),
@@ -401,10 +431,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def conditioning_suffix(conditioning) -> str:
-    """File-name part of the conditioning: _class3 (or _classes for several), _g2 for guidance, _infill."""
+    """File-name part of the conditioning: _class3 (or _classes for several), _clf (_clf-taylor) for classifier
+    guidance, _g2 for the guidance scale, _infill."""
     out = ""
     if conditioning.classes is not None:
         out += f"_class{conditioning.classes[0]}" if len(set(conditioning.classes)) == 1 else "_classes"
+    if getattr(conditioning, "classifier", None) is not None:
+        out += "_clf" + ("-taylor" if conditioning.guidance_form == "taylor" else "")
     if conditioning.guidance != 1.0:
         out += f"_g{conditioning.guidance:g}"
     return out + ("_infill" if conditioning.known is not None else "")
@@ -528,6 +561,19 @@ def cmd_train_planner(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from .guidance.classifier_train import train_classifier
+    from .train.distributed import env_world
+
+    if env_world()[1] > 1:
+        raise ValueError("`ddiff train-classifier` runs in one process; run it without torchrun")
+    metrics = train_classifier(args.run_dir, args.overrides, args.out, args.device, progress=not args.no_progress)
+    levels = ", ".join(f"{k} {v['val_accuracy']:.3f}" for k, v in metrics["at_noise_levels"].items())
+    print(f"classifier validation CE {metrics['val_ce_bits']:.4f} bits at step {metrics['best_step']}; accuracy "
+          f"{levels}; weights {metrics['weights']}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -566,7 +612,7 @@ def interrupted_note(args: argparse.Namespace) -> str:
 
 
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
-            "train-planner": cmd_train_planner, "report": cmd_report}
+            "train-planner": cmd_train_planner, "train-classifier": cmd_train_classifier, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

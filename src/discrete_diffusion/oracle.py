@@ -103,7 +103,7 @@ class ConditionalOracle:
     ``(x_t, lam, labels) -> Prediction`` like a conditional network: label c in 0..C-1 gives the exact
     p(x0^d | x_t, c) (the oracle of pi(x | c)), label C (the null class) the exact p(x0^d | x_t) of the marginal
     pi(x) = sum_c pi(x, c). Also exact: p(c | x0) (``class_log_probs``) and p_t(c | x_t) = sum_x0 p(x0 | x_t) p(c | x0)
-    (``class_posterior``), for guidance checks.
+    (``noisy_classifier``), for guidance checks.
     """
 
     def __init__(self, process: ForwardProcess, joint: Tensor, num_sites: int,
@@ -146,3 +146,35 @@ class ConditionalOracle:
                 mean_missing = pred.mean_missing.new_empty(xt.shape)
             x0_log_probs[rows], mean_missing[rows] = pred.x0_log_probs, pred.mean_missing
         return Prediction(x0_log_probs=x0_log_probs, mean_missing=mean_missing)
+
+    def noisy_classifier(self) -> "ExactNoisyClassifier":
+        """The exact noise-conditioned classifier p_t(c | x_t) of this table (for classifier guidance)."""
+        return ExactNoisyClassifier(self)
+
+
+class ExactNoisyClassifier:
+    """The exact p_t(c | x_t) = sum_x0 p(x0 | x_t) p(c | x0) = sum_x0 pi(x0, c) q_t(x_t | x0) / sum_x0 pi(x0) q_t(x_t | x0)
+    of a ``ConditionalOracle``'s joint table: ``(x_t (B, D), lam (B,)) -> (B, C)`` float64 log-probabilities.
+
+    ``onehot_log_probs`` takes one_hot(x_t) (B, D, M) float and is differentiable in it (q_t(x_t^d | x0^d) =
+    sum_v onehot[d, v] q_t(v | x0^d)), for the Taylor form. ``noise_level_free`` is True for masking (a mask carries
+    no information whatever alpha is), so exact simulation can bound the guided rates."""
+
+    def __init__(self, oracle: ConditionalOracle) -> None:
+        self.oracle = oracle
+        self.num_classes = oracle.num_classes
+        self.noise_level_free = not oracle.process.posterior_depends_on_noise_level
+
+    def onehot_log_probs(self, onehot: Tensor, lam: Tensor) -> Tensor:
+        """onehot (B, D, M) float, lam (B,) -> log p_t(c | x_t) (B, C) float64 (-inf for a class with no mass)."""
+        q = self.oracle.process.log_marginal_matrix(lam.double()).exp()                    # (B, K, M)
+        configs = self.oracle.configs                                                       # (J, D)
+        rows = q[:, configs, :]                                                             # (B, J, D, M)
+        like = (rows * onehot.double()[:, None]).sum(-1).prod(-1)                           # (B, J) q_t(x_t | x0)
+        weighted = like @ self.oracle.joint                                                 # (B, C)
+        return torch.log(weighted) - torch.log(weighted.sum(1, keepdim=True))
+
+    def __call__(self, xt: Tensor, lam: Tensor) -> Tensor:
+        onehot = torch.nn.functional.one_hot(xt, self.oracle.process.num_values).double()
+        return self.onehot_log_probs(onehot, lam)
+

@@ -30,7 +30,7 @@ from .data.manifest import check_data_manifest
 from .data.text import decode_text
 from .data.tokenizer import BpeTokenizer, run_tokenizer_json
 from .denoiser import ConditionalDenoiser, Denoiser, NetworkDenoiser, check_labels
-from .guidance import ClassifierFreeDenoiser, check_infill, infill_sample
+from .guidance import ClassifierFreeDenoiser, check_infill, classifier_guided_sample, infill_sample
 from .evaluate.likelihood import LikelihoodResult, bits_per_char, evaluate_nll
 from .processes import ForwardProcess
 from .samplers import Sampler
@@ -93,17 +93,31 @@ class Conditioning:
     classes: class per row, cycling (row i gets classes[i % len(classes)]); None = no class (a conditional run then
         samples its null class, p(x)). guidance: the classifier-free scale gamma (1 = plain conditional; needs
         classes). known, values: infilling, (*sites) bool and long, the same for every row (None = no infilling).
+    classifier: a noisy classifier (``guidance.classifier_train.load_classifier``) for classifier guidance on the
+        rates: guidance is then its scale and the run's denoiser gives p(x0 | x_t) (its null class for a conditional
+        run); guidance_form: "exact" or "taylor" (docs/guidance.md, "Classifier guidance").
     """
 
     classes: list[int] | None = None
     guidance: float = 1.0
     known: torch.Tensor | None = None
     values: torch.Tensor | None = None
+    classifier: object | None = None
+    guidance_form: str = "exact"
 
     def check(self, run: LoadedRun) -> None:
         """ValueError (one line) for a class unknown to the run, guidance on an unconditional run or without a class,
         or an infilling mask / values whose shape is not the run's sites."""
         classes = run.denoiser.num_classes
+        if self.classifier is not None:
+            if not self.classes:
+                raise ValueError("--classifier needs --class (the class to guide towards)")
+            if self.known is not None:
+                raise ValueError("--classifier does not combine with infilling (--infill/--mask, --prompt)")
+            check_labels(torch.tensor(self.classes), int(self.classifier.num_classes), allow_null=False)
+            if not (math.isfinite(self.guidance) and self.guidance >= 0):
+                raise ValueError(f"--guidance must be a finite number >= 0, got {self.guidance}")
+            return
         if self.classes is not None:
             if not self.classes:
                 raise ValueError("--class needs at least one class")
@@ -149,8 +163,12 @@ def generate_samples(run: LoadedRun, sampler: Sampler, num_samples: int, batch_s
     sites = tuple(run.dataset.site_shape)
     with tqdm(total=steps, desc=f"sample ({sampler.name})", disable=not progress, dynamic_ncols=True) as bar:
         def draw(n: int, label: int | None) -> torch.Tensor:
-            denoiser = cond.denoiser(run, label)
             tick = lambda k, total, _x: bar.update(1 / len(groups)) if total else None  # noqa: E731
+            if cond.classifier is not None:      # guided rates; the denoiser is p(x0 | x_t)
+                return classifier_guided_sample(sampler, run.process, cond.denoiser(run, None), run.schedule,
+                                                (n, *sites), cond.classifier, label, cond.guidance,
+                                                cond.guidance_form, generator, run.device, tick)
+            denoiser = cond.denoiser(run, label)
             if cond.known is None:
                 return sampler.sample(run.process, denoiser, run.schedule, (n, *sites), generator, run.device, tick)
             known, values = (t.expand(n, *sites) for t in (cond.known, cond.values))

@@ -3,8 +3,8 @@ every process works with every sampler.
 
 - ``classifier_free``: classifier-free guidance (``ClassifierFreeDenoiser``), per process as docs/guidance.md says.
 - ``infill``: sampling given known values at some sites (exact for masking, replacement otherwise).
-
-Classifier / predictor guidance with a noise-conditioned classifier belongs here too (a further module).
+- ``classifier``: classifier (predictor) guidance on the reverse rates with a noise-conditioned classifier
+  p_t(c | x_t) (``ClassifierGuidance``), exact at gamma = 1; ``classifier_train``: the ``NoisyClassifier`` network.
 """
 
 from __future__ import annotations
@@ -17,7 +17,17 @@ from .classifier_free import (
     guide_prediction,
     guide_x0_log_probs,
 )
+from .classifier import (
+    GUIDED_SAMPLERS,
+    ClassifierGuidance,
+    GuidedPrediction,
+    GuidedProcess,
+    check_guided_sampler,
+    classifier_guided_sample,
+)
 from .infill import check_infill, impose_known, infill_sample
 
 __all__ = ["ClassifierFreeDenoiser", "GuidanceInterval", "geometric_mean_rates", "guide_mean", "guide_prediction",
-           "guide_x0_log_probs", "check_infill", "impose_known", "infill_sample"]
+           "guide_x0_log_probs", "check_infill", "impose_known", "infill_sample", "GUIDED_SAMPLERS",
+           "ClassifierGuidance", "GuidedPrediction", "GuidedProcess", "check_guided_sampler",
+           "classifier_guided_sample"]
