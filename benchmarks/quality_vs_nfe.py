@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--digits-run", default=None, help="reuse this trained digits run instead of training one")
     p.add_argument("--kjv-run", default=None, help="reuse this trained KJV run instead of training one")
     p.add_argument("--digits-steps", type=int, default=2000, help="training steps of the digits run")
-    p.add_argument("--kjv-steps", type=int, default=2000, help="training steps of the KJV run")
+    p.add_argument("--kjv-steps", type=int, default=900, help="training steps of the KJV run")
     p.add_argument("--kjv-seq-len", type=int, default=64, help="KJV window length (characters)")
     p.add_argument("--train-minutes", type=float, default=8.0, help="wall-clock cap of each training run")
     p.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 32, 64], help="sampler step counts")
