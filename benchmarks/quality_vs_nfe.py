@@ -113,19 +113,21 @@ def train_run(name: str, run_dir: Path, overrides: list[str]) -> float:
 
 
 def last_validation(run_dir: Path) -> dict[str, Any]:
-    """The lowest validation NLL of ``metrics.jsonl`` and the last step trained."""
-    best, last_step = None, 0
+    """The lowest validation NLL of ``metrics.jsonl``, the last step trained and its training time (s)."""
+    best, last_step, elapsed = None, 0, None
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         try:
             row = json.loads(line)
         except ValueError:
             continue
         last_step = max(last_step, int(row.get("step", 0)))
+        if isinstance(row.get("elapsed_s"), (int, float)):
+            elapsed = float(row["elapsed_s"])
         val = row.get("val_nll_bits_per_dim")
         if isinstance(val, (int, float)) and (best is None or val < best[0]):
             best = (float(val), int(row["step"]))
     return {"best_val_nll_bits_per_dim": best[0] if best else None, "best_step": best[1] if best else None,
-            "steps_done": last_step}
+            "steps_done": last_step, "train_elapsed_s": elapsed}
 
 
 def score_grid(name: str, run_dir: Path, samplers: list[str], steps: list[int], num: int, seed: int,
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.train_only:
             print(f"[{name}] trained {fit}", flush=True)
             continue
-        print(f"[{name}] trained {fit['steps_done']} steps in {train_s:.0f} s; best val NLL "
+        print(f"[{name}] trained {fit['steps_done']} steps ({fit['train_elapsed_s']} s of training); best val NLL "
               f"{fit['best_val_nll_bits_per_dim']} bits/dim at step {fit['best_step']}", flush=True)
         judge = ARJudgeConfig(steps=args.judge_steps) if name == "kjv" else None
         samplers = args.digits_samplers if name == "digits" else args.kjv_samplers
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         results["models"][name] = {"run_dir": str(run_dir), "train_overrides": overrides[name],
                                    "train_seconds": train_s, **fit, "samplers": samplers, "steps": args.steps,
                                    "num_samples": num, "judge": vars(judge) if judge else None, "rows": rows}
-        head = (f"{name}: {fit['steps_done']} training steps, best validation NLL "
+        head = (f"{name}: {fit['steps_done']} training steps in {fit['train_elapsed_s']:.0f} s, best validation NLL "
                 f"{fit['best_val_nll_bits_per_dim']:.4f} bits/dim (step {fit['best_step']}); N = {num} samples "
                 f"per row, seed {args.seed}")
         sections.append(table(f"{name}", rows) + f"\n\n{head}")
