@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--num-samples", dest="num", type=int, default=None,
                           help="sample quality of this many samples drawn now (default: sample.num_samples)")
     evaluate.add_argument("--t-samples", type=int, default=None, help="importance draws of t per example")
+    evaluate.add_argument("--judge-steps", type=int, default=None, metavar="N",
+                          help="text sample quality: training steps of the AR judge (default 800; docs/quality.md)")
     evaluate.add_argument("--batch-size", type=int, default=None, help="examples (or samples drawn) per batch")
     evaluate.add_argument("--seed", type=int, default=0, help="random seed in 0..2^62 (also of samples drawn now)")
     evaluate.add_argument("--checkpoint", default="best", choices=["best", "latest"], help="which weights")
@@ -452,6 +454,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if quality_requested(args):
         return cmd_evaluate_quality(args)
+    if args.judge_steps is not None:
+        raise ValueError("--judge-steps is an option of sample quality (with --samples or --sampler), not of the "
+                         "likelihood evaluation")
     ctx, device = setup(args.device)  # under torchrun the examples are split over the ranks
     run = load_run(args.run_dir, args.checkpoint, str(device), args.allow_data_change)
     if not ctx.enabled:
@@ -478,6 +483,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Upper bound of `ddiff evaluate --judge-steps` (the default judge takes 800).
+MAX_JUDGE_STEPS = 1_000_000
+
+
 def quality_requested(args: argparse.Namespace) -> bool:
     """Whether `ddiff evaluate` was asked for sample quality (--samples, or any option to draw samples)."""
     return (args.samples is not None or args.num is not None or args.sampler is not None or args.steps is not None
@@ -490,6 +499,7 @@ def cmd_evaluate_quality(args: argparse.Namespace) -> int:
 
     from .builders import build_sampler_from
     from .evaluate.quality import evaluate_quality
+    from .evaluate.text_quality import ARJudgeConfig
     from .evaluate.sample_files import read_sample_record, read_samples, sample_files, write_quality_record
     from .pipeline import generate_samples, load_run
     from .train.distributed import env_world
@@ -502,6 +512,11 @@ def cmd_evaluate_quality(args: argparse.Namespace) -> int:
                          "(samples drawn now), not both")
     if args.t_samples is not None:
         raise ValueError("--t-samples is an option of the likelihood evaluation, not of sample quality")
+    judge = None
+    if args.judge_steps is not None:
+        if not 1 <= args.judge_steps <= MAX_JUDGE_STEPS:
+            raise ValueError(f"--judge-steps must be in 1..{MAX_JUDGE_STEPS}, got {args.judge_steps}")
+        judge = ARJudgeConfig(steps=args.judge_steps)
     files = sample_files(Path(args.samples)) if args.samples is not None else []
     run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change)
     progress = not args.no_progress
@@ -520,7 +535,8 @@ def cmd_evaluate_quality(args: argparse.Namespace) -> int:
     quality_dir = Path(args.run_dir) / "quality"
     payloads = []
     for stem, samples, record in jobs:
-        result = evaluate_quality(run, samples, reference_split=args.split, cache_dir=quality_dir, progress=progress)
+        result = evaluate_quality(run, samples, reference_split=args.split, cache_dir=quality_dir, progress=progress,
+                                  text_judge=judge)
         payload = {"sampler": record["sampler"], "steps": record["steps"], "nfe": record["nfe"], "seed": record["seed"],
                    "num_samples": int(samples.shape[0]), "family": result.family, "metrics": result.metrics,
                    "samples_path": record["samples_path"], "extra": result.extra}

@@ -26,7 +26,7 @@ from ..data.base import DiscreteDataset, validate_values
 from .count_quality import counts_family, fixed_subset
 from .dna_quality import dna_quality, is_dna
 from .image_quality import has_image_labels, image_family, load_or_train_classifier
-from .text_quality import is_text, text_quality
+from .text_quality import ARJudgeConfig, is_text, text_quality
 
 if TYPE_CHECKING:
     from ..pipeline import LoadedRun
@@ -84,13 +84,14 @@ def _check_samples(samples: Any, dataset: DiscreteDataset) -> Tensor:
 
 
 def evaluate_quality(run: "LoadedRun", samples: Tensor, *, reference_split: str = "test", cache_dir: Path,
-                     progress: bool = False) -> QualityResult:
+                     progress: bool = False, text_judge: ARJudgeConfig | None = None) -> QualityResult:
     """Quality metrics of ``samples`` ``(N, *site_shape)`` (states 0..K-1) of ``run``'s data, each beside the
     same metric of N held-out real examples of ``reference_split`` (a fixed seeded choice of rows).
 
     When the split has fewer than N examples, the first ``len(split)`` samples are compared with the whole split
     (both columns need one size to be comparable; a note says so). Image data without labels get the counts
-    metrics, with a note. ``cache_dir`` (``RUN/quality`` from the CLI) keeps the image classifier.
+    metrics, with a note. ``cache_dir`` (``RUN/quality`` from the CLI) keeps the image classifier and the text
+    family's AR judge; ``text_judge`` replaces the judge's default :class:`ARJudgeConfig` (text family only).
 
     Raises:
         ValueError: samples of the wrong shape or with values outside 0..K-1, fewer than 2 samples, an empty
@@ -121,5 +122,6 @@ def evaluate_quality(run: "LoadedRun", samples: Tensor, *, reference_split: str 
         extra["classifier_test_accuracy"] = clf.test_accuracy
         extra["classifier_status"] = clf.status
         extra["classifier_train_seconds"] = clf.train_seconds
-    metrics = QUALITY_FAMILIES[family](run, x, reference, cache_dir=cache_dir, progress=progress)
+    options = {"ar_config": text_judge} if family == "text" and text_judge is not None else {}
+    metrics = QUALITY_FAMILIES[family](run, x, reference, cache_dir=cache_dir, progress=progress, **options)
     return QualityResult(family=family, metrics=metrics, extra=extra)

@@ -68,7 +68,7 @@ class ARJudgeConfig:
     """The AR judge's architecture and training recipe (the cache key, with the data checksum).
 
     The default trains on KJV windows of 256 characters in a few minutes on one CPU core (numbers in
-    docs/quality-sequences.md); tests use a tiny one.
+    docs/quality.md); tests use a tiny one.
     """
 
     dim: int = 128
