@@ -21,6 +21,8 @@ from the diffusion model):
   averaged over classes; the same number of the real test images is the reference;
 - FD, KID, recall, coverage: classifier-feature metrics of all samples against the training split
   (``evaluate.image_quality.image_family``), beside the same metrics of the test split;
+- mean level and zero pixels: the mean pixel value (0..16) and the fraction of pixels at 0 (large gamma brightens
+  strokes and scatters stray pixels, which raises the L1 distance without being diversity);
 - test NLL: the ELBO bound on -log p(x | c) (each test image with its class) and on -log p(x) (the null class), in
   bits per dimension. Guidance does not change the model's likelihood, so it is reported once per model.
 
@@ -134,8 +136,9 @@ def within_class_l1(x: torch.Tensor) -> float:
 
 
 def per_class_scores(x: torch.Tensor, intended: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> dict:
-    """Accuracy (overall and worst class), mean within-class entropy of predicted classes (bits) and mean
-    within-class pairwise L1 (levels per pixel). x (n, H, W), intended and predicted (n,)."""
+    """Accuracy (overall and worst class), mean within-class entropy of predicted classes (bits), mean
+    within-class pairwise L1 (levels per pixel), and the mean pixel level and fraction of zero pixels.
+    x (n, H, W), intended and predicted (n,)."""
     acc, ent, l1 = [], [], []
     for c in range(num_classes):
         rows = intended == c
@@ -145,6 +148,7 @@ def per_class_scores(x: torch.Tensor, intended: torch.Tensor, predicted: torch.T
         ent.append(class_entropy_bits(predicted[rows], num_classes))
         l1.append(within_class_l1(x[rows]))
     return {"accuracy": float((predicted == intended).double().mean()), "worst_class_accuracy": min(acc),
+            "mean_level": float(x.double().mean()), "zero_fraction": float((x == 0).double().mean()),
             "within_class_entropy_bits": sum(ent) / len(ent), "within_class_l1": sum(l1) / len(l1)}
 
 
@@ -228,7 +232,8 @@ def markdown(results: list[dict], args: argparse.Namespace, command: str, date: 
              f"the intended class. Within-class entropy: entropy (bits) of the predicted classes within one intended "
              f"class, mean over classes (0: every sample of a class is read as one class). All-class entropy: the "
              f"same over all samples (log2 10 = 3.32 when balanced). L1: mean pairwise L1 distance of two samples of one class, levels per pixel, mean "
-             f"over classes. FD / KID / recall / coverage: classifier features against the training split. The "
+             f"over classes. FD / KID / recall / coverage: classifier features against the training split. Mean level, "
+             f"zero pixels: the mean pixel value (0..16) and the fraction of pixels at 0. The "
              f"reference row is the real test split ({results[0]['reference']['num_images']} images; its FD carries a "
              f"larger small-sample bias than the {n} samples'), scored the same way.", ""]
     for r in results:
@@ -241,17 +246,19 @@ def markdown(results: list[dict], args: argparse.Namespace, command: str, date: 
                   f"{nll['null_bits_per_dim']:.4f} ± {nll['null_stderr']:.4f} bits/dim; gamma does not change them.",
                   "",
                   "| gamma | accuracy | worst class | within-class entropy (bits) | all-class entropy (bits) | within-class L1 | FD | KID | recall | "
-                  "coverage | sampling s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "coverage | mean level | zero pixels | sampling s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in r["rows"]:
             lines.append(f"| {row['gamma']:g} | {row['accuracy']:.3f} | {row['worst_class_accuracy']:.2f} | "
                          f"{row['within_class_entropy_bits']:.3f} | {row['class_entropy_bits']:.3f} | {row['within_class_l1']:.3f} | "
                          f"{row['frechet_distance']:.3f} | {row['kid']:.4f} | {row['recall']:.3f} | "
-                         f"{row['coverage']:.3f} | {row['sample_seconds']:.0f} |")
+                         f"{row['coverage']:.3f} | {row['mean_level']:.2f} | {row['zero_fraction']:.3f} | "
+                         f"{row['sample_seconds']:.0f} |")
         ref = r["reference"]
         lines += [f"| test images | {ref['accuracy']:.3f} | {ref['worst_class_accuracy']:.2f} | "
                   f"{ref['within_class_entropy_bits']:.3f} | {ref['class_entropy_bits']:.3f} | {ref['within_class_l1']:.3f} | {ref['frechet_distance']:.3f} | "
-                  f"{ref['kid']:.4f} | {ref['recall']:.3f} | {ref['coverage']:.3f} | |", "",
+                  f"{ref['kid']:.4f} | {ref['recall']:.3f} | {ref['coverage']:.3f} | {ref['mean_level']:.2f} | "
+                  f"{ref['zero_fraction']:.3f} | |", "",
                   f"Picture: `{r['grid']}` at gamma = {r['grid_gamma']:g} (the smallest gamma reaching "
                   f"{TARGET_ACCURACY:.0%} accuracy, else the most accurate); row c = class c.", ""]
     return "\n".join(lines)
