@@ -1,0 +1,286 @@
+"""Classifier-free guidance on class-conditional digits: sample accuracy, diversity, Frechet distance and test NLL
+against the guidance scale gamma, for Blackout and for masking (issue 12's benchmark).
+
+References: Ho & Salimans, "Classifier-Free Diffusion Guidance", 2022; Nisonoff et al., "Unlocking Guidance for
+Discrete State-Space Diffusion and Flow Models", ICLR 2025 (Blackout's rate-space form); Rojas et al. 2025 (the
+normalised masking form); docs/guidance.md says which form each process uses.
+
+For each process a class-conditional U-Net is trained on the bundled 8x8 digits (17 levels) with
+``model.num_classes=null`` (10 classes + a null class) and ``train.cond_dropout`` (the null-class rate, so the same
+network also learns p(x0 | x_t)); ``--reuse`` picks up a finished run directory with the same settings. Then, for
+every gamma (0 = unconditional model, 1 = conditional, > 1 sharper), ``--per-class`` samples of each of the 10
+classes are drawn with the bridge sampler and scored with the library's quality classifier
+(``evaluate.image_quality.load_or_train_classifier``: a small CNN trained on the clean training split, separately
+from the diffusion model):
+
+- accuracy: the fraction of samples the classifier assigns to their intended class (and the worst class's);
+- within-class entropy: the entropy (bits) of the predicted-class histogram within one intended class, averaged
+  over classes (0 = every sample of a class is read as one class; a diversity proxy that guidance drives to 0),
+  and the all-class entropy of all samples' predicted classes (log2 10 = 3.32 bits when balanced);
+- within-class L1: the mean pairwise L1 distance between two samples of the same class, in levels per pixel,
+  averaged over classes; the same number of the real test images is the reference;
+- FD, KID, recall, coverage: classifier-feature metrics of all samples against the training split
+  (``evaluate.image_quality.image_family``), beside the same metrics of the test split;
+- mean level and zero pixels: the mean pixel value (0..16) and the fraction of pixels at 0 (large gamma brightens
+  strokes and scatters stray pixels, which raises the L1 distance without being diversity);
+- test NLL: the ELBO bound on -log p(x | c) (each test image with its class) and on -log p(x) (the null class), in
+  bits per dimension. Guidance does not change the model's likelihood, so it is reported once per model.
+
+Only classifier-free guidance is measured: classifier guidance is not in the library yet.
+
+    python benchmarks/conditional_guidance.py            # trains both models (~10 min each on a loaded CPU core)
+    python benchmarks/conditional_guidance.py --reuse    # reuse finished runs under OUT/runs/conditional_guidance
+
+Writes OUT/conditional_guidance.{md,json} and docs/images/guidance_{blackout,masking}.png (a grid of the samples
+at the chosen gamma: row c = class c).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from discrete_diffusion.builders import build_proposal
+from discrete_diffusion.cli import main as ddiff
+from discrete_diffusion.config import load_config, to_dict
+from discrete_diffusion.denoiser import ConditionalDenoiser
+from discrete_diffusion.evaluate.feature_metrics import class_entropy_bits
+from discrete_diffusion.evaluate.image_quality import image_family, load_or_train_classifier
+from discrete_diffusion.evaluate.likelihood import evaluate_nll
+from discrete_diffusion.pipeline import Conditioning, LoadedRun, evaluate_run, generate_samples, load_run
+from discrete_diffusion.samplers import build_sampler
+from discrete_diffusion.visualize import save_image_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+PROCESSES = ("blackout", "masking")
+#: The accuracy the issue aims for at some gamma <= 2.
+TARGET_ACCURACY = 0.95
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--processes", nargs="+", choices=PROCESSES, default=list(PROCESSES))
+    p.add_argument("--gammas", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0], help="guidance scales")
+    p.add_argument("--per-class", type=int, default=50, help="samples per class (10 classes) at each gamma")
+    p.add_argument("--sampler", default="bridge", help="sampler (registry name) for both processes")
+    p.add_argument("--sampler-steps", type=int, default=100, help="sampler steps")
+    p.add_argument("--train-steps", type=int, default=2500, help="optimizer steps per model")
+    p.add_argument("--time-limit", type=float, default=10.0, help="training wall-clock cap per model, minutes")
+    p.add_argument("--base-channels", type=int, default=32, help="U-Net width")
+    p.add_argument("--cond-dropout", type=float, default=0.15, help="train.cond_dropout (null-class rate)")
+    p.add_argument("--t-samples", type=int, default=16, help="importance draws of t per test image for the NLL")
+    p.add_argument("--seed", type=int, default=0, help="training and sampling seed")
+    p.add_argument("--reuse", action="store_true", help="reuse finished run directories with the same settings")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
+    p.add_argument("--images", default=str(ROOT / "docs" / "images"), help="folder of the sample grids")
+    args = p.parse_args(argv)
+    if args.per_class < 2 or args.sampler_steps < 1 or args.train_steps < 1 or args.t_samples < 1:
+        p.error("--per-class must be >= 2 and --sampler-steps, --train-steps, --t-samples >= 1")
+    if any(not g >= 0 for g in args.gammas):
+        p.error("--gammas must be >= 0")
+    return args
+
+
+def train_overrides(process: str, args: argparse.Namespace) -> list[str]:
+    """The ``ddiff train`` overrides of one model (recorded in the results)."""
+    return [f"process.name={process}", "model.num_classes=null", f"train.cond_dropout={args.cond_dropout}",
+            f"train.steps={args.train_steps}", "train.batch_size=64", "train.eval_every=500",
+            "train.sample_every=100000", "train.checkpoint_every=500", "train.warmup_steps=100",
+            f"model.base_channels={args.base_channels}", "train.device=cpu", f"train.seed={args.seed}",
+            f"train.time_limit_minutes={args.time_limit:g}"]
+
+
+def matches(run_dir: Path, overrides: list[str]) -> bool:
+    """Whether ``run_dir`` holds a run whose config has every override's value (and a checkpoint)."""
+    if not (run_dir / "config.yaml").is_file() or not any((run_dir / d).is_dir() for d in ("best", "checkpoints")):
+        return False
+    config = to_dict(load_config(run_dir / "config.yaml"))
+    for item in overrides:
+        key, value = item.split("=", 1)
+        section, name = key.split(".")
+        have = config[section][name]
+        if str(have).lower() != value.lower() and not (key == "model.num_classes" and have in (None, 10)):
+            try:
+                if float(have) == float(value):
+                    continue
+            except (TypeError, ValueError):
+                pass
+            return False
+    return True
+
+
+def training_summary(run_dir: Path) -> dict:
+    """Steps reached, training seconds and the last / best validation NLL from ``metrics.jsonl``."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in rows if "loss" in r]
+    val = [r for r in rows if "val_nll_bits_per_dim" in r]
+    best = min(val, key=lambda r: r["val_nll_bits_per_dim"]) if val else None
+    return {"steps": train[-1]["step"] if train else 0, "train_seconds": train[-1].get("elapsed_s") if train else None,
+            "best_val_nll_bits_per_dim": best and best["val_nll_bits_per_dim"], "best_val_step": best and best["step"]}
+
+
+def within_class_l1(x: torch.Tensor) -> float:
+    """Mean pairwise L1 distance between distinct rows of ``x`` (n, *sites), in levels per site (n >= 2)."""
+    flat = x.reshape(x.shape[0], -1).double()
+    n = flat.shape[0]
+    return float(torch.cdist(flat, flat, p=1).sum() / (n * (n - 1) * flat.shape[1]))
+
+
+def per_class_scores(x: torch.Tensor, intended: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> dict:
+    """Accuracy (overall and worst class), mean within-class entropy of predicted classes (bits), mean
+    within-class pairwise L1 (levels per pixel), and the mean pixel level and fraction of zero pixels.
+    x (n, H, W), intended and predicted (n,)."""
+    acc, ent, l1 = [], [], []
+    for c in range(num_classes):
+        rows = intended == c
+        if int(rows.sum()) < 2:
+            continue
+        acc.append(float((predicted[rows] == c).double().mean()))
+        ent.append(class_entropy_bits(predicted[rows], num_classes))
+        l1.append(within_class_l1(x[rows]))
+    return {"accuracy": float((predicted == intended).double().mean()), "worst_class_accuracy": min(acc),
+            "mean_level": float(x.double().mean()), "zero_fraction": float((x == 0).double().mean()),
+            "within_class_entropy_bits": sum(ent) / len(ent), "within_class_l1": sum(l1) / len(l1)}
+
+
+def test_nll(run: LoadedRun, t_samples: int, seed: int) -> dict:
+    """ELBO bounds (bits/dim) on the test split: -log p(x | c) with each image's class, and -log p(x) via the null
+    class."""
+    cond = evaluate_run(run, "test", t_samples=t_samples, seed=seed, progress=False)
+    null = ConditionalDenoiser(run.denoiser, run.denoiser.num_classes)
+    generator = torch.Generator(device=run.device).manual_seed(seed)
+    uncond = evaluate_nll(run.process, null, run.schedule, run.dataset.test, build_proposal(run.config), t_samples,
+                          256, generator, run.device)
+    return {"cond_bits_per_dim": cond.nll_bits_per_dim, "cond_stderr": cond.nll_bits_per_dim_stderr,
+            "null_bits_per_dim": uncond.nll_bits_per_dim, "null_stderr": uncond.nll_bits_per_dim_stderr,
+            "prior": cond.prior, "t_samples": t_samples}
+
+
+def choose_gamma(rows: list[dict]) -> float:
+    """The gamma of the picture: the smallest reaching TARGET_ACCURACY, else the most accurate (smallest on ties)."""
+    reached = [r["gamma"] for r in rows if r["accuracy"] >= TARGET_ACCURACY]
+    if reached:
+        return min(reached)
+    return max(rows, key=lambda r: (r["accuracy"], -r["gamma"]))["gamma"]
+
+
+def run_process(process: str, args: argparse.Namespace, runs: Path, images: Path) -> dict:
+    run_dir = runs / process
+    overrides = train_overrides(process, args)
+    reused = args.reuse and matches(run_dir, overrides)
+    if not reused:
+        if (run_dir / "config.yaml").exists():
+            raise SystemExit(f"{run_dir} holds another run: remove it, or pass --reuse with its settings")
+        print(f"[{process}] training: ddiff train --out {run_dir} {' '.join(overrides)}", flush=True)
+        if ddiff(["train", "--out", str(run_dir), "--no-progress", *overrides]) != 0:
+            raise SystemExit(f"training {process} failed")
+    run = load_run(run_dir, device="cpu")
+    num_classes = run.denoiser.num_classes
+    clf = load_or_train_classifier(run.dataset, runs / "quality", device=run.device)
+    test, test_labels = run.dataset.test, run.dataset.test_labels
+    _, test_pred = clf.features_and_classes(test)
+    reference = per_class_scores(test, test_labels, test_pred, num_classes)
+    nll = test_nll(run, args.t_samples, args.seed)
+    print(f"[{process}] test NLL -log p(x|c) {nll['cond_bits_per_dim']:.4f}, -log p(x) {nll['null_bits_per_dim']:.4f}"
+          " bits/dim", flush=True)
+    classes = [c for c in range(num_classes) for _ in range(args.per_class)]
+    intended = torch.tensor(classes)
+    sampler = build_sampler(args.sampler, num_steps=args.sampler_steps)
+    rows, samples_by_gamma, feature_ref = [], {}, None
+    for gamma in args.gammas:
+        start = time.perf_counter()
+        x = generate_samples(run, sampler, len(classes), len(classes), seed=args.seed, progress=False,
+                             conditioning=Conditioning(classes=classes, guidance=float(gamma)))
+        seconds = time.perf_counter() - start
+        _, predicted = clf.features_and_classes(x)
+        features = image_family(run, x, test, cache_dir=runs / "quality")
+        feature_ref = {k: v["reference"] for k, v in features.items()}
+        row = {"gamma": float(gamma), **per_class_scores(x, intended, predicted, num_classes),
+               **{k: v["samples"] for k, v in features.items()}, "sample_seconds": round(seconds, 1)}
+        rows.append(row)
+        samples_by_gamma[float(gamma)] = x
+        print(f"[{process}] gamma {gamma:g}: accuracy {row['accuracy']:.3f}, FD {row['frechet_distance']:.3f}, "
+              f"within-class L1 {row['within_class_l1']:.3f} ({seconds:.0f} s)", flush=True)
+    best = choose_gamma(rows)
+    shown = torch.cat([samples_by_gamma[best][intended == c][:10] for c in range(num_classes)])
+    grid = save_image_grid(shown, run.dataset.num_states, images / f"guidance_{process}.png", nrow=10)
+    return {"process": process, "run_dir": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(
+        run_dir), "reused": reused, "overrides": overrides, "training": training_summary(run_dir),
+            "classifier": {"test_accuracy": clf.test_accuracy, "status": clf.status}, "test_nll": nll,
+            "reference": {**reference, **feature_ref, "num_images": int(test.shape[0])}, "rows": rows,
+            "grid_gamma": best, "grid": str(grid.relative_to(ROOT)) if grid.is_relative_to(ROOT) else str(grid)}
+
+
+def markdown(results: list[dict], args: argparse.Namespace, command: str, date: str) -> str:
+    n = args.per_class * 10
+    lines = [f"# Classifier-free guidance on class-conditional digits", "",
+             f"`{command}` ({date}; {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+             f"CPU, 1 thread)", "",
+             f"Only classifier-free guidance is measured (classifier guidance is not in the library yet). "
+             f"{args.per_class} samples per class x 10 classes = {n} samples per gamma, {args.sampler} sampler, "
+             f"{args.sampler_steps} steps, seed {args.seed}. Accuracy: the quality classifier's (a small CNN trained on "
+             f"the clean training split, test accuracy {results[0]['classifier']['test_accuracy']:.3f}) agreement with "
+             f"the intended class. Within-class entropy: entropy (bits) of the predicted classes within one intended "
+             f"class, mean over classes (0: every sample of a class is read as one class). All-class entropy: the "
+             f"same over all samples (log2 10 = 3.32 when balanced). L1: mean pairwise L1 distance of two samples of one class, levels per pixel, mean "
+             f"over classes. FD / KID / recall / coverage: classifier features against the training split. Mean level, "
+             f"zero pixels: the mean pixel value (0..16) and the fraction of pixels at 0. The "
+             f"reference row is the real test split ({results[0]['reference']['num_images']} images; its FD carries a "
+             f"larger small-sample bias than the {n} samples'), scored the same way.", ""]
+    for r in results:
+        t, nll = r["training"], r["test_nll"]
+        lines += [f"## {r['process']}", "",
+                  f"Trained {t['steps']} steps ({t['train_seconds']} s of training; best validation bound "
+                  f"{t['best_val_nll_bits_per_dim']:.4f} bits/dim at step {t['best_val_step']}). Test NLL bound "
+                  f"(t-samples {nll['t_samples']}, prior {nll['prior']}): -log p(x | c) = "
+                  f"{nll['cond_bits_per_dim']:.4f} ± {nll['cond_stderr']:.4f} bits/dim, -log p(x) (null class) = "
+                  f"{nll['null_bits_per_dim']:.4f} ± {nll['null_stderr']:.4f} bits/dim; gamma does not change them.",
+                  "",
+                  "| gamma | accuracy | worst class | within-class entropy (bits) | all-class entropy (bits) | within-class L1 | FD | KID | recall | "
+                  "coverage | mean level | zero pixels | sampling s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for row in r["rows"]:
+            lines.append(f"| {row['gamma']:g} | {row['accuracy']:.3f} | {row['worst_class_accuracy']:.2f} | "
+                         f"{row['within_class_entropy_bits']:.3f} | {row['class_entropy_bits']:.3f} | {row['within_class_l1']:.3f} | "
+                         f"{row['frechet_distance']:.3f} | {row['kid']:.4f} | {row['recall']:.3f} | "
+                         f"{row['coverage']:.3f} | {row['mean_level']:.2f} | {row['zero_fraction']:.3f} | "
+                         f"{row['sample_seconds']:.0f} |")
+        ref = r["reference"]
+        lines += [f"| test images | {ref['accuracy']:.3f} | {ref['worst_class_accuracy']:.2f} | "
+                  f"{ref['within_class_entropy_bits']:.3f} | {ref['class_entropy_bits']:.3f} | {ref['within_class_l1']:.3f} | {ref['frechet_distance']:.3f} | "
+                  f"{ref['kid']:.4f} | {ref['recall']:.3f} | {ref['coverage']:.3f} | {ref['mean_level']:.2f} | "
+                  f"{ref['zero_fraction']:.3f} | |", "",
+                  f"Picture: `{r['grid']}` at gamma = {r['grid_gamma']:g} (the smallest gamma reaching "
+                  f"{TARGET_ACCURACY:.0%} accuracy, else the most accurate); row c = class c.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    out, images = Path(args.out), Path(args.images)
+    runs = out / "runs" / "conditional_guidance"
+    out.mkdir(parents=True, exist_ok=True)
+    images.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/conditional_guidance.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    results = [run_process(p, args, runs, images) for p in args.processes]
+    text = markdown(results, args, command.strip(), date)
+    print(text)
+    (out / "conditional_guidance.md").write_text(text + "\n")
+    payload = {"command": command.strip(), "date": date, "torch": torch.__version__, "args": vars(args),
+               "target_accuracy": TARGET_ACCURACY, "guidance": "classifier-free only", "results": results}
+    (out / "conditional_guidance.json").write_text(json.dumps(payload, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
