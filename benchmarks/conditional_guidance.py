@@ -26,7 +26,7 @@ from the diffusion model):
 - test NLL: the ELBO bound on -log p(x | c) (each test image with its class) and on -log p(x) (the null class), in
   bits per dimension. Guidance does not change the model's likelihood, so it is reported once per model.
 
-Only classifier-free guidance is measured: classifier guidance is not in the library yet.
+Only classifier-free guidance is measured: classifier guidance (`ddiff train-classifier`, landed alongside) is not in this benchmark yet: it needs a trained noisy classifier per run and tau-leaping instead of the bridge.
 
     python benchmarks/conditional_guidance.py            # trains both models (~10 min each on a loaded CPU core)
     python benchmarks/conditional_guidance.py --reuse    # reuse finished runs under OUT/runs/conditional_guidance
@@ -225,7 +225,7 @@ def markdown(results: list[dict], args: argparse.Namespace, command: str, date: 
     lines = [f"# Classifier-free guidance on class-conditional digits", "",
              f"`{command}` ({date}; {platform.processor() or platform.machine()}, torch {torch.__version__}, "
              f"CPU, 1 thread)", "",
-             f"Only classifier-free guidance is measured (classifier guidance is not in the library yet). "
+             f"Only classifier-free guidance is measured (classifier guidance (`ddiff train-classifier`, landed alongside) is not in this benchmark yet: it needs a trained noisy classifier per run and tau-leaping instead of the bridge). "
              f"{args.per_class} samples per class x 10 classes = {n} samples per gamma, {args.sampler} sampler, "
              f"{args.sampler_steps} steps, seed {args.seed}. Accuracy: the quality classifier's (a small CNN trained on "
              f"the clean training split, test accuracy {results[0]['classifier']['test_accuracy']:.3f}) agreement with "
