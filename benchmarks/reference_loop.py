@@ -113,7 +113,9 @@ def reference_loss(net: nn.Module, x0: Tensor, t: Tensor, v: Tensor) -> Tensor:
     masked = v >= alpha[:, None]
     xt = torch.where(masked, torch.full_like(x0, k), x0)
     logits = net(xt, reference_noise_level(alpha))                          # (B, K, L): no MASK channel (SUBS)
-    nll = F.cross_entropy(logits.float(), x0, reduction="none")              # (B, L): -log_softmax at x0
+    # SUBS log-softmax over the last dim of (B, L, K) (F.cross_entropy on the (B, K, L) layout was 4x slower on CPU)
+    log_p = torch.log_softmax(logits.float().movedim(1, -1), dim=-1)
+    nll = -log_p.gather(-1, x0[..., None])[..., 0]                           # (B, L): -log p(x0 | x_t)
     weight = ((1.0 - EPS) / (1.0 - alpha)).float()[:, None]                  # -alpha'(t) / (1 - alpha(t))
     return (weight * nll * masked).mean()
 

@@ -51,6 +51,14 @@ def unmask_probability(lam_t: Tensor, lam_s: Tensor) -> Tensor:
     return (-torch.expm1(F.logsigmoid(-lam_s) - F.logsigmoid(-lam_t))).clamp(0.0, 1.0)
 
 
+def pick_last(values: Tensor, index: Tensor) -> Tensor:
+    """values[..., index] per position: (B, *sites, K), (B, *sites) long -> (B, *sites). Advanced indexing, whose
+    backward keeps only the indices (``gather``'s keeps ``values``: a (B, *sites, K) tensor held until backward)."""
+    grids = [torch.arange(n, device=index.device).view([-1 if d == i else 1 for d in range(index.dim())])
+             for i, n in enumerate(index.shape)]
+    return values[(*grids, index)]
+
+
 class MaskingProcess(ForwardProcess):
     """Absorbing-state diffusion with MASK = K and the SUBS parameterisation ("logits" over the K data values)."""
 
@@ -115,31 +123,39 @@ class MaskingProcess(ForwardProcess):
 
     def prediction_from_output(self, output: Tensor, xt: Tensor, lam: Tensor, parameterization: str) -> Prediction:
         """SUBS: log_softmax over the K data values at masked sites; unmasked sites copied through
-        (log-prob 0 on x_t, -inf elsewhere). output: (B, K, *sites) -> x0_log_probs (B, *sites, K)."""
+        (log-prob 0 on x_t, -inf elsewhere). output: (B, K, *sites) -> x0_log_probs (B, *sites, K).
+
+        One (B, *sites, K) tensor is allocated. Without autograd the log-softmax is computed at the masked sites
+        only (the rest are point masses); with autograd it is logits - logsumexp(logits), whose backward keeps the
+        logits rather than this output, so the SUBS edits are done in place (log_softmax's backward would need its
+        output unchanged: two more copies of the logits' size, 7.7 GiB at K = 50,257, L = 1024, B = 16)."""
         self.check_parameterization(parameterization)
-        log_probs = torch.log_softmax(output.movedim(1, -1), dim=-1)
+        logits = output.movedim(1, -1)
         unmasked = xt != self.mask_index
         index = xt.clamp_max(self.num_states - 1)[..., None]
-        # -inf everywhere at unmasked sites, then log-prob 0 on x_t there (masked sites keep their value)
-        kept = torch.gather(log_probs, -1, index)
-        value = torch.where(unmasked[..., None], torch.zeros_like(kept), kept)
-        if log_probs.requires_grad:           # log_softmax's backward needs its output: no in-place edits
-            carried = log_probs.masked_fill(unmasked[..., None], -torch.inf).scatter(-1, index, value)
+        if logits.requires_grad:
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+            carried = (logits - lse).masked_fill_(unmasked[..., None], -torch.inf)
+            kept = logits.gather(-1, index) - lse           # carried at x_t, from tensors that stay unedited
         else:
-            carried = log_probs.masked_fill_(unmasked[..., None], -torch.inf).scatter_(-1, index, value)
-        return Prediction(x0_log_probs=carried)
+            carried = torch.full(logits.shape, -torch.inf, dtype=logits.dtype, device=logits.device)
+            masked = ~unmasked
+            if bool(masked.any()):
+                carried[masked] = torch.log_softmax(logits[masked], dim=-1)
+            kept = carried.gather(-1, index)
+        # log-prob 0 on x_t at unmasked sites; masked sites get their own value back
+        value = torch.where(unmasked[..., None], torch.zeros_like(kept), kept)
+        return Prediction(x0_log_probs=carried.scatter_(-1, index, value))
 
     # ----- training and likelihood ---------------------------------------------------------------
     def elbo_integrand(self, x0: Tensor, xt: Tensor, lam: Tensor, prediction: Prediction) -> Tensor:
-        log_probs = self.x0_log_probs(prediction, xt)
-        nll = -torch.gather(log_probs, -1, x0[..., None])[..., 0]
+        nll = -pick_last(self.x0_log_probs(prediction, xt), x0)
         nll = torch.where(xt == self.mask_index, nll, torch.zeros_like(nll))
         alpha = torch.sigmoid(lam.to(nll.dtype))
         return alpha * nll.reshape(nll.shape[0], -1).sum(1)
 
     def reconstruction_nll(self, x0: Tensor, xt: Tensor, prediction: Prediction) -> Tensor:
-        log_probs = self.x0_log_probs(prediction, xt)
-        nll = -torch.gather(log_probs, -1, x0[..., None])[..., 0]
+        nll = -pick_last(self.x0_log_probs(prediction, xt), x0)
         nll = torch.where(xt == self.mask_index, nll, torch.zeros_like(nll))
         return nll.reshape(nll.shape[0], -1).sum(1)
 
