@@ -37,7 +37,7 @@ whole process: weights, AdamW state, activations). Sampling: one run of ``--samp
     python benchmarks/reference_loop.py --quick                # smoke run
     python benchmarks/reference_loop.py --full --device cuda   # the issue's sizes, bf16 autocast (GPU)
 
-Writes ``reference_loop[_full_DEVICE].md`` / ``.json`` to ``--out``.
+Writes ``reference_loop[_quick | _full_DEVICE].md`` / ``.json`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -294,7 +294,7 @@ def main() -> None:
     if args.only:
         configs = [c for c in configs if c.name == args.only]
         if not configs:
-            raise ValueError(f"--only: unknown configuration; valid: characters, gpt2-vocab")
+            raise ValueError(f"--only: unknown configuration {args.only!r}; valid: characters, gpt2-vocab")
     check = Config("check", 50, 16, 32, 1, 2, 4, 4)
     ref, ours = loss_agreement(check, torch.device("cpu"))
     agreement = (f"loss agreement at fixed t and mask (K = {check.k}, L = {check.length}, B = {check.batch}): "

@@ -73,7 +73,8 @@ class _SubsLogSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         out, unmasked = ctx.saved_tensors
-        # grad - exp(out) * grad.sum(-1) in one fused kernel (valid at masked sites, where out is the log-softmax)
+        # grad - exp(out) * grad.sum(-1) in one fused kernel (the aten op of log_softmax's own backward), valid at
+        # masked sites, where out is the log-softmax; unmasked sites are zeroed
         grad_logits = torch._log_softmax_backward_data(grad.contiguous(), out, -1, out.dtype)
         return grad_logits.masked_fill_(unmasked[..., None], 0.0), None, None
 
