@@ -51,6 +51,72 @@ def unmask_probability(lam_t: Tensor, lam_s: Tensor) -> Tensor:
     return (-torch.expm1(F.logsigmoid(-lam_s) - F.logsigmoid(-lam_t))).clamp(0.0, 1.0)
 
 
+class _SubsLogSoftmax(torch.autograd.Function):
+    """SUBS on logits (B, *sites, K) with unmasked (B, *sites) bool and index = x_t clamped (B, *sites, 1): the
+    log-softmax at masked sites, log-prob 0 on x_t and -inf elsewhere at unmasked ones; (B, *sites, K) float.
+
+    One (B, *sites, K) tensor: the output, which is also all the backward keeps. Built from autograd ops, the SUBS
+    edits could not be done in place on log_softmax's output (its backward needs it), and the copies cost two more
+    tensors of the logits' size (28.6 against 20.9 GiB at K = 50,257, L = 1024, B = 16). Backward: at masked sites
+    the output is log_softmax(logits), so the gradient is log_softmax's (grad - softmax * sum(grad)); at unmasked
+    sites the output does not depend on the logits: 0."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, unmasked: Tensor, index: Tensor) -> Tensor:
+        out = torch.log_softmax(logits, dim=-1)
+        kept = out.gather(-1, index)
+        out.masked_fill_(unmasked[..., None], -torch.inf)
+        out.scatter_(-1, index, torch.where(unmasked[..., None], torch.zeros_like(kept), kept))
+        ctx.save_for_backward(out, unmasked)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        out, unmasked = ctx.saved_tensors
+        # grad - exp(out) * grad.sum(-1) in one fused kernel (the aten op of log_softmax's own backward), valid at
+        # masked sites, where out is the log-softmax; unmasked sites are zeroed
+        grad_logits = torch._log_softmax_backward_data(grad.contiguous(), out, -1, out.dtype)
+        return grad_logits.masked_fill_(unmasked[..., None], 0.0), None, None
+
+
+class SubsPrediction(Prediction):
+    """A masking prediction made without autograd: the logits (B, *sites, K) and x_t (B, *sites); ``x0_log_probs``
+    (SUBS: the log-softmax at masked sites, a point mass on x_t at unmasked ones) is built on first access and kept.
+    ``masked_log_probs`` gives the log-softmax at selected masked sites without building the whole tensor: a
+    sampler that draws x0 only where a site unmasks (the bridge) then never touches the other (B, *sites, K)."""
+
+    def __init__(self, logits: Tensor, xt: Tensor, mask_index: int) -> None:      # no dataclass __init__
+        self.logits, self.xt, self.mask_index = logits, xt, mask_index
+        self.mean_missing = None
+        self._log_probs: Tensor | None = None
+
+    @property
+    def x0_log_probs(self) -> Tensor:       # type: ignore[override]
+        if self._log_probs is None:
+            logits, xt = self.logits, self.xt
+            unmasked = xt != self.mask_index
+            index = xt.clamp_max(self.mask_index - 1)[..., None]
+            carried = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)   # every row written
+            masked = ~unmasked
+            if bool(masked.any()):
+                carried[masked] = torch.log_softmax(logits[masked], dim=-1)
+            if bool(unmasked.any()):
+                carried[unmasked] = -torch.inf
+            kept = carried.gather(-1, index)
+            # log-prob 0 on x_t at unmasked sites; masked sites get their own value back
+            self._log_probs = carried.scatter_(-1, index, torch.where(unmasked[..., None], torch.zeros_like(kept), kept))
+        return self._log_probs
+
+    def masked_log_probs(self, xt: Tensor, where: Tensor) -> Tensor | None:
+        """log p(x0 | x_t) at the sites ``where`` (B, *sites) bool: (n, K), or None when ``xt`` is not the x_t of this
+        prediction or a selected site is unmasked (then use ``x0_log_probs``)."""
+        if self._log_probs is not None:
+            return self._log_probs[where] if xt is self.xt else None
+        if not (xt is self.xt or torch.equal(xt, self.xt)) or bool((where & (xt != self.mask_index)).any()):
+            return None
+        return torch.log_softmax(self.logits[where], dim=-1)
+
+
 class MaskingProcess(ForwardProcess):
     """Absorbing-state diffusion with MASK = K and the SUBS parameterisation ("logits" over the K data values)."""
 
@@ -115,19 +181,18 @@ class MaskingProcess(ForwardProcess):
 
     def prediction_from_output(self, output: Tensor, xt: Tensor, lam: Tensor, parameterization: str) -> Prediction:
         """SUBS: log_softmax over the K data values at masked sites; unmasked sites copied through
-        (log-prob 0 on x_t, -inf elsewhere). output: (B, K, *sites) -> x0_log_probs (B, *sites, K)."""
+        (log-prob 0 on x_t, -inf elsewhere). output: (B, K, *sites) -> x0_log_probs (B, *sites, K).
+
+        Under autograd one (B, *sites, K) tensor is allocated (``_SubsLogSoftmax``); without autograd the result is
+        a ``SubsPrediction``, which builds that tensor only when asked for it and lets ``sample_x0_where`` draw from
+        the logits of the selected sites alone."""
         self.check_parameterization(parameterization)
-        log_probs = torch.log_softmax(output.movedim(1, -1), dim=-1)
+        logits = output.movedim(1, -1)
+        if not logits.requires_grad:
+            return SubsPrediction(logits, xt, self.mask_index)
         unmasked = xt != self.mask_index
         index = xt.clamp_max(self.num_states - 1)[..., None]
-        # -inf everywhere at unmasked sites, then log-prob 0 on x_t there (masked sites keep their value)
-        kept = torch.gather(log_probs, -1, index)
-        value = torch.where(unmasked[..., None], torch.zeros_like(kept), kept)
-        if log_probs.requires_grad:           # log_softmax's backward needs its output: no in-place edits
-            carried = log_probs.masked_fill(unmasked[..., None], -torch.inf).scatter(-1, index, value)
-        else:
-            carried = log_probs.masked_fill_(unmasked[..., None], -torch.inf).scatter_(-1, index, value)
-        return Prediction(x0_log_probs=carried)
+        return Prediction(x0_log_probs=_SubsLogSoftmax.apply(logits, unmasked, index))
 
     # ----- training and likelihood ---------------------------------------------------------------
     def elbo_integrand(self, x0: Tensor, xt: Tensor, lam: Tensor, prediction: Prediction) -> Tensor:
@@ -194,6 +259,19 @@ class MaskingProcess(ForwardProcess):
         out = base.clone()
         out[sites] = values
         return out
+
+    def sample_x0_where(self, xt: Tensor, prediction: Prediction, where: Tensor,
+                        generator: torch.Generator | None = None) -> Tensor:
+        """As the base's, reading only the selected rows of a ``SubsPrediction`` (no (B, *sites, K) tensor)."""
+        if isinstance(prediction, SubsPrediction):
+            out = xt.clone()
+            if bool(where.any()):
+                rows = prediction.masked_log_probs(xt, where)
+                if rows is None:
+                    rows = prediction.x0_log_probs[where]
+                out[where] = sample_categorical(rows, generator)
+            return out
+        return super().sample_x0_where(xt, prediction, where, generator)
 
     def sample_x0(self, xt: Tensor, prediction: Prediction, generator: torch.Generator | None = None) -> Tensor:
         """x0 ~ p(x0 | x_t), drawn at the masked sites only: an unmasked site's posterior is a point mass on x_t."""
