@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from discrete_diffusion.train.atomic_io import atomic_write_text as write_text  # never through a link
 from discrete_diffusion.denoiser import NetworkDenoiser
 from discrete_diffusion.losses import LogitAlphaProposal, training_loss
 from discrete_diffusion.nn import SequenceTransformer
@@ -173,13 +174,6 @@ def main() -> None:
     write_text(out / "large_vocab.md", f"{table}\n\n{note}\n\n`{command}` ({stamp})\n")
     write_text(out / "large_vocab.json", json.dumps({"command": command, "date": stamp, "note": note,
                                                      "results": raw}, indent=1))
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a result file, refusing to follow a symlink."""
-    if path.is_symlink() or path.parent.is_symlink():
-        raise ValueError(f"refusing to write through the symlink {path}")
-    path.write_text(text)
 
 
 if __name__ == "__main__":

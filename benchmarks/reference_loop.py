@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from discrete_diffusion.train.atomic_io import atomic_write_text as write_text  # never through a link
 from discrete_diffusion.denoiser import NetworkDenoiser
 from discrete_diffusion.losses import LogitAlphaProposal, NoiseDraw, diffusion_terms, training_loss
 from discrete_diffusion.nn import SequenceTransformer
@@ -338,13 +339,6 @@ def main() -> None:
     write_text(out / f"{name}.md", f"{table}\n\n{note}\n\n{agreement}\n\n`{command}` ({stamp})\n")
     write_text(out / f"{name}.json", json.dumps({"command": command, "date": stamp, "note": note,
                                                  "agreement": agreement, "results": raw}, indent=1))
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a result file, refusing to follow a symlink."""
-    if path.is_symlink() or path.parent.is_symlink():
-        raise ValueError(f"refusing to write through the symlink {path}")
-    path.write_text(text)
 
 
 if __name__ == "__main__":
