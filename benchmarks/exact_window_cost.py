@@ -81,7 +81,7 @@ def main() -> None:
 
     schedule = build_schedule("log-linear")
     lam_start = float(torch.logit(torch.tensor(schedule.alpha_min, dtype=torch.float64)))
-    emit(f"| case | window (lam) | worst-case rate | bound | bound / worst |\n|---|---|---|---|---|")
+    emit("| case | window (lam) | worst-case rate | bound | bound / worst |\n|---|---|---|---|---|")
     for name, make in CASES.items():
         proc = make()
         for start in (lam_start, -5.0, -2.0, 0.0, 2.0, 5.0, 9.5):

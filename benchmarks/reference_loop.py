@@ -58,7 +58,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from discrete_diffusion.train.atomic_io import atomic_write_text as write_text  # never through a link

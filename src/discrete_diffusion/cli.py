@@ -6,8 +6,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
+
+if TYPE_CHECKING:
+    import numpy
 
 #: The demo: 1500 steps (validation NLL plateaus near 1.70 bits/dim after about 1250 steps and the model then
 #: overfits the 1350 training images), validation every 250 steps to pick the best EMA checkpoint, and a
@@ -316,7 +320,7 @@ def sample_stem(sampler, seed: int, extras: str = "") -> str:
 MAX_INFILL_BYTES = 1 << 26
 
 
-def _load_site_array(path: str, flag: str) -> "np.ndarray":
+def _load_site_array(path: str, flag: str) -> "numpy.ndarray":
     """An .npy array of a bounded size, read by the library's pickle-free reader (ValueError naming the flag)."""
     from .data.npy_reader import parse_npy
 

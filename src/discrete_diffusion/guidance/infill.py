@@ -88,18 +88,5 @@ def infill_sample(sampler: Sampler, process: ForwardProcess, denoiser: Denoiser,
         x = sampler.sample(_start_from(process, known, values), denoiser, schedule, tuple(known.shape), generator,
                            device, callback)
         return torch.where(known, values, x)
-    grid = sampler.time_grid(schedule)
-    x = process.sample_prior(tuple(known.shape), float(grid[0]), generator, device=device)
-    x = impose_known(process, x, known, values, float(grid[0]), generator)
-    batch = x.shape[0]
-    wrapped = sampler.wrap_denoiser(process, denoiser, batch)
-    sampler.begin(x)
-    for k in range(sampler.num_steps):
-        lam_t = torch.full((batch,), float(grid[k]), device=device)
-        lam_s = torch.full((batch,), float(grid[k + 1]), device=device)
-        x = sampler.step(process, wrapped, x, lam_t, lam_s, generator)
-        x = impose_known(process, x, known, values, float(grid[k + 1]), generator)
-        sampler._record_cost()
-        if callback is not None:
-            callback(k + 1, sampler.num_steps, x)
-    return x
+    return sampler.sample(process, denoiser, schedule, tuple(known.shape), generator, device, callback,
+                          constrain=lambda x, lam: impose_known(process, x, known, values, lam, generator))

@@ -21,4 +21,4 @@ from .unet import UNet
 
 BACKBONES: dict[str, type[nn.Module]] = {"unet": UNet, "mlp": MLP, "transformer": SequenceTransformer}
 
-__all__ = ["BACKBONES", "MLP", "NoiseLevelEmbedding", "SequenceTransformer", "SinusoidalEmbedding", "UNet"]
+__all__ = ["BACKBONES", "ClassEmbedding", "MLP", "NoiseLevelEmbedding", "SequenceTransformer", "SinusoidalEmbedding", "UNet"]

@@ -247,12 +247,17 @@ class Sampler(ABC):
     @torch.no_grad()
     def sample(self, process: ForwardProcess, denoiser: Denoiser, schedule: Schedule, shape: tuple[int, ...],
                generator: torch.Generator | None = None, device: torch.device | str | None = None,
-               callback: ProgressCallback | None = None) -> Tensor:
+               callback: ProgressCallback | None = None,
+               constrain: Callable[[Tensor, float], Tensor] | None = None) -> Tensor:
         """Generate samples of shape (B, *sites) starting from the process's prior at t = 1, on ``device`` (default:
-        the denoiser's device, see ``sampling_device``)."""
+        the denoiser's device, see ``sampling_device``). ``constrain(x, lam)``, if given, replaces the state after
+        the prior draw and after every step (lam: the grid's noise level there); infilling by replacement uses it
+        (guidance/infill.py)."""
         device = self.sampling_device(denoiser, generator, device)
         grid = self.time_grid(schedule)
         x = process.sample_prior(tuple(shape), float(grid[0]), generator, device=device)
+        if constrain is not None:
+            x = constrain(x, float(grid[0]))
         batch = x.shape[0]
         denoiser = self.wrap_denoiser(process, denoiser, batch)
         self.begin(x)
@@ -260,6 +265,8 @@ class Sampler(ABC):
             lam_t = torch.full((batch,), float(grid[k]), device=device)
             lam_s = torch.full((batch,), float(grid[k + 1]), device=device)
             x = self.step(process, denoiser, x, lam_t, lam_s, generator)
+            if constrain is not None:
+                x = constrain(x, float(grid[k + 1]))
             self._record_cost()
             if callback is not None:
                 callback(k + 1, self.num_steps, x)
