@@ -447,7 +447,9 @@ def comparison_markdown(process: str, comp: dict) -> list[str]:
              f"Noisy classifier (`ddiff train-classifier RUN {' '.join(nc['overrides'])}`; {nc['parameters']:,} "
              f"parameters, {nc['steps_done']} steps in {nc['train_seconds']:.0f} s, best at step {nc['best_step']}, "
              f"validation cross-entropy {nc['val_ce_bits']:.3f} bits): validation accuracy {levels} at t = {times}. "
-             f"Exact form: one classifier call per candidate move per step; Taylor form: one gradient per step.", "",
+             f"Exact form: one classifier row per candidate move per step; Taylor form: one gradient per step. "
+             f"Classifier rows per sample-step: rows the classifier evaluated (candidates and the current state) / "
+             f"(samples x steps).", "",
              "| guidance | form | gamma | accuracy | worst class | within-class entropy (bits) | all-class entropy (bits) | "
              "within-class L1 | FD | KID | recall | coverage | mean level | zero pixels | sampling s | classifier rows per "
              "sample-step |",
