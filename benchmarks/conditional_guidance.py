@@ -26,10 +26,21 @@ from the diffusion model):
 - test NLL: the ELBO bound on -log p(x | c) (each test image with its class) and on -log p(x) (the null class), in
   bits per dimension. Guidance does not change the model's likelihood, so it is reported once per model.
 
-Only classifier-free guidance is measured: classifier guidance (`ddiff train-classifier`, landed alongside) is not in this benchmark yet: it needs a trained noisy classifier per run and tau-leaping instead of the bridge.
+With ``--classifier-guidance`` it also measures classifier (predictor) guidance (Nisonoff et al., ICLR 2025:
+R(x -> y | c) = R(x -> y) [p_t(c | y) / p_t(c | x)]^gamma, ``guidance/classifier.py``): a noisy classifier p_t(c | x_t)
+is trained per run with ``ddiff train-classifier RUN`` (an MLP, ``classifier_overrides``), and samples are drawn on
+the run's unconditional prediction (its null class, as ``ddiff sample --classifier`` does) with tau-leaping (the
+bridge samplers never see the rates, so they cannot be guided this way), exact form at every gamma and the Taylor
+form at ``--taylor-gammas`` (masking only: Blackout's network input is not one_hot(x_t)). Beside them, classifier-free
+guidance is drawn again with the same sampler, steps and sample count, so that the two guidance kinds are compared
+on one sampler. Every row is scored as the bridge rows are. The exact form costs one classifier call per candidate
+move (Blackout: one birth per site below N; masking: K values of every masked site) at every step;
+``--cg-per-class`` and ``--cg-steps`` (per process: ``masking=10``) bound that cost.
 
     python benchmarks/conditional_guidance.py            # trains both models (~10 min each on a loaded CPU core)
     python benchmarks/conditional_guidance.py --reuse    # reuse finished runs under OUT/runs/conditional_guidance
+    python benchmarks/conditional_guidance.py --reuse --classifier-guidance --keep-cfg   # add the classifier-guidance
+        # tables and keep the bridge rows of OUT/conditional_guidance.json (same settings) instead of redrawing them
 
 Writes OUT/conditional_guidance.{md,json} and docs/images/guidance_{blackout,masking}.png (a grid of the samples
 at the chosen gamma: row c = class c).
@@ -55,6 +66,8 @@ from discrete_diffusion.denoiser import ConditionalDenoiser
 from discrete_diffusion.evaluate.feature_metrics import class_entropy_bits
 from discrete_diffusion.evaluate.image_quality import image_family, load_or_train_classifier
 from discrete_diffusion.evaluate.likelihood import evaluate_nll
+from discrete_diffusion.guidance.classifier import GUIDED_SAMPLERS
+from discrete_diffusion.guidance.classifier_train import load_classifier
 from discrete_diffusion.pipeline import Conditioning, LoadedRun, evaluate_run, generate_samples, load_run
 from discrete_diffusion.samplers import build_sampler
 from discrete_diffusion.visualize import save_image_grid
@@ -82,12 +95,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true", help="reuse finished run directories with the same settings")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     p.add_argument("--images", default=str(ROOT / "docs" / "images"), help="folder of the sample grids")
+    p.add_argument("--classifier-guidance", action="store_true",
+                   help="also measure classifier guidance and classifier-free guidance on --cg-sampler")
+    p.add_argument("--keep-cfg", action="store_true", help="keep the bridge rows (and NLL) of OUT/conditional_guidance"
+                   ".json, which must have the same settings, instead of drawing them again")
+    p.add_argument("--cg-sampler", default="tau-leaping", choices=GUIDED_SAMPLERS[:2],
+                   help="sampler of the classifier-guidance comparison")
+    p.add_argument("--cg-steps", nargs="+", default=["100"], metavar="[PROCESS=]N",
+                   help="steps of the classifier-guidance comparison (all processes, or one)")
+    p.add_argument("--cg-per-class", nargs="+", default=["50"], metavar="[PROCESS=]N",
+                   help="samples per class of the classifier-guidance comparison (all processes, or one)")
+    p.add_argument("--taylor-gammas", type=float, nargs="*", default=[1.0, 2.0],
+                   help="gammas of the Taylor-form rows (masking; Blackout has no Taylor form)")
+    p.add_argument("--classifier-steps", type=int, default=3000, help="optimizer steps of each noisy classifier")
     args = p.parse_args(argv)
     if args.per_class < 2 or args.sampler_steps < 1 or args.train_steps < 1 or args.t_samples < 1:
         p.error("--per-class must be >= 2 and --sampler-steps, --train-steps, --t-samples >= 1")
-    if any(not g >= 0 for g in args.gammas):
-        p.error("--gammas must be >= 0")
+    if any(not g >= 0 for g in args.gammas) or any(not g >= 0 for g in args.taylor_gammas):
+        p.error("--gammas and --taylor-gammas must be >= 0")
+    try:
+        args.cg_steps = per_process(args.cg_steps, 1)
+        args.cg_per_class = per_process(args.cg_per_class, 2)
+    except ValueError as err:
+        p.error(str(err))
+    if args.classifier_steps < 1:
+        p.error("--classifier-steps must be >= 1")
+    if args.keep_cfg and not args.classifier_guidance:
+        p.error("--keep-cfg only makes sense with --classifier-guidance")
     return args
+
+
+def per_process(items: list[str], minimum: int) -> dict[str, int]:
+    """``["100", "masking=20"]`` -> {"blackout": 100, "masking": 20}: a bare N sets every process, PROCESS=N one."""
+    out: dict[str, int] = {}
+    for item in items:
+        name, _, value = item.rpartition("=")
+        if name and name not in PROCESSES:
+            raise ValueError(f"unknown process {name!r} in {item!r}: expected one of {', '.join(PROCESSES)}")
+        if not value.isdigit() or int(value) < minimum:
+            raise ValueError(f"expected [PROCESS=]N with an integer N >= {minimum}, got {item!r}")
+        out.update({name: int(value)} if name else dict.fromkeys(PROCESSES, int(value)))
+    missing = [name for name in PROCESSES if name not in out]
+    if missing:
+        raise ValueError(f"no value for {', '.join(missing)}: give a bare N for every process")
+    return out
 
 
 def train_overrides(process: str, args: argparse.Namespace) -> list[str]:
@@ -99,16 +150,18 @@ def train_overrides(process: str, args: argparse.Namespace) -> list[str]:
             f"train.time_limit_minutes={args.time_limit:g}"]
 
 
-def matches(run_dir: Path, overrides: list[str]) -> bool:
-    """Whether ``run_dir`` holds a run whose config has every override's value (and a checkpoint)."""
-    if not (run_dir / "config.yaml").is_file() or not any((run_dir / d).is_dir() for d in ("best", "checkpoints")):
+def matches(run_dir: Path, overrides: list[str], checkpoint: bool = True) -> bool:
+    """Whether ``run_dir`` holds a run whose config has every override's value (and a checkpoint, unless
+    ``checkpoint`` is False: a classifier folder)."""
+    if not (run_dir / "config.yaml").is_file() or (
+            checkpoint and not any((run_dir / d).is_dir() for d in ("best", "checkpoints"))):
         return False
     config = to_dict(load_config(run_dir / "config.yaml"))
     for item in overrides:
         key, value = item.split("=", 1)
         section, name = key.split(".")
         have = config[section][name]
-        if str(have).lower() != value.lower() and not (key == "model.num_classes" and have in (None, 10)):
+        if str(have).lower() != value.lower() and not (key == "model.num_classes" and value == "null" and have in (None, 10)):
             try:
                 if float(have) == float(value):
                     continue
@@ -165,6 +218,107 @@ def test_nll(run: LoadedRun, t_samples: int, seed: int) -> dict:
             "prior": cond.prior, "t_samples": t_samples}
 
 
+def classifier_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``ddiff train-classifier`` overrides of each noisy classifier: a residual MLP (cheap per call, which the
+    exact form's one call per candidate move needs), unconditional, on the run's data, process and schedule."""
+    return ["model.backbone=mlp", "model.hidden=256", "model.depth=3", "model.dropout=0.1", "model.num_classes=0",
+            f"train.steps={args.classifier_steps}", "train.batch_size=128", "train.eval_every=500",
+            "train.warmup_steps=100", "train.device=cpu", f"train.seed={args.seed}"]
+
+
+def noisy_classifier(run: LoadedRun, run_dir: Path, args: argparse.Namespace) -> tuple[object, dict, bool]:
+    """Train (or, with --reuse and the same overrides, reuse) ``RUN/classifier``; returns the loaded classifier, its
+    metrics.json and whether it was reused."""
+    out, overrides = run_dir / "classifier", classifier_overrides(args)
+    reused = args.reuse and (out / "metrics.json").is_file() and matches(out, overrides, checkpoint=False)
+    if not reused:
+        print(f"[{run_dir.name}] ddiff train-classifier {run_dir} {' '.join(overrides)}", flush=True)
+        if ddiff(["train-classifier", str(run_dir), "--out", str(out), "--no-progress", *overrides]) != 0:
+            raise SystemExit(f"training the classifier of {run_dir} failed")
+    return load_classifier(out, run), json.loads((out / "metrics.json").read_text()), reused
+
+
+class CountingClassifier:
+    """A noisy classifier that counts the rows it evaluates (the exact form's candidate moves plus one base row per
+    sample and step; the Taylor form's gradient calls): ``rows`` and ``calls``."""
+
+    def __init__(self, classifier) -> None:
+        self.classifier, self.rows, self.calls = classifier, 0, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.classifier, name)
+
+    def __call__(self, xt: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        self.rows, self.calls = self.rows + xt.shape[0], self.calls + 1
+        return self.classifier(xt, lam)
+
+    def onehot_log_probs(self, onehot: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        self.rows, self.calls = self.rows + onehot.shape[0], self.calls + 1
+        return self.classifier.onehot_log_probs(onehot, lam)
+
+
+def score(run: LoadedRun, clf, x: torch.Tensor, intended: torch.Tensor, runs: Path) -> dict:
+    """Every column of a row (``per_class_scores`` and the classifier-feature family) for samples x (n, H, W)."""
+    _, predicted = clf.features_and_classes(x)
+    features = image_family(run, x, run.dataset.test, cache_dir=runs / "quality")
+    return {**per_class_scores(x, intended, predicted, run.denoiser.num_classes),
+            **{k: v["samples"] for k, v in features.items()}}
+
+
+def guidance_comparison(process: str, run: LoadedRun, run_dir: Path, clf, args: argparse.Namespace,
+                        runs: Path) -> dict:
+    """Classifier-free and classifier guidance (exact form; Taylor form at --taylor-gammas where the process has
+    one) on one sampler, at every gamma, with the same seed and sample count, scored like the bridge rows."""
+    noisy, metrics, reused = noisy_classifier(run, run_dir, args)
+    per_class, steps = args.cg_per_class[process], args.cg_steps[process]
+    classes = [c for c in range(run.denoiser.num_classes) for _ in range(per_class)]
+    intended = torch.tensor(classes)
+    sampler = build_sampler(args.cg_sampler, num_steps=steps)
+    configs = [("classifier-free", None, g) for g in args.gammas] + [("classifier", "exact", g) for g in args.gammas]
+    if run.process.input_kind == "tokens":          # the Taylor form needs the input one_hot(x_t)
+        configs += [("classifier", "taylor", g) for g in args.taylor_gammas]
+    rows = []
+    for kind, form, gamma in configs:
+        counter = CountingClassifier(noisy)
+        cond = Conditioning(classes=classes, guidance=float(gamma)) if form is None else Conditioning(
+            classes=classes, guidance=float(gamma), classifier=counter, guidance_form=form)
+        start = time.perf_counter()
+        x = generate_samples(run, sampler, len(classes), len(classes), seed=args.seed, progress=False,
+                             conditioning=cond)
+        seconds = time.perf_counter() - start
+        row = {"guidance": kind, "form": form, "gamma": float(gamma), **score(run, clf, x, intended, runs),
+               "sample_seconds": round(seconds, 1),
+               "classifier_rows_per_sample_step": round(counter.rows / (len(classes) * steps), 1)}
+        rows.append(row)
+        print(f"[{process}] {kind} {form or ''} gamma {gamma:g} ({args.cg_sampler} {steps}): accuracy "
+              f"{row['accuracy']:.3f}, FD {row['frechet_distance']:.3f}, within-class L1 {row['within_class_l1']:.3f} "
+              f"({seconds:.0f} s)", flush=True)
+    levels = {k: v["val_accuracy"] for k, v in metrics["at_noise_levels"].items()}
+    return {"sampler": args.cg_sampler, "steps": steps, "per_class": per_class, "rows": rows,
+            "noisy_classifier": {"overrides": classifier_overrides(args), "reused": reused,
+                                 "val_accuracy_at": levels, "val_ce_bits": metrics["val_ce_bits"],
+                                 "steps_done": metrics["steps_done"], "best_step": metrics["best_step"],
+                                 "train_seconds": metrics["train_seconds"], "parameters": metrics["parameters"]}}
+
+
+def kept_results(out: Path, args: argparse.Namespace) -> dict[str, dict]:
+    """The bridge results per process of OUT/conditional_guidance.json (--keep-cfg), checked to have the same
+    settings as this invocation."""
+    path = out / "conditional_guidance.json"
+    if not path.is_file():
+        raise SystemExit(f"--keep-cfg needs {path} from an earlier run")
+    old = json.loads(path.read_text())
+    for key in ("gammas", "per_class", "sampler", "sampler_steps", "train_steps", "time_limit", "base_channels",
+                "cond_dropout", "t_samples", "seed"):
+        if old["args"][key] != getattr(args, key):
+            raise SystemExit(f"--keep-cfg: {path} has {key} = {old['args'][key]!r}, this run {getattr(args, key)!r}")
+    kept = {r["process"]: {k: v for k, v in r.items() if k != "comparison"} for r in old["results"]}
+    for r in kept.values():
+        r["bridge_rows_from"] = {"command": old.get("bridge_rows_from", {}).get("command", old["command"]),
+                                 "date": old.get("bridge_rows_from", {}).get("date", old["date"])}
+    return kept
+
+
 def choose_gamma(rows: list[dict]) -> float:
     """The gamma of the picture: the smallest reaching TARGET_ACCURACY, else the most accurate (smallest on ties)."""
     reached = [r["gamma"] for r in rows if r["accuracy"] >= TARGET_ACCURACY]
@@ -173,7 +327,7 @@ def choose_gamma(rows: list[dict]) -> float:
     return max(rows, key=lambda r: (r["accuracy"], -r["gamma"]))["gamma"]
 
 
-def run_process(process: str, args: argparse.Namespace, runs: Path, images: Path) -> dict:
+def run_process(process: str, args: argparse.Namespace, runs: Path, images: Path, kept: dict | None = None) -> dict:
     run_dir = runs / process
     overrides = train_overrides(process, args)
     reused = args.reuse and matches(run_dir, overrides)
@@ -186,6 +340,10 @@ def run_process(process: str, args: argparse.Namespace, runs: Path, images: Path
     run = load_run(run_dir, device="cpu")
     num_classes = run.denoiser.num_classes
     clf = load_or_train_classifier(run.dataset, runs / "quality", device=run.device)
+    if kept is not None:
+        if process not in kept:
+            raise SystemExit(f"--keep-cfg: the earlier results have no {process} rows")
+        return {**kept[process], "comparison": guidance_comparison(process, run, run_dir, clf, args, runs)}
     test, test_labels = run.dataset.test, run.dataset.test_labels
     _, test_pred = clf.features_and_classes(test)
     reference = per_class_scores(test, test_labels, test_pred, num_classes)
@@ -213,19 +371,30 @@ def run_process(process: str, args: argparse.Namespace, runs: Path, images: Path
     best = choose_gamma(rows)
     shown = torch.cat([samples_by_gamma[best][intended == c][:10] for c in range(num_classes)])
     grid = save_image_grid(shown, run.dataset.num_states, images / f"guidance_{process}.png", nrow=10)
-    return {"process": process, "run_dir": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(
+    result = {"process": process, "run_dir": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(
         run_dir), "reused": reused, "overrides": overrides, "training": training_summary(run_dir),
-            "classifier": {"test_accuracy": clf.test_accuracy, "status": clf.status}, "test_nll": nll,
-            "reference": {**reference, **feature_ref, "num_images": int(test.shape[0])}, "rows": rows,
-            "grid_gamma": best, "grid": str(grid.relative_to(ROOT)) if grid.is_relative_to(ROOT) else str(grid)}
+              "classifier": {"test_accuracy": clf.test_accuracy, "status": clf.status}, "test_nll": nll,
+              "reference": {**reference, **feature_ref, "num_images": int(test.shape[0])}, "rows": rows,
+              "grid_gamma": best, "grid": str(grid.relative_to(ROOT)) if grid.is_relative_to(ROOT) else str(grid)}
+    if args.classifier_guidance:
+        result["comparison"] = guidance_comparison(process, run, run_dir, clf, args, runs)
+    return result
 
 
 def markdown(results: list[dict], args: argparse.Namespace, command: str, date: str) -> str:
     n = args.per_class * 10
-    lines = [f"# Classifier-free guidance on class-conditional digits", "",
+    compared = all("comparison" in r for r in results)
+    kept = results[0].get("bridge_rows_from")
+    scope = ("Classifier-free guidance with the bridge sampler (first table of each process), then classifier-free "
+             "and classifier guidance with one guided-rate sampler (second table; see there). " if compared else
+             "Only classifier-free guidance is measured (run with `--classifier-guidance` for classifier guidance). ")
+    if kept:
+        scope += (f"The bridge rows and the NLL are kept from `{kept['command']}` ({kept['date']}), same settings. ")
+    lines = [f"# {'Classifier-free and classifier' if compared else 'Classifier-free'} guidance on class-conditional "
+             f"digits", "",
              f"`{command}` ({date}; {platform.processor() or platform.machine()}, torch {torch.__version__}, "
              f"CPU, 1 thread)", "",
-             f"Only classifier-free guidance is measured (classifier guidance (`ddiff train-classifier`, landed alongside) is not in this benchmark yet: it needs a trained noisy classifier per run and tau-leaping instead of the bridge). "
+             scope +
              f"{args.per_class} samples per class x 10 classes = {n} samples per gamma, {args.sampler} sampler, "
              f"{args.sampler_steps} steps, seed {args.seed}. Accuracy: the quality classifier's (a small CNN trained on "
              f"the clean training split, test accuracy {results[0]['classifier']['test_accuracy']:.3f}) agreement with "
@@ -261,7 +430,38 @@ def markdown(results: list[dict], args: argparse.Namespace, command: str, date: 
                   f"{ref['zero_fraction']:.3f} | |", "",
                   f"Picture: `{r['grid']}` at gamma = {r['grid_gamma']:g} (the smallest gamma reaching "
                   f"{TARGET_ACCURACY:.0%} accuracy, else the most accurate); row c = class c.", ""]
+        if "comparison" in r:
+            lines += comparison_markdown(r["process"], r["comparison"])
     return "\n".join(lines)
+
+
+def comparison_markdown(process: str, comp: dict) -> list[str]:
+    """The same-sampler table of classifier-free and classifier guidance of one process."""
+    nc = comp["noisy_classifier"]
+    levels = " / ".join(f"{v:.3f}" for v in nc["val_accuracy_at"].values())
+    times = " / ".join(k.split("=")[1] for k in nc["val_accuracy_at"])
+    lines = [f"### {process}: classifier-free and classifier guidance, {comp['sampler']} {comp['steps']} steps", "",
+             f"{comp['per_class']} samples per class x 10 classes = {comp['per_class'] * 10} samples per row, seed as "
+             f"above, same sampler for both kinds. Classifier guidance: rates R(x -> y) [p_t(c | y) / p_t(c | x)]^gamma "
+             f"on the run's null-class (unconditional) prediction; gamma 0 is the unconditional model for both kinds. "
+             f"Noisy classifier (`ddiff train-classifier RUN {' '.join(nc['overrides'])}`; {nc['parameters']:,} "
+             f"parameters, {nc['steps_done']} steps in {nc['train_seconds']:.0f} s, best at step {nc['best_step']}, "
+             f"validation cross-entropy {nc['val_ce_bits']:.3f} bits): validation accuracy {levels} at t = {times}. "
+             f"Exact form: one classifier row per candidate move per step; Taylor form: one gradient per step. "
+             f"Classifier rows per sample-step: rows the classifier evaluated (candidates and the current state) / "
+             f"(samples x steps).", "",
+             "| guidance | form | gamma | accuracy | worst class | within-class entropy (bits) | all-class entropy (bits) | "
+             "within-class L1 | FD | KID | recall | coverage | mean level | zero pixels | sampling s | classifier rows per "
+             "sample-step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in comp["rows"]:
+        lines.append(f"| {row['guidance']} | {row['form'] or ''} | {row['gamma']:g} | {row['accuracy']:.3f} | "
+                     f"{row['worst_class_accuracy']:.2f} | {row['within_class_entropy_bits']:.3f} | "
+                     f"{row['class_entropy_bits']:.3f} | {row['within_class_l1']:.3f} | {row['frechet_distance']:.3f} | "
+                     f"{row['kid']:.4f} | {row['recall']:.3f} | {row['coverage']:.3f} | {row['mean_level']:.2f} | "
+                     f"{row['zero_fraction']:.3f} | {row['sample_seconds']:.0f} | "
+                     f"{row['classifier_rows_per_sample_step']:g} |")
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -273,12 +473,17 @@ def main(argv: list[str] | None = None) -> None:
     images.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/conditional_guidance.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    results = [run_process(p, args, runs, images) for p in args.processes]
+    kept = kept_results(out, args) if args.keep_cfg else None
+    results = [run_process(p, args, runs, images, kept) for p in args.processes]
     text = markdown(results, args, command.strip(), date)
     print(text)
     (out / "conditional_guidance.md").write_text(text + "\n")
     payload = {"command": command.strip(), "date": date, "torch": torch.__version__, "args": vars(args),
-               "target_accuracy": TARGET_ACCURACY, "guidance": "classifier-free only", "results": results}
+               "target_accuracy": TARGET_ACCURACY,
+               "guidance": "classifier-free and classifier" if args.classifier_guidance else "classifier-free only",
+               "results": results}
+    if kept:
+        payload["bridge_rows_from"] = results[0]["bridge_rows_from"]
     (out / "conditional_guidance.json").write_text(json.dumps(payload, indent=2) + "\n")
 
 
