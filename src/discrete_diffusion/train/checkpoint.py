@@ -281,19 +281,8 @@ def load_checkpoint(
             raise ValueError(f"checkpoint {manifest} has no {key} state")
     if ema is not None:
         _raise_on_mismatch("EMA", ema.shadow, _strip(tensors, "ema."), manifest)
-    opt_sd = sched_sd = None
-    if optimizer is not None:
-        saved_cls = meta["optimizer"]["class"]
-        if saved_cls != type(optimizer).__name__:
-            raise ValueError(f"checkpoint {manifest} holds {saved_cls} state, got a {type(optimizer).__name__}")
-        opt_sd = _decode(meta["optimizer"]["state_dict"], tensors, manifest)
-        check_optimizer_state(optimizer, opt_sd, str(manifest))
-    if scheduler is not None:
-        saved_cls = meta["scheduler"]["class"]
-        if saved_cls != type(scheduler).__name__:
-            raise ValueError(f"checkpoint {manifest} holds {saved_cls} state, got a {type(scheduler).__name__}")
-        sched_sd = _decode(meta["scheduler"]["state_dict"], tensors, manifest)
-        check_scheduler_state(scheduler, sched_sd, str(manifest))
+    opt_sd = _checked_state(meta, "optimizer", optimizer, tensors, manifest, check_optimizer_state)
+    sched_sd = _checked_state(meta, "scheduler", scheduler, tensors, manifest, check_scheduler_state)
     rng_state = _decode(meta["rng"], tensors, manifest) if rng_generators is not None else None
     if rng_state is not None:
         try:
@@ -328,6 +317,20 @@ def _warn_on_thread_count(meta: Mapping[str, Any], manifest: Path) -> None:
         warnings.warn(f"checkpoint {manifest} was written with torch.get_num_threads() = {saved}, this process "
                       f"uses {now}: the resumed run is not bit-identical to an uninterrupted one (CPU reductions "
                       f"depend on the thread count); set OMP_NUM_THREADS={saved} for an exact resume", stacklevel=3)
+
+
+def _checked_state(meta: Mapping[str, Any], key: str, obj: Any, tensors: Mapping[str, torch.Tensor],
+                   manifest: Path, check: Callable[[Any, Any, str], None]) -> Any:
+    """The decoded ``meta[key]`` state dict for ``obj`` (an optimizer or scheduler; None when ``obj`` is None),
+    after checking its saved class and ``check(obj, state, manifest)``; ValueError otherwise."""
+    if obj is None:
+        return None
+    saved_cls = meta[key]["class"]
+    if saved_cls != type(obj).__name__:
+        raise ValueError(f"checkpoint {manifest} holds {saved_cls} state, got a {type(obj).__name__}")
+    state = _decode(meta[key]["state_dict"], tensors, manifest)
+    check(obj, state, str(manifest))
+    return state
 
 
 def load_model_weights(path: str | os.PathLike, model: nn.Module, use_ema: bool = True,
