@@ -185,9 +185,9 @@ def test_blackout_leaping_matches_the_exact_posterior_models_own_leaping():
     assert tv < plain_tv + floor(target, n), (tv, plain_tv)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("op_name", ["channel", "thinning"])
 def test_blackout_leaping_with_512_steps_reaches_the_posterior(op_name):
+    """Blackout tau-leaping at 512 steps: at the floor (its leap error at 128 steps is about twice the floor)."""
     op, y = OPERATORS[op_name]
     n = 4000
     x = sample("exact-guidance", "blackout", "tau-leaping", 512, op, y, n)
@@ -363,3 +363,17 @@ def test_dps_with_a_network_prior_on_image_sites_keeps_hard_observations():
                                  build_sampler("tau-leaping", num_steps=8), generator=torch.Generator().manual_seed(1))
         assert x.shape == (n, *sites) and int(x.min()) >= 0 and int(x.max()) < k
         assert bool(torch.isfinite(op.log_likelihood(x, y)).all())
+
+
+def test_exact_guidance_on_image_sites():
+    """Samples of shape (B, 2, 2) (the table over the 4 flattened sites) with 2-D block sums: at the floor."""
+    op, y = DownsampleOperator(K, (2, 1)), torch.tensor([[[3, 1]]])
+    n = 4000
+    process = make_process("masking")
+    x = posterior_sample("exact-guidance", process, OracleDenoiser(process, PI, D, torch.float64),
+                         schedule_for("masking"), op, y, (n, 2, 2), build_sampler("exact"),
+                         generator=torch.Generator().manual_seed(2))
+    assert x.shape == (n, 2, 2)
+    target = posterior(op, y, configs=CONFIGS.reshape(-1, 2, 2))
+    tv = total_variation(empirical_distribution(x.reshape(n, D), K), target)
+    assert tv < AT_FLOOR * floor(target, n), (tv, floor(target, n))
