@@ -57,11 +57,21 @@ MAX_LOG_WEIGHT = 700.0
 
 class NoisyClassifier(Protocol):
     """(x_t (B, *sites) long, lam (B,)) -> log p_t(c | x_t), (B, C) float. ``num_classes`` = C.
-    ``noise_level_free``: True when the output does not depend on lam at fixed x_t (then exact simulation works)."""
+    ``noise_level_free``: True when the output does not depend on lam at fixed x_t (then exact simulation works).
+    ``row_context``: True for a classifier with per-row context (posterior sampling with one observation per sample):
+    it is then called as ``classifier(x_t, lam, rows=rows)`` (and ``onehot_log_probs(onehot, lam, rows=rows)``),
+    ``rows`` (n,) long naming the batch row of the sampled x_t that each evaluated row (a candidate move) belongs to."""
 
     num_classes: int
 
     def __call__(self, xt: Tensor, lam: Tensor) -> Tensor: ...
+
+
+def _classify(classifier: NoisyClassifier, xt: Tensor, lam: Tensor, rows: Tensor) -> Tensor:
+    """log p_t(c | x_t) (n, C), passing ``rows`` (n,) to a classifier with ``row_context``."""
+    if getattr(classifier, "row_context", False):
+        return classifier(xt, lam, rows=rows)
+    return classifier(xt, lam)
 
 
 def candidate_moves(process: ForwardProcess, xt: Tensor) -> Tensor:
@@ -82,7 +92,7 @@ def exact_log_ratios(classifier: NoisyClassifier, process: ForwardProcess, xt: T
     batch = xt.shape[0]
     flat_x = xt.reshape(batch, -1)
     rows = torch.arange(batch, device=xt.device)
-    base = classifier(xt, lam).double()[rows, label]                              # (B,)
+    base = _classify(classifier, xt, lam, rows).double()[rows, label]             # (B,)
     out = torch.zeros(moves.shape, dtype=torch.float64, device=xt.device)
     flat_out = out.reshape(batch, -1, moves.shape[-1])
     index = moves.reshape(batch, -1, moves.shape[-1]).nonzero()                   # (n, 3): b, site, value
@@ -90,7 +100,7 @@ def exact_log_ratios(classifier: NoisyClassifier, process: ForwardProcess, xt: T
         b, site, value = index[start:start + CANDIDATE_CHUNK].unbind(1)
         y = flat_x[b].clone()
         y[torch.arange(b.shape[0], device=xt.device), site] = value
-        log_p = classifier(y.reshape((b.shape[0],) + xt.shape[1:]), lam[b]).double()
+        log_p = _classify(classifier, y.reshape((b.shape[0],) + xt.shape[1:]), lam[b], b).double()
         flat_out[b, site, value] = log_p[torch.arange(b.shape[0], device=xt.device), label[b]] - base[b]
     return out
 
@@ -105,7 +115,10 @@ def taylor_log_ratios(classifier: NoisyClassifier, process: ForwardProcess, xt: 
                          "use --guidance-form exact")
     with torch.enable_grad():
         onehot = torch.nn.functional.one_hot(xt, process.num_values).double().requires_grad_(True)
-        log_p = classifier.onehot_log_probs(onehot, lam)
+        if getattr(classifier, "row_context", False):
+            log_p = classifier.onehot_log_probs(onehot, lam, rows=torch.arange(xt.shape[0], device=xt.device))
+        else:
+            log_p = classifier.onehot_log_probs(onehot, lam)
         picked = log_p[torch.arange(xt.shape[0], device=xt.device), label].sum()
         (grad,) = torch.autograd.grad(picked, onehot)
     grad = grad.double()
