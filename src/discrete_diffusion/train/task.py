@@ -29,7 +29,8 @@ A :class:`Task` supplies the rest, in this order:
 6. ``validate()``: called in eval mode with the EMA weights in place; a dict of floats with ``val_key``
    (lower is better), which selects best/.
 7. ``sample_grid(step, run_dir)``: optional (images of the diffusion task), with the EMA weights in place.
-8. ``checkpoint_config()``: the config a checkpoint must match to be resumed (checked key by key).
+8. ``checkpoint_config()``: the config a checkpoint must match to be resumed (checked key by key), and
+   ``run_config(config)``: what config.yaml records (default: the run config).
 """
 
 from __future__ import annotations
@@ -173,6 +174,10 @@ class Task(ABC):
     def checkpoint_config(self) -> dict:
         """The config a checkpoint must match to be resumed (default: the data, process and model sections)."""
         return model_config(self.env.config)
+
+    def run_config(self, config: DictConfig) -> DictConfig:
+        """What config.yaml records (default: the whole run config, which ``--resume`` reads back)."""
+        return config
 
 
 def reduce_over_batches(ctx: DistContext, count: int, draw: Callable[[int], Any], score: Callable[[Any], Tensor],

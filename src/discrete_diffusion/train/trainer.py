@@ -393,7 +393,8 @@ class Trainer:
         if resume:  # validates the config against the checkpoint before anything is written
             self.ctx.agree(self._resume, "resuming")
         self._on_main(lambda: self._record_data(resume), "recording the data checksums")
-        self._on_main(lambda: save_config(self.config, self.run_dir / "config.yaml"), "writing config.yaml")
+        self._on_main(lambda: save_config(self.task.run_config(self.config), self.run_dir / "config.yaml"),
+                      "writing config.yaml")
         tc, task = self.config.train, self.task
         bar = tqdm(total=tc.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
         say = bar.write if self.progress else self.log
