@@ -21,9 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from ..data import DiscreteDataset
-from ..data.manifest import data_manifest
-from ..train.task import Task, TaskLoss, TaskSetup, reduce_over_batches
+from ..train.task import Task, TaskLoss, TaskSetup, module_record, reduce_over_batches, tensor_dataset
 
 __all__ = ["ExactLikelihoodModel", "ExactLikelihoodTask", "LogLikelihood"]
 
@@ -63,21 +61,17 @@ class ExactLikelihoodTask(Task):
 
     def __init__(self, model: nn.Module, train: Tensor, val: Tensor, name: str = "tensors") -> None:
         super().__init__()
-        if train.shape[0] == 0 or val.shape[0] == 0:
-            raise ValueError(f"exact-likelihood training needs non-empty train and val splits, got {train.shape[0]} "
-                             f"and {val.shape[0]} examples")
-        self.model, self.train_split, self.val_split, self.data_name = model, train, val, name
+        states = getattr(model, "num_states", None)
+        if states is None:   # a model that does not say: the largest value seen + 1
+            states = 1 + max((int(x.max()) for x in (train, val) if x.numel()), default=1)
+        self.model = model
+        self.dataset = tensor_dataset(train, val, states, name)
 
     def setup(self, setup: TaskSetup) -> None:
         super().setup(setup)
-        train, val = self.train_split.cpu(), self.val_split.cpu()
-        states = getattr(self.model, "num_states", None) or int(max(train.max(), val.max())) + 1
-        kind = "image" if train.dim() == 3 else "sequence"
-        self.dataset = DiscreteDataset(train=train, val=val, test=train[:0], num_states=int(states),
-                                       name=self.data_name, kind=kind)
         self.device = setup.device
-        self.train_data, self.val_data = train.to(self.device), val.to(self.device)
-        self.dims = train[0].numel()
+        self.train_data, self.val_data = self.dataset.train.to(self.device), self.dataset.val.to(self.device)
+        self.dims = self.dataset.num_sites
 
     def build_module(self) -> nn.Module:
         return self.model.to(self.device)
@@ -116,9 +110,7 @@ class ExactLikelihoodTask(Task):
     def checkpoint_config(self) -> dict:
         """The model class and size, and the data's checksum: a resume must continue the same model on the same
         data (the tensor names and shapes are checked as well)."""
-        return {"task": self.name, "model": {"class": type(self.model).__name__,
-                                             "parameters": sum(p.numel() for p in self.model.parameters())},
-                "data": {"splits_sha256": data_manifest(self.dataset)["splits_sha256"]}}
+        return module_record(self, self.model)
 
     def run_config(self, config: DictConfig) -> DictConfig:
         """config.yaml of an exact-likelihood run: this task's checkpoint config and the train section."""

@@ -6,6 +6,7 @@
 :class:`~discrete_diffusion.baselines.exact_task.ExactLikelihoodTask`, so a likelihood table compares models, not
 recipes: the run goes into a run directory (config.yaml, checkpoints/, best/, metrics.jsonl, data.json) that
 ``resume=True`` continues, and the best EMA weights are also written as one safetensors file.
+:func:`fit_task` does the same for any task whose module the caller built (``planner.fit_planner``).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from torch import Tensor, nn
 
 from ..config import load_config
 from ..train.run_results import export_weights, load_best_weights, validation_curve
+from ..train.task import Task
 from ..train.trainer import Trainer
 from .exact_task import ExactLikelihoodModel, ExactLikelihoodTask
 
-__all__ = ["ExactLikelihoodModel", "FitSettings", "FitResult", "bits_per_dim", "fit_exact_model"]
+__all__ = ["ExactLikelihoodModel", "FitSettings", "FitResult", "bits_per_dim", "fit_exact_model", "fit_task"]
 
 
 @dataclass
@@ -114,28 +116,37 @@ def _caller_rng_kept(device: torch.device) -> Iterator[None]:
         np.random.set_state(state_np)
 
 
-def fit_exact_model(model: nn.Module, train: Tensor, val: Tensor, settings: FitSettings, weights_path: str | Path,
-                    device: torch.device | str = "cpu", progress: bool = False,
-                    log: Callable[[str], None] = lambda _message: None, run_dir: str | Path | None = None,
-                    resume: bool = False) -> FitResult:
-    """Train ``model`` (on ``device``) on ``train`` (N, *sites) long by exact NLL with the Trainer, validating the
-    EMA weights on ``val`` every ``eval_every`` steps and at the end, into ``run_dir`` (default: the folder
-    ``weights_path`` without its suffix plus ``.run``; ``resume`` continues it). The best EMA weights are loaded
-    into ``model`` (eval mode) and written as safetensors at ``weights_path``. The caller's global RNG states are
-    left as they were. ``log`` receives one line per validation."""
+def fit_task(task: Task, settings: FitSettings, weights_path: str | Path, device: torch.device | str = "cpu",
+             progress: bool = False, log: Callable[[str], None] = lambda _message: None,
+             run_dir: str | Path | None = None, resume: bool = False) -> FitResult:
+    """Train ``task`` with ``settings`` on ``device`` through the Trainer into ``run_dir`` (default: ``weights_path``
+    without its suffix plus ``.run``; ``resume`` continues it), then load the best EMA weights into the task's
+    module (eval mode) and write them as safetensors at ``weights_path``. The caller's global RNG states are left
+    as they were; ``log`` receives one line per validation."""
     weights_path = Path(weights_path)
     run_dir = Path(run_dir) if run_dir is not None else weights_path.with_name(weights_path.stem + ".run")
     device = torch.device(device)
     start = time.time()
     with _caller_rng_kept(device):
-        trainer = Trainer(settings.train_config(device), run_dir, progress=progress, log=log,
-                          task=ExactLikelihoodTask(model, train, val))
+        trainer = Trainer(settings.train_config(device), run_dir, progress=progress, log=log, task=task)
         result = trainer.fit(resume=resume)
     seconds = time.time() - start
-    load_best_weights(run_dir, model, trainer.task.checkpoint_config())
-    model.eval()
+    load_best_weights(run_dir, task.module, task.checkpoint_config())
+    task.module.eval()
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    export_weights(model, weights_path)
+    export_weights(task.module, weights_path)
     assert result.best_step is not None and result.best_val_nll_bits_per_dim is not None
     return FitResult(result.best_val_nll_bits_per_dim, result.best_step, result.step, seconds,
-                     validation_curve(run_dir, ExactLikelihoodTask.val_key), run_dir)
+                     validation_curve(run_dir, task.val_key), run_dir)
+
+
+def fit_exact_model(model: nn.Module, train: Tensor, val: Tensor, settings: FitSettings, weights_path: str | Path,
+                    device: torch.device | str = "cpu", progress: bool = False,
+                    log: Callable[[str], None] = lambda _message: None, run_dir: str | Path | None = None,
+                    resume: bool = False) -> FitResult:
+    """Train ``model`` (on ``device``) on ``train`` (N, *sites) long by exact NLL, validating the EMA weights on
+    ``val`` every ``eval_every`` steps and at the end (:func:`fit_task` with
+    :class:`~discrete_diffusion.baselines.exact_task.ExactLikelihoodTask`); ``model`` ends with the best EMA
+    weights, which are also written at ``weights_path``."""
+    return fit_task(ExactLikelihoodTask(model, train, val), settings, weights_path, device, progress, log, run_dir,
+                    resume)

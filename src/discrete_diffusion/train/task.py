@@ -53,7 +53,7 @@ from ..data import DiscreteDataset
 from .distributed import DistContext
 
 __all__ = ["Task", "TaskSetup", "TaskLoss", "model_config", "seed_everything", "compile_in_place",
-           "reduce_over_batches"]
+           "reduce_over_batches", "tensor_dataset", "module_record"]
 
 
 def model_config(config: DictConfig) -> dict:
@@ -192,3 +192,28 @@ def reduce_over_batches(ctx: DistContext, count: int, draw: Callable[[int], Any]
         if i % ctx.world_size == ctx.rank:
             total += score(item).double().cpu()
     return ctx.all_reduce(total.to(ctx.collective_device())).cpu()
+
+
+def tensor_dataset(train: Tensor, val: Tensor, num_states: int, name: str = "tensors",
+                   train_labels: Tensor | None = None, val_labels: Tensor | None = None) -> DiscreteDataset:
+    """Splits given as tensors (N, *sites) long as a DiscreteDataset (no test split): what a task trained on
+    in-memory data records in data.json. ValueError for an empty split or values outside 0..num_states-1."""
+    if train.shape[0] == 0 or val.shape[0] == 0:
+        raise ValueError(f"{name}: training needs non-empty train and val splits, got {train.shape[0]} and "
+                         f"{val.shape[0]} examples")
+    train, val = train.cpu(), val.cpu()
+    return DiscreteDataset(train=train, val=val, test=train[:0], num_states=int(num_states), name=name,
+                           kind="image" if train.dim() == 3 else "sequence",
+                           train_labels=None if train_labels is None else train_labels.cpu(),
+                           val_labels=None if val_labels is None else val_labels.cpu(),
+                           test_labels=None if train_labels is None else train_labels[:0].cpu())
+
+
+def module_record(task: Task, module: nn.Module) -> dict:
+    """The checkpoint config of a task whose module was built by the caller (not from the run config): the task,
+    the module's class and size, and the data's checksum."""
+    from ..data.manifest import data_manifest
+
+    return {"task": task.name, "model": {"class": type(module).__name__,
+                                         "parameters": sum(p.numel() for p in module.parameters())},
+            "data": {"splits_sha256": data_manifest(task.dataset)["splits_sha256"]}}
