@@ -192,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     planner.add_argument("--resume", action="store_true",
                          help="continue the training in --out from its latest checkpoint (config from --out/config.yaml "
                               "plus overrides, e.g. a larger train.steps)")
-    planner.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    planner.add_argument("--device", default="auto",
+                         help="auto | cpu | cuda | cuda:N; other than auto it replaces train.device (default: the "
+                              "config's train.device)")
     planner.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     clf = sub.add_parser("train-classifier", help="train a noisy classifier p(c | x_t) for classifier guidance",
@@ -213,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     clf.add_argument("--resume", action="store_true",
                      help="continue the training in --out from its latest checkpoint (config from --out/config.yaml "
                           "plus overrides, e.g. a larger train.steps)")
-    clf.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    clf.add_argument("--device", default="auto",
+                     help="auto | cpu | cuda | cuda:N; other than auto it replaces train.device (default: the config's "
+                          "train.device)")
     clf.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     report = sub.add_parser("report", help="write a PNG and an HTML page: samples, training curves, sample quality",

@@ -229,13 +229,13 @@ def train_planner(run_dir: str | Path, overrides: list[str] | None = None, out_d
     from .pipeline import load_run, write_json
 
     run_dir = Path(run_dir)
-    _, local = setup(device)
-    run = load_run(run_dir, "best", str(local))
-    if run.process.name != "uniform":
-        raise ValueError(f"run {run_dir} uses the {run.process.name!r} process; a trained planner is for uniform "
-                         "noise (under masking the noisy sites are the masked ones)")
     out = companion_dir(run_dir, out_dir, "planner")
-    config = companion_config(run_dir, run.config, overrides, out, resume, device, "planner", "ddiff train-planner")
+    config = companion_config(run_dir, overrides, out, resume, device, "planner", "ddiff train-planner")
+    if config.process.name != "uniform":
+        raise ValueError(f"run {run_dir} uses the {config.process.name!r} process; a trained planner is for uniform "
+                         "noise (under masking the noisy sites are the masked ones)")
+    _, local = setup(config.train.device)
+    run = load_run(run_dir, "best", str(local))
     task = PlannerTask(run.process, run.schedule, run.dataset)
 
     def finish(done) -> dict:

@@ -231,12 +231,11 @@ def train_classifier(run_dir: str | Path, overrides: list[str] | None = None, ou
     from ..pipeline import load_run, write_json
 
     run_dir = Path(run_dir)
-    _, local = setup(device)
+    out = companion_dir(run_dir, out_dir, "classifier")
+    config = companion_config(run_dir, overrides, out, resume, device, "classifier", "ddiff train-classifier")
+    _, local = setup(config.train.device)
     run = load_run(run_dir, "best", str(local))
     _, val_labels, num_classes = run_labels(run)
-    out = companion_dir(run_dir, out_dir, "classifier")
-    config = companion_config(run_dir, run.config, overrides, out, resume, device, "classifier",
-                              "ddiff train-classifier")
     task = ClassifierTask(run.process, run.schedule, run.dataset, num_classes)
 
     def finish(done) -> dict:

@@ -9,7 +9,7 @@ diffusion run. At the end rank 0 writes the best EMA weights as one safetensors 
 
 Its config is the run's config (``--resume``: the directory's own config.yaml) with ``model.*`` and ``train.*``
 overrides; every other section must stay the run's, so the network models the noise of that data under that
-process. ``train.device`` is the command's ``--device``.
+process. A ``--device`` other than auto replaces ``train.device``.
 """
 
 from __future__ import annotations
@@ -42,21 +42,24 @@ def companion_dir(run_dir: str | Path, out_dir: str | Path | None, name: str) ->
     return out
 
 
-def companion_config(run_dir: Path, run_config: DictConfig, overrides: list[str] | None, out: Path, resume: bool,
-                     device: str, what: str, command: str) -> DictConfig:
+def companion_config(run_dir: Path, overrides: list[str] | None, out: Path, resume: bool, device: str, what: str,
+                     command: str) -> DictConfig:
     """The companion's config: ``RUN_DIR/config.yaml`` (``resume``: ``OUT/config.yaml``, which must hold a
-    checkpoint to resume) with ``overrides``, ``train.device = device``; ValueError when a section other than
-    model and train differs from the run's."""
+    checkpoint to resume) with ``overrides``; ``train.device = device`` unless ``device`` is "auto" (then the
+    config's). ValueError when a section other than model and train differs from the run's."""
+    if not (run_dir / "config.yaml").is_file():
+        raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
     if resume:
         resumable_checkpoint(out, f"{command} {run_dir}")
     config = load_config((out if resume else run_dir) / "config.yaml", overrides)
-    mine, run = to_dict(config), to_dict(run_config)
+    mine, run = to_dict(config), to_dict(load_config(run_dir / "config.yaml"))
     for section in mine:
         if section not in OWN_SECTIONS and mine[section] != run[section]:
-            what_changed = f"not {section}.*" if not resume else f"but {out}/config.yaml differs in {section}.*"
+            changed = f"not {section}.*" if not resume else f"but {out / 'config.yaml'} differs in {section}.*"
             raise ValueError(f"a {what} is trained on its run's data and process: override only model.* and train.* "
-                             f"keys, {what_changed}")
-    config.train.device = device
+                             f"keys, {changed}")
+    if device != "auto":
+        config.train.device = device
     return config
 
 
