@@ -28,7 +28,7 @@ A :class:`Task` supplies the rest, in this order:
    and DDP's mean over ranks with the accumulation over micro-batches gives the same gradient up to rounding.
 6. ``validate()``: called in eval mode with the EMA weights in place; a dict of floats with ``val_key``
    (lower is better), which selects best/.
-7. ``sample_grid(step, run_dir)``: optional (images of the diffusion task), with the EMA weights in place.
+7. ``sample_grid(step)``: optional (image grids of the diffusion task), with the EMA weights in place.
 8. ``checkpoint_config()``: the config a checkpoint must match to be resumed (checked key by key), and
    ``run_config(config)``: what config.yaml records (default: the run config).
 """
