@@ -51,7 +51,10 @@ class OraclePriorStep:
         u = torch.rand(xt.shape[0], generator=generator, dtype=torch.float64, device=device).cpu()
         if bool((lam == lam[0]).all()):
             # one level for the batch: enumerate each distinct x_t once, then gather
-            states, inverse = torch.unique(xt.cpu(), dim=0, return_inverse=True)
+            base = self.process.num_values
+            powers = base ** torch.arange(xt.shape[1] - 1, -1, -1)
+            distinct, inverse = torch.unique((xt.cpu() * powers).sum(1), return_inverse=True)
+            states = distinct[:, None] // powers % base                     # the distinct rows of x_t
             cdf = self.log_posterior(states, lam[:1].expand(states.shape[0])).exp().cumsum(-1)   # (U, J)
         else:
             inverse = torch.arange(xt.shape[0])

@@ -57,7 +57,7 @@ from ..samplers.base import ProgressCallback, Sampler
 from ..schedules import Schedule
 from .measurement import MeasurementOperator
 
-__all__ = ["split_gibbs_sample", "annealing_levels", "SplitGibbsResult", "ANNEALING", "LIKELIHOOD_STEPS",
+__all__ = ["split_gibbs_sample", "annealing_levels", "LikelihoodStep", "SplitGibbsResult", "ANNEALING", "LIKELIHOOD_STEPS",
            "PROPOSALS"]
 
 ANNEALING = ("geometric", "linear")
@@ -145,61 +145,88 @@ def _check_init(process: ForwardProcess, init: Tensor, shape: tuple[int, ...], d
     return init.to(device=device, dtype=torch.long)
 
 
-class _Likelihood:
-    """log L(z) of a z in the process's value space (B, *sites) -> (B,) float64, through the operator's site table
-    (extended by the masked-site constant for masking) when it factorises, else ``log_likelihood``."""
+class LikelihoodStep:
+    """The likelihood step z | x0 ∝ K_t(z | x0) L(z) of split Gibbs (module docstring), for an observation y.
 
-    def __init__(self, process: ForwardProcess, operator: MeasurementOperator, y: Tensor, sites: tuple[int, ...]):
-        self.operator, self.y, self.rows = operator, y, 0
+    ``mode``: "exact" (per-site draw; needs ``site_log_likelihood``), "mh" (``mh_steps`` Metropolis-Hastings
+    proposals of kind ``proposal`` from the given z), or "auto" (exact when the operator factorises). Counts the rows
+    of log L evaluated (``likelihood_rows``) and the MH proposals made and accepted."""
+
+    def __init__(self, process: ForwardProcess, operator: MeasurementOperator, y: Tensor, sites: tuple[int, ...],
+                 mode: str = "auto", mh_steps: int = 20, proposal: str = "site") -> None:
+        self.process, self.operator, self.y = process, operator, y
+        self.mh_steps, self.proposal = mh_steps, proposal
+        self.likelihood_rows = self.proposals = self.accepted = 0
         table = operator.site_log_likelihood(y, sites)
-        self.masking = isinstance(process, MaskingProcess)
+        masking = isinstance(process, MaskingProcess)
         if table is not None:
             table = table.double()
-            impossible = torch.isneginf(table).all(-1)
-            if bool(impossible.any()):
+            if bool(torch.isneginf(table).all(-1).any()):
                 raise ValueError("split gibbs: the measurement y is impossible under every value of some site "
                                  "(its site log-likelihood is -inf for all K values)")
-            if self.masking:     # MASK: the site's likelihood averaged over a uniform value (module docstring)
+            if masking:     # MASK: the site's likelihood averaged over a uniform value (module docstring)
                 log_c = torch.logsumexp(table, -1, keepdim=True) - math.log(process.num_states)
                 table = torch.cat([table, log_c], dim=-1)
-        elif self.masking:
+        elif masking:
             raise ValueError(f"split gibbs: operator {operator.name!r} couples sites, and its likelihood of a partly "
                              f"masked z is undefined; with the masking process use an operator that factorises over "
                              f"sites (site_log_likelihood), or another process")
         self.table = table                                                   # (B|1, *sites, M) or None
+        if mode == "auto":
+            mode = "exact" if table is not None else "mh"
+        if mode == "exact" and table is None:
+            raise ValueError(f"split gibbs: likelihood_step='exact' needs an operator that factorises over sites "
+                             f"(site_log_likelihood); {operator.name!r} does not: use 'mh'")
+        self.mode = mode
 
-    def __call__(self, z: Tensor) -> Tensor:
-        self.rows += int(z.shape[0])
+    def log_likelihood(self, z: Tensor) -> Tensor:
+        """log L(z) for z (B, *sites) in the process's values: (B,) float64 (through the site table when there is
+        one, MASK included, else the operator's ``log_likelihood``)."""
+        self.likelihood_rows += int(z.shape[0])
         if self.table is None:
             return self.operator.log_likelihood(z, self.y).double()
         picked = torch.gather(self.table.expand(z.shape + self.table.shape[-1:]), -1, z[..., None])[..., 0]
         return picked.reshape(z.shape[0], -1).sum(1)
 
+    def kernel_log_probs(self, x0: Tensor, lam: Tensor) -> Tensor:
+        """log K_t(. | x0^d) per site at one level lam (1,) float64: (B, *sites, M)."""
+        return self.process.log_marginal_matrix(lam.double().reshape(1))[0][x0]
 
-def _metropolis_hastings(z: Tensor, log_k: Tensor, likelihood: _Likelihood, steps: int, proposal: str,
-                         generator: torch.Generator | None) -> tuple[Tensor, int]:
-    """``steps`` MH proposals per row for the target K_t(z | x0) L(z), from z (B, *sites); log_k (B, *sites, M) is
-    log q_t(. | x0^d) per site. Returns (z, accepted proposals)."""
-    batch = z.shape[0]
-    current = likelihood(z)
-    accepted = 0
-    flat_k = log_k.reshape(batch, -1, log_k.shape[-1])
-    for _ in range(steps):
-        if proposal == "independent":
-            candidate = sample_categorical(log_k, generator)
-        else:
-            site = torch.randint(0, flat_k.shape[1], (batch,), generator=generator, device=z.device)
-            value = sample_categorical(flat_k[torch.arange(batch, device=z.device), site], generator)
-            candidate = z.reshape(batch, -1).clone()
-            candidate[torch.arange(batch, device=z.device), site] = value
-            candidate = candidate.reshape(z.shape)
-        proposed = likelihood(candidate)
-        u = torch.rand(batch, generator=generator, dtype=torch.float64, device=z.device)
-        accept = torch.log(u) < proposed - current          # nan (both -inf) rejects; -inf -> finite accepts
-        z = torch.where(accept.reshape((batch,) + (1,) * (z.dim() - 1)), candidate, z)
-        current = torch.where(accept, proposed, current)
-        accepted += int(accept.sum())
-    return z, accepted
+    def __call__(self, x0: Tensor, lam: Tensor, z: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """A draw of z (B, *sites) for x0 (B, *sites) at level lam (one value): exact, or MH from ``z`` (from a draw of
+        K_t(. | x0) when z is None)."""
+        log_k = self.kernel_log_probs(x0, lam)
+        if self.mode == "exact":
+            logits = log_k + self.table
+            stuck = torch.isneginf(logits).all(-1)     # x0 outside the target's support (only an initial x0)
+            return sample_categorical(torch.where(stuck[..., None], log_k, logits), generator)
+        if z is None:
+            z = sample_categorical(log_k, generator)
+        return self._metropolis_hastings(z, log_k, generator)
+
+    def _metropolis_hastings(self, z: Tensor, log_k: Tensor, generator: torch.Generator | None) -> Tensor:
+        """``mh_steps`` proposals per row for the target K_t(z | x0) L(z), from z; log_k (B, *sites, M)."""
+        batch = z.shape[0]
+        rows = torch.arange(batch, device=z.device)
+        flat_k = log_k.reshape(batch, -1, log_k.shape[-1])
+        current = self.log_likelihood(z)
+        for _ in range(self.mh_steps):
+            if self.proposal == "independent":
+                candidate = sample_categorical(log_k, generator)
+            else:
+                site = torch.randint(0, flat_k.shape[1], (batch,), generator=generator, device=z.device)
+                candidate = z.reshape(batch, -1).clone()
+                candidate[rows, site] = sample_categorical(flat_k[rows, site], generator)
+                candidate = candidate.reshape(z.shape)
+            proposed = self.log_likelihood(candidate)
+            u = torch.rand(batch, generator=generator, dtype=torch.float64, device=z.device)
+            accept = torch.log(u) < proposed - current      # nan (both -inf) rejects; -inf -> finite accepts
+            z = torch.where(accept.reshape((batch,) + (1,) * (z.dim() - 1)), candidate, z)
+            current = torch.where(accept, proposed, current)
+            self.accepted += int(accept.sum())
+            self.proposals += batch
+        return z
 
 
 @torch.no_grad()
@@ -236,12 +263,7 @@ def split_gibbs_sample(process: ForwardProcess, denoiser: Denoiser | None, sched
     y = operator.check_y(torch.as_tensor(y).to(device), sites)
     if y.shape[0] not in (1, batch):
         raise ValueError(f"split gibbs: y has batch {y.shape[0]}, expected 1 or B = {batch}")
-    likelihood = _Likelihood(process, operator, y, sites)
-    if likelihood_step == "auto":
-        likelihood_step = "exact" if likelihood.table is not None else "mh"
-    if likelihood_step == "exact" and likelihood.table is None:
-        raise ValueError(f"split gibbs: likelihood_step='exact' needs an operator that factorises over sites "
-                         f"(site_log_likelihood); {operator.name!r} does not: use 'mh'")
+    step = LikelihoodStep(process, operator, y, sites, likelihood_step, mh_steps, proposal)
     levels = annealing_levels(annealing, iterations, float(t_max), float(t_min))
     lams = torch.logit(schedule.alpha(levels).clamp(0.0, 1.0))
     if not bool(torch.isfinite(lams).all()):
@@ -252,19 +274,10 @@ def split_gibbs_sample(process: ForwardProcess, denoiser: Denoiser | None, sched
     else:
         x0 = _check_init(process, init, shape, device)
     z: Tensor | None = None
-    evaluations = calls = prior_rows = accepted = proposals = 0
+    evaluations = calls = prior_rows = 0
     for i in range(iterations):
         lam = lams[i].reshape(1).to(device)
-        log_k = process.log_marginal_matrix(lam)[0][x0]                       # (B, *sites, M): log q_t(. | x0^d)
-        if likelihood_step == "exact":
-            logits = log_k + likelihood.table
-            stuck = torch.isneginf(logits).all(-1)     # x0 outside the target's support (only an initial x0)
-            z = sample_categorical(torch.where(stuck[..., None], log_k, logits), generator)
-        else:
-            if z is None:
-                z = sample_categorical(log_k, generator)
-            z, n = _metropolis_hastings(z, log_k, likelihood, mh_steps, proposal, generator)
-            accepted, proposals = accepted + n, proposals + mh_steps * batch
+        z = step(x0, lam, z, generator)
         lam_rows = lam.double().expand(batch)
         if prior_step is not None:
             x0 = prior_step(z, lam_rows, generator)
@@ -280,6 +293,6 @@ def split_gibbs_sample(process: ForwardProcess, denoiser: Denoiser | None, sched
             callback(i + 1, iterations, x0)
     return SplitGibbsResult(x0=x0, z=z, levels=levels, network_evaluations=evaluations, network_calls=calls,
                             nfe=evaluations / batch, prior_rows=prior_rows,
-                            likelihood_evaluations=likelihood.rows,
-                            acceptance_rate=accepted / proposals if proposals else float("nan"),
-                            likelihood_step=likelihood_step)
+                            likelihood_evaluations=step.likelihood_rows,
+                            acceptance_rate=step.accepted / step.proposals if step.proposals else float("nan"),
+                            likelihood_step=step.mode)
