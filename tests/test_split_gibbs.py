@@ -245,7 +245,8 @@ def test_exact_simulation_from_midway_is_exact(table, process_name, name, num):
 @pytest.mark.parametrize("process_name", ["uniform", "gaussian", "blackout"])
 def test_grid_sampler_from_midway_converges(table, process_name):
     """One bridge step from x_t draws the sites of x0 independently (biased for a correlated table); 64 steps
-    reach the floor of the joint p(x0 | x_t). Measured at 64 steps: excess within 0.006."""
+    reach the floor of the joint p(x0 | x_t). Measured (seeds 1, 2): one step 0.33-0.39, 64 steps within 0.006 of
+    the floor (0.022-0.027)."""
     process = PROCESSES[process_name]()
     _, _, tv_one, floor = _midway(process, table, "bridge", 0.6, 10_000, steps=1)
     tv, floor_pi, tv_many, _ = _midway(process, table, "bridge", 0.6, 10_000, steps=64)
@@ -362,7 +363,8 @@ def _annealed(process: ForwardProcess, table: Tensor, operator, y, iterations: i
     return _tv(result.x0, _posterior(operator, y, table))
 
 
-# Measured TV (N = 10k, floor ~0.017) at 5 / 20 / 80 iterations: see the benchmark for the whole table.
+# Measured TV (N = 10k, floor 0.016) at 5 / 20 / 80 iterations, seeds 1-3: uniform 0.37 / 0.10-0.11 / 0.033-0.042,
+# blackout 0.46 / 0.22 / 0.075-0.083, masking 0.55 / 0.29 / 0.087-0.092 (benchmarks/split_gibbs_oracle.py goes on).
 @pytest.mark.parametrize("process_name", ["uniform", "blackout", "masking"])
 def test_annealed_chain_approaches_the_posterior(table, process_name):
     process = PROCESSES[process_name]()
@@ -372,7 +374,7 @@ def test_annealed_chain_approaches_the_posterior(table, process_name):
     assert tvs[2] < floor + ANNEALED_EXCESS[process_name], (tvs, floor)
 
 
-ANNEALED_EXCESS = {"uniform": 0.06, "blackout": 0.12, "masking": 0.12}
+ANNEALED_EXCESS = {"uniform": 0.04, "blackout": 0.08, "masking": 0.09}
 
 
 @pytest.mark.slow
