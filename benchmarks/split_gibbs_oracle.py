@@ -53,10 +53,11 @@ def grid(quick: bool) -> dict[str, list[tuple[int, int, str, str]]]:
     if quick:
         return {"channel": [(5, 1, "exact", "site"), (40, 1, "exact", "site"), (20, 1, "bridge-16", "site")],
                 "summod": [(10, 1, "exact", "site"), (40, 4, "exact", "site"), (40, 4, "exact", "independent")]}
-    channel = [(n, 1, "exact", "site") for n in (5, 10, 20, 40, 80, 160, 320)]
+    channel = [(n, 1, "exact", "site") for n in (5, 10, 20, 40, 80, 160, 320, 1280)]
     channel += [(n, 1, "bridge-16", "site") for n in (20, 80)]
     summod = [(n, m, "exact", "site") for n in (10, 40, 160, 640) for m in (1, 4, 16)]
-    summod += [(n, m, "exact", "independent") for n in (10, 40, 160, 640) for m in (4, 16)]
+    summod += [(n, m, "exact", "independent") for n in (10, 40, 160, 640) for m in (4, 16)] + [(2560, 4, "exact",
+                                                                                                 "independent")]
     return {"channel": channel, "summod": summod}
 
 
