@@ -4,8 +4,8 @@ The prior is the correlated table of tests/test_split_gibbs.py (K = 4 values, D 
 enumeration; the posterior p(x0 | y) ∝ pi(x0) p(y | x0) is enumerated too. Two operators: a per-site noisy channel
 (flip 0.3, y = (1, 2, 3); factorises, so the likelihood step is the exact per-site kernel) and a noisy sum mod 4
 (flip 0.05, y = 1; couples the sites, so the likelihood step is Metropolis-Hastings, with one-site ("site") or
-whole-z ("independent") proposals from K_t(. | x0)). For each process (default uniform and blackout), levels annealed geometrically from
-t_max = 0.9 to t_min on the log-linear schedule, one chain per sample, prints per run:
+whole-z ("independent") proposals from K_t(. | x0)). For each process (default uniform and blackout), levels
+annealed geometrically from t_max = 0.9 to t_min on the log-linear schedule, one chain per sample, prints per run:
 
 - iterations, MH steps per iteration, the prior step (the exact enumerated p(x0 | x_t), or the library's bridge
   sampler from x_t with the oracle denoiser) and its cost per chain (prior-step calls for the exact step, network
@@ -72,7 +72,8 @@ def run(process_name: str, operator_name: str, iterations: int, mh_steps: int, p
     start = time.perf_counter()
     if prior == "exact":
         prior_step = OraclePriorStep(oracle)
-        result = split_gibbs_sample(process, None, SCHEDULE, operator, y, (samples, D), prior_step=prior_step, **options)
+        result = split_gibbs_sample(process, None, SCHEDULE, operator, y, (samples, D), prior_step=prior_step,
+                                    **options)
         prior_cost = result.prior_rows / samples
     else:
         steps = int(prior.split("-")[1])

@@ -57,8 +57,8 @@ from ..samplers.base import ProgressCallback, Sampler
 from ..schedules import Schedule
 from .measurement import MeasurementOperator
 
-__all__ = ["split_gibbs_sample", "annealing_levels", "LikelihoodStep", "SplitGibbsResult", "ANNEALING", "LIKELIHOOD_STEPS",
-           "PROPOSALS"]
+__all__ = ["split_gibbs_sample", "annealing_levels", "LikelihoodStep", "SplitGibbsResult", "ANNEALING",
+           "LIKELIHOOD_STEPS", "PROPOSALS"]
 
 ANNEALING = ("geometric", "linear")
 LIKELIHOOD_STEPS = ("auto", "exact", "mh")
@@ -97,7 +97,10 @@ def annealing_levels(annealing: str, iterations: int, t_max: float, t_min: float
     iteration runs at t_min)."""
     if annealing not in ANNEALING:
         raise ValueError(f"split gibbs: annealing must be one of {list(ANNEALING)}, got {annealing!r}")
-    f = torch.linspace(0.0, 1.0, iterations, dtype=torch.float64) if iterations > 1 else torch.ones(1, dtype=torch.float64)
+    if iterations > 1:
+        f = torch.linspace(0.0, 1.0, iterations, dtype=torch.float64)
+    else:
+        f = torch.ones(1, dtype=torch.float64)
     if annealing == "geometric":
         return t_max * (t_min / t_max) ** f
     return t_max + (t_min - t_max) * f
@@ -115,10 +118,11 @@ def _check_arguments(process: ForwardProcess, operator: MeasurementOperator, sha
     _check_int(iterations, "iterations", 1)
     _check_int(mh_steps, "mh_steps", 1)
     if not (isinstance(t_max, (int, float)) and isinstance(t_min, (int, float)) and 0.0 < t_min <= t_max <= 1.0):
-        raise ValueError(f"split gibbs: need 0 < t_min <= t_max <= 1 (times of the run's schedule), got t_min={t_min!r}, "
-                         f"t_max={t_max!r}")
+        raise ValueError(f"split gibbs: need 0 < t_min <= t_max <= 1 (times of the run's schedule), got "
+                         f"t_min={t_min!r}, t_max={t_max!r}")
     if likelihood_step not in LIKELIHOOD_STEPS:
-        raise ValueError(f"split gibbs: likelihood_step must be one of {list(LIKELIHOOD_STEPS)}, got {likelihood_step!r}")
+        raise ValueError(f"split gibbs: likelihood_step must be one of {list(LIKELIHOOD_STEPS)}, got "
+                         f"{likelihood_step!r}")
     if proposal not in PROPOSALS:
         raise ValueError(f"split gibbs: proposal must be one of {list(PROPOSALS)}, got {proposal!r}")
     if not isinstance(operator, MeasurementOperator):
