@@ -37,6 +37,20 @@ sites of exp(l_d(z^d)) times prod over masked sites of c_d, and the x0-marginal 
 p(x0) prod_d [alpha exp(l_d(x0^d)) + (1 - alpha) c_d], which still tends to the posterior as alpha -> 1. A coupled
 operator with masking is refused (ValueError): a likelihood of a partly masked z would be an arbitrary choice.
 
+What is exact, measured on the oracle (K = 4, D = 3, a correlated table; benchmarks/split_gibbs_oracle.py): each
+step's kernel, and the chain's law at a fixed level with an exact prior step (to the Monte-Carlo floor). The
+annealed output is not exact: besides the smoothing bias at t_min, the chain mixes slowly at small t (z rarely
+differs from x0), so it freezes at a level where the smoothed law is still off. TV to the posterior falls as the
+iterations grow (per-site channel, uniform: 0.38 at 5 iterations, 0.050 at 40, 0.018 at 320, floor 0.016;
+blackout: 0.46 / 0.14 / 0.038). A coupled operator (noisy sum mod 4) is harder, since moving between values of
+the same residue passes through z of low likelihood: uniform reaches 0.025 at 640 iterations x 4 MH steps with
+"independent" proposals, against 0.080 with "site" ones; blackout 0.078 at 2560 x 4. "site" is the default because
+one-site moves keep a usable acceptance rate when D is large, where an "independent" redraw of every site almost
+never is accepted; on small problems with coupled constraints "independent" mixes faster. A prior step through
+the bridge sampler (16 steps, 16 network evaluations per iteration) gave the same TV as the exact step within the
+noise of 10k samples (80 iterations: 0.036 vs 0.042 on uniform, 0.066 vs 0.078 on blackout); its discretisation
+error is not resolved there.
+
 Cost (``SplitGibbsResult``): the prior steps' denoiser rows (``network_evaluations``, summed over the sampler runs;
 nfe = that / batch), the exact prior step's rows (``prior_rows``), and the rows of log L evaluated by MH.
 """
