@@ -188,6 +188,9 @@ def test_time_grid_from_a_start_level():
     cosine = build_sampler("bridge", num_steps=4, grid="cosine").time_grid(SCHEDULE, 0.3)
     assert float(cosine[0]) == pytest.approx(float(_lam(0.3)), abs=1e-12)
     assert bool((cosine[1:] > cosine[:-1]).all()) and not torch.equal(cosine, grid)
+    # a start above the grid schedule's alpha(0) (Blackout's grid ends at logit alpha ~ 15): no step goes backward
+    late = build_sampler("bridge", num_steps=4, grid="blackout").time_grid(SCHEDULE, 1e-9)
+    assert float(late[0]) > 20 and bool((late[1:] >= late[:-1]).all())
 
 
 @pytest.mark.parametrize("start, match", [

@@ -245,15 +245,18 @@ class Sampler(ABC):
             self.network_evaluations = self._counter.rows
             self.nfe = self.network_evaluations / self._batch
 
-    def time_grid(self, schedule: Schedule, t_start: float = 1.0) -> Tensor:
-        """lam_k = logit(alpha(t_k)) for t_k = t_start (1 - k / num_steps), k = 0..num_steps, float64 and
-        increasing; the last entry is +inf when final_denoise is set (or alpha(0) = 1). With the ``grid`` option the
-        alpha(t) of that schedule (with its default settings) replaces the run's: the denoiser is conditioned
-        on logit alpha, not on t, so any grid works with a trained model. ``t_start`` < 1 (a start mid-way, see
-        ``sample``) is a time of the run's schedule: the grid starts exactly at lam = logit(schedule.alpha(t_start))
-        and, with the ``grid`` option, runs from that schedule's time of the same alpha down to 0."""
+    def time_grid(self, schedule: Schedule, t_start: float | None = None) -> Tensor:
+        """lam_k = logit(alpha(t_k)) for t_k = t_start (1 - k / num_steps), k = 0..num_steps (t_start = 1 by
+        default), float64 and increasing; the last entry is +inf when final_denoise is set (or alpha(0) = 1). With the
+        ``grid`` option the alpha(t) of that schedule (with its default settings) replaces the run's: the denoiser is
+        conditioned on logit alpha, not on t, so any grid works with a trained model. A given ``t_start`` (a start
+        from a state, see ``sample``) is a time of the run's schedule: the grid starts exactly at
+        lam = logit(schedule.alpha(t_start)) and, with the ``grid`` option, runs from that schedule's time of the
+        same alpha down to 0."""
         lam_start = None
-        if t_start != 1.0:
+        if t_start is None:
+            t_start = 1.0
+        else:
             alpha_start = schedule.alpha(torch.tensor(float(t_start), dtype=torch.float64))
             lam_start = float(torch.logit(alpha_start.clamp(0.0, 1.0)))
         if self.grid is not None:
@@ -262,8 +265,9 @@ class Sampler(ABC):
                 t_start = float(schedule.time_of_alpha(alpha_start))
         t = torch.linspace(float(t_start), 0.0, self.num_steps + 1, dtype=torch.float64)
         lam = torch.logit(schedule.alpha(t).clamp(0.0, 1.0))
-        if lam_start is not None:
+        if lam_start is not None:     # exactly the start level; later points never below it (a grid clamped at t = 0)
             lam[0] = lam_start
+            lam[1:] = torch.maximum(lam[1:], lam[:1])
         if self.final_denoise:
             lam[-1] = torch.inf
         return lam
