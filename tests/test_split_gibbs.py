@@ -31,7 +31,7 @@ from discrete_diffusion.oracle import (OracleDenoiser, SharedLevelOracle, all_co
 from discrete_diffusion.posterior.measurement import MeasurementOperator
 from discrete_diffusion.posterior.oracle_prior import OraclePriorStep
 from discrete_diffusion.posterior.split_gibbs import (LikelihoodStep, SplitGibbsResult, annealing_levels,
-                                                      split_gibbs_sample)
+                                                      split_gibbs_method, split_gibbs_sample)
 from discrete_diffusion.processes import (BlackoutProcess, ForwardProcess, MaskingProcess, MatrixProcess,
                                           UniformProcess, sample_categorical)
 from discrete_diffusion.samplers import SAMPLERS, build_sampler
@@ -506,3 +506,25 @@ def test_annealing_levels():
     linear = annealing_levels("linear", 5, 0.8, 0.0)
     assert torch.allclose(linear, torch.tensor([0.8, 0.6, 0.4, 0.2, 0.0], dtype=torch.float64))
     assert annealing_levels("geometric", 1, 0.8, 0.05).tolist() == [0.05]
+
+
+def test_dispatcher_form_and_site_shapes(table):
+    """split_gibbs_method (posterior_sample's signature) with exact_prior equals split_gibbs_sample with the oracle
+    prior step, draw for draw, also on sites shaped (1, 3) instead of (3,); a non-table prior is refused."""
+    process = UniformProcess(K)
+    oracle = OracleDenoiser(process, table, D, dtype=torch.float64)
+    options = dict(iterations=6, t_max=0.8, t_min=0.05)
+    direct = split_gibbs_sample(process, None, SCHEDULE, CHANNEL, Y_CHANNEL, (40, D),
+                                prior_step=OraclePriorStep(oracle), generator=_gen(4), **options).x0
+    via = split_gibbs_method(build_sampler("bridge"), process, SharedLevelOracle(oracle, D), SCHEDULE, CHANNEL,
+                             Y_CHANNEL, (40, D), exact_prior=True, generator=_gen(4), **options)
+    assert torch.equal(direct, via)
+    shaped = split_gibbs_method(build_sampler("bridge"), process, oracle, SCHEDULE, CHANNEL, Y_CHANNEL.reshape(1, 1, D),
+                                (40, 1, D), exact_prior=True, generator=_gen(4), **options)
+    assert torch.equal(shaped.reshape(40, D), direct)
+    with pytest.raises(ValueError, match="enumerated table"):
+        split_gibbs_method(build_sampler("bridge"), process, lambda x, lam: None, SCHEDULE, CHANNEL, Y_CHANNEL, (4, D),
+                           exact_prior=True)
+    with pytest.raises(ValueError, match="built for process"):
+        split_gibbs_method(build_sampler("bridge"), BlackoutProcess(K), oracle, SCHEDULE, CHANNEL, Y_CHANNEL, (4, D),
+                           exact_prior=True)

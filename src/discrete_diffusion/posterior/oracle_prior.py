@@ -22,9 +22,9 @@ _CHUNK = 1 << 22
 
 
 class OraclePriorStep:
-    """Exact x0 ~ p(x0 | x_t) for the table of an ``OracleDenoiser``: call as ``(x_t (B, D) long, lam (B,),
-    generator) -> x0 (B, D) long``, the ``prior_step`` of ``split_gibbs_sample``. ``calls`` and ``rows`` count its
-    use (one enumeration per distinct x_t and level, gathered for the rows)."""
+    """Exact x0 ~ p(x0 | x_t) for the table of an ``OracleDenoiser``: call as ``(x_t (B, *sites) long with D sites
+    in all, lam (B,), generator) -> x0 (B, *sites) long``, the ``prior_step`` of ``split_gibbs_sample``.
+    ``calls`` and ``rows`` count its use (one enumeration per distinct x_t and level, gathered for the rows)."""
 
     def __init__(self, oracle: OracleDenoiser) -> None:
         self.oracle = oracle
@@ -43,8 +43,11 @@ class OraclePriorStep:
         return torch.log_softmax(log_post, dim=-1)
 
     def __call__(self, xt: Tensor, lam: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        if xt.dim() != 2 or xt.shape[1] != self.configs.shape[1]:
-            raise ValueError(f"oracle prior step: x_t must be (B, {self.configs.shape[1]}), got {tuple(xt.shape)}")
+        shape = xt.shape
+        xt = xt.reshape(shape[0], -1)                                         # sites of any shape, in row-major order
+        if xt.shape[1] != self.configs.shape[1]:
+            raise ValueError(f"oracle prior step: x_t must have {self.configs.shape[1]} sites (the table's), got "
+                             f"{tuple(shape)}")
         self.calls += 1
         self.rows += int(xt.shape[0])
         device = xt.device
@@ -67,4 +70,4 @@ class OraclePriorStep:
                 self.log_posterior(xt[sl], lam[sl]).exp().cumsum(-1)
             found = torch.searchsorted(rows_cdf, (u[sl] * rows_cdf[:, -1])[:, None], right=True)[:, 0]
             out[sl] = found.clamp_max(self.configs.shape[0] - 1)
-        return self.configs[out].to(device)
+        return self.configs[out].to(device).reshape(shape)

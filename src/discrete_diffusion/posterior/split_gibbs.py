@@ -65,14 +65,16 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
+from ..oracle import OracleDenoiser
 from ..processes.base import ForwardProcess, sample_categorical
 from ..processes.masking import MaskingProcess
 from ..samplers.base import ProgressCallback, Sampler
 from ..schedules import Schedule
 from .measurement import MeasurementOperator
+from .oracle_prior import OraclePriorStep
 
-__all__ = ["split_gibbs_sample", "annealing_levels", "LikelihoodStep", "SplitGibbsResult", "ANNEALING",
-           "LIKELIHOOD_STEPS", "PROPOSALS"]
+__all__ = ["split_gibbs_sample", "split_gibbs_method", "annealing_levels", "LikelihoodStep", "SplitGibbsResult",
+           "ANNEALING", "LIKELIHOOD_STEPS", "PROPOSALS"]
 
 ANNEALING = ("geometric", "linear")
 LIKELIHOOD_STEPS = ("auto", "exact", "mh")
@@ -314,3 +316,30 @@ def split_gibbs_sample(process: ForwardProcess, denoiser: Denoiser | None, sched
                             likelihood_evaluations=step.likelihood_rows,
                             acceptance_rate=step.accepted / step.proposals if step.proposals else float("nan"),
                             likelihood_step=step.mode)
+
+
+def split_gibbs_method(sampler: Sampler, process: ForwardProcess, denoiser: Denoiser, schedule: Schedule,
+                       operator: MeasurementOperator, y: Tensor, shape: tuple[int, ...], *, iterations: int = 40,
+                       t_max: float = 0.6, t_min: float = 0.01, mh_steps: int = 20, annealing: str = "geometric",
+                       likelihood_step: str = "auto", proposal: str = "site", exact_prior: bool = False,
+                       generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                       callback: ProgressCallback | None = None) -> Tensor:
+    """``split_gibbs_sample`` in the form of a ``posterior_sample`` method (sampler first, returns x0 (B, *sites)):
+    register it as ``register_method("split-gibbs", split_gibbs_method)``. ``exact_prior``: the prior step is the
+    exact joint p(x0 | x_t) of an oracle prior (``denoiser`` an ``OracleDenoiser`` or ``SharedLevelOracle``;
+    ``sampler`` is then not used), else ``sampler`` started from x_t = z."""
+    prior_step = None
+    if exact_prior:
+        oracle = getattr(denoiser, "oracle", denoiser)
+        if not isinstance(oracle, OracleDenoiser):
+            raise ValueError(f"split gibbs: exact_prior needs the prior as an enumerated table (OracleDenoiser or "
+                             f"SharedLevelOracle), got {type(denoiser).__name__}")
+        if oracle.process.name != process.name or oracle.process.num_states != process.num_states:
+            raise ValueError(f"split gibbs: the oracle prior was built for process {oracle.process.name!r} (K = "
+                             f"{oracle.process.num_states}), not {process.name!r} (K = {process.num_states})")
+        prior_step, sampler = OraclePriorStep(oracle), None
+    result = split_gibbs_sample(process, denoiser, schedule, operator, y, shape, sampler, iterations=iterations,
+                                t_max=t_max, t_min=t_min, mh_steps=mh_steps, annealing=annealing,
+                                likelihood_step=likelihood_step, proposal=proposal, prior_step=prior_step,
+                                generator=generator, device=device, callback=callback)
+    return result.x0
