@@ -164,6 +164,8 @@ def _observed_mask(args: argparse.Namespace, sites: tuple[int, ...]) -> "torch.T
         raise ValueError(f"--mask is an option of the inpaint measurement, not of {args.operator}")
     if args.mask in HALF_MASKS:
         return half_mask(args.mask, sites)[None]
+    if not Path(args.mask).is_file():
+        raise ValueError(f"--mask {args.mask}: no such file (and not one of {', '.join(HALF_MASKS)})")
     mask = _batched(_read(args.mask, "--mask"), sites, f"--mask {args.mask}")
     if mask.is_floating_point() or not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError(f"--mask {args.mask} must be boolean (or 0/1 integers), true where a site is observed")
