@@ -18,13 +18,14 @@ Baselines (closed form, no network):
   mean in the hidden half;
 - independent-pixel prior: the exact posterior when the prior is the product of the per-pixel training marginals
   p_d(k) (counts of the 1350 training images, add-1/2 smoothed so that no y is impossible):
-  p(x0^d = k | y) ∝ p_d(k) p(y_d | k) per pixel; its mean, and its expected one-sample accuracy sum_k p(k | y) [k = x0^d].
+  p(x0^d = k | y) ∝ p_d(k) p(y_d | k) per pixel; its mean, and its expected one-sample accuracy
+  sum_k p(k | y) [k = x0^d].
   For inpainting its mean is the measurement-only estimate (the hidden pixels are independent of the observed ones).
 Scores (``posterior/metrics.py``): per-pixel accuracy of the rounded posterior mean, sample-wise accuracy (a single
 sample's, averaged), PSNR of the posterior mean (peak 16, MSE pooled over images and scored pixels); y-consistent: the
 fraction of samples with p(y | x0) > 0 (for inpainting: the observed half kept exactly; for thinning: x0 >= y).
 
-    python benchmarks/posterior_digits.py --blackout-run /work/runs/digits_blackout --masking-run /work/runs/digits_masking
+    python benchmarks/posterior_digits.py --blackout-run RUNS/digits_blackout --masking-run RUNS/digits_masking
     python benchmarks/posterior_digits.py                  # trains both priors first (about 2 x 10 min on a CPU core)
 
 Writes OUT/posterior_digits.{md,json} (OUT = benchmarks/results) and docs/images/posterior_digits.png (for the first
@@ -39,7 +40,6 @@ import json
 import platform
 import shlex
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -49,7 +49,7 @@ import torch
 from discrete_diffusion.cli import main as ddiff
 from discrete_diffusion.pipeline import LoadedRun, load_run
 from discrete_diffusion.posterior import POSTERIOR_METHODS, InpaintOperator, ThinningOperator, inpaint_observation
-from discrete_diffusion.posterior.metrics import estimate_scores, posterior_mean, sample_scores
+from discrete_diffusion.posterior.metrics import estimate_scores, sample_scores
 from discrete_diffusion.posterior_cli import draw_posterior, half_mask, observation_levels, posterior_grid
 from discrete_diffusion.samplers import build_sampler
 from discrete_diffusion.train.atomic_io import atomic_write, atomic_write_text, ensure_dir
@@ -238,8 +238,9 @@ def markdown(record: dict) -> str:
              f"`{record['command']}` ({record['date']}; {record['machine']}, torch {record['torch']}, CPU, "
              f"{record['threads']} thread)", "",
              f"{record['images']} test images (the first of the test split), {record['samples']} posterior samples "
-             f"each, seed {record['seed']}. dps and split-gibbs: tau-leaping, {record['steps']} steps. Priors: Blackout "
-             f"`{pri['blackout']['run_dir']}` (best validation bound {pri['blackout']['best_val_nll_bits_per_dim']:.4f} "
+             f"each, seed {record['seed']}. dps and split-gibbs: tau-leaping, {record['steps']} steps. Priors: "
+             f"Blackout `{pri['blackout']['run_dir']}` (best validation bound "
+             f"{pri['blackout']['best_val_nll_bits_per_dim']:.4f} "
              f"bits/dim at step {pri['blackout']['best_step']}), masking `{pri['masking']['run_dir']}` (best "
              f"{pri['masking']['best_val_nll_bits_per_dim']:.4f} bits/dim at step {pri['masking']['best_step']}). "
              "Accuracy: per-pixel accuracy of the rounded posterior mean; one sample: the accuracy of a single "

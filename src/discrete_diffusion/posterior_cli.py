@@ -220,7 +220,8 @@ def build_cli_operator(args: argparse.Namespace, run) -> "MeasurementOperator":
         raise ValueError(f"--groups {args.groups} is not JSON: {str(err).splitlines()[0]}") from None
     if not isinstance(groups, list) or not all(isinstance(g, list) and all(type(i) is int for i in g)
                                                for g in groups):
-        raise ValueError(f"--groups {args.groups} must hold a JSON list of lists of site indices, e.g. [[0, 1], [2, 5]]")
+        raise ValueError(f"--groups {args.groups} must hold a JSON list of lists of site indices, e.g. "
+                         "[[0, 1], [2, 5]]")
     op = build_operator(name, k, groups=groups, flip=0.0 if args.flip is None else args.flip)
     op.y_shape(tuple(run.dataset.site_shape))
     return op
