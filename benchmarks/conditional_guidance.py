@@ -52,6 +52,7 @@ import argparse
 import json
 import platform
 import shlex
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -233,6 +234,7 @@ def noisy_classifier(run: LoadedRun, run_dir: Path, args: argparse.Namespace) ->
     reused = args.reuse and (out / "metrics.json").is_file() and matches(out, overrides, checkpoint=False)
     if not reused:
         print(f"[{run_dir.name}] ddiff train-classifier {run_dir} {' '.join(overrides)}", flush=True)
+        shutil.rmtree(out, ignore_errors=True)   # a classifier directory holds its checkpoints: start anew
         if ddiff(["train-classifier", str(run_dir), "--out", str(out), "--no-progress", *overrides]) != 0:
             raise SystemExit(f"training the classifier of {run_dir} failed")
     return load_classifier(out, run), json.loads((out / "metrics.json").read_text()), reused

@@ -30,6 +30,7 @@ import json
 import math
 import platform
 import shlex
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         planner_dir = out / "runs" / f"ddpd_planner{suffix}" / name
         if not (args.reuse and (planner_dir / "metrics.json").is_file()):
             overrides = [f"train.steps={args.planner_steps}", f"train.eval_every={max(args.planner_steps // 4, 1)}"]
+            shutil.rmtree(planner_dir, ignore_errors=True)   # a planner directory holds its checkpoints: start anew
             train_planner(run_dir, overrides, planner_dir, "cpu", progress=False)
         planners[name] = json.loads((planner_dir / "metrics.json").read_text())
         run = load_run(run_dir, "best", "cpu")

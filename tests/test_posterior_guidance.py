@@ -308,7 +308,8 @@ def test_posterior_sample_refuses_combinations_that_do_not_apply():
 
     cases = [
         (lambda: call("langevin"), "unknown posterior method 'langevin'"),
-        (lambda: call("split-gibbs"), "not available in this build"),
+        (lambda: call("split-gibbs", op=OPERATORS["parity"][0], obs=OPERATORS["parity"][1]), "couples sites"),
+        (lambda: call("split-gibbs", langevin=1), "takes the options"),
         (lambda: call("infill"), "inpaint measurement only"),
         (lambda: call("infill", uniform, OracleDenoiser(uniform, PI, D), InpaintOperator(K), OPERATORS["inpaint"][1]),
          "exact for masking only"),

@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 from conftest import read_metrics, with_overrides
 from discrete_diffusion.cli import main
 from discrete_diffusion.config import load_config
-from discrete_diffusion.losses import TrainingLoss
-from discrete_diffusion.train import trainer as trainer_module
+from discrete_diffusion.train import diffusion_task
 from discrete_diffusion.train.checkpoint import find_latest_checkpoint, load_checkpoint
 from discrete_diffusion.train.trainer import Trainer, model_config
 
@@ -137,17 +136,17 @@ def test_refused_resume_keeps_run_usable(straight_run, tmp_path, capsys):
 
 
 def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, monkeypatch, capsys):
-    real_loss = trainer_module.training_loss
+    real_terms = diffusion_task.diffusion_terms   # the diffusion task's per-example loss (one call per step here)
     calls = []
 
     def nan_at_step_3(*args, **kwargs):
-        out = real_loss(*args, **kwargs)
+        per_example, elbo = real_terms(*args, **kwargs)
         calls.append(1)
         if len(calls) == 3:
-            return TrainingLoss(loss=out.loss * float("nan"), elbo_diffusion=out.elbo_diffusion)
-        return out
+            return per_example * float("nan"), elbo
+        return per_example, elbo
 
-    monkeypatch.setattr(trainer_module, "training_loss", nan_at_step_3)
+    monkeypatch.setattr(diffusion_task, "diffusion_terms", nan_at_step_3)
     run = tmp_path / "nan"
     capsys.readouterr()
     assert train(run, *with_overrides("train.checkpoint_every=2", "train.eval_every=2", "train.sample_every=100")) == 2

@@ -258,9 +258,11 @@ def uniform_run(tmp_path_factory) -> Path:
 
 
 def test_train_planner_never_writes_through_planted_links(ddiff, uniform_run, tmp_path):
+    """train-planner trains with `ddiff train`'s loop: a link at config.yaml is refused in one line as there; links
+    at the temp names and at the files written at the end (metrics.json, planner.safetensors) are replaced."""
     planner = uniform_run / "planner"
     shutil.rmtree(planner, ignore_errors=True)
-    names = ["config.yaml", "config.yaml.tmp", "metrics.json", "metrics.json.tmp", "planner.safetensors"]
+    names = ["config.yaml.tmp", "metrics.json", "metrics.json.tmp", "planner.safetensors"]
     victims = {name: victim(tmp_path, f"victim{i}.txt") for i, name in enumerate(names)}
     for name, target in victims.items():
         plant(planner / name, target)
@@ -269,6 +271,12 @@ def test_train_planner_never_writes_through_planted_links(ddiff, uniform_run, tm
     assert all(v.read_text() == PRECIOUS for v in victims.values())
     for name in ("config.yaml", "metrics.json", "planner.safetensors"):
         assert (planner / name).is_file() and not (planner / name).is_symlink()
+    shutil.rmtree(planner)
+    target = victim(tmp_path, "victim-config.txt")
+    plant(planner / "config.yaml", target)
+    res = ddiff("train-planner", uniform_run, "train.steps=2", "train.eval_every=2", "--no-progress")
+    one_line_error(res, "symbolic link", str(planner / "config.yaml"))
+    assert target.read_text() == PRECIOUS
     shutil.rmtree(planner)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

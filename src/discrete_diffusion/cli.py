@@ -179,28 +179,46 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Train a planner (P(site is noise | x_t), binary cross-entropy on draws of "
                                          "the forward process) for the ddpd sampler, on RUN_DIR's data and schedule. "
                                          "The run's model and train sections are the planner's unless overridden "
-                                         "(model.* and train.* only, e.g. model.depth=2 train.steps=500). Writes "
-                                         "config.yaml, planner.safetensors and metrics.json (validation BCE, and that "
-                                         "of the planner derived from the run's denoiser on the same draws).",
+                                         "(model.* and train.* only, e.g. model.depth=2 train.steps=500). It trains "
+                                         "with `ddiff train`'s loop into a run-like directory (config.yaml, data.json, "
+                                         "metrics.jsonl, checkpoints/, best/), so --resume, torchrun and "
+                                         "train.precision=bf16 work as for `ddiff train`; at the end it writes "
+                                         "planner.safetensors (the best EMA weights) and metrics.json (validation "
+                                         "BCE, and that of the planner derived from the run's denoiser on the same "
+                                         "draws). Ctrl-C stops training; continue with --resume.",
                              epilog="then: ddiff sample RUN_DIR --sampler ddpd --planner RUN_DIR/planner")
     planner.add_argument("run_dir", help="a run directory of a uniform-noise model (`ddiff train process.name=uniform`)")
     planner.add_argument("overrides", nargs="*", help="model.key=value and train.key=value overrides")
     planner.add_argument("--out", default=None, help="output folder (default: RUN_DIR/planner)")
-    planner.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    planner.add_argument("--resume", action="store_true",
+                         help="continue the training in --out from its latest checkpoint (config from --out/config.yaml "
+                              "plus overrides, e.g. a larger train.steps)")
+    planner.add_argument("--device", default="auto",
+                         help="auto | cpu | cuda | cuda:N; other than auto it replaces train.device (default: the "
+                              "config's train.device)")
     planner.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     clf = sub.add_parser("train-classifier", help="train a noisy classifier p(c | x_t) for classifier guidance",
                          description="Train a noise-conditioned classifier (cross-entropy on (x_t ~ q_t(. | x0), c), "
                                      "t ~ U(0, 1) through the run's schedule) on RUN_DIR's labelled data. The run's "
                                      "model and train sections are the classifier's unless overridden (model.* and "
-                                     "train.* only). Writes config.yaml, classifier.safetensors, data.json and "
-                                     "metrics.json (validation accuracy and cross-entropy at a few noise levels).",
+                                     "train.* only). It trains with `ddiff train`'s loop into a run-like directory "
+                                     "(config.yaml, data.json, metrics.jsonl, checkpoints/, best/), so --resume, "
+                                     "torchrun and train.precision=bf16 work as for `ddiff train`; at the end it "
+                                     "writes classifier.safetensors (the best EMA weights) and metrics.json "
+                                     "(validation accuracy and cross-entropy at a few noise levels). Ctrl-C stops "
+                                     "training; continue with --resume.",
                          epilog="then: ddiff sample RUN_DIR --sampler tau-leaping --class 3 --classifier "
                                 "RUN_DIR/classifier --guidance 2")
     clf.add_argument("run_dir", help="a run directory whose data have class labels")
     clf.add_argument("overrides", nargs="*", help="model.key=value and train.key=value overrides")
     clf.add_argument("--out", default=None, help="output folder (default: RUN_DIR/classifier)")
-    clf.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    clf.add_argument("--resume", action="store_true",
+                     help="continue the training in --out from its latest checkpoint (config from --out/config.yaml "
+                          "plus overrides, e.g. a larger train.steps)")
+    clf.add_argument("--device", default="auto",
+                     help="auto | cpu | cuda | cuda:N; other than auto it replaces train.device (default: the config's "
+                          "train.device)")
     clf.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     report = sub.add_parser("report", help="write a PNG and an HTML page: samples, training curves, sample quality",
@@ -482,27 +500,25 @@ def format_quality(stem: str, payload: dict) -> str:
 
 def cmd_train_planner(args: argparse.Namespace) -> int:
     from .planner import train_planner
-    from .train.distributed import env_world
 
-    if env_world()[1] > 1:
-        raise ValueError("`ddiff train-planner` runs in one process (a planner is small); run it without torchrun")
-    metrics = train_planner(args.run_dir, args.overrides, args.out, args.device, progress=not args.no_progress)
-    print(f"planner validation BCE {metrics['val_bce_bits_per_site']:.4f} bits/site at step {metrics['best_step']} "
-          f"(planner derived from the run's denoiser: {metrics['denoiser_planner_val_bce_bits_per_site']:.4f}); "
-          f"weights {metrics['weights']}")
+    metrics = train_planner(args.run_dir, args.overrides, args.out, args.device, progress=not args.no_progress,
+                            resume=args.resume)
+    if metrics is not None:  # rank 0
+        print(f"planner validation BCE {metrics['val_bce_bits_per_site']:.4f} bits/site at step "
+              f"{metrics['best_step']} (planner derived from the run's denoiser: "
+              f"{metrics['denoiser_planner_val_bce_bits_per_site']:.4f}); weights {metrics['weights']}")
     return 0
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> int:
     from .guidance.classifier_train import train_classifier
-    from .train.distributed import env_world
 
-    if env_world()[1] > 1:
-        raise ValueError("`ddiff train-classifier` runs in one process; run it without torchrun")
-    metrics = train_classifier(args.run_dir, args.overrides, args.out, args.device, progress=not args.no_progress)
-    levels = ", ".join(f"{k} {v['val_accuracy']:.3f}" for k, v in metrics["at_noise_levels"].items())
-    print(f"classifier validation CE {metrics['val_ce_bits']:.4f} bits at step {metrics['best_step']}; accuracy "
-          f"{levels}; weights {metrics['weights']}")
+    metrics = train_classifier(args.run_dir, args.overrides, args.out, args.device, progress=not args.no_progress,
+                               resume=args.resume)
+    if metrics is not None:  # rank 0
+        levels = ", ".join(f"{k} {v['val_accuracy']:.3f}" for k, v in metrics["at_noise_levels"].items())
+        print(f"classifier validation CE {metrics['val_ce_bits']:.4f} bits at step {metrics['best_step']}; accuracy "
+              f"{levels}; weights {metrics['weights']}")
     return 0
 
 
@@ -526,13 +542,23 @@ def check_arguments(args: argparse.Namespace) -> None:
         check_seed(args.seed, "--seed")
 
 
+#: The training commands and how each is resumed after a Ctrl-C.
+RESUMABLE = {"train": "ddiff train", "demo": "ddiff train", "train-planner": "ddiff train-planner",
+             "train-classifier": "ddiff train-classifier"}
+
+
 def interrupted_note(args: argparse.Namespace) -> str:
-    """What a Ctrl-C left behind: for train and demo the last checkpoint and how to resume."""
-    if args.command not in ("train", "demo"):
+    """What a Ctrl-C left behind: for the training commands the last checkpoint and how to resume."""
+    command = RESUMABLE.get(args.command)
+    if command is None:
         return "stopped before finishing; run the command again"
     from .train.checkpoint import find_latest_checkpoint
 
-    out = Path(args.out)
+    if args.command in ("train", "demo"):
+        out = Path(args.out)
+    else:  # train-planner, train-classifier: RUN_DIR/planner or RUN_DIR/classifier unless --out
+        command = f"{command} {args.run_dir}"
+        out = Path(args.out) if args.out is not None else Path(args.run_dir) / args.command.removeprefix("train-")
     try:
         latest = find_latest_checkpoint(out / "checkpoints") if (out / "checkpoints").is_dir() else None
     except (OSError, ValueError):
@@ -540,7 +566,7 @@ def interrupted_note(args: argparse.Namespace) -> str:
     if not (out / "config.yaml").is_file():
         return "training had not started; nothing to resume"
     kept = f"the last checkpoint is {latest}" if latest is not None else "no checkpoint had been written yet"
-    return f"{kept}; resume with: ddiff train --out {out} --resume"
+    return f"{kept}; resume with: {command} --out {out} --resume"
 
 
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,

@@ -1,38 +1,36 @@
-"""Training loop for the exact-likelihood baselines (autoregressive models), with the diffusion Trainer's recipe.
+"""Exact-likelihood baselines trained through the library's one training loop, in one call.
 
-The baselines in this package (:class:`~discrete_diffusion.baselines.ARTransformer`,
-:class:`~discrete_diffusion.baselines.GatedPixelCNN`) give an exact ``log p(x)``, so training minimises the
-exact NLL per dimension. Everything else follows :class:`~discrete_diffusion.train.trainer.Trainer`, so that a
-likelihood table compares models, not recipes: batches drawn uniformly without replacement per step, AdamW
-with the same no-decay groups, linear warmup then cosine decay, gradient clipping, EMA with warmup, and
-validation of the EMA weights every ``eval_every`` steps keeping the best one (written as safetensors).
+:func:`fit_exact_model` trains an autoregressive baseline (:class:`~discrete_diffusion.baselines.ARTransformer`,
+:class:`~discrete_diffusion.baselines.GatedPixelCNN`) by its exact NLL with
+:class:`~discrete_diffusion.train.trainer.Trainer` and
+:class:`~discrete_diffusion.baselines.exact_task.ExactLikelihoodTask`, so a likelihood table compares models, not
+recipes: the run goes into a run directory (config.yaml, checkpoints/, best/, metrics.jsonl, data.json) that
+``resume=True`` continues, and the best EMA weights are also written as one safetensors file.
+:func:`fit_task` does the same for any task whose module the caller built (``planner.fit_planner``).
 """
 
 from __future__ import annotations
 
 import math
+import random
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import Callable, Iterator, Optional
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
-from safetensors.torch import load_file, save
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from ..train.atomic_io import atomic_write
-from ..train.ema import EMA
-from ..train.optim import build_optimizer, clip_gradients, warmup_cosine_schedule
+from ..config import load_config
+from ..train.run_results import export_weights, load_best_weights, validation_curve
+from ..train.task import Task
+from ..train.trainer import Trainer
+from .exact_task import ExactLikelihoodModel, ExactLikelihoodTask
 
-__all__ = ["ExactLikelihoodModel", "FitSettings", "FitResult", "bits_per_dim", "fit_exact_model", "fit_model"]
-
-
-class ExactLikelihoodModel(Protocol):
-    """An ``nn.Module`` with ``log_likelihood(x) -> (B,)`` nats, for x ``(B, *sites)`` long."""
-
-    def log_likelihood(self, x: Tensor) -> Tensor: ...
+__all__ = ["ExactLikelihoodModel", "FitSettings", "FitResult", "bits_per_dim", "fit_exact_model", "fit_task"]
 
 
 @dataclass
@@ -68,6 +66,18 @@ class FitSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def train_config(self, device: torch.device | str = "cpu") -> DictConfig:
+        """A run config whose ``train`` section is this recipe on ``device``: checkpoints at every validation
+        (the newest one kept), no sample grids, fp32, one micro-batch."""
+        keys = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip",
+                "ema_decay", "eval_every", "seed")
+        overrides = [f"train.{k}={getattr(self, k)}" for k in keys] + [
+            f"train.checkpoint_every={self.eval_every}", "train.keep_last=1", f"train.sample_every={self.steps + 1}",
+            f"train.device={torch.device(device)}"]
+        if self.wall_budget is not None:
+            overrides.append(f"train.time_limit_minutes={self.wall_budget / 60.0}")
+        return load_config(None, overrides)
+
 
 @dataclass
 class FitResult:
@@ -75,7 +85,8 @@ class FitResult:
     best_step: int
     steps_done: int
     train_seconds: float
-    val_curve: list[list[float]] = field(default_factory=list)   # [step, val bits/dim, seconds]
+    val_curve: list[list[float]] = field(default_factory=list)   # [step, val bits/dim]
+    run_dir: Optional[Path] = None
 
 
 @torch.no_grad()
@@ -92,72 +103,50 @@ def bits_per_dim(model: nn.Module, data: Tensor, device: torch.device | str, bat
     return torch.cat(parts) / (dims * math.log(2.0))
 
 
+@contextmanager
+def _caller_rng_kept(device: torch.device) -> Iterator[None]:
+    """The Trainer seeds torch, ``random`` and numpy with train.seed; a library call leaves the caller's alone."""
+    state_py, state_np = random.getstate(), np.random.get_state()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(state_py)
+        np.random.set_state(state_np)
+
+
+def fit_task(task: Task, settings: FitSettings, weights_path: str | Path, device: torch.device | str = "cpu",
+             progress: bool = False, log: Callable[[str], None] = lambda _message: None,
+             run_dir: str | Path | None = None, resume: bool = False) -> FitResult:
+    """Train ``task`` with ``settings`` on ``device`` through the Trainer into ``run_dir`` (default: ``weights_path``
+    without its suffix plus ``.run``; ``resume`` continues it), then load the best EMA weights into the task's
+    module (eval mode) and write them as safetensors at ``weights_path``. The caller's global RNG states are left
+    as they were; ``log`` receives one line per validation."""
+    weights_path = Path(weights_path)
+    run_dir = Path(run_dir) if run_dir is not None else weights_path.with_name(weights_path.stem + ".run")
+    device = torch.device(device)
+    start = time.time()
+    with _caller_rng_kept(device):
+        trainer = Trainer(settings.train_config(device), run_dir, progress=progress, log=log, task=task)
+        result = trainer.fit(resume=resume)
+    seconds = time.time() - start
+    load_best_weights(run_dir, task.module, task.checkpoint_config())
+    task.module.eval()
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    export_weights(task.module, weights_path)
+    assert result.best_step is not None and result.best_val_nll_bits_per_dim is not None
+    return FitResult(result.best_val_nll_bits_per_dim, result.best_step, result.step, seconds,
+                     validation_curve(run_dir, task.val_key), run_dir)
+
+
 def fit_exact_model(model: nn.Module, train: Tensor, val: Tensor, settings: FitSettings, weights_path: str | Path,
                     device: torch.device | str = "cpu", progress: bool = False,
-                    log: Callable[[str], None] = lambda _message: None) -> FitResult:
-    """Train ``model`` (already on ``device``) on ``train`` (N, *sites) long by exact NLL; validate the EMA
-    weights on ``val`` every ``eval_every`` steps and at the end; save the best as safetensors at
-    ``weights_path`` and load them into ``model`` before returning."""
-    if train.shape[0] == 0 or val.shape[0] == 0:
-        raise ValueError(f"fit_exact_model needs non-empty train and val splits, got {train.shape[0]} and "
-                         f"{val.shape[0]} examples")
-    train = train.to(device)
-    dims = train[0].numel()
-    return fit_model(model, lambda index: -model.log_likelihood(train[index]).mean() / dims,
-                     lambda: float(bits_per_dim(model, val, device).mean()), train.shape[0], settings, weights_path,
-                     progress=progress, log=log, desc="train (exact NLL)")
-
-
-def fit_model(model: nn.Module, batch_loss: Callable[[Tensor], Tensor], validate: Callable[[], float],
-              num_train: int, settings: FitSettings, weights_path: str | Path, progress: bool = False,
-              log: Callable[[str], None] = lambda _message: None, desc: str = "train") -> FitResult:
-    """The loop behind ``fit_exact_model``, for any loss. ``batch_loss(index)`` is the training loss (nats per
-    dimension) of the training examples at ``index`` (a (batch,) long tensor on the model's device);
-    ``validate()`` scores the model as it is (called with the EMA weights swapped in, in bits per dimension,
-    lower is better). The best EMA weights are saved at ``weights_path`` and loaded into ``model``."""
-    s = settings
-    weights_path = Path(weights_path)
-    device = next(model.parameters()).device
-    optimizer = build_optimizer(model, lr=s.lr, weight_decay=s.weight_decay)
-    scheduler = warmup_cosine_schedule(optimizer, min(s.warmup_steps, s.steps), s.steps, s.min_lr_ratio)
-    ema = EMA(model, decay=s.ema_decay)
-    data_generator = torch.Generator().manual_seed(s.seed + 1)
-    best: tuple[float, int] | None = None
-    curve: list[list[float]] = []
-    start = time.time()
-    bar = tqdm(total=s.steps, desc=desc, disable=not progress, dynamic_ncols=True)
-    step = 0
-    while step < s.steps:
-        model.train()
-        index = torch.randperm(num_train, generator=data_generator)[:min(s.batch_size, num_train)].to(device)
-        loss = batch_loss(index)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: loss is {loss.item()} at step {step + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_gradients(model, s.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        ema.update(model)
-        step += 1
-        bar.update(1)
-        out_of_time = s.wall_budget is not None and time.time() - start > s.wall_budget
-        if step % s.eval_every == 0 or step == s.steps or out_of_time:
-            with ema.swap_into(model):
-                model.eval()
-                val_bits = validate()
-                if best is None or val_bits < best[0]:
-                    best = (val_bits, step)
-                    weights_path.parent.mkdir(parents=True, exist_ok=True)
-                    blob = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
-                    atomic_write(weights_path, lambda f: f.write(blob))  # never through a symbolic link
-            curve.append([step, val_bits, round(time.time() - start, 1)])
-            log(f"step {step}: train {loss.item() / math.log(2):.4f} bits/dim, val (EMA) {val_bits:.4f} bits/dim, "
-                f"{time.time() - start:.0f} s")
-        if out_of_time:
-            break
-    bar.close()
-    model.eval()
-    assert best is not None
-    model.load_state_dict(load_file(str(weights_path)))
-    return FitResult(best[0], best[1], step, time.time() - start, curve)
+                    log: Callable[[str], None] = lambda _message: None, run_dir: str | Path | None = None,
+                    resume: bool = False) -> FitResult:
+    """Train ``model`` (on ``device``) on ``train`` (N, *sites) long by exact NLL, validating the EMA weights on
+    ``val`` every ``eval_every`` steps and at the end (:func:`fit_task` with
+    :class:`~discrete_diffusion.baselines.exact_task.ExactLikelihoodTask`); ``model`` ends with the best EMA
+    weights, which are also written at ``weights_path``."""
+    return fit_task(ExactLikelihoodTask(model, train, val), settings, weights_path, device, progress, log, run_dir,
+                    resume)

@@ -10,35 +10,43 @@ schedule (the sampling grid's law of t):
 
     L = E_{t, (x0, c)} [ -log softmax(logits(x_t, lam))_c ],
 
-whose minimiser is the exact p_t(c | x_t) = sum_x0 p(x0 | x_t) p(c | x0). The loop is ``baselines.fit_model``'s
-(the Trainer's recipe: AdamW, warm-up and cosine, EMA, best EMA weights on validation), as the DDPD planner's.
+whose minimiser is the exact p_t(c | x_t) = sum_x0 p(x0 | x_t) p(c | x0). :class:`ClassifierTask` is this
+objective as a task of the library's one training loop (:class:`~discrete_diffusion.train.trainer.Trainer`, as the
+DDPD planner's): per example the cross-entropy in nats, validation the cross-entropy in bits (``val_ce_bits``,
+which selects best/) and the accuracy of the EMA weights on fixed draws from the validation split.
 
-``train_classifier`` (``ddiff train-classifier RUN_DIR``) writes ``config.yaml``, ``classifier.safetensors``,
-``data.json`` (the run's data checksums) and ``metrics.json`` (validation accuracy and cross-entropy at a few noise
-levels) into ``RUN_DIR/classifier/`` through the library's safe writers; ``load_classifier`` checks a directory
-against a run (config sections, data checksums, tensor names and shapes, finite weights).
+``train_classifier`` (``ddiff train-classifier RUN_DIR [--out DIR] [--resume]``) trains one into a run-like
+directory (default ``RUN_DIR/classifier/``: config.yaml, data.json with the run's data checksums, metrics.jsonl,
+checkpoints/, best/; ``train/companion.py``), then writes ``classifier.safetensors`` (the best EMA weights) and
+``metrics.json`` (validation accuracy and cross-entropy at a few noise levels) through the library's safe writers;
+``load_classifier`` checks a directory against a run (config sections, data checksums, tensor names and shapes,
+finite weights).
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ..baselines.fit import FitResult, FitSettings, fit_model
 from ..builders import build_backbone
-from ..config import load_config, save_config, to_dict
-from ..data.manifest import check_data_manifest, write_data_manifest
+from ..config import load_config, to_dict
+from ..data import DiscreteDataset
+from ..data.manifest import check_data_manifest
 from ..denoiser import backbone_input, noise_level_input
 from ..processes import ForwardProcess
 from ..schedules import Schedule
-from ..train.atomic_io import ensure_dir, user_dir
+from ..train.companion import companion_config, companion_dir, train_companion
+from ..train.distributed import DistContext, setup
 from ..train.ema import compare_tensors
+from ..train.run_results import export_weights, load_best_weights, validation_curve
+from ..train.task import Task, TaskLoss, TaskSetup, model_config, reduce_over_batches
 
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
 #: The run's sections a classifier must share: it classifies noised data of that data set under that process.
@@ -64,9 +72,12 @@ class NoisyClassifierNet(nn.Module):
     def _pool(self, output: Tensor) -> Tensor:
         return output.float().reshape(output.shape[0], output.shape[1], -1).mean(-1)
 
-    def logits(self, xt: Tensor, lam: Tensor) -> Tensor:
-        """Class logits (B, C) float32."""
-        return self._pool(self.backbone(backbone_input(self.process, self.backbone, xt, lam), noise_level_input(lam)))
+    def logits(self, xt: Tensor, lam: Tensor, autocast: str | None = None) -> Tensor:
+        """Class logits (B, C) float32; with ``autocast`` (a device type) the backbone runs under bf16 autocast."""
+        inputs = (backbone_input(self.process, self.backbone, xt, lam), noise_level_input(lam))
+        with torch.autocast(autocast, dtype=torch.bfloat16) if autocast else nullcontext():
+            output = self.backbone(*inputs)
+        return self._pool(output)
 
     def forward(self, xt: Tensor, lam: Tensor) -> Tensor:
         return torch.log_softmax(self.logits(xt, lam).double(), dim=-1)
@@ -93,41 +104,24 @@ def draw_noisy(process: ForwardProcess, schedule: Schedule, x0: Tensor, generato
 
 @torch.no_grad()
 def classifier_scores(classifier: NoisyClassifierNet, schedule: Schedule, data: Tensor, labels: Tensor, seed: int,
-                      t: float | None = None, batch_size: int = 256) -> tuple[float, float]:
+                      t: float | None = None, batch_size: int = 256, ctx: DistContext | None = None
+                      ) -> tuple[float, float]:
     """(cross-entropy in bits, accuracy) of ``classifier`` on draws x_t of ``data`` (N, *sites) with ``labels``
-    (N,), at t ~ U(0, 1) or at the given t; the draws depend on ``seed`` only."""
+    (N,), at t ~ U(0, 1) or at the given t; the draws depend on ``seed`` only. With a ``ctx`` the batches are split
+    over its ranks (each draws every batch, scores its own) and the sums pooled."""
     generator = torch.Generator(device=data.device).manual_seed(seed)
-    nll, correct = 0.0, 0
-    for start in range(0, data.shape[0], batch_size):
-        xt, lam = draw_noisy(classifier.process, schedule, data[start:start + batch_size], generator, t)
+
+    def draw(i: int) -> tuple[Tensor, Tensor, Tensor]:
+        part = slice(i * batch_size, (i + 1) * batch_size)
+        return (*draw_noisy(classifier.process, schedule, data[part], generator, t), labels[part])
+
+    def score(item: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        xt, lam, target = item
         log_p = classifier(xt, lam)
-        target = labels[start:start + batch_size]
-        nll += float(-log_p.gather(1, target[:, None]).sum())
-        correct += int((log_p.argmax(1) == target).sum())
-    return nll / (data.shape[0] * math.log(2.0)), correct / data.shape[0]
+        return torch.stack([-log_p.gather(1, target[:, None]).sum(), (log_p.argmax(1) == target).sum().double()])
 
-
-def fit_classifier(classifier: NoisyClassifierNet, schedule: Schedule, train: Tensor, train_labels: Tensor,
-                   val: Tensor, val_labels: Tensor, settings: FitSettings, weights_path: str | Path,
-                   progress: bool = False, log: Callable[[str], None] = lambda _message: None) -> FitResult:
-    """Train ``classifier`` (already on its device) by cross-entropy on forward draws (``baselines.fit_model``);
-    validation scores the EMA weights' cross-entropy (bits) on fixed draws from ``val``."""
-    if train.shape[0] == 0 or val.shape[0] == 0:
-        raise ValueError(f"a classifier needs non-empty train and val splits, got {train.shape[0]} and {val.shape[0]}")
-    device = next(classifier.parameters()).device
-    train, val = train.to(device), val.to(device)
-    train_labels, val_labels = train_labels.to(device), val_labels.to(device)
-    generator = torch.Generator(device=device).manual_seed(settings.seed + 2)
-
-    def batch_loss(index: Tensor) -> Tensor:
-        xt, lam = draw_noisy(classifier.process, schedule, train[index], generator)
-        return F.cross_entropy(classifier.logits(xt, lam), train_labels[index])
-
-    def validate() -> float:
-        return classifier_scores(classifier, schedule, val, val_labels, settings.seed + 3)[0]
-
-    return fit_model(classifier, batch_loss, validate, train.shape[0], settings, weights_path, progress, log,
-                     desc="train classifier (CE)")
+    nll, correct = reduce_over_batches(ctx or DistContext(), math.ceil(data.shape[0] / batch_size), draw, score, 2)
+    return float(nll) / (data.shape[0] * math.log(2.0)), float(correct) / data.shape[0]
 
 
 def run_labels(run) -> tuple[Tensor, Tensor, int]:
@@ -140,51 +134,138 @@ def run_labels(run) -> tuple[Tensor, Tensor, int]:
     return data.train_labels.long(), data.val_labels.long(), max(count, 2)
 
 
+class ClassifierLogits(nn.Module):
+    """``forward(x_t, lam) = classifier.logits(x_t, lam)`` (B, C): the module the loss calls (DDP wraps it); with
+    a ``device_type`` the backbone runs under bf16 autocast. Holds no weights of its own."""
+
+    def __init__(self, classifier: NoisyClassifierNet, device_type: str | None = None) -> None:
+        super().__init__()
+        self.classifier, self.device_type = classifier, device_type
+
+    def forward(self, xt: Tensor, lam: Tensor) -> Tensor:
+        return self.classifier.logits(xt, lam, self.device_type)
+
+
+@dataclass
+class ClassifierBatch:
+    """x_t (B, *sites) long, lam (B,), the classes c (B,) long."""
+
+    xt: Tensor
+    lam: Tensor
+    labels: Tensor
+
+
+class ClassifierTask(Task):
+    """The noisy classifier's cross-entropy as a task of the Trainer, on ``dataset``'s labelled train and val splits
+    under ``process`` and ``schedule`` (a run's), with ``num_classes`` classes; the network is the run config's
+    ``model`` section with C output channels."""
+
+    name = "classifier"
+    val_key = "val_ce_bits"
+    command = "ddiff train-classifier"
+
+    def __init__(self, process: ForwardProcess, schedule: Schedule, dataset: DiscreteDataset, num_classes: int) -> None:
+        super().__init__()
+        if dataset.train_labels is None or dataset.val_labels is None:
+            raise ValueError(f"the data set {dataset.name!r} has no class labels: a classifier needs labelled data")
+        if dataset.train.shape[0] == 0 or dataset.val.shape[0] == 0:
+            raise ValueError(f"a classifier needs non-empty train and val splits, got {dataset.train.shape[0]} and "
+                             f"{dataset.val.shape[0]}")
+        self.process, self.schedule, self.dataset, self.num_classes = process, schedule, dataset, int(num_classes)
+
+    def setup(self, setup: TaskSetup) -> None:
+        super().setup(setup)
+        self.device = setup.device
+        self.train_data, self.val_data = self.dataset.train.to(self.device), self.dataset.val.to(self.device)
+        self.train_labels = self.dataset.train_labels.long().to(self.device)
+        self.val_labels = self.dataset.val_labels.long().to(self.device)
+        self.dims = 1   # one label per example: the loss is per example
+
+    def build_module(self) -> nn.Module:
+        backbone = build_backbone(self.env.config, self.process, self.dataset.site_shape,
+                                  out_channels=self.num_classes)
+        self.classifier = NoisyClassifierNet(backbone, self.process, self.num_classes).to(self.device)
+        return self.classifier
+
+    def forward_module(self, bf16: bool) -> nn.Module:
+        return ClassifierLogits(self.classifier, self.device.type if bf16 else None)
+
+    def draw_batch(self) -> ClassifierBatch:
+        """Labelled examples uniformly without replacement (data generator), then t, lam and x_t (noise generator)."""
+        n = self.train_data.shape[0]
+        index = torch.randperm(n, generator=self.env.data_generator)[:min(self.env.config.train.batch_size, n)]
+        index = index.to(self.device)
+        xt, lam = draw_noisy(self.process, self.schedule, self.train_data[index], self.env.noise_generator)
+        return ClassifierBatch(xt, lam, self.train_labels[index])
+
+    def batch_size(self, batch: ClassifierBatch) -> int:
+        return batch.xt.shape[0]
+
+    def loss(self, model: nn.Module, batch: ClassifierBatch, part: slice) -> TaskLoss:
+        logits, target = model(batch.xt[part], batch.lam[part]), batch.labels[part]
+        return TaskLoss(F.cross_entropy(logits, target, reduction="none"),
+                        {"correct": (logits.detach().argmax(1) == target).float()})
+
+    def train_record(self, stats: dict[str, float]) -> dict[str, float]:
+        return {"train_accuracy": stats["correct"]}
+
+    def validate(self) -> dict[str, float]:
+        """Cross-entropy (bits) and accuracy on draws from the validation split seeded with train.seed + 3."""
+        ce, accuracy = classifier_scores(self.classifier, self.schedule, self.val_data, self.val_labels,
+                                         self.env.config.train.seed + 3, ctx=self.env.ctx)
+        return {"val_ce_bits": ce, "val_accuracy": accuracy}
+
+    def describe(self, metrics: dict) -> str:
+        return f"val CE (EMA) {metrics['val_ce_bits']:.4f} bits, accuracy {metrics['val_accuracy']:.3f}"
+
+    def checkpoint_config(self) -> dict:
+        return {"task": self.name, **model_config(self.env.config)}
+
+
 def train_classifier(run_dir: str | Path, overrides: list[str] | None = None, out_dir: str | Path | None = None,
-                     device: str = "auto", progress: bool = True) -> dict:
-    """Train a noisy classifier for the run at ``run_dir`` on its data, labels, process and schedule, and write it
-    to ``out_dir`` (default ``RUN_DIR/classifier``). ``overrides``: ``model.*`` and ``train.*`` only (the run's
-    model section is the architecture unless overridden). Returns the metrics written to ``metrics.json``."""
+                     device: str = "auto", progress: bool = True, resume: bool = False) -> dict | None:
+    """Train a noisy classifier for the run at ``run_dir`` on its data, labels, process and schedule into
+    ``out_dir`` (default ``RUN_DIR/classifier``; ``resume``: continue the training there). ``overrides``:
+    ``model.*`` and ``train.*`` only (the run's model section is the architecture unless overridden). Under
+    torchrun every rank calls this; rank 0 returns the metrics written to ``metrics.json``, the others None."""
     from ..pipeline import load_run, write_json
 
     run_dir = Path(run_dir)
-    run = load_run(run_dir, "best", device)
-    train_labels, val_labels, num_classes = run_labels(run)
-    config = load_config(run_dir / "config.yaml", overrides)
-    for section in to_dict(config):
-        if section not in ("model", "train") and to_dict(config)[section] != to_dict(run.config)[section]:
-            raise ValueError(f"a classifier is trained on its run's data and process: override only model.* and "
-                             f"train.* keys, not {section}.*")
-    out = user_dir(run_dir) / "classifier" if out_dir is None else user_dir(out_dir)
-    ensure_dir(out)  # a symbolic link at the folder (or at a file in it) is never written through
-    save_config(config, out / "config.yaml")
-    write_data_manifest(out, run.dataset)
-    torch.manual_seed(config.train.seed)
-    backbone = build_backbone(config, run.process, run.dataset.site_shape, out_channels=num_classes)
-    classifier = NoisyClassifierNet(backbone, run.process, num_classes).to(run.device)
-    settings = FitSettings.from_train_config(config.train)
-    result = fit_classifier(classifier, run.schedule, run.dataset.train, train_labels, run.dataset.val, val_labels,
-                            settings, out / CLASSIFIER_WEIGHTS, progress,
-                            log=print if progress else (lambda _message: None))
-    classifier.eval()
-    val = run.dataset.val.to(run.device)
-    at_levels = {}
-    for t in METRIC_TIMES:
-        ce, acc = classifier_scores(classifier, run.schedule, val, val_labels.to(run.device), settings.seed + 4, t)
-        at_levels[f"t={t:g}"] = {"val_ce_bits": ce, "val_accuracy": acc}
-    metrics = {"num_classes": num_classes, "val_ce_bits": result.best_val_bits_per_dim, "at_noise_levels": at_levels,
-               "best_step": result.best_step, "steps_done": result.steps_done,
-               "train_seconds": round(result.train_seconds, 1), "val_curve": result.val_curve,
-               "parameters": sum(p.numel() for p in classifier.parameters()), "run_dir": str(run_dir.resolve()),
-               "weights": str(out / CLASSIFIER_WEIGHTS)}
-    write_json(out / "metrics.json", metrics)
-    return metrics
+    out = companion_dir(run_dir, out_dir, "classifier")
+    config = companion_config(run_dir, overrides, out, resume, device, "classifier", "ddiff train-classifier")
+    _, local = setup(config.train.device)
+    run = load_run(run_dir, "best", str(local))
+    _, val_labels, num_classes = run_labels(run)
+    task = ClassifierTask(run.process, run.schedule, run.dataset, num_classes)
+
+    def finish(done) -> dict:
+        classifier = task.classifier
+        load_best_weights(out, classifier, task.checkpoint_config())
+        classifier.eval()
+        export_weights(classifier, out / CLASSIFIER_WEIGHTS)
+        val = run.dataset.val.to(run.device)
+        at_levels = {}
+        for t in METRIC_TIMES:
+            ce, acc = classifier_scores(classifier, run.schedule, val, val_labels.to(run.device),
+                                        config.train.seed + 4, t)
+            at_levels[f"t={t:g}"] = {"val_ce_bits": ce, "val_accuracy": acc}
+        best = done.result
+        metrics = {"num_classes": num_classes, "val_ce_bits": best.best_val_nll_bits_per_dim,
+                   "at_noise_levels": at_levels, "best_step": best.best_step, "steps_done": best.step,
+                   "train_seconds": round(done.seconds, 1), "val_curve": validation_curve(out, task.val_key),
+                   "parameters": sum(p.numel() for p in classifier.parameters()), "run_dir": str(run_dir.resolve()),
+                   "weights": str(out / CLASSIFIER_WEIGHTS)}
+        write_json(out / "metrics.json", metrics)
+        return metrics
+
+    return train_companion(task, config, out, resume, progress, finish)
 
 
 def load_classifier(classifier_dir: str | Path, run) -> NoisyClassifierNet:
-    """The classifier written by ``train_classifier`` into ``classifier_dir``, for ``run`` (a ``pipeline.LoadedRun``
-    with the same data and process sections (the schedule is in process) and the same data checksums), on the run's device in eval
-    mode. Reads YAML, JSON and safetensors only; ValueError (one line) for anything that does not match."""
+    """The classifier written by ``train_classifier`` into ``classifier_dir`` (``classifier.safetensors``: the best
+    EMA weights of its training), for ``run`` (a ``pipeline.LoadedRun`` with the same data and process sections (the
+    schedule is in process) and the same data checksums), on the run's device in eval mode. Reads YAML, JSON and
+    safetensors only; ValueError (one line) for anything that does not match."""
     classifier_dir = Path(classifier_dir)
     weights = classifier_dir / CLASSIFIER_WEIGHTS
     if not (classifier_dir / "config.yaml").is_file() or not weights.is_file() or weights.is_symlink():

@@ -8,8 +8,8 @@ Methods (one file each, the math in its docstring):
 - ``dps`` (dps.py): the DPS-style approximation, biased; any denoiser with x0 log-probs; tau-leaping, euler.
 - ``infill`` (inpaint.py): the inpaint measurement under masking, observed sites revealed from the start; exact,
   every masking sampler.
-- ``split-gibbs``: split Gibbs sampling (issue 13), registered by its own module through ``register_method`` when it
-  lands; until then asking for it is an error.
+- ``split-gibbs`` (split_gibbs.py): split Gibbs sampling (SGDD), annealed; any prior and operator (masking: operators
+  that factorise over sites), its prior step any sampler started mid-way (or, for an oracle, the exact joint step).
 
 Every method function has the signature ``fn(sampler, process, denoiser, schedule, operator, y, shape, *,
 <its options>, generator, device, callback) -> (B, *sites) long``.
@@ -31,15 +31,16 @@ from .dps import dps_sample
 from .exact_guidance import exact_guidance_sample
 from .inpaint import masking_inpaint_sample
 from .measurement import MeasurementOperator
+from .split_gibbs import split_gibbs_method
 
 __all__ = ["POSTERIOR_METHODS", "posterior_sample", "register_method", "method_options"]
 
-#: Method name -> sampling function; None = not available in this build.
+#: Method name -> sampling function (``register_method`` adds more; None = not available in this build).
 POSTERIOR_METHODS: dict[str, Callable[..., Tensor] | None] = {
     "exact-guidance": exact_guidance_sample,
     "dps": dps_sample,
     "infill": masking_inpaint_sample,
-    "split-gibbs": None,
+    "split-gibbs": split_gibbs_method,
 }
 
 _COMMON = ("sampler", "process", "denoiser", "schedule", "operator", "y", "shape", "generator", "device", "callback")

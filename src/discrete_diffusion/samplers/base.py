@@ -18,6 +18,9 @@ Options every sampler honours (the base wraps the denoiser, so subclasses see th
   x_t (masking; other processes raise) and a denoiser that ignores the noise level (the exact oracle). A
   ``NetworkDenoiser`` always feeds lam to its backbone, so with a trained network a cached prediction is the one
   made at an earlier level and the samples differ from the uncached run: an approximation that saves calls.
+- ``start=(x_t, t)``: ``sample`` denoises a given state x_t at level t of the run's schedule (lam =
+  logit(alpha(t))) instead of a prior draw at t = 1, over the grid from t down to 0 (``time_grid(schedule,
+  t_start)``): with an exact denoiser it draws from p(x0 | x_t), the prior step of split Gibbs.
 - after ``sample``, ``network_calls`` (batched denoiser calls) and ``network_evaluations`` (rows evaluated,
   summed over calls) report the cost; ``nfe`` = network_evaluations / batch size.
 
@@ -88,6 +91,28 @@ def _transform_rows(out: Tensor, temperature: float, top_p: float, top_k: int) -
         keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
         out = torch.log_softmax(torch.where(keep, out, torch.full_like(out, -torch.inf)), dim=-1)
     return out
+
+
+def check_start(process: ForwardProcess, shape: tuple[int, ...], start: tuple[Tensor, float],
+                device: torch.device) -> tuple[Tensor, float]:
+    """A sampler's ``start=(x_t, t)`` validated: x_t of the sample shape with integer values in
+    0..num_values-1 (MASK included for masking), t a time in (0, 1]. Returns (x_t long on ``device``, t)."""
+    if not isinstance(start, (tuple, list)) or len(start) != 2:
+        raise ValueError(f"start must be a pair (x_t, t), got {type(start).__name__}")
+    x, t = start
+    x = torch.as_tensor(x)
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"start: x_t has shape {tuple(x.shape)}, expected the sample shape {tuple(shape)}")
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(f"start: x_t must hold integer states, got {x.dtype}")
+    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= process.num_values):
+        raise ValueError(f"start: x_t values must lie in 0..{process.num_values - 1} for process {process.name!r}, "
+                         f"got {int(x.min())}..{int(x.max())}")
+    if isinstance(t, Tensor) and t.numel() == 1 and t.is_floating_point():
+        t = float(t)
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < float(t) <= 1.0:
+        raise ValueError(f"start: t must be a number in (0, 1] (the time of x_t in the run's schedule), got {t!r}")
+    return x.to(device=device, dtype=torch.long), float(t)
 
 
 def check_top_k(top_k: int, who: str) -> int:
@@ -220,15 +245,29 @@ class Sampler(ABC):
             self.network_evaluations = self._counter.rows
             self.nfe = self.network_evaluations / self._batch
 
-    def time_grid(self, schedule: Schedule) -> Tensor:
-        """lam_k = logit(alpha(t_k)) for t_k = 1 - k / num_steps, k = 0..num_steps, float64 and increasing;
-        the last entry is +inf when final_denoise is set (or alpha(0) = 1). With the ``grid`` option the
-        alpha(t) of that schedule (with its default settings) replaces the run's: the denoiser is conditioned
-        on logit alpha, not on t, so any grid works with a trained model."""
+    def time_grid(self, schedule: Schedule, t_start: float | None = None) -> Tensor:
+        """lam_k = logit(alpha(t_k)) for t_k = t_start (1 - k / num_steps), k = 0..num_steps (t_start = 1 by
+        default), float64 and increasing; the last entry is +inf when final_denoise is set (or alpha(0) = 1). With the
+        ``grid`` option the alpha(t) of that schedule (with its default settings) replaces the run's: the denoiser is
+        conditioned on logit alpha, not on t, so any grid works with a trained model. A given ``t_start`` (a start
+        from a state, see ``sample``) is a time of the run's schedule: the grid starts exactly at
+        lam = logit(schedule.alpha(t_start)) and, with the ``grid`` option, runs from that schedule's time of the
+        same alpha down to 0."""
+        lam_start = None
+        if t_start is None:
+            t_start = 1.0
+        else:
+            alpha_start = schedule.alpha(torch.tensor(float(t_start), dtype=torch.float64))
+            lam_start = float(torch.logit(alpha_start.clamp(0.0, 1.0)))
         if self.grid is not None:
             schedule = build_schedule(self.grid)
-        t = torch.linspace(1.0, 0.0, self.num_steps + 1, dtype=torch.float64)
+            if lam_start is not None:
+                t_start = float(schedule.time_of_alpha(alpha_start))
+        t = torch.linspace(float(t_start), 0.0, self.num_steps + 1, dtype=torch.float64)
         lam = torch.logit(schedule.alpha(t).clamp(0.0, 1.0))
+        if lam_start is not None:     # exactly the start level; later points never below it (a grid clamped at t = 0)
+            lam[0] = lam_start
+            lam[1:] = torch.maximum(lam[1:], lam[:1])
         if self.final_denoise:
             lam[-1] = torch.inf
         return lam
@@ -248,14 +287,20 @@ class Sampler(ABC):
     def sample(self, process: ForwardProcess, denoiser: Denoiser, schedule: Schedule, shape: tuple[int, ...],
                generator: torch.Generator | None = None, device: torch.device | str | None = None,
                callback: ProgressCallback | None = None,
-               constrain: Callable[[Tensor, float], Tensor] | None = None) -> Tensor:
+               constrain: Callable[[Tensor, float], Tensor] | None = None, *,
+               start: tuple[Tensor, float] | None = None) -> Tensor:
         """Generate samples of shape (B, *sites) starting from the process's prior at t = 1, on ``device`` (default:
         the denoiser's device, see ``sampling_device``). ``constrain(x, lam)``, if given, replaces the state after
         the prior draw and after every step (lam: the grid's noise level there); infilling by replacement uses it
-        (guidance/infill.py)."""
+        (guidance/infill.py). ``start=(x_t, t)``: start from the given x_t (B, *sites) long at time t in (0, 1] of
+        ``schedule`` instead of the prior (``check_start``), over ``time_grid(schedule, t)``."""
         device = self.sampling_device(denoiser, generator, device)
-        grid = self.time_grid(schedule)
-        x = process.sample_prior(tuple(shape), float(grid[0]), generator, device=device)
+        if start is None:
+            grid = self.time_grid(schedule)
+            x = process.sample_prior(tuple(shape), float(grid[0]), generator, device=device)
+        else:
+            x, t_start = check_start(process, shape, start, device)
+            grid = self.time_grid(schedule, t_start)
         if constrain is not None:
             x = constrain(x, float(grid[0]))
         batch = x.shape[0]

@@ -20,7 +20,7 @@ from torch import Tensor
 from ..denoiser import Denoiser
 from ..processes.base import ForwardProcess, sample_categorical
 from ..schedules import Schedule
-from .base import ProgressCallback, Sampler
+from .base import ProgressCallback, Sampler, check_start
 
 
 def apply_jumps(x: Tensor, rows: Tensor, flat_rates: Tensor, num_values: int,
@@ -50,9 +50,11 @@ class ExactSimulationSampler(Sampler):
     @torch.no_grad()
     def sample(self, process: ForwardProcess, denoiser: Denoiser, schedule: Schedule, shape: tuple[int, ...],
                generator: torch.Generator | None = None, device: torch.device | str | None = None,
-               callback: ProgressCallback | None = None) -> Tensor:
+               callback: ProgressCallback | None = None, *, start: tuple[Tensor, float] | None = None) -> Tensor:
+        """Samples (B, *sites) from the prior at t = 1, or from ``start=(x_t, t)`` (x_t at time t of ``schedule``,
+        see ``Sampler.sample``): the reverse CTMC simulated exactly from lam = logit(alpha(t)) to lam_stop."""
         device = self.sampling_device(denoiser, generator, device)
-        x, denoiser, lam, lam_end = self._start(process, denoiser, schedule, shape, generator, device)
+        x, denoiser, lam, lam_end = self._start(process, denoiser, schedule, shape, generator, device, start)
         batch = x.shape[0]
         active = torch.ones(batch, dtype=torch.bool, device=device)
         events = 0
@@ -80,13 +82,19 @@ class ExactSimulationSampler(Sampler):
         return self._finish(process, denoiser, x, lam_end, generator)
 
     def _start(self, process: ForwardProcess, denoiser: Denoiser, schedule: Schedule, shape: tuple[int, ...],
-               generator: torch.Generator | None, device: torch.device | str) -> tuple[Tensor, Denoiser, Tensor, float]:
-        """(x_1 from the prior, the wrapped denoiser, lam (B,) float64 at t = 1, the lam where simulation stops)."""
-        grid = Sampler.time_grid(self, schedule)
+               generator: torch.Generator | None, device: torch.device | str,
+               start: tuple[Tensor, float] | None = None) -> tuple[Tensor, Denoiser, Tensor, float]:
+        """(x_1 from the prior or the given start x_t, the wrapped denoiser, lam (B,) float64 there, the lam where
+        simulation stops)."""
         lam_end = min(float(torch.logit(torch.tensor(schedule.alpha_max, dtype=torch.float64))), self.lam_stop)
-        x = process.sample_prior(tuple(shape), float(grid[0]), generator, device=device)
+        if start is None:
+            lam_start = float(Sampler.time_grid(self, schedule)[0])
+            x = process.sample_prior(tuple(shape), lam_start, generator, device=device)
+        else:
+            x, t_start = check_start(process, shape, start, torch.device(device))
+            lam_start = float(torch.logit(schedule.alpha(torch.tensor(t_start, dtype=torch.float64)).clamp(0.0, 1.0)))
         denoiser = self.wrap_denoiser(process, denoiser, x.shape[0])
-        lam = torch.full((x.shape[0],), float(grid[0]), dtype=torch.float64, device=device)
+        lam = torch.full((x.shape[0],), lam_start, dtype=torch.float64, device=device)
         return x, denoiser, lam, lam_end
 
     def _after_event(self, events: int, x: Tensor, callback: ProgressCallback | None) -> None:

@@ -48,12 +48,12 @@ class WindowThinningSampler(ExactSimulationSampler):
     @torch.no_grad()
     def sample(self, process: ForwardProcess, denoiser: Denoiser, schedule: Schedule, shape: tuple[int, ...],
                generator: torch.Generator | None = None, device: torch.device | str | None = None,
-               callback: ProgressCallback | None = None) -> Tensor:
+               callback: ProgressCallback | None = None, *, start: tuple[Tensor, float] | None = None) -> Tensor:
         device = self.sampling_device(denoiser, generator, device)
         if not hasattr(process, "reverse_rate_window_table"):
             raise ValueError(f"sampler {self.name!r} needs a process with reverse_rate_window_table (matrix); got "
                              f"{process.name!r} (use 'exact' for masking and blackout, 'exact-thinning' for uniform)")
-        x, denoiser, lam, lam_end = self._start(process, denoiser, schedule, shape, generator, device)
+        x, denoiser, lam, lam_end = self._start(process, denoiser, schedule, shape, generator, device, start)
         window_end = torch.minimum(lam + self.window, torch.full_like(lam, lam_end))
         table = process.reverse_rate_window_table(lam, window_end)                 # (B, M): per state value
         bound = process.window_bound_from_table(x, table)

@@ -68,12 +68,15 @@ class ReMDMSampler(Sampler):
     def begin(self, x: Tensor) -> None:
         self._confidence = torch.full(x.shape, -math.inf, dtype=torch.float64, device=x.device)
 
-    def time_grid(self, schedule: Schedule) -> Tensor:
-        """The schedule's grid, or for "loop" its three-phase grid (see the module docstring)."""
+    def time_grid(self, schedule: Schedule, t_start: float | None = None) -> Tensor:
+        """The schedule's grid (from ``t_start``), or for "loop" its three-phase grid (see the module docstring)."""
         if self.strategy != "loop":
-            grid = super().time_grid(schedule)
+            grid = super().time_grid(schedule, t_start)
             self._lam_on = float(torch.logit(schedule.alpha(torch.tensor(self.t_on, dtype=torch.float64))))
             return grid
+        if t_start is not None:
+            raise ValueError("remdm: strategy 'loop' runs its own three-phase grid from the prior at t = 1 and cannot "
+                             f"start from a given state (t = {t_start}); use strategy 'cap', 'rescale' or 'conf'")
         t = torch.linspace(1.0, 0.0, self.num_steps + 1, dtype=torch.float64)
         a_on = self.alpha_on
         alpha = torch.where(t > self.t_on, a_on * (1.0 - t) / (1.0 - self.t_on),

@@ -1,6 +1,9 @@
-"""The training loop: AdamW with warmup and clipping, EMA, periodic validation, sample grids, checkpoints
-with exact resume, best-checkpoint selection on the validation NLL, and data-parallel training under
-``torchrun`` (DistributedDataParallel; see docs/distributed.md).
+"""The training loop, one for every task: AdamW with warmup and clipping, EMA, periodic validation, optional
+sample grids, checkpoints with exact resume, best-checkpoint selection on validation, and data-parallel training
+under ``torchrun`` (DistributedDataParallel; see docs/distributed.md). What is trained comes from a
+:class:`~discrete_diffusion.train.task.Task`: the diffusion objective (the default,
+train/diffusion_task.py), the exact NLL of an autoregressive baseline (baselines/exact_task.py), the DDPD
+planner's BCE (planner.py) or the noisy classifier's cross-entropy (guidance/classifier_train.py).
 
 Run directory layout (DESIGN.md section 5):
     config.yaml            the resolved config
@@ -8,7 +11,7 @@ Run directory layout (DESIGN.md section 5):
     tokenizer.json         BPE text only: the trained tokenizer (its SHA-256 is in data.json; data/tokenizer.py)
     metrics.jsonl          one JSON line per logged step / evaluation
     checkpoints/           ckpt_XXXXXXXX.{safetensors,json}: model, EMA, optimizer, scheduler, RNG, step
-    best/                  the checkpoint with the lowest validation NLL so far (EMA weights evaluated)
+    best/                  the checkpoint with the lowest validation value so far (EMA weights evaluated)
     samples/               sample grids during training (images)
     .lock                  held (flock) by the training that owns the directory (train/run_lock.py)
 
@@ -16,13 +19,13 @@ Every file is written through train/atomic_io.py (temp file created O_EXCL | O_N
 appends O_NOFOLLOW): a symbolic link planted in a run directory is never written through.
 
 Batches. ``train.batch_size`` is the *global* batch of one optimizer step. Every rank draws the whole
-global batch from identically seeded generators (example indices, augmentation, lam and x_t) and keeps
-its contiguous chunk; the chunk is split again into ``train.grad_accumulation`` micro-batches. Each
-micro-batch contributes ``sum(per-example loss) * world_size / global_batch`` to the gradient, so DDP's
-averaging over ranks and the accumulation over micro-batches give exactly the gradient of the mean over the
-global batch: one process, two processes and two micro-batches train the same model up to float rounding
-(tests/test_distributed.py). With one process, one micro-batch and fp32 the step is
-:func:`~discrete_diffusion.losses.training_loss` itself.
+global batch from identically seeded generators (the task's ``draw_batch``) and keeps its contiguous chunk; the
+chunk is split again into ``train.grad_accumulation`` micro-batches. Each micro-batch contributes
+``sum(per-example loss) * world_size / (global_batch * dims)`` to the gradient, so DDP's averaging over ranks and
+the accumulation over micro-batches give exactly the gradient of the mean over the global batch: one process,
+two processes and two micro-batches train the same model up to float rounding (tests/test_distributed.py,
+tests/test_tasks.py). With one process, one micro-batch and fp32 the step is ``loss.mean() / dims`` (for the
+diffusion task :func:`~discrete_diffusion.losses.training_loss` itself).
 """
 
 from __future__ import annotations
@@ -30,59 +33,42 @@ from __future__ import annotations
 import errno
 import itertools
 import json
-import math
 import os
-import random
 import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..builders import (
-    build_dataset,
-    build_denoiser,
-    build_objective_from,
-    build_process_from,
-    build_proposal,
-    build_sampler_from,
-    build_schedule_from,
-    build_weighting_from,
-    resolve_num_classes,
-)
-from ..config import MODEL_SECTIONS, save_config, to_dict
+from ..config import save_config
 from ..data.manifest import MANIFEST_NAME, DataChangedError, check_data_manifest, write_data_manifest
-from ..data.tokenizer import run_tokenizer_json, write_run_tokenizer
-from ..denoiser import ConditionalDenoiser, NetworkDenoiser, backbone_input, noise_level_input
-from ..losses import diffusion_terms, draw_noise, training_loss
-from ..processes.base import Prediction
-from ..visualize import save_image_grid
-from .atomic_io import (append_text, atomic_write_text, ensure_dir, probe_writable, read_text_nofollow, refuse_link,
-                        user_dir)
-from .augment import build_augmentation
+from ..data.tokenizer import write_run_tokenizer
+from .atomic_io import append_text, atomic_write_text, ensure_dir, probe_writable, read_text_nofollow, refuse_link, \
+    user_dir
 from .checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
 from .checks import check_train_config
-from .distributed import (
-    env_world,
-    evaluate_nll_sharded,
-    sample_sharded,
-    setup,
-    shard_bounds,
-)
+from .diffusion_task import AutocastDenoiser, DiffusionTask
+from .distributed import env_world, setup, shard_bounds
 from .ema import EMA
 from .optim import build_optimizer, clip_gradients, warmup_cosine_schedule
 from .run_lock import RunLock
+from .task import Task, TaskSetup, model_config, seed_everything
+
+__all__ = ["Trainer", "TrainResult", "resumable_checkpoint", "best_record", "model_config", "check_train_config",
+           "AutocastDenoiser"]
 
 
 @dataclass
 class TrainResult:
+    """Where and how far a run trained. ``best_val_nll_bits_per_dim`` is the best validation value of the
+    task's ``val_key`` (for the diffusion task the NLL bound in bits/dim), ``best_step`` its step."""
+
     run_dir: Path
     step: int
     best_val_nll_bits_per_dim: float | None
@@ -102,13 +88,14 @@ def _listing(directory: Path, show: int = 5, limit: int = 1000) -> str:
     return f"{count}: {', '.join(names[:show])}{', ...' if len(names) > show else ''}"
 
 
-def resumable_checkpoint(run_dir: str | Path) -> Path:
+def resumable_checkpoint(run_dir: str | Path, command: str = "ddiff train") -> Path:
     """The newest complete checkpoint of ``run_dir``, the one ``--resume`` continues from.
 
     Raises a one-line ``ValueError`` saying what the directory holds and what is missing when there is nothing
-    to resume: no directory, no ``config.yaml``, or no complete checkpoint in ``checkpoints/``. Reads only."""
+    to resume: no directory, no ``config.yaml``, or no complete checkpoint in ``checkpoints/``. Reads only.
+    ``command`` starts a new run (named in the message)."""
     run_dir = Path(run_dir)
-    anew = f"start a new run with `ddiff train --out {run_dir}` (without --resume)"
+    anew = f"start a new run with `{command} --out {run_dir}` (without --resume)"
     if not run_dir.exists():
         raise ValueError(f"cannot resume {run_dir}: the directory does not exist; {anew}")
     if not run_dir.is_dir():
@@ -125,49 +112,8 @@ def resumable_checkpoint(run_dir: str | Path) -> Path:
     return latest
 
 
-def model_config(config: DictConfig) -> dict:
-    """The config sections a checkpoint must match (data, process, model)."""
-    full = to_dict(config)
-    return {k: full[k] for k in MODEL_SECTIONS}
-
-
-class AutocastDenoiser(nn.Module):
-    """Runs a :class:`NetworkDenoiser`'s backbone under bf16 autocast; its input features and everything after
-    the backbone (the parameterisation and the loss) stay in float32. Holds no weights of its own."""
-
-    def __init__(self, denoiser: NetworkDenoiser, device_type: str) -> None:
-        super().__init__()
-        self.denoiser = denoiser
-        self.device_type = device_type
-
-    @property
-    def num_classes(self) -> int:
-        return self.denoiser.num_classes
-
-    def forward(self, xt: Tensor, lam: Tensor, labels: Tensor | None = None) -> Prediction:
-        d = self.denoiser
-        inputs = (backbone_input(d.process, d.backbone, xt, lam), noise_level_input(lam))
-        with torch.autocast(self.device_type, dtype=torch.bfloat16):
-            output = d.backbone(*inputs) if labels is None else d.backbone(*inputs, labels)
-        return d.process.prediction_from_output(output.float(), xt, lam, d.parameterization)
-
-
-def compile_backbone(denoiser: NetworkDenoiser, device: torch.device) -> None:
-    """``train.compile=true``: compile the backbone's forward in place with ``torch.compile``
-    (``nn.Module.compile``), so parameter names, and so checkpoints, stay those of the eager model (no
-    ``_orig_mod.`` prefix) and a compiled run resumes, samples and evaluates like an eager one. Only the
-    backbone is compiled; the parameterisation and the loss stay eager. On CPU the inductor backend builds
-    C++ kernels: without a C++ compiler (``$CXX`` or ``g++``) this raises ValueError before training starts."""
-    if device.type == "cpu":
-        cxx = os.environ.get("CXX") or "g++"
-        if shutil.which(cxx) is None:
-            raise ValueError(f"train.compile=true on CPU needs a C++ compiler (torch.compile builds C++ kernels), "
-                             f"and {cxx!r} is not on PATH: install g++ (or set $CXX) or use train.compile=false")
-    denoiser.backbone.compile()
-
-
 def best_record(extra: dict, step: int) -> tuple[float, int] | None:
-    """The checkpoint's ``extra["best"]``: ``[]`` (no validation yet) or ``[NLL, step <= step]``."""
+    """The checkpoint's ``extra["best"]``: ``[]`` (no validation yet) or ``[value, step <= step]``."""
     best = extra.get("best", []) if isinstance(extra, dict) else None
     if best == []:
         return None
@@ -179,13 +125,14 @@ def best_record(extra: dict, step: int) -> tuple[float, int] | None:
 
 
 class Trainer:
-    """Builds everything from a config and trains it into ``run_dir``.
+    """Builds ``task`` (default: the diffusion task of the config) and trains it into ``run_dir``.
 
-    Under ``torchrun`` (``WORLD_SIZE > 1``) it joins the process group, wraps the denoiser in
-    DistributedDataParallel and lets rank 0 alone write the run directory."""
+    Under ``torchrun`` (``WORLD_SIZE > 1``) it joins the process group, wraps the task's forward module in
+    DistributedDataParallel and lets rank 0 alone write the run directory. Attributes of the task (the diffusion
+    task's ``denoiser``, ``process``, ``dataset``, ``schedule``, ...) read through the trainer."""
 
     def __init__(self, config: DictConfig, run_dir: str | Path, progress: bool = True,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, task: Task | None = None) -> None:
         self.config = config
         self.run_dir = user_dir(run_dir)  # a link the user typed is followed; links inside it never are
         tc = config.train
@@ -196,52 +143,39 @@ class Trainer:
         if tc.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ValueError(f"train.precision=bf16 is not supported on {torch.cuda.get_device_name(self.device)}; "
                              "use train.precision=fp32")
+        self.task = DiffusionTask() if task is None else task
         self.ctx.agree(self._build, "building the run")
         self.model = self._training_module()
         self.step = 0
         self.best: tuple[float, int] | None = None
 
+    def __getattr__(self, name: str) -> Any:
+        task = self.__dict__.get("task")
+        if task is None or name.startswith("__"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        try:
+            return getattr(task, name)
+        except AttributeError:
+            raise AttributeError(f"{type(self).__name__!r} object (and its {task.name} task) has no attribute "
+                                 f"{name!r}") from None
+
     def _build(self) -> None:
-        config, tc = self.config, self.config.train
-        self.dataset = build_dataset(config, self._cached_tokenizer())
-        if self.dataset.val.shape[0] == 0 and self.dataset.test.shape[0] == 0:  # validation needs one of them
-            raise ValueError(f"the dataset has {self.dataset.train.shape[0]} training examples and none left for "
-                             "validation or test (each split takes about 10% of a user array); validation and "
-                             "best-checkpoint selection need at least one: use a larger dataset")
-        self.process = build_process_from(config, self.dataset.num_states)
-        self.schedule = build_schedule_from(config)
-        self.proposal = build_proposal(config)
-        self.weighting = build_weighting_from(config)
-        self.objective = build_objective_from(config)
-        self.augment = build_augmentation(tc.augment, self.dataset.kind)
-        torch.manual_seed(tc.seed)  # same on every rank: identical initial weights
-        random.seed(tc.seed)  # unused by the library, but checkpointed: a resumed run must match a straight one
-        np.random.seed(tc.seed % 2**32)
-        self.num_classes = resolve_num_classes(config, self.dataset)
-        self.denoiser = build_denoiser(config, self.process, self.dataset.site_shape,
-                                       self.num_classes).to(self.device)
-        if tc.compile:
-            compile_backbone(self.denoiser, self.device)
-        self.optimizer = build_optimizer(self.denoiser, lr=tc.lr, weight_decay=tc.weight_decay)
-        self.scheduler = warmup_cosine_schedule(self.optimizer, min(tc.warmup_steps, tc.steps), tc.steps,
-                                                tc.min_lr_ratio)
-        self.ema = EMA(self.denoiser, decay=tc.ema_decay)
+        tc = self.config.train
         self.data_generator = torch.Generator().manual_seed(tc.seed + 1)
         self.noise_generator = torch.Generator(device=self.device).manual_seed(tc.seed + 2)
-        self.train_data = self.dataset.train.to(self.device)
-        self.train_labels = self.dataset.train_labels.to(self.device) if self.num_classes else None
-
-    def _cached_tokenizer(self) -> str | None:
-        """A BPE run that holds checkpoints (which only --resume continues) keeps the tokenizer it was trained
-        with: ``RUN_DIR/tokenizer.json``, checked against data.json; otherwise None (one is trained)."""
-        if self.config.data.tokenizer != "bpe" or find_latest_checkpoint(self.run_dir / "checkpoints") is None:
-            return None
-        return run_tokenizer_json(self.run_dir)
+        self.task.setup(TaskSetup(self.config, self.run_dir, self.device, self.ctx, self.data_generator,
+                                  self.noise_generator))
+        seed_everything(tc.seed)  # same on every rank: identical initial weights
+        self.task.module = self.module = self.task.build_module()
+        if tc.compile:
+            self.task.compile(self.device)
+        self.optimizer = build_optimizer(self.module, lr=tc.lr, weight_decay=tc.weight_decay)
+        self.scheduler = warmup_cosine_schedule(self.optimizer, min(tc.warmup_steps, tc.steps), tc.steps,
+                                                tc.min_lr_ratio)
+        self.ema = EMA(self.module, decay=tc.ema_decay)
 
     def _training_module(self) -> nn.Module:
-        module: nn.Module = self.denoiser
-        if self.config.train.precision == "bf16":
-            module = AutocastDenoiser(self.denoiser, self.device.type)
+        module = self.task.forward_module(self.config.train.precision == "bf16")
         if self.ctx.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
@@ -249,7 +183,7 @@ class Trainer:
 
     @property
     def _plain_step(self) -> bool:
-        """One process, one micro-batch, fp32: the step is ``training_loss`` on the whole batch."""
+        """One process, one micro-batch, fp32: the step's loss is ``loss.mean() / dims`` on the whole batch."""
         tc = self.config.train
         return not self.ctx.enabled and tc.grad_accumulation == 1 and tc.precision == "fp32"
 
@@ -264,7 +198,7 @@ class Trainer:
         has room. A fresh run starts ``metrics.jsonl`` anew. Nothing is written before every check passed
         (except the lock file)."""
         if resume:
-            resumable_checkpoint(self.run_dir)
+            resumable_checkpoint(self.run_dir, self.task.command)
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire()
@@ -283,7 +217,7 @@ class Trainer:
 
     def checkpoint_bytes(self) -> int:
         """About how many bytes one checkpoint takes: weights, EMA and two Adam moments."""
-        weights = sum(t.numel() * t.element_size() for t in self.denoiser.state_dict().values())
+        weights = sum(t.numel() * t.element_size() for t in self.module.state_dict().values())
         return 4 * weights + 64 * 1024
 
     def _check_free_space(self) -> None:
@@ -301,8 +235,8 @@ class Trainer:
     def _resume(self) -> None:
         latest = find_latest_checkpoint(self.run_dir / "checkpoints")
         if latest is not None:
-            meta = load_checkpoint(latest, self.denoiser, self.optimizer, self.scheduler, self.ema, self.generators,
-                                   expected_config=model_config(self.config), absent_ok=True,
+            meta = load_checkpoint(latest, self.module, self.optimizer, self.scheduler, self.ema, self.generators,
+                                   expected_config=self.task.checkpoint_config(), absent_ok=True,
                                    max_step=self.config.train.steps, check_extra=best_record)
             self.step = int(meta["step"])
             self.best = best_record(meta["extra"], self.step)
@@ -345,32 +279,15 @@ class Trainer:
                 from None
 
     def _save(self, directory: Path, keep_last: int) -> None:
-        save_checkpoint(directory, self.step, self.denoiser, self.optimizer, self.scheduler, self.ema,
-                        self.generators, extra={"config": model_config(self.config), "best": list(self.best or [])},
+        save_checkpoint(directory, self.step, self.module, self.optimizer, self.scheduler, self.ema,
+                        self.generators, extra={"config": self.task.checkpoint_config(),
+                                                "best": list(self.best or [])},
                         keep_last=keep_last)
 
     def _on_main(self, fn: Callable[[], object], what: str) -> None:
         self.ctx.on_main(fn, what)
 
     # ----- the loop ------------------------------------------------------------------------------------
-    def _next_batch(self) -> tuple[Tensor, Tensor | None]:
-        """The global batch (identical on every rank) and, for a conditional model, its labels (B,), each replaced
-        by the null class (index num_classes) with probability train.cond_dropout. Every draw comes from the data
-        generator (after the permutation and the augmentation), so resume stays bit-exact; an unconditional run
-        draws exactly what it drew before labels existed."""
-        n = self.train_data.shape[0]
-        batch = min(self.config.train.batch_size, n)
-        index = torch.randperm(n, generator=self.data_generator)[:batch].to(self.device)
-        x0 = self.train_data[index]
-        x0 = self.augment(x0, self.data_generator) if self.augment is not None else x0
-        if self.train_labels is None:
-            return x0, None
-        labels = self.train_labels[index]
-        if self.config.train.cond_dropout > 0:
-            drop = torch.rand(batch, generator=self.data_generator) < self.config.train.cond_dropout
-            labels = labels.masked_fill(drop.to(self.device), self.num_classes)
-        return x0, labels
-
     def _non_finite(self, value: float) -> FloatingPointError:
         latest = find_latest_checkpoint(self.run_dir / "checkpoints")
         kept = (f"the last good checkpoint {latest} is intact" if latest is not None
@@ -378,56 +295,54 @@ class Trainer:
         return FloatingPointError(f"loss is {value} at step {self.step + 1}; training stopped, {kept}")
 
     def train_step(self) -> dict:
+        """One optimizer step on one global batch; returns its metrics line."""
         self.model.train()
-        x0, labels = self._next_batch()
+        batch = self.task.draw_batch()
         if self._plain_step:
-            model = self.denoiser if labels is None else ConditionalDenoiser(self.denoiser, labels, self.num_classes)
-            out = training_loss(self.process, model, x0, self.schedule, self.proposal, self.weighting,
-                                self.noise_generator, objective=self.objective)
-            if not torch.isfinite(out.loss):
-                raise self._non_finite(out.loss.item())
+            out = self.task.loss(self.model, batch, slice(0, self.task.batch_size(batch)))
+            loss_tensor = out.per_example.mean() / self.task.dims
+            if not torch.isfinite(loss_tensor):
+                raise self._non_finite(loss_tensor.item())
             self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            loss, elbo_mean = float(out.loss.detach()), float(out.elbo_diffusion.mean())
+            loss_tensor.backward()
+            loss, stats = float(loss_tensor.detach()), {k: float(v.detach().mean()) for k, v in out.stats.items()}
         else:
-            loss, elbo_mean = self._sharded_backward(x0, labels)
-        grad_norm = clip_gradients(self.denoiser, self.config.train.grad_clip)
+            loss, stats = self._sharded_backward(batch)
+        grad_norm = clip_gradients(self.module, self.config.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        self.ema.update(self.denoiser)
+        self.ema.update(self.module)
         self.step += 1
-        bits = elbo_mean / (x0[0].numel() * math.log(2.0))
-        return {"step": self.step, "loss": loss, "train_elbo_diffusion_bpd": bits,
-                "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
+        return {"step": self.step, "loss": loss, **self.task.train_record(stats), "grad_norm": grad_norm,
+                "lr": self.scheduler.get_last_lr()[0]}
 
-    def _sharded_backward(self, x0: Tensor, labels: Tensor | None = None) -> tuple[float, float]:
-        """Accumulate this rank's share of the gradient of the global-batch loss; returns the global mean
-        loss and mean ELBO diffusion term. The noise is drawn for the global batch exactly as
-        ``training_loss`` draws it, so the per-example randomness does not depend on the split."""
-        ctx, accum = self.ctx, self.config.train.grad_accumulation
-        batch, sites = x0.shape[0], x0[0].numel()
-        if batch < ctx.world_size * accum:
-            raise ValueError(f"the training split has {batch} examples, fewer than world size x "
+    def _sharded_backward(self, batch: Any) -> tuple[float, dict[str, float]]:
+        """Accumulate this rank's share of the gradient of the global-batch loss; returns the global mean loss
+        (per dimension) and the global means of the task's per-example statistics."""
+        ctx, accum, dims = self.ctx, self.config.train.grad_accumulation, self.task.dims
+        size = self.task.batch_size(batch)
+        if size < ctx.world_size * accum:
+            raise ValueError(f"the training split has {size} examples, fewer than world size x "
                              f"train.grad_accumulation = {ctx.world_size * accum}")
-        noise = draw_noise(self.process, x0, self.schedule, self.proposal, self.noise_generator)
-        start, stop = shard_bounds(batch, ctx.rank, ctx.world_size)
-        scale = ctx.world_size / (batch * sites)
-        sums = torch.zeros(2, dtype=torch.float64, device=x0.device)  # loss * sites, ELBO term: over examples
+        start, stop = shard_bounds(size, ctx.rank, ctx.world_size)
+        scale = ctx.world_size / (size * dims)
+        sums: Tensor | None = None  # loss * dims, then each statistic: summed over examples
+        names: list[str] = []
         self.optimizer.zero_grad(set_to_none=True)
         for m in range(accum):
             a, b = shard_bounds(stop - start, m, accum)
-            part = slice(start + a, start + b)
             sync = m == accum - 1 or not ctx.enabled
             with nullcontext() if sync else self.model.no_sync():
-                model = self.model if labels is None else ConditionalDenoiser(self.model, labels[part], self.num_classes)
-                per_example, elbo = diffusion_terms(self.process, model, x0[part], noise[part], self.weighting,
-                                                     self.objective)
-                micro_loss = per_example.sum() * scale
+                out = self.task.loss(self.model, batch, slice(start + a, start + b))
+                micro_loss = out.per_example.sum() * scale
                 self._check_finite(micro_loss)
                 micro_loss.backward()
-            sums += torch.stack([per_example.detach().sum(), elbo.detach().sum()]).double()
-        sums = ctx.all_reduce(sums.to(ctx.collective_device(x0.device))).cpu()
-        return float(sums[0]) / (batch * sites), float(sums[1]) / batch
+            names = list(out.stats)
+            part = torch.stack([out.per_example.detach().sum().double()]
+                               + [out.stats[k].detach().sum().double() for k in names])
+            sums = part if sums is None else sums + part
+        sums = ctx.all_reduce(sums.to(ctx.collective_device(sums.device))).cpu()
+        return float(sums[0]) / (size * dims), {k: float(sums[1 + i]) / size for i, k in enumerate(names)}
 
     def _check_finite(self, micro_loss: Tensor) -> None:
         """Stop every rank together (before any backward) when the loss is NaN or infinite on any rank."""
@@ -438,70 +353,31 @@ class Trainer:
             raise self._non_finite(float(value[0]))
 
     def validate(self) -> dict:
-        """Validation NLL (bits/dim) of the EMA weights on one fixed set of noise draws: the generator is seeded
-        with train.seed + 3 at every validation and the ``train.eval_t_samples`` lam draws of each example are
-        stratified (``losses.estimate_elbo``), so two validations of the same weights agree exactly and
-        checkpoints differ by their weights, not the noise. The training generators are not touched. Under
-        torchrun every rank evaluates its shard of the split and the statistics are all-reduced. A conditional model
-        is scored by the bound on -log p(x | c), each class's examples with their class bound, pooled by count."""
-        name = "val" if self.dataset.val.shape[0] else "test"
-        split, labels = self.dataset.split(name), self.dataset.labels(name)
-        self.denoiser.eval()
-        parts = [(split, self.denoiser)] if not self.num_classes else [  # conditional: -log p(x | c), class by class
-            (split[labels == c], ConditionalDenoiser(self.denoiser, int(c))) for c in torch.unique(labels).tolist()
-        ] if labels is not None else [(split, ConditionalDenoiser(self.denoiser, self.num_classes))]   # unlabelled: null
-        mean = var = 0.0
-        with self.ema.swap_into(self.denoiser):
-            for data, denoiser in parts:
-                result = evaluate_nll_sharded(self.ctx, self.process, denoiser, self.schedule, data, self.proposal,
-                                              self.config.train.eval_t_samples, self.config.evaluate.batch_size,
-                                              self.config.train.seed + 3, self.device)
-                weight = data.shape[0] / split.shape[0]
-                mean, var = mean + weight * result.nll_bits_per_dim, var + (weight * result.nll_bits_per_dim_stderr) ** 2
-        return {"step": self.step, "val_nll_bits_per_dim": mean, "val_nll_bits_per_dim_stderr": math.sqrt(var)}
+        """The task's validation of the EMA weights (in eval mode; the raw weights are restored afterwards)."""
+        self.module.eval()
+        with self.ema.swap_into(self.module):
+            return {"step": self.step, **self.task.validate()}
 
     def sample_grid(self) -> Path | None:
-        """A grid of 64 samples from the EMA weights (split over ranks; rank 0 writes it)."""
-        if self.dataset.kind != "image":
-            return None
-        sampler = build_sampler_from(self.config)
-        shape = tuple(self.dataset.site_shape)
-
-        def draw(n: int, seed: int) -> Tensor:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-            if not self.num_classes:
-                return sampler.sample(self.process, self.denoiser, self.schedule, (n, *shape), generator, self.device)
-            labels, x = torch.arange(n) % self.num_classes, torch.empty((n, *shape), dtype=torch.long)
-            for c in torch.unique(labels).tolist():   # classes cycle over rows; one sampler call per class
-                x[labels == c] = sampler.sample(self.process, ConditionalDenoiser(self.denoiser, c), self.schedule,
-                                                (int((labels == c).sum()), *shape), generator, self.device).cpu()
-            return x
-
-        self.denoiser.eval()
-        with self.ema.swap_into(self.denoiser):
-            x = sample_sharded(self.ctx, draw, 64, shape, self.config.train.seed + 4)
-        path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
-
-        def write() -> None:
-            ensure_dir(path.parent, root=self.run_dir)
-            save_image_grid(x.cpu(), self.dataset.num_states, path)
-
-        self._on_main(write, "writing a sample grid")
-        return path if self.ctx.is_main else None
+        """The task's sample grid from the EMA weights, if it draws one (rank 0 writes it)."""
+        self.module.eval()
+        with self.ema.swap_into(self.module):
+            return self.task.sample_grid(self.step)
 
     def _record_data(self, resume: bool) -> None:
         """data.json: checksums of the data files and splits (data/manifest.py). A resumed run must find the
         data it was trained on; evaluate and sample compare against this record."""
+        dataset = self.task.dataset
         if resume and (self.run_dir / MANIFEST_NAME).exists():
             try:
-                check_data_manifest(self.run_dir, self.dataset)
+                check_data_manifest(self.run_dir, dataset)
             except DataChangedError as err:
                 raise DataChangedError(f"{str(err).split('; restore')[0]}; a resumed run must train on the data it "
                                        f"started with: restore the data or train into a new --out") from None
         else:
-            if self.dataset.metadata.get("tokenizer_json") is not None:  # BPE text: the trained tokenizer
-                write_run_tokenizer(self.run_dir, self.dataset.metadata["tokenizer_json"])
-            write_data_manifest(self.run_dir, self.dataset)
+            if dataset.metadata.get("tokenizer_json") is not None:  # BPE text: the trained tokenizer
+                write_run_tokenizer(self.run_dir, dataset.metadata["tokenizer_json"])
+            write_data_manifest(self.run_dir, dataset)
 
     def fit(self, resume: bool = False) -> TrainResult:
         """Train to ``train.steps`` (``resume``: from the newest complete checkpoint, which must exist), holding
@@ -517,9 +393,11 @@ class Trainer:
         if resume:  # validates the config against the checkpoint before anything is written
             self.ctx.agree(self._resume, "resuming")
         self._on_main(lambda: self._record_data(resume), "recording the data checksums")
-        self._on_main(lambda: save_config(self.config, self.run_dir / "config.yaml"), "writing config.yaml")
-        tc = self.config.train
+        self._on_main(lambda: save_config(self.task.run_config(self.config), self.run_dir / "config.yaml"),
+                      "writing config.yaml")
+        tc, task = self.config.train, self.task
         bar = tqdm(total=tc.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
+        say = bar.write if self.progress else self.log
         start = time.time()
         deadline = None if tc.time_limit_minutes is None else start + 60.0 * tc.time_limit_minutes
         while self.step < tc.steps:
@@ -528,20 +406,17 @@ class Trainer:
             out_of_time = deadline is not None and self.ctx.any_true(time.time() > deadline)
             last = self.step == tc.steps or out_of_time
             if last and self.step < tc.steps:
-                if self.ctx.is_main:
-                    bar.write(f"time limit of {tc.time_limit_minutes} min reached at step {self.step}; stopping")
+                say(f"time limit of {tc.time_limit_minutes} min reached at step {self.step}; stopping")
             if self.step % 10 == 0 or last:
                 record["elapsed_s"] = round(time.time() - start, 2)
                 self._on_main(lambda: self._write_metrics(record), "writing metrics")
-                bar.set_postfix(loss=f"{record['loss']:.4f}", bpd=f"{record['train_elbo_diffusion_bpd']:.3f}")
+                bar.set_postfix(loss=f"{record['loss']:.4f}", **task.postfix(record))
             if self.step % tc.eval_every == 0 or last:
                 metrics = self.validate()
                 self._on_main(lambda: self._write_metrics(metrics), "writing metrics")
-                if self.ctx.is_main:
-                    bar.write(f"step {self.step}: val NLL {metrics['val_nll_bits_per_dim']:.4f} "
-                              f"± {metrics['val_nll_bits_per_dim_stderr']:.4f} bits/dim")
-                if self.best is None or metrics["val_nll_bits_per_dim"] < self.best[0]:
-                    self.best = (metrics["val_nll_bits_per_dim"], self.step)
+                say(f"step {self.step}: {task.describe(metrics)}")
+                if self.best is None or metrics[task.val_key] < self.best[0]:
+                    self.best = (metrics[task.val_key], self.step)
                     self._on_main(lambda: self._save(self.run_dir / "best", keep_last=1), "saving best/")
             if self.step % tc.sample_every == 0:
                 self.sample_grid()
