@@ -5,7 +5,9 @@ Priors: two unconditional U-Net runs on the bundled digits, one Blackout and one
 ``--masking-run``: finished run directories, only read; without them small ones are trained into
 OUT/runs/posterior_digits/{blackout,masking}, reused when they exist). Test images: the first ``--images`` of the
 test split; ``--samples`` posterior samples each, drawn by ``ddiff posterior``'s own loop
-(``posterior_cli.draw_posterior``) with tau-leaping, ``--steps`` steps.
+(``posterior_cli.draw_posterior``). dps: tau-leaping, ``--steps`` steps (65 network rows per sample and step on
+8x8 Blackout). split-gibbs: 250 iterations (``--gibbs-option``), each prior step the bridge sampler with 8 steps
+(``--gibbs-sampler``, ``--gibbs-steps``) started from x_t = z, so about the same network rows per sample as dps.
 
 Tasks and methods:
 - inpaint: the top half observed, the lower half hidden (y = the top half, -1 below). The masking prior with
@@ -69,11 +71,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--masking-run", default=None, help="a finished masking digits run (default: train one into OUT)")
     p.add_argument("--images", type=int, default=12, help="test images per task (the first of the test split)")
     p.add_argument("--samples", type=int, default=4, help="posterior samples per image")
-    p.add_argument("--steps", type=int, default=32, help="tau-leaping steps of dps (and split gibbs' sampler)")
+    p.add_argument("--steps", type=int, default=32, help="tau-leaping steps of dps")
     p.add_argument("--infill-sampler", default="exact", help="sampler of masking infill (default: exact simulation)")
     p.add_argument("--infill-steps", type=int, default=128, help="steps of --infill-sampler when it takes steps")
-    p.add_argument("--gibbs-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a split-gibbs option (YAML value), repeatable")
+    p.add_argument("--gibbs-sampler", default="bridge", help="split gibbs: the prior step's sampler (bridge)")
+    p.add_argument("--gibbs-steps", type=int, default=8, help="split gibbs: steps of each prior step (8)")
+    p.add_argument("--gibbs-option", action="append", default=["iterations=250"], metavar="KEY=VALUE",
+                   help="a split-gibbs option (YAML value), repeatable (default iterations=250: 250 x 8 = 2000 "
+                        "network rows per sample, about dps's 65 x 32)")
     p.add_argument("--methods", default="dps,split-gibbs",
                    help="methods on the Blackout prior (those missing from this build are skipped)")
     p.add_argument("--seed", type=int, default=0)
@@ -159,20 +164,24 @@ def main(argv: list[str] | None = None) -> None:
     sites = tuple(truth.shape[1:])
     methods = [m for m in args.methods.split(",") if POSTERIOR_METHODS.get(m) is not None]
     skipped = [m for m in args.methods.split(",") if m not in methods]
-    gibbs = options_from(args.gibbs_option)
+    gibbs = options_from(args.gibbs_option)         # later items win: --gibbs-option iterations=100 replaces 250
     tau = build_sampler("tau-leaping", num_steps=args.steps)
+    gibbs_sampler = build_sampler(args.gibbs_sampler, num_steps=args.gibbs_steps)
+    samplers = {"dps": tau, "split-gibbs": gibbs_sampler}
     infill_sampler = build_sampler(args.infill_sampler, num_steps=args.infill_steps)
 
     observed = half_mask("top-half", sites)[None]
     hidden = ~observed
     tasks = [{"name": "inpaint lower half", "operator": InpaintOperator(k), "y": inpaint_observation(truth, observed),
               "region": hidden, "runs": [("masking", masking, "infill", infill_sampler, {})] +
-              [("blackout", blackout, m, tau, gibbs if m == "split-gibbs" else {}) for m in methods]}]
+              [("blackout", blackout, m, samplers.get(m, tau), gibbs if m == "split-gibbs" else {})
+                       for m in methods]}]
     for p in (0.1, 0.3):
         op = ThinningOperator(k, p)
         tasks.append({"name": f"thinning p = {p:g}", "operator": op,
                       "y": op.simulate(truth, torch.Generator().manual_seed(args.seed)), "region": None,
-                      "runs": [("blackout", blackout, m, tau, gibbs if m == "split-gibbs" else {}) for m in methods]})
+                      "runs": [("blackout", blackout, m, samplers.get(m, tau), gibbs if m == "split-gibbs" else {})
+                       for m in methods]})
 
     results, panels = [], []
     for task in tasks:
@@ -210,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     record = {"command": command, "date": date, "machine": platform.machine(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "images": args.images, "samples": args.samples, "seed": args.seed,
               "steps": args.steps, "skipped_methods": skipped,
+              "gibbs": {"options": gibbs, "sampler": gibbs_sampler.config()},
               "priors": {"blackout": run_summary(blackout_dir, blackout, blackout_how),
                          "masking": run_summary(masking_dir, masking, masking_how)},
               "results": results}
@@ -242,11 +252,13 @@ def save_panels(panels: list[tuple[str, np.ndarray]], path: Path) -> None:
 
 def markdown(record: dict) -> str:
     pri = record["priors"]
+    gibbs = (f"{record['gibbs']['options']}, prior step {record['gibbs']['sampler']['name']} "
+             f"{record['gibbs']['sampler']['num_steps']} steps")
     lines = ["# Posterior sampling on digits: inpainting and binomial thinning", "",
              f"`{record['command']}` ({record['date']}; {record['machine']}, torch {record['torch']}, CPU, "
              f"{record['threads']} thread)", "",
              f"{record['images']} test images (the first of the test split), {record['samples']} posterior samples "
-             f"each, seed {record['seed']}. dps and split-gibbs: tau-leaping, {record['steps']} steps. Priors: "
+             f"each, seed {record['seed']}. dps: tau-leaping, {record['steps']} steps. split-gibbs: {gibbs}. Priors: "
              f"Blackout `{pri['blackout']['run_dir']}` (best validation bound "
              f"{pri['blackout']['best_val_nll_bits_per_dim']:.4f} "
              f"bits/dim at step {pri['blackout']['best_step']}), masking `{pri['masking']['run_dir']}` (best "
