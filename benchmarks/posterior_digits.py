@@ -128,6 +128,14 @@ def independent_scores(post: torch.Tensor, truth: torch.Tensor, region: torch.Te
     return {**estimate_scores(mean, truth, PEAK + 1, region), "sample_accuracy": float(hit[keep].mean())}
 
 
+def accuracy_se(estimate: torch.Tensor, truth: torch.Tensor, region: torch.Tensor | None) -> float:
+    """Standard error over images of the per-image accuracy of round(estimate) (N, *sites) on the scored pixels."""
+    keep = torch.ones_like(truth, dtype=torch.bool) if region is None else region.expand_as(truth)
+    hits = ((torch.round(estimate.double()) == truth.double()) & keep).reshape(truth.shape[0], -1).sum(1)
+    per_image = hits.double() / keep.reshape(truth.shape[0], -1).sum(1)
+    return float(per_image.std() / per_image.numel() ** 0.5)
+
+
 def consistent(operator, samples: torch.Tensor, y: torch.Tensor, region: torch.Tensor | None) -> tuple[float, float]:
     """(fraction of samples (N, S, *sites) with p(y | x0) > 0 for their observation y (N, *sites), fraction of
     (sample, pixel) pairs whose own factor p(y_d | x0^d) is > 0 over the pixels ``region`` (None: all) marks)."""
@@ -192,15 +200,18 @@ def main(argv: list[str] | None = None) -> None:
         else:
             only = torch.where(observed, truth.double(), (marginals * torch.arange(k)).sum(-1)[None])
         rows.append({"prior": "none", "method": "measurement only", **estimate_scores(only, truth, k, region),
+                     "accuracy_se": accuracy_se(only, truth, region),
                      "sample_accuracy": None, "consistent": None, "consistent_pixels": None, "rows_per_sample": 0,
                      "seconds": 0.0})
         post = independent_posterior(marginals, op.site_log_likelihood(y, sites))
         rows.append({"prior": "independent pixels", "method": "exact", **independent_scores(post, truth, region),
+                     "accuracy_se": accuracy_se((post * torch.arange(k)).sum(-1), truth, region),
                      "consistent": 1.0, "consistent_pixels": 1.0, "rows_per_sample": 0, "seconds": 0.0})
         for prior_name, run, method, sampler, options in task["runs"]:
             samples, cost = draw_posterior(method, run, op, y, args.samples, 64, sampler, args.seed, options)
             whole, pixels = consistent(op, samples, y, observed if op.name == "inpaint" else None)
             row = {"prior": prior_name, "method": method, **sample_scores(samples, truth, k, region),
+                   "accuracy_se": accuracy_se(samples.double().mean(1), truth, region),
                    "consistent": whole, "consistent_pixels": pixels, "sampler": sampler.config(), "options": options,
                    "rows_per_sample": cost["network_rows"] / (samples.shape[0] * samples.shape[1]),
                    "seconds": cost["seconds"]}
@@ -263,7 +274,8 @@ def markdown(record: dict) -> str:
              f"{pri['blackout']['best_val_nll_bits_per_dim']:.4f} "
              f"bits/dim at step {pri['blackout']['best_step']}), masking `{pri['masking']['run_dir']}` (best "
              f"{pri['masking']['best_val_nll_bits_per_dim']:.4f} bits/dim at step {pri['masking']['best_step']}). "
-             "Accuracy: per-pixel accuracy of the rounded posterior mean; one sample: the accuracy of a single "
+             "Accuracy: per-pixel accuracy of the rounded posterior mean (± standard error over images); one sample: "
+             "the accuracy of a single "
              "posterior sample (for the independent-pixel prior, its exact expectation); PSNR of the posterior mean "
              "(peak 16, MSE pooled); y-consistent samples: the fraction of samples with p(y | x0) > 0, and pixels: of "
              "(sample, pixel) pairs with p(y_d | x0^d) > 0 (inpainting: over the observed half); rows per sample: "
@@ -280,7 +292,8 @@ def markdown(record: dict) -> str:
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in task["rows"]:
             fmt = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
-            lines.append(f"| {r['prior']} | {r['method']} | {r['accuracy']:.3f} | {fmt(r['sample_accuracy'], '.3f')} | "
+            lines.append(f"| {r['prior']} | {r['method']} | {r['accuracy']:.3f} ± {r['accuracy_se']:.3f} | "
+                         f"{fmt(r['sample_accuracy'], '.3f')} | "
                          f"{r['psnr']:.2f} | {fmt(r['consistent'], '.3f')} | {fmt(r['consistent_pixels'], '.3f')} | "
                          f"{r['rows_per_sample']:.0f} | "
                          f"{r['seconds']:.0f} |")

@@ -105,6 +105,32 @@ def test_dps_thinning_respects_the_hard_constraint(ddiff, trained_run, tmp_path)
     assert np.array_equal(np.load(tmp_path / "p" / "y.npy"), y_again)
 
 
+def test_split_gibbs_through_the_command_line(ddiff, trained_run, masking_run, tmp_path):
+    """split-gibbs, registered in posterior_sample, runs from the command line with its options (-m) and its prior
+    step's sampler: 3 iterations of a 2-step bridge on 2 x 2 rows cost 3 x 2 x 4 network rows, recorded; under
+    masking a coupled measurement and, on a run, the exact (table) prior step are one-line errors."""
+    if POSTERIOR_METHODS.get("split-gibbs") is None:
+        pytest.skip("split-gibbs is not in this build")
+    out = tmp_path / "sg"
+    res = ddiff("posterior", trained_run, "--operator", "thinning", "--p", "0.5", "--test-index", "0,1", "--method",
+                "split-gibbs", "-m", "iterations=3", "-m", "t_max=0.5", "--sampler", "bridge", "--steps", "2",
+                "--num", "2", "--out", out, "--no-progress", "--device", "cpu")
+    assert res.rc == 0, res
+    record = json.loads((out / "posterior.json").read_text())
+    assert record["method"] == "split-gibbs" and record["method_options"] == {"iterations": 3, "t_max": 0.5}
+    assert record["sampler"]["name"] == "bridge" and record["network_rows"] == 3 * 2 * 4
+    samples = np.load(out / "samples.npy")
+    assert samples.shape == (2, 2, 8, 8) and samples.min() >= 0 and samples.max() <= 16
+    for run, args, message in [
+            (masking_run, ("--operator", "downsample", "--block", "2"), "coupled|factorise"),
+            (trained_run, ("--operator", "thinning", "--p", "0.5", "-m", "exact_prior=true"), "enumerated table")]:
+        res = ddiff("posterior", run, *args, "--test-index", "0", "--method", "split-gibbs", "--out", tmp_path / "x",
+                    *FAST)
+        assert res.rc == 2 and len(res.err.strip().splitlines()) == 1, res
+        assert __import__("re").search(message, res.err), res.err
+        assert not (tmp_path / "x").exists()
+
+
 def test_default_folder_is_inside_the_run_and_refuses_links(ddiff, masking_run, tmp_path):
     """Without --out the files go to RUN_DIR/posterior/STEM/; a symbolic link planted at RUN_DIR/posterior is refused
     (one line) and its target stays empty."""

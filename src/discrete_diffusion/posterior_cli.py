@@ -61,9 +61,10 @@ def add_posterior_parser(sub, add_sample_options: Callable[[argparse.ArgumentPar
     p.add_argument("--operator", required=True, metavar="NAME", help=f"the measurement: {', '.join(CLI_OPERATORS)}")
     p.add_argument("--method", default=None, metavar="NAME",
                    help="posterior method: dps (any run, biased), infill (masking runs, inpaint; exact given the "
-                        "model), split-gibbs (when available)")
+                        "model), split-gibbs (annealed split Gibbs; masking runs: operators that factorise)")
     p.add_argument("--method-option", "-m", dest="method_options", action="append", default=[], metavar="KEY=VALUE",
-                   help="a method option, repeatable, value parsed as YAML: e.g. -m gamma=2, -m mc_samples=32")
+                   help="a method option, repeatable, value parsed as YAML: e.g. -m gamma=2, -m mc_samples=32 (dps), "
+                        "-m iterations=100 -m t_min=0.01 (split-gibbs); docs/posterior.md lists them")
     source = p.add_argument_group("the measurement y (give one of --y, --simulate-from, --test-index)")
     source.add_argument("--y", default=None, metavar="Y.npy",
                         help="the observation(s): the run's measurement shape, or (N, *that) for N observations; "
@@ -375,17 +376,20 @@ def draw_posterior(method: str, run, operator: "MeasurementOperator", y: "torch.
     per_row = y.repeat_interleave(num, 0) if y.shape[0] > 1 else y
     generator = torch.Generator(device=run.device).manual_seed(seed)
     counter = CountingDenoiser(run.denoiser)
-    steps = getattr(sampler, "num_steps", 1)
+    batches = math.ceil(rows / batch_size)
     chunks = []
     start_time = time.time()
-    with tqdm(total=steps * math.ceil(rows / batch_size), desc=f"posterior ({method})", disable=not progress,
-              dynamic_ncols=True) as bar:
+    with tqdm(total=None, desc=f"posterior ({method})", disable=not progress, dynamic_ncols=True) as bar:
+        def tick(k: int, total: int, _x) -> None:      # a method's own progress: sampler steps, Gibbs iterations
+            if total and bar.total != total * batches:
+                bar.total = total * batches
+            bar.update(1)
+
         for start in range(0, rows, batch_size):
             n = min(batch_size, rows - start)
             part = per_row[start:start + n] if per_row.shape[0] > 1 else per_row
             x = posterior_sample(method, run.process, counter, run.schedule, operator, part, (n, *sites), sampler,
-                                 generator=generator, device=run.device,
-                                 callback=lambda k, total, _x: bar.update(1) if total else None, **options)
+                                 generator=generator, device=run.device, callback=tick, **options)
             chunks.append(x.cpu())
     samples = torch.cat(chunks).reshape(y.shape[0], num, *sites)
     return samples, {"network_calls": counter.calls, "network_rows": counter.rows,
