@@ -81,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "network rows per sample, about dps's 65 x 32)")
     p.add_argument("--methods", default="dps,split-gibbs",
                    help="methods on the Blackout prior (those missing from this build are skipped)")
+    p.add_argument("--train-steps", type=int, default=1500, help="steps of the priors trained when no run is given")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--picture", type=int, default=4, help="images per task in the picture")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -88,15 +89,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def prior_run(given: str | None, process: str, out: Path) -> tuple[Path, str]:
+def prior_run(given: str | None, process: str, out: Path, steps: int = 1500) -> tuple[Path, str]:
     """The run directory of a prior: the one given, else a small one trained (or reused) under OUT."""
     if given is not None:
         return Path(given), "given"
     run_dir = out / "runs" / "posterior_digits" / process
     if (run_dir / "best").is_dir():
         return run_dir, "reused"
-    assert ddiff(["train", "--out", str(run_dir), "--no-progress", f"process.name={process}", *TRAIN]) == 0
-    return run_dir, "trained: " + " ".join(TRAIN)
+    overrides = [f"process.name={process}", *TRAIN, f"train.steps={steps}"]
+    assert ddiff(["train", "--out", str(run_dir), "--no-progress", *overrides]) == 0
+    return run_dir, "trained: " + " ".join(overrides)
 
 
 def run_summary(run_dir: Path, run: LoadedRun, how: str) -> dict:
@@ -163,8 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     command = "python benchmarks/posterior_digits.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     out = Path(args.out)
-    blackout_dir, blackout_how = prior_run(args.blackout_run, "blackout", out)
-    masking_dir, masking_how = prior_run(args.masking_run, "masking", out)
+    blackout_dir, blackout_how = prior_run(args.blackout_run, "blackout", out, args.train_steps)
+    masking_dir, masking_how = prior_run(args.masking_run, "masking", out, args.train_steps)
     blackout, masking = load_run(blackout_dir, device="cpu"), load_run(masking_dir, device="cpu")
     k = blackout.dataset.num_states
     truth = blackout.dataset.split("test")[:args.images]
