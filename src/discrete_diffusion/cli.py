@@ -1,4 +1,4 @@
-"""The ``ddiff`` command line: demo, train, sample, evaluate, train-planner, train-classifier, report."""
+"""The ``ddiff`` command line: demo, train, sample, evaluate, train-planner, train-classifier, report, posterior."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .posterior_cli import add_posterior_parser, cmd_posterior
 from .sample_conditioning import conditioning_from_args, conditioning_suffix
 
 #: The demo: 1500 steps (validation NLL plateaus near 1.70 bits/dim after about 1250 steps and the model then
@@ -236,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--metric", default=None, metavar="NAME",
                         help="quality metric of the NFE chart (default: the first metric common to all "
                              "RUN_DIR/quality/*.json)")
+    add_posterior_parser(sub, _add_sample_options)
     return parser
 
 
@@ -568,7 +570,8 @@ def interrupted_note(args: argparse.Namespace) -> str:
 
 
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
-            "train-planner": cmd_train_planner, "train-classifier": cmd_train_classifier, "report": cmd_report}
+            "train-planner": cmd_train_planner, "train-classifier": cmd_train_classifier, "report": cmd_report,
+            "posterior": cmd_posterior}
 
 
 def main(argv: list[str] | None = None) -> int:

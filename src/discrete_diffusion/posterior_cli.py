@@ -1,0 +1,559 @@
+"""``ddiff posterior RUN_DIR``: samples of x0 ~ p(x0 | y) from a trained run given a measurement y (issue 13).
+
+The prior p(x0) is the run's model; the measurement p(y | x0) an operator of ``posterior/operators.py`` built from
+the flags (--operator inpaint|channel|thinning|downsample|parity and its parameters); the method one of
+``posterior.POSTERIOR_METHODS`` (--method, its own options as --method-option KEY=VALUE, checked against
+``method_options``). y comes from a file (--y, read by the pickle-free bounded reader) or is simulated from clean
+data (--simulate-from X.npy, --test-index N) with the operator's ``simulate`` and the seed. Each of the N
+observations gets --num samples; outputs go to --out (default RUN_DIR/posterior/STEM/): samples.npy (N, S, *sites),
+mean.npy (N, *sites) (the posterior mean), y.npy (the y used), truth.npy (simulated runs), grid.png (image runs:
+observation / samples / posterior mean / truth) and posterior.json (the configuration, cost and, when the clean
+data are known, per-pixel accuracy and PSNR). Every write goes through train/atomic_io.py. Bad input raises a
+one-line ValueError (``ddiff`` prints it and returns 2) before anything is written. docs/posterior.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import numpy
+    import torch
+
+    from .posterior import MeasurementOperator
+
+#: The operators the command line can build (``callable`` needs Python code).
+CLI_OPERATORS = ("inpaint", "channel", "thinning", "downsample", "parity")
+#: Each operator flag and the operator that takes it.
+OPERATOR_FLAGS = {"eps": "channel", "p": "thinning", "block": "downsample", "groups": "parity", "flip": "parity"}
+#: Named inpainting masks: the observed part of the sites.
+HALF_MASKS = ("top-half", "bottom-half", "left-half", "right-half", "first-half", "last-half")
+#: Largest --groups file read (bytes).
+MAX_GROUPS_BYTES = 1 << 22
+#: Columns (observations) and sample rows shown in the picture grid.
+GRID_COLUMNS, GRID_SAMPLES = 8, 6
+
+
+def add_posterior_parser(sub, add_sample_options: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Register ``ddiff posterior`` on the subparsers ``sub`` (cli.py owns the sampler flags)."""
+    from .posterior import POSTERIOR_METHODS
+
+    p = sub.add_parser(
+        "posterior", help="posterior samples given a measurement y (inpainting, noisy channel, thinning, ...)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Draw samples of x0 ~ p(x0 | y) with RUN_DIR's model as the prior and a measurement y of x0. y "
+                    "comes from --y Y.npy (one observation of the run's measurement shape, or N of them stacked), or "
+                    "is simulated from clean data (--simulate-from X.npy or --test-index) with the seed. Each "
+                    "observation gets --num samples. Writes samples.npy (N, num, *sites), mean.npy, y.npy, "
+                    "truth.npy (simulated), grid.png (image runs: observation / samples / posterior mean / truth) "
+                    "and posterior.json into --out (default RUN_DIR/posterior/STEM). docs/posterior.md",
+        epilog="methods: " + ", ".join(sorted(POSTERIOR_METHODS)) + " (exact-guidance needs a table prior, not a "
+               "run)\nexamples:\n  ddiff posterior RUN --operator thinning --p 0.3 --test-index 0:8 --method dps\n"
+               "  ddiff posterior RUN --operator inpaint --mask top-half --test-index 0:8 --method infill "
+               "(masking runs)\n  ddiff posterior RUN --operator inpaint --y known.npy --mask mask.npy --method dps")
+    p.add_argument("run_dir", help="a directory written by `ddiff train` or `ddiff demo`")
+    p.add_argument("--operator", required=True, metavar="NAME", help=f"the measurement: {', '.join(CLI_OPERATORS)}")
+    p.add_argument("--method", default=None, metavar="NAME",
+                   help="posterior method: dps (any run, biased), infill (masking runs, inpaint; exact given the "
+                        "model), split-gibbs (annealed split Gibbs; masking runs: operators that factorise)")
+    p.add_argument("--method-option", "-m", dest="method_options", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option, repeatable, value parsed as YAML: e.g. -m gamma=2, -m mc_samples=32 (dps), "
+                        "-m iterations=100 -m t_min=0.01 (split-gibbs); docs/posterior.md lists them")
+    source = p.add_argument_group("the measurement y (give one of --y, --simulate-from, --test-index)")
+    source.add_argument("--y", default=None, metavar="Y.npy",
+                        help="the observation(s): the run's measurement shape, or (N, *that) for N observations; "
+                             "inpaint: the values, with --mask MASK.npy or -1 at unobserved sites")
+    source.add_argument("--simulate-from", default=None, metavar="X.npy",
+                        help="clean data (*sites) or (N, *sites): y is drawn from the operator with --seed")
+    source.add_argument("--test-index", default=None, metavar="I",
+                        help="clean data from the run's test split: an index, a list 0,3,7, or a range 0:8")
+    source.add_argument("--mask", default=None, metavar="MASK.npy",
+                        help="inpaint: true (1) where a site is observed, an .npy of the run's site shape (or N of "
+                             f"them), or one of {', '.join(HALF_MASKS)} (first/last: flattened row-major order)")
+    params = p.add_argument_group("operator parameters")
+    params.add_argument("--eps", type=float, default=None, help="channel: the replacement probability in [0, 1]")
+    params.add_argument("--p", type=float, default=None, help="thinning: the detection probability in (0, 1]")
+    params.add_argument("--block", default=None, metavar="B",
+                        help="downsample: the block size, one integer for every axis or one per axis (2 or 2,2)")
+    params.add_argument("--groups", default=None, metavar="FILE.json",
+                        help="parity: a JSON list of site-index lists (flattened row-major), e.g. [[0, 1], [2, 5]]")
+    params.add_argument("--flip", type=float, default=None, help="parity: probability that a sum is misreported")
+    add_sample_options(p)
+    for action in p._actions:
+        if action.dest == "sampler":
+            action.help = "sampler name (default: tau-leaping, which every method takes)"
+        elif action.dest == "steps":
+            action.help = "number of sampler steps (default: the run's sample.steps)"
+    p.add_argument("--num-samples", "--num", dest="num", type=int, default=8, help="samples per observation (8)")
+    p.add_argument("--batch-size", type=int, default=64, help="samples drawn per sampler call (64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed in 0..2^62 (also of simulated measurements)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/posterior/STEM)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "latest"], help="which weights")
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="use the data even if its checksum differs from the one recorded at training (warns)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+# ----- reading the inputs ---------------------------------------------------------------------------------------
+def _integer_array(array: "numpy.ndarray", what: str) -> "torch.Tensor":
+    """An .npy array as a tensor for the operator's checks: integers as int64, floats as float64 (the operator then
+    names the dtype), anything else refused."""
+    import numpy as np
+    import torch
+
+    kind = array.dtype.kind
+    if kind == "b":
+        return torch.from_numpy(array.astype(np.int64))
+    if kind in "iu":
+        if array.size and kind == "u" and int(array.max()) > np.iinfo(np.int64).max:
+            raise ValueError(f"{what}: values beyond the int64 range")
+        return torch.from_numpy(array.astype(np.int64))
+    if kind == "f":
+        return torch.from_numpy(array.astype(np.float64))
+    raise ValueError(f"{what} must hold numbers, got dtype {array.dtype}")
+
+
+def _batched(x: "torch.Tensor", shape: tuple[int, ...], what: str) -> "torch.Tensor":
+    """x of ``shape`` or (N, *shape) as (N, *shape)."""
+    if tuple(x.shape) == shape:
+        return x[None]
+    if x.dim() == len(shape) + 1 and tuple(x.shape[1:]) == shape and x.shape[0] >= 1:
+        return x
+    dims = ", ".join(map(str, shape))
+    raise ValueError(f"{what} must have shape ({dims}) or (N, {dims}), got {tuple(x.shape)}")
+
+
+def _read(path: str, flag: str) -> "torch.Tensor":
+    from .sample_conditioning import _load_site_array
+
+    return _integer_array(_load_site_array(path, flag), f"{flag} {path}")
+
+
+def half_mask(name: str, sites: tuple[int, ...]) -> "torch.Tensor":
+    """The observed half of the sites (bool, *sites): top/bottom split the second-to-last axis, left/right the
+    last one (image sites), first/last the flattened row-major order."""
+    import torch
+
+    mask = torch.zeros(sites, dtype=torch.bool)
+    if name in ("first-half", "last-half"):
+        flat = mask.reshape(-1)
+        half = flat.numel() // 2
+        flat[:half] = name == "first-half"
+        flat[half:] = name == "last-half"
+        return mask
+    if len(sites) < 2:
+        raise ValueError(f"--mask {name} needs image sites (at least two axes), the run's are {sites}; use "
+                         "first-half or last-half")
+    axis = len(sites) - (2 if name in ("top-half", "bottom-half") else 1)
+    index = torch.arange(sites[axis]).reshape([-1 if i == axis else 1 for i in range(len(sites))])
+    first = index < sites[axis] // 2
+    return (first if name in ("top-half", "left-half") else ~first).expand(sites).clone()
+
+
+def _observed_mask(args: argparse.Namespace, sites: tuple[int, ...]) -> "torch.Tensor | None":
+    """--mask as bool (N or 1, *sites), None when absent."""
+    if args.mask is None:
+        return None
+    if args.operator != "inpaint":
+        raise ValueError(f"--mask is an option of the inpaint measurement, not of {args.operator}")
+    if args.mask in HALF_MASKS:
+        return half_mask(args.mask, sites)[None]
+    if not Path(args.mask).is_file():
+        raise ValueError(f"--mask {args.mask}: no such file (and not one of {', '.join(HALF_MASKS)})")
+    mask = _batched(_read(args.mask, "--mask"), sites, f"--mask {args.mask}")
+    if mask.is_floating_point() or not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"--mask {args.mask} must be boolean (or 0/1 integers), true where a site is observed")
+    return mask.bool()
+
+
+def build_cli_operator(args: argparse.Namespace, run) -> "MeasurementOperator":
+    """The operator named by --operator with its flags; flags of other operators and operators that treat values as
+    counts on token data are refused (one line). An inpaint operator gets no mask: y marks the unobserved sites
+    (``UNOBSERVED``), so one operator serves observations with different masks in any batch."""
+    import json
+
+    from .posterior import build_operator
+
+    name = args.operator
+    if name not in CLI_OPERATORS:
+        raise ValueError(f"unknown --operator {name!r}; valid: {', '.join(CLI_OPERATORS)} (a callable measurement "
+                         "needs Python: discrete_diffusion.posterior.CallableOperator)")
+    for flag, owner in OPERATOR_FLAGS.items():
+        if getattr(args, flag) is not None and owner != name:
+            raise ValueError(f"--{flag} is an option of the {owner} measurement, not of {name}")
+    if name in ("thinning", "downsample") and ("vocab" in run.dataset.metadata or
+                                               run.dataset.metadata.get("tokenizer") is not None):
+        raise ValueError(f"the {name} measurement treats values as counts; this run's data are tokens of a "
+                         "vocabulary: use inpaint, channel or parity")
+    k = run.dataset.num_states
+    if name == "inpaint":
+        return build_operator(name, k)
+    needed = {"channel": "eps", "thinning": "p", "downsample": "block", "parity": "groups"}[name]
+    if getattr(args, needed) is None:
+        raise ValueError(f"the {name} measurement needs --{needed}")
+    if name == "channel":
+        return build_operator(name, k, eps=args.eps)
+    if name == "thinning":
+        return build_operator(name, k, p=args.p)
+    if name == "downsample":
+        parts = [s.strip() for s in re.split(r"[,x]", str(args.block))]
+        if not all(s.isdigit() for s in parts):
+            raise ValueError(f"--block takes an integer or one per axis (2 or 2,2), got {args.block!r}")
+        block = int(parts[0]) if len(parts) == 1 else tuple(int(s) for s in parts)
+        op = build_operator(name, k, block=block)
+        op.y_shape(tuple(run.dataset.site_shape))          # a block that does not divide the sites: one line now
+        return op
+    path = Path(args.groups)
+    if not path.is_file():
+        raise ValueError(f"--groups {args.groups}: no such file")
+    if path.stat().st_size > MAX_GROUPS_BYTES:
+        raise ValueError(f"--groups {args.groups} is larger than {MAX_GROUPS_BYTES} bytes")
+    try:
+        groups = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"--groups {args.groups} is not JSON: {str(err).splitlines()[0]}") from None
+    if not isinstance(groups, list) or not all(isinstance(g, list) and all(type(i) is int for i in g)
+                                               for g in groups):
+        raise ValueError(f"--groups {args.groups} must hold a JSON list of lists of site indices, e.g. "
+                         "[[0, 1], [2, 5]]")
+    op = build_operator(name, k, groups=groups, flip=0.0 if args.flip is None else args.flip)
+    op.y_shape(tuple(run.dataset.site_shape))
+    return op
+
+
+def _test_indices(spec: str, size: int) -> list[int]:
+    """--test-index I, I,J,K or A:B as a list of indices into a split of ``size`` examples."""
+    text = str(spec).strip()
+    try:
+        if ":" in text:
+            start, _, stop = text.partition(":")
+            out = list(range(int(start or 0), int(stop) if stop else size))
+        else:
+            out = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--test-index takes an index, a list 0,3,7 or a range 0:8, got {spec!r}") from None
+    if not out or min(out) < 0 or max(out) >= size:
+        raise ValueError(f"--test-index {spec} must name indices in 0..{size - 1} (the test split has {size} examples)")
+    return out
+
+
+@dataclass
+class Observation:
+    """y (N or 1, *y_sites) checked by the operator; truth (N, *sites) when y was simulated; where it came from."""
+
+    y: "torch.Tensor"
+    truth: "torch.Tensor | None"
+    source: dict
+    stem: str
+
+
+def read_observation(args: argparse.Namespace, run, operator: "MeasurementOperator",
+                     observed: "torch.Tensor | None") -> Observation:
+    """y from --y (with --mask for inpaint), or simulated from --simulate-from / --test-index with --seed."""
+    import torch
+
+    from .data.base import validate_values
+    from .posterior import inpaint_observation
+
+    given = [flag for flag in ("y", "simulate_from", "test_index") if getattr(args, flag) is not None]
+    if len(given) != 1:
+        raise ValueError("give the measurement as exactly one of --y Y.npy, --simulate-from X.npy, --test-index I"
+                         + (f" (got {', '.join('--' + g.replace('_', '-') for g in given)})" if given else ""))
+    sites = tuple(run.dataset.site_shape)
+    if args.y is not None:
+        values = _read(args.y, "--y")
+        if operator.name == "inpaint" and observed is not None:
+            values = _batched(values, sites, f"--y {args.y}")
+            if values.is_floating_point():
+                raise ValueError(f"--y {args.y}: y must be an integer array, got float64")
+            if observed.shape[0] not in (1, values.shape[0]):
+                raise ValueError(f"--mask has {observed.shape[0]} masks but --y has {values.shape[0]} observations")
+            values = inpaint_observation(values, observed)
+        else:
+            values = _batched(values, operator.y_shape(sites), f"--y {args.y}")
+        try:
+            y = operator.check_y(values, sites)
+        except ValueError as err:
+            raise ValueError(f"--y {args.y}: {err}") from None
+        return Observation(y, None, {"y": str(Path(args.y).resolve())}, _name_part(Path(args.y).stem))
+    if args.simulate_from is not None:
+        raw = _batched(_read(args.simulate_from, "--simulate-from"), sites, f"--simulate-from {args.simulate_from}")
+        truth = validate_values(raw, run.dataset.num_states, f"--simulate-from {args.simulate_from}")
+        source = {"simulate_from": str(Path(args.simulate_from).resolve())}
+        stem = "sim-" + _name_part(Path(args.simulate_from).stem)
+    else:
+        test = run.dataset.split("test")
+        index = _test_indices(args.test_index, test.shape[0])
+        truth = test[index]
+        source = {"test_index": index}
+        stem = "test" + _name_part(str(args.test_index).replace(":", "-").replace(",", "-"))
+    if operator.name == "inpaint":          # the inpaint measurement is deterministic given the mask
+        if observed is None:
+            raise ValueError(f"inpainting a simulated measurement needs --mask (a file or {', '.join(HALF_MASKS)})")
+        if observed.shape[0] not in (1, truth.shape[0]):
+            raise ValueError(f"--mask has {observed.shape[0]} masks but there are {truth.shape[0]} clean examples")
+        y = inpaint_observation(truth, observed)
+    else:
+        y = operator.simulate(truth, torch.Generator().manual_seed(args.seed))
+    return Observation(operator.check_y(y, sites), truth, source, stem)
+
+
+def _name_part(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "-", text)[:120] or "y"
+
+
+def method_options_from_args(args: argparse.Namespace) -> dict:
+    """--method-option KEY=VALUE pairs (YAML values) checked against the method's options."""
+    import yaml
+
+    from .posterior import method_options
+
+    allowed = method_options(args.method)
+    options: dict = {}
+    for item in args.method_options:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"malformed --method-option {item!r}: expected KEY=VALUE, e.g. -m gamma=2")
+        if key not in allowed:
+            raise ValueError(f"posterior method {args.method!r} takes the options {list(allowed)}, got {key!r}")
+        try:
+            options[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(f"malformed --method-option {item!r}: cannot parse the value {value!r}") from None
+    return options
+
+
+def check_method(method: str | None) -> None:
+    """A one-line error for a missing, unknown, unavailable or table-only method, naming the methods that work."""
+    from .posterior import POSTERIOR_METHODS
+
+    usable = [m for m, fn in POSTERIOR_METHODS.items() if fn is not None and m != "exact-guidance"]
+    if method is None:
+        raise ValueError(f"give --method: one of {', '.join(usable)}")
+    if method == "exact-guidance":
+        raise ValueError("exact-guidance needs the prior as an enumerable table (discrete_diffusion.oracle); a run "
+                         f"directory holds a trained network: use one of {', '.join(usable)}")
+    if method not in POSTERIOR_METHODS:
+        raise ValueError(f"unknown --method {method!r}; valid: {', '.join(usable)}")
+    if POSTERIOR_METHODS[method] is None:
+        raise ValueError(f"posterior method {method!r} is not available in this build; use one of {', '.join(usable)}")
+
+
+# ----- sampling ---------------------------------------------------------------------------------------------------
+class CountingDenoiser:
+    """The run's denoiser, counting batched calls and rows evaluated (every call a method makes, also the
+    likelihood evaluations of DPS that bypass the sampler's own counter)."""
+
+    def __init__(self, denoiser) -> None:
+        self.denoiser, self.calls, self.rows = denoiser, 0, 0
+
+    def __call__(self, xt, lam):
+        self.calls += 1
+        self.rows += int(xt.shape[0])
+        return self.denoiser(xt, lam)
+
+
+def draw_posterior(method: str, run, operator: "MeasurementOperator", y: "torch.Tensor", num: int, batch_size: int,
+                   sampler, seed: int, options: dict, progress: bool = False) -> tuple["torch.Tensor", dict]:
+    """``num`` samples of each of the N observations y (N or 1, *y_sites) by ``method``: (N', num, *sites) long on
+    CPU (N' = y's rows), drawn in batches of ``batch_size`` rows, and the cost {network_calls, network_rows,
+    seconds}."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .posterior import posterior_sample
+
+    sites = tuple(run.dataset.site_shape)
+    rows = y.shape[0] * num
+    per_row = y.repeat_interleave(num, 0) if y.shape[0] > 1 else y
+    generator = torch.Generator(device=run.device).manual_seed(seed)
+    counter = CountingDenoiser(run.denoiser)
+    batches = math.ceil(rows / batch_size)
+    chunks = []
+    start_time = time.time()
+    with tqdm(total=None, desc=f"posterior ({method})", disable=not progress, dynamic_ncols=True) as bar:
+        def tick(k: int, total: int, _x) -> None:      # a method's own progress: sampler steps, Gibbs iterations
+            if total and bar.total != total * batches:
+                bar.total = total * batches
+            bar.update(1)
+
+        for start in range(0, rows, batch_size):
+            n = min(batch_size, rows - start)
+            part = per_row[start:start + n] if per_row.shape[0] > 1 else per_row
+            x = posterior_sample(method, run.process, counter, run.schedule, operator, part, (n, *sites), sampler,
+                                 generator=generator, device=run.device, callback=tick, **options)
+            chunks.append(x.cpu())
+    samples = torch.cat(chunks).reshape(y.shape[0], num, *sites)
+    return samples, {"network_calls": counter.calls, "network_rows": counter.rows,
+                     "seconds": round(time.time() - start_time, 2)}
+
+
+# ----- pictures -----------------------------------------------------------------------------------------------------
+def observation_levels(operator: "MeasurementOperator", y: "torch.Tensor", sites: tuple[int, ...],
+                       num_states: int) -> tuple["torch.Tensor", "torch.Tensor"] | None:
+    """y shown on the data's sites: (levels (N, *sites) long, unobserved (N, *sites) bool); None for parity (its y
+    has no site layout). inpaint: the values (unobserved sites flagged); channel: y; thinning: round(y / p)
+    clipped to K - 1 (the measurement-only estimate); downsample: each block's mean, rounded."""
+    import torch
+
+    top = num_states - 1
+    if operator.name == "inpaint":
+        return y.clamp_min(0), y < 0
+    if operator.name == "channel":
+        return y, torch.zeros_like(y, dtype=torch.bool)
+    if operator.name == "thinning":
+        return torch.round(y.double() / operator.p).clamp(0, top).long(), torch.zeros_like(y, dtype=torch.bool)
+    if operator.name == "downsample":
+        block = operator._block_for(sites)
+        levels = torch.round(y.double() / math.prod(block)).long()
+        for axis, b in enumerate(block):
+            levels = levels.repeat_interleave(b, dim=axis + 1)
+        return levels, torch.zeros_like(levels, dtype=torch.bool)
+    return None
+
+
+def _rgb(levels: "torch.Tensor", flagged: "torch.Tensor | None", num_states: int) -> "torch.Tensor":
+    """(n, H, W) or (n, 1|3, H, W) levels as (n, 3, H, W), flagged sites dark red."""
+    import torch
+
+    x = levels if levels.dim() == 4 else levels[:, None]
+    x = x.expand(-1, 3, -1, -1).clone() if x.shape[1] == 1 else x.clone()
+    if flagged is not None:
+        f = flagged if flagged.dim() == 4 else flagged[:, None]
+        f = f[:, :1].expand(-1, 3, -1, -1) if f.shape[1] == 1 else f
+        red = torch.tensor([(num_states - 1) // 2, 0, 0])[None, :, None, None].expand_as(x)
+        x = torch.where(f, red, x)
+    return x
+
+
+def posterior_grid(samples: "torch.Tensor", observation: tuple | None, truth: "torch.Tensor | None",
+                   num_states: int, columns: int = GRID_COLUMNS, sample_rows: int = GRID_SAMPLES) -> "torch.Tensor":
+    """The picture grid's tiles, (rows * columns, 3, H, W) levels, one column per observation (the first
+    ``columns``): observation (unobserved sites dark red), up to ``sample_rows`` samples, the posterior mean
+    (rounded), the clean image when known."""
+    import torch
+
+    from .posterior.metrics import posterior_mean
+
+    n = min(columns, samples.shape[0])
+    rows = []
+    if observation is not None:
+        rows.append(_rgb(observation[0][:n], observation[1][:n], num_states))
+    for s in range(min(sample_rows, samples.shape[1])):
+        rows.append(_rgb(samples[:n, s], None, num_states))
+    rows.append(_rgb(torch.round(posterior_mean(samples[:n])).long(), None, num_states))
+    if truth is not None:
+        rows.append(_rgb(truth[:n], None, num_states))
+    return torch.cat(rows)
+
+
+def is_picture(run) -> bool:
+    """Image runs with sites (H, W) or (1 or 3, H, W) get a picture grid."""
+    sites = tuple(run.dataset.site_shape)
+    return run.dataset.kind == "image" and (len(sites) == 2 or (len(sites) == 3 and sites[0] in (1, 3)))
+
+
+# ----- the command --------------------------------------------------------------------------------------------------
+def operator_record(operator: "MeasurementOperator") -> dict:
+    """The operator's name and parameters for the JSON record."""
+    record: dict = {"name": operator.name}
+    for key in ("eps", "p", "block", "flip", "groups"):
+        if hasattr(operator, key):
+            value = getattr(operator, key)
+            record[key] = [list(g) for g in value] if key == "groups" else list(value) \
+                if isinstance(value, tuple) else value
+    return record
+
+
+def operator_tag(operator: "MeasurementOperator") -> str:
+    """inpaint, channel-eps0.1, thinning-p0.3, downsample-b2x2, parity-flip0 (the output folder's operator part)."""
+    if operator.name == "channel":
+        return f"channel-eps{operator.eps:g}"
+    if operator.name == "thinning":
+        return f"thinning-p{operator.p:g}"
+    if operator.name == "downsample":
+        return "downsample-b" + "x".join(str(b) for b in operator.block)
+    if operator.name == "parity":
+        return f"parity-flip{operator.flip:g}"
+    return operator.name
+
+
+def cmd_posterior(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .builders import build_sampler_from
+    from .cli import sample_stem, sampler_options
+    from .pipeline import load_run, write_json
+    from .posterior.metrics import posterior_mean, sample_scores
+    from .train.atomic_io import atomic_write, ensure_dir, user_dir
+    from .visualize import save_image_grid
+
+    check_method(args.method)
+    options = method_options_from_args(args)
+    if args.num < 1 or args.batch_size < 1:
+        raise ValueError(f"--num and --batch-size must be >= 1, got {args.num} and {args.batch_size}")
+    run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change)
+    sampler = build_sampler_from(run.config, args.sampler or "tau-leaping", args.steps, sampler_options(args))
+    sites = tuple(run.dataset.site_shape)
+    observed = _observed_mask(args, sites)
+    operator = build_cli_operator(args, run)
+    obs = read_observation(args, run, operator, observed)
+    samples, cost = draw_posterior(args.method, run, operator, obs.y, args.num, args.batch_size, sampler, args.seed,
+                                   options, progress=not args.no_progress)
+
+    extras = "".join(f"-{k}{v}" for k, v in sorted(options.items()))
+    stem = _name_part(f"{obs.stem}_{operator_tag(operator)}_{args.method}{extras}_{sample_stem(sampler, args.seed)}")
+    if args.out:
+        out = ensure_dir(user_dir(args.out))
+    else:
+        root = user_dir(args.run_dir)
+        out = ensure_dir(root / "posterior" / stem, root)       # no link below RUN_DIR is followed
+    arrays = {"samples": samples.numpy(), "mean": posterior_mean(samples).float().numpy(), "y": obs.y.numpy()}
+    if obs.truth is not None:
+        arrays["truth"] = obs.truth.numpy()
+    files = {}
+    for name, array in arrays.items():
+        atomic_write(out / f"{name}.npy", lambda f, a=array: np.save(f, a))
+        files[name] = str(out / f"{name}.npy")
+    if is_picture(run):
+        view = observation_levels(operator, obs.y.expand(samples.shape[0], *obs.y.shape[1:]), sites,
+                                  run.dataset.num_states)
+        tiles = posterior_grid(samples, view, obs.truth, run.dataset.num_states)
+        files["png"] = str(save_image_grid(tiles, run.dataset.num_states, out / "grid.png",
+                                           nrow=min(GRID_COLUMNS, samples.shape[0])))
+    record = {"operator": operator_record(operator), "method": args.method, "method_options": options,
+              "sampler": sampler.config(), "seed": args.seed, "num_observations": int(samples.shape[0]),
+              "samples_per_observation": args.num, "batch_size": args.batch_size,
+              "observation": {**obs.source, **({"mask": args.mask} if args.mask else {}),
+                              **({"observed_sites": int((obs.y >= 0).sum())} if operator.name == "inpaint" else {})},
+              "run_dir": str(Path(args.run_dir).resolve()), "checkpoint": str(run.checkpoint), **cost,
+              "files": files}
+    if obs.truth is not None:
+        record["metrics"] = {"all_sites": _finite(sample_scores(samples, obs.truth, run.dataset.num_states))}
+        if operator.name == "inpaint":
+            hidden = obs.y < 0
+            if bool(hidden.any()):
+                record["metrics"]["unobserved_sites"] = _finite(sample_scores(samples, obs.truth,
+                                                                              run.dataset.num_states, hidden))
+    write_json(out / "posterior.json", record)
+    files["json"] = str(out / "posterior.json")
+    for name, scores in record.get("metrics", {}).items():
+        psnr = "inf" if scores["psnr"] is None else f"{scores['psnr']:.2f} dB"
+        print(f"{name}: accuracy of the posterior mean {scores['accuracy']:.4f}, of one sample "
+              f"{scores['sample_accuracy']:.4f}, PSNR of the mean {psnr}")
+    for kind, path in files.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def _finite(scores: dict) -> dict:
+    """Scores with an infinite PSNR written as null (JSON has no infinity)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in scores.items()}
