@@ -142,6 +142,8 @@ def test_default_folder_is_inside_the_run_and_refuses_links(ddiff, masking_run, 
     assert res.rc == 0, res
     folder = run / "posterior" / "test5_channel-eps0.2_dps_tau-leaping_4steps_seed0"
     assert (folder / "samples.npy").is_file() and (folder / "grid.png").is_file()
+    width, height = Image.open(folder / "grid.png").size     # one observation: its tiles in one row
+    assert (height - 2) // 34 == 1 and (width - 2) // 34 == 1 + 1 + 1 + 1     # observation, sample, mean, truth
     shutil.rmtree(run / "posterior")
     target = tmp_path / "elsewhere"
     target.mkdir()

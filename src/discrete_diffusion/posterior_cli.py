@@ -437,7 +437,7 @@ def _rgb(levels: "torch.Tensor", flagged: "torch.Tensor | None", num_states: int
 def posterior_grid(samples: "torch.Tensor", observation: tuple | None, truth: "torch.Tensor | None",
                    num_states: int, columns: int = GRID_COLUMNS, sample_rows: int = GRID_SAMPLES) -> "torch.Tensor":
     """The picture grid's tiles, (rows * columns, 3, H, W) levels, one column per observation (the first
-    ``columns``): observation (unobserved sites dark red), up to ``sample_rows`` samples, the posterior mean
+    ``columns``; a single observation is drawn as one row): observation (unobserved sites dark red), up to ``sample_rows`` samples, the posterior mean
     (rounded), the clean image when known."""
     import torch
 
@@ -527,8 +527,8 @@ def cmd_posterior(args: argparse.Namespace) -> int:
         view = observation_levels(operator, obs.y.expand(samples.shape[0], *obs.y.shape[1:]), sites,
                                   run.dataset.num_states)
         tiles = posterior_grid(samples, view, obs.truth, run.dataset.num_states)
-        files["png"] = str(save_image_grid(tiles, run.dataset.num_states, out / "grid.png",
-                                           nrow=min(GRID_COLUMNS, samples.shape[0])))
+        columns = tiles.shape[0] if samples.shape[0] == 1 else min(GRID_COLUMNS, samples.shape[0])  # one: a row
+        files["png"] = str(save_image_grid(tiles, run.dataset.num_states, out / "grid.png", nrow=columns))
     record = {"operator": operator_record(operator), "method": args.method, "method_options": options,
               "sampler": sampler.config(), "seed": args.seed, "num_observations": int(samples.shape[0]),
               "samples_per_observation": args.num, "batch_size": args.batch_size,
