@@ -5,9 +5,7 @@ simulated by monkeypatching: these machines have no GPU)."""
 from __future__ import annotations
 
 import json
-import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from discrete_diffusion import builders
 from discrete_diffusion.denoiser import NetworkDenoiser, backbone_input
 from discrete_diffusion.losses import LogitAlphaProposal, training_loss
-from discrete_diffusion.nn import MLP, SequenceTransformer, UNet
+from discrete_diffusion.nn import MLP, SequenceTransformer
 from discrete_diffusion.processes import base as process_base
 from discrete_diffusion.processes import build_process
 from discrete_diffusion.processes.base import INPUT_KINDS, sample_categorical

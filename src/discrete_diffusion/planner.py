@@ -160,9 +160,7 @@ class PlannerTask(Task):
 
     def setup(self, setup: TaskSetup) -> None:
         super().setup(setup)
-        self.device = setup.device
-        self.train_data, self.val_data = self.dataset.train.to(self.device), self.dataset.val.to(self.device)
-        self.dims = self.dataset.num_sites
+        self.place_splits(setup)
 
     def build_module(self) -> nn.Module:
         if self.given is None:

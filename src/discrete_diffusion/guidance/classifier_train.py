@@ -175,8 +175,7 @@ class ClassifierTask(Task):
 
     def setup(self, setup: TaskSetup) -> None:
         super().setup(setup)
-        self.device = setup.device
-        self.train_data, self.val_data = self.dataset.train.to(self.device), self.dataset.val.to(self.device)
+        self.place_splits(setup)
         self.train_labels = self.dataset.train_labels.long().to(self.device)
         self.val_labels = self.dataset.val_labels.long().to(self.device)
         self.dims = 1   # one label per example: the loss is per example

@@ -126,6 +126,13 @@ class Task(ABC):
         (it keeps ``setup`` as ``self.env``)."""
         self.env = setup
 
+    def place_splits(self, setup: TaskSetup) -> None:
+        """For tasks on a ready dataset: keep the device, put the train and val splits on it (``train_data``,
+        ``val_data``) and count the dimensions per example (``dims``, the sites)."""
+        self.device = setup.device
+        self.train_data, self.val_data = self.dataset.train.to(self.device), self.dataset.val.to(self.device)
+        self.dims = self.dataset.num_sites
+
     @abstractmethod
     def build_module(self) -> nn.Module:
         """The module to optimise (on the task's device), after the Trainer seeded everything with train.seed."""
