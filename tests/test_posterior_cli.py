@@ -17,9 +17,10 @@ from PIL import Image
 
 from conftest import with_overrides
 from discrete_diffusion.cli import main
-from discrete_diffusion.posterior import POSTERIOR_METHODS, DownsampleOperator, ThinningOperator
+from discrete_diffusion.posterior import DownsampleOperator, ThinningOperator
 from discrete_diffusion.posterior.metrics import posterior_mean, psnr, rounded_accuracy, sample_accuracy, sample_scores
-from discrete_diffusion.posterior_cli import build_cli_operator, half_mask, observation_levels, posterior_grid
+from discrete_diffusion.posterior_cli import observation_levels, posterior_grid
+from discrete_diffusion.posterior_inputs import build_cli_operator, half_mask
 
 #: A tiny masking run (the session's trained_run is Blackout).
 MASKING = with_overrides("process.name=masking")
@@ -109,8 +110,6 @@ def test_split_gibbs_through_the_command_line(ddiff, trained_run, masking_run, t
     """split-gibbs, registered in posterior_sample, runs from the command line with its options (-m) and its prior
     step's sampler: 3 iterations of a 2-step bridge on 2 x 2 rows cost 3 x 2 x 4 network rows, recorded; under
     masking a coupled measurement and, on a run, the exact (table) prior step are one-line errors."""
-    if POSTERIOR_METHODS.get("split-gibbs") is None:
-        pytest.skip("split-gibbs is not in this build")
     out = tmp_path / "sg"
     res = ddiff("posterior", trained_run, "--operator", "thinning", "--p", "0.5", "--test-index", "0,1", "--method",
                 "split-gibbs", "-m", "iterations=3", "-m", "t_max=0.5", "--sampler", "bridge", "--steps", "2",
@@ -207,9 +206,6 @@ def _errors(run: Path, tmp: Path) -> list[tuple[tuple, str]]:
          "--simulate-from"),
         ((*test, "--operator", "channel", "--eps", "0.1", "--method", "dps", "--num", "0"), "--num and --batch-size"),
     ]
-    if POSTERIOR_METHODS.get("split-gibbs") is None:
-        table.append(((*test, "--operator", "channel", "--eps", "0.1", "--method", "split-gibbs"),
-                      "not available in this build"))
     return table
 
 

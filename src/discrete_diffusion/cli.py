@@ -62,6 +62,21 @@ def sampler_options(args: argparse.Namespace) -> dict:
     return options
 
 
+def _add_companion_options(parser: argparse.ArgumentParser, run_help: str, name: str) -> None:
+    """The arguments shared by train-planner and train-classifier (a network trained for a run, into its own
+    run-like directory, default RUN_DIR/NAME)."""
+    parser.add_argument("run_dir", help=run_help)
+    parser.add_argument("overrides", nargs="*", help="model.key=value and train.key=value overrides")
+    parser.add_argument("--out", default=None, help=f"output folder (default: RUN_DIR/{name})")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the training in --out from its latest checkpoint (config from "
+                             "--out/config.yaml plus overrides, e.g. a larger train.steps)")
+    parser.add_argument("--device", default="auto",
+                        help="auto | cpu | cuda | cuda:N; other than auto it replaces train.device (default: the "
+                             "config's train.device)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddiff", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -187,16 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "BCE, and that of the planner derived from the run's denoiser on the same "
                                          "draws). Ctrl-C stops training; continue with --resume.",
                              epilog="then: ddiff sample RUN_DIR --sampler ddpd --planner RUN_DIR/planner")
-    planner.add_argument("run_dir", help="a run directory of a uniform-noise model (`ddiff train process.name=uniform`)")
-    planner.add_argument("overrides", nargs="*", help="model.key=value and train.key=value overrides")
-    planner.add_argument("--out", default=None, help="output folder (default: RUN_DIR/planner)")
-    planner.add_argument("--resume", action="store_true",
-                         help="continue the training in --out from its latest checkpoint (config from --out/config.yaml "
-                              "plus overrides, e.g. a larger train.steps)")
-    planner.add_argument("--device", default="auto",
-                         help="auto | cpu | cuda | cuda:N; other than auto it replaces train.device (default: the "
-                              "config's train.device)")
-    planner.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_companion_options(planner, "a run directory of a uniform-noise model (`ddiff train process.name=uniform`)",
+                           "planner")
 
     clf = sub.add_parser("train-classifier", help="train a noisy classifier p(c | x_t) for classifier guidance",
                          description="Train a noise-conditioned classifier (cross-entropy on (x_t ~ q_t(. | x0), c), "
@@ -210,16 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "training; continue with --resume.",
                          epilog="then: ddiff sample RUN_DIR --sampler tau-leaping --class 3 --classifier "
                                 "RUN_DIR/classifier --guidance 2")
-    clf.add_argument("run_dir", help="a run directory whose data have class labels")
-    clf.add_argument("overrides", nargs="*", help="model.key=value and train.key=value overrides")
-    clf.add_argument("--out", default=None, help="output folder (default: RUN_DIR/classifier)")
-    clf.add_argument("--resume", action="store_true",
-                     help="continue the training in --out from its latest checkpoint (config from --out/config.yaml "
-                          "plus overrides, e.g. a larger train.steps)")
-    clf.add_argument("--device", default="auto",
-                     help="auto | cpu | cuda | cuda:N; other than auto it replaces train.device (default: the config's "
-                          "train.device)")
-    clf.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_companion_options(clf, "a run directory whose data have class labels", "classifier")
 
     report = sub.add_parser("report", help="write a PNG and an HTML page: samples, training curves, sample quality",
                             description="Summarise RUN_DIR in one PNG and a self-contained HTML page (the PNG "

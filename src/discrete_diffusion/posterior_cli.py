@@ -1,7 +1,8 @@
 """``ddiff posterior RUN_DIR``: samples of x0 ~ p(x0 | y) from a trained run given a measurement y (issue 13).
 
 The prior p(x0) is the run's model; the measurement p(y | x0) an operator of ``posterior/operators.py`` built from
-the flags (--operator inpaint|channel|thinning|downsample|parity and its parameters); the method one of
+the flags (--operator inpaint|channel|thinning|downsample|parity and its parameters; posterior_inputs.py reads
+every input); the method one of
 ``posterior.POSTERIOR_METHODS`` (--method, its own options as --method-option KEY=VALUE, checked against
 ``method_options``). y comes from a file (--y, read by the pickle-free bounded reader) or is simulated from clean
 data (--simulate-from X.npy, --test-index N) with the operator's ``simulate`` and the seed. Each of the N
@@ -16,26 +17,26 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from .posterior_inputs import (
+    CLI_OPERATORS,
+    HALF_MASKS,
+    build_cli_operator,
+    check_method,
+    method_options_from_args,
+    name_part,
+    observed_mask,
+    read_observation,
+)
+
 if TYPE_CHECKING:
-    import numpy
     import torch
 
     from .posterior import MeasurementOperator
 
-#: The operators the command line can build (``callable`` needs Python code).
-CLI_OPERATORS = ("inpaint", "channel", "thinning", "downsample", "parity")
-#: Each operator flag and the operator that takes it.
-OPERATOR_FLAGS = {"eps": "channel", "p": "thinning", "block": "downsample", "groups": "parity", "flip": "parity"}
-#: Named inpainting masks: the observed part of the sites.
-HALF_MASKS = ("top-half", "bottom-half", "left-half", "right-half", "first-half", "last-half")
-#: Largest --groups file read (bytes).
-MAX_GROUPS_BYTES = 1 << 22
 #: Columns (observations) and sample rows shown in the picture grid.
 GRID_COLUMNS, GRID_SAMPLES = 8, 6
 
@@ -99,252 +100,6 @@ def add_posterior_parser(sub, add_sample_options: Callable[[argparse.ArgumentPar
                    help="use the data even if its checksum differs from the one recorded at training (warns)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-
-# ----- reading the inputs ---------------------------------------------------------------------------------------
-def _integer_array(array: "numpy.ndarray", what: str) -> "torch.Tensor":
-    """An .npy array as a tensor for the operator's checks: integers as int64, floats as float64 (the operator then
-    names the dtype), anything else refused."""
-    import numpy as np
-    import torch
-
-    kind = array.dtype.kind
-    if kind == "b":
-        return torch.from_numpy(array.astype(np.int64))
-    if kind in "iu":
-        if array.size and kind == "u" and int(array.max()) > np.iinfo(np.int64).max:
-            raise ValueError(f"{what}: values beyond the int64 range")
-        return torch.from_numpy(array.astype(np.int64))
-    if kind == "f":
-        return torch.from_numpy(array.astype(np.float64))
-    raise ValueError(f"{what} must hold numbers, got dtype {array.dtype}")
-
-
-def _batched(x: "torch.Tensor", shape: tuple[int, ...], what: str) -> "torch.Tensor":
-    """x of ``shape`` or (N, *shape) as (N, *shape)."""
-    if tuple(x.shape) == shape:
-        return x[None]
-    if x.dim() == len(shape) + 1 and tuple(x.shape[1:]) == shape and x.shape[0] >= 1:
-        return x
-    dims = ", ".join(map(str, shape))
-    raise ValueError(f"{what} must have shape ({dims}) or (N, {dims}), got {tuple(x.shape)}")
-
-
-def _read(path: str, flag: str) -> "torch.Tensor":
-    from .sample_conditioning import _load_site_array
-
-    return _integer_array(_load_site_array(path, flag), f"{flag} {path}")
-
-
-def half_mask(name: str, sites: tuple[int, ...]) -> "torch.Tensor":
-    """The observed half of the sites (bool, *sites): top/bottom split the second-to-last axis, left/right the
-    last one (image sites), first/last the flattened row-major order."""
-    import torch
-
-    mask = torch.zeros(sites, dtype=torch.bool)
-    if name in ("first-half", "last-half"):
-        flat = mask.reshape(-1)
-        half = flat.numel() // 2
-        flat[:half] = name == "first-half"
-        flat[half:] = name == "last-half"
-        return mask
-    if len(sites) < 2:
-        raise ValueError(f"--mask {name} needs image sites (at least two axes), the run's are {sites}; use "
-                         "first-half or last-half")
-    axis = len(sites) - (2 if name in ("top-half", "bottom-half") else 1)
-    index = torch.arange(sites[axis]).reshape([-1 if i == axis else 1 for i in range(len(sites))])
-    first = index < sites[axis] // 2
-    return (first if name in ("top-half", "left-half") else ~first).expand(sites).clone()
-
-
-def _observed_mask(args: argparse.Namespace, sites: tuple[int, ...]) -> "torch.Tensor | None":
-    """--mask as bool (N or 1, *sites), None when absent."""
-    if args.mask is None:
-        return None
-    if args.operator != "inpaint":
-        raise ValueError(f"--mask is an option of the inpaint measurement, not of {args.operator}")
-    if args.mask in HALF_MASKS:
-        return half_mask(args.mask, sites)[None]
-    if not Path(args.mask).is_file():
-        raise ValueError(f"--mask {args.mask}: no such file (and not one of {', '.join(HALF_MASKS)})")
-    mask = _batched(_read(args.mask, "--mask"), sites, f"--mask {args.mask}")
-    if mask.is_floating_point() or not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError(f"--mask {args.mask} must be boolean (or 0/1 integers), true where a site is observed")
-    return mask.bool()
-
-
-def build_cli_operator(args: argparse.Namespace, run) -> "MeasurementOperator":
-    """The operator named by --operator with its flags; flags of other operators and operators that treat values as
-    counts on token data are refused (one line). An inpaint operator gets no mask: y marks the unobserved sites
-    (``UNOBSERVED``), so one operator serves observations with different masks in any batch."""
-    import json
-
-    from .posterior import build_operator
-
-    name = args.operator
-    if name not in CLI_OPERATORS:
-        raise ValueError(f"unknown --operator {name!r}; valid: {', '.join(CLI_OPERATORS)} (a callable measurement "
-                         "needs Python: discrete_diffusion.posterior.CallableOperator)")
-    for flag, owner in OPERATOR_FLAGS.items():
-        if getattr(args, flag) is not None and owner != name:
-            raise ValueError(f"--{flag} is an option of the {owner} measurement, not of {name}")
-    if name in ("thinning", "downsample") and ("vocab" in run.dataset.metadata or
-                                               run.dataset.metadata.get("tokenizer") is not None):
-        raise ValueError(f"the {name} measurement treats values as counts; this run's data are tokens of a "
-                         "vocabulary: use inpaint, channel or parity")
-    k = run.dataset.num_states
-    if name == "inpaint":
-        return build_operator(name, k)
-    needed = {"channel": "eps", "thinning": "p", "downsample": "block", "parity": "groups"}[name]
-    if getattr(args, needed) is None:
-        raise ValueError(f"the {name} measurement needs --{needed}")
-    if name == "channel":
-        return build_operator(name, k, eps=args.eps)
-    if name == "thinning":
-        return build_operator(name, k, p=args.p)
-    if name == "downsample":
-        parts = [s.strip() for s in re.split(r"[,x]", str(args.block))]
-        if not all(s.isdigit() for s in parts):
-            raise ValueError(f"--block takes an integer or one per axis (2 or 2,2), got {args.block!r}")
-        block = int(parts[0]) if len(parts) == 1 else tuple(int(s) for s in parts)
-        op = build_operator(name, k, block=block)
-        op.y_shape(tuple(run.dataset.site_shape))          # a block that does not divide the sites: one line now
-        return op
-    path = Path(args.groups)
-    if not path.is_file():
-        raise ValueError(f"--groups {args.groups}: no such file")
-    if path.stat().st_size > MAX_GROUPS_BYTES:
-        raise ValueError(f"--groups {args.groups} is larger than {MAX_GROUPS_BYTES} bytes")
-    try:
-        groups = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"--groups {args.groups} is not JSON: {str(err).splitlines()[0]}") from None
-    if not isinstance(groups, list) or not all(isinstance(g, list) and all(type(i) is int for i in g)
-                                               for g in groups):
-        raise ValueError(f"--groups {args.groups} must hold a JSON list of lists of site indices, e.g. "
-                         "[[0, 1], [2, 5]]")
-    op = build_operator(name, k, groups=groups, flip=0.0 if args.flip is None else args.flip)
-    op.y_shape(tuple(run.dataset.site_shape))
-    return op
-
-
-def _test_indices(spec: str, size: int) -> list[int]:
-    """--test-index I, I,J,K or A:B as a list of indices into a split of ``size`` examples."""
-    text = str(spec).strip()
-    try:
-        if ":" in text:
-            start, _, stop = text.partition(":")
-            out = list(range(int(start or 0), int(stop) if stop else size))
-        else:
-            out = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise ValueError(f"--test-index takes an index, a list 0,3,7 or a range 0:8, got {spec!r}") from None
-    if not out or min(out) < 0 or max(out) >= size:
-        raise ValueError(f"--test-index {spec} must name indices in 0..{size - 1} (the test split has {size} examples)")
-    return out
-
-
-@dataclass
-class Observation:
-    """y (N or 1, *y_sites) checked by the operator; truth (N, *sites) when y was simulated; where it came from."""
-
-    y: "torch.Tensor"
-    truth: "torch.Tensor | None"
-    source: dict
-    stem: str
-
-
-def read_observation(args: argparse.Namespace, run, operator: "MeasurementOperator",
-                     observed: "torch.Tensor | None") -> Observation:
-    """y from --y (with --mask for inpaint), or simulated from --simulate-from / --test-index with --seed."""
-    import torch
-
-    from .data.base import validate_values
-    from .posterior import inpaint_observation
-
-    given = [flag for flag in ("y", "simulate_from", "test_index") if getattr(args, flag) is not None]
-    if len(given) != 1:
-        raise ValueError("give the measurement as exactly one of --y Y.npy, --simulate-from X.npy, --test-index I"
-                         + (f" (got {', '.join('--' + g.replace('_', '-') for g in given)})" if given else ""))
-    sites = tuple(run.dataset.site_shape)
-    if args.y is not None:
-        values = _read(args.y, "--y")
-        if operator.name == "inpaint" and observed is not None:
-            values = _batched(values, sites, f"--y {args.y}")
-            if values.is_floating_point():
-                raise ValueError(f"--y {args.y}: y must be an integer array, got float64")
-            if observed.shape[0] not in (1, values.shape[0]):
-                raise ValueError(f"--mask has {observed.shape[0]} masks but --y has {values.shape[0]} observations")
-            values = inpaint_observation(values, observed)
-        else:
-            values = _batched(values, operator.y_shape(sites), f"--y {args.y}")
-        try:
-            y = operator.check_y(values, sites)
-        except ValueError as err:
-            raise ValueError(f"--y {args.y}: {err}") from None
-        return Observation(y, None, {"y": str(Path(args.y).resolve())}, _name_part(Path(args.y).stem))
-    if args.simulate_from is not None:
-        raw = _batched(_read(args.simulate_from, "--simulate-from"), sites, f"--simulate-from {args.simulate_from}")
-        truth = validate_values(raw, run.dataset.num_states, f"--simulate-from {args.simulate_from}")
-        source = {"simulate_from": str(Path(args.simulate_from).resolve())}
-        stem = "sim-" + _name_part(Path(args.simulate_from).stem)
-    else:
-        test = run.dataset.split("test")
-        index = _test_indices(args.test_index, test.shape[0])
-        truth = test[index]
-        source = {"test_index": index}
-        stem = "test" + _name_part(str(args.test_index).replace(":", "-").replace(",", "-"))
-    if operator.name == "inpaint":          # the inpaint measurement is deterministic given the mask
-        if observed is None:
-            raise ValueError(f"inpainting a simulated measurement needs --mask (a file or {', '.join(HALF_MASKS)})")
-        if observed.shape[0] not in (1, truth.shape[0]):
-            raise ValueError(f"--mask has {observed.shape[0]} masks but there are {truth.shape[0]} clean examples")
-        y = inpaint_observation(truth, observed)
-    else:
-        y = operator.simulate(truth, torch.Generator().manual_seed(args.seed))
-    return Observation(operator.check_y(y, sites), truth, source, stem)
-
-
-def _name_part(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]", "-", text)[:120] or "y"
-
-
-def method_options_from_args(args: argparse.Namespace) -> dict:
-    """--method-option KEY=VALUE pairs (YAML values) checked against the method's options."""
-    import yaml
-
-    from .posterior import method_options
-
-    allowed = method_options(args.method)
-    options: dict = {}
-    for item in args.method_options:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise ValueError(f"malformed --method-option {item!r}: expected KEY=VALUE, e.g. -m gamma=2")
-        if key not in allowed:
-            raise ValueError(f"posterior method {args.method!r} takes the options {list(allowed)}, got {key!r}")
-        try:
-            options[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ValueError(f"malformed --method-option {item!r}: cannot parse the value {value!r}") from None
-    return options
-
-
-def check_method(method: str | None) -> None:
-    """A one-line error for a missing, unknown, unavailable or table-only method, naming the methods that work."""
-    from .posterior import POSTERIOR_METHODS
-
-    usable = [m for m, fn in POSTERIOR_METHODS.items() if fn is not None and m != "exact-guidance"]
-    if method is None:
-        raise ValueError(f"give --method: one of {', '.join(usable)}")
-    if method == "exact-guidance":
-        raise ValueError("exact-guidance needs the prior as an enumerable table (discrete_diffusion.oracle); a run "
-                         f"directory holds a trained network: use one of {', '.join(usable)}")
-    if method not in POSTERIOR_METHODS:
-        raise ValueError(f"unknown --method {method!r}; valid: {', '.join(usable)}")
-    if POSTERIOR_METHODS[method] is None:
-        raise ValueError(f"posterior method {method!r} is not available in this build; use one of {', '.join(usable)}")
 
 
 # ----- sampling ---------------------------------------------------------------------------------------------------
@@ -503,14 +258,14 @@ def cmd_posterior(args: argparse.Namespace) -> int:
     run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change)
     sampler = build_sampler_from(run.config, args.sampler or "tau-leaping", args.steps, sampler_options(args))
     sites = tuple(run.dataset.site_shape)
-    observed = _observed_mask(args, sites)
+    observed = observed_mask(args, sites)
     operator = build_cli_operator(args, run)
     obs = read_observation(args, run, operator, observed)
     samples, cost = draw_posterior(args.method, run, operator, obs.y, args.num, args.batch_size, sampler, args.seed,
                                    options, progress=not args.no_progress)
 
     extras = "".join(f"-{k}{v}" for k, v in sorted(options.items()))
-    stem = _name_part(f"{obs.stem}_{operator_tag(operator)}_{args.method}{extras}_{sample_stem(sampler, args.seed)}")
+    stem = name_part(f"{obs.stem}_{operator_tag(operator)}_{args.method}{extras}_{sample_stem(sampler, args.seed)}")
     if args.out:
         out = ensure_dir(user_dir(args.out))
     else:

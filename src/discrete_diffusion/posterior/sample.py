@@ -35,8 +35,8 @@ from .split_gibbs import split_gibbs_method
 
 __all__ = ["POSTERIOR_METHODS", "posterior_sample", "register_method", "method_options"]
 
-#: Method name -> sampling function (``register_method`` adds more; None = not available in this build).
-POSTERIOR_METHODS: dict[str, Callable[..., Tensor] | None] = {
+#: Method name -> sampling function (``register_method`` adds more).
+POSTERIOR_METHODS: dict[str, Callable[..., Tensor]] = {
     "exact-guidance": exact_guidance_sample,
     "dps": dps_sample,
     "infill": masking_inpaint_sample,
@@ -62,11 +62,7 @@ def method_options(method: str) -> tuple[str, ...]:
 def _method(method: str) -> Callable[..., Tensor]:
     if method not in POSTERIOR_METHODS:
         raise ValueError(f"unknown posterior method {method!r}; valid methods: {', '.join(sorted(POSTERIOR_METHODS))}")
-    fn = POSTERIOR_METHODS[method]
-    if fn is None:
-        raise ValueError(f"posterior method {method!r} is not available in this build; use exact-guidance (oracle "
-                         "prior), dps (biased) or infill (inpainting under masking)")
-    return fn
+    return POSTERIOR_METHODS[method]
 
 
 def posterior_sample(method: str, process: ForwardProcess, denoiser: Denoiser, schedule: Schedule,
