@@ -44,6 +44,13 @@ def build_dataset(config: DictConfig, tokenizer_json: str | None = None) -> Disc
         options.update(tokenizer=data.tokenizer, vocab_size=data.vocab_size)
         if tokenizer_json is not None:
             options["tokenizer_json"] = tokenizer_json
+    # text options: passed only when set away from their defaults, so loaders without them (and old runs) are unchanged
+    for key, default in (("normalize", None), ("format", "plain"), ("packing", "pack")):
+        value = data.get(key, default)
+        if value != default and not (key == "normalize" and value == "none"):
+            if key not in dataset_options(data.name):
+                raise ValueError(f"data.{key} applies to text datasets (text, kjv), not {data.name!r}")
+            options[key] = value
     return load_dataset(data.name, **options)
 
 
