@@ -27,6 +27,8 @@ from .png_folder import load_png_folder
 from .registry import DATASETS, dataset_options, load_dataset, register_dataset
 from .kjv import load_kjv
 from .text import decode_text, encode_text, load_text_file
+from .text_formats import EOS, load_text
+from .normalize import TEXT8_VOCAB, normalize_text
 
 __all__ = [
     "KINDS",
@@ -51,6 +53,10 @@ __all__ = [
     "load_kjv",
     "load_png_folder",
     "load_text_file",
+    "load_text",
+    "EOS",
+    "TEXT8_VOCAB",
+    "normalize_text",
     "parse_idx",
     "quantize",
     "read_fasta",

@@ -42,10 +42,13 @@ from .bpe_text import bpe_dataset, token_windows
 from .normalize import TEXT8_VOCAB, check_normalize, normalize_text
 from .tokenizer import TOKENIZER_KINDS
 
-__all__ = ["UNK", "load_text_file", "dataset_from_text", "read_utf8", "encode_text", "decode_text"]
+__all__ = ["UNK", "EOS", "load_text_file", "dataset_from_text", "read_utf8", "encode_text", "decode_text"]
 
 #: Vocabulary entry for characters not in the vocabulary (multi-character, so it cannot clash).
 UNK = "<unk>"
+#: Vocabulary entry of the end-of-sequence token of line / document datasets (:mod:`.text_formats`).
+EOS = "<eos>"
+_SPECIAL = (UNK, EOS)
 
 _BOM = "\ufeff"
 _ENCODE_CHUNK = 1 << 20
@@ -93,8 +96,8 @@ def _vocab_list(vocab: str | Sequence[str]) -> list[str]:
     if not symbols:
         raise ValueError("vocab must not be empty")
     for s in symbols:
-        if not isinstance(s, str) or (len(s) != 1 and s != UNK):
-            raise ValueError(f"vocab entries must be single characters (or {UNK!r}), got {s!r}")
+        if not isinstance(s, str) or (len(s) != 1 and s not in _SPECIAL):
+            raise ValueError(f"vocab entries must be single characters (or {UNK!r}, {EOS!r}), got {s!r}")
     if len(set(symbols)) != len(symbols):
         raise ValueError("vocab entries must be distinct")
     return symbols
@@ -107,8 +110,8 @@ def encode_text(text: str, vocab: str | Sequence[str]) -> Tensor:
     otherwise they raise ``ValueError`` naming the first one and its position.
     """
     symbols = _vocab_list(vocab)
-    table = np.array(sorted(ord(s) for s in symbols if s != UNK), dtype=np.int64)
-    index_of = {ord(s): i for i, s in enumerate(symbols) if s != UNK}
+    table = np.array(sorted(ord(s) for s in symbols if s not in _SPECIAL), dtype=np.int64)
+    index_of = {ord(s): i for i, s in enumerate(symbols) if s not in _SPECIAL}
     order = np.array([index_of[int(c)] for c in table], dtype=np.int64)
     out = np.empty(len(text), dtype=np.int64)
     for start in range(0, len(text), _ENCODE_CHUNK):  # in chunks: temporaries stay small for long texts
