@@ -260,7 +260,6 @@ def main() -> None:
     unknown = [m for m in models if m != "ar" and m not in DIFFUSION]
     if unknown:
         raise SystemExit(f"unknown models {unknown}; choose from ar {' '.join(DIFFUSION)}")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     log_lines: list[str] = []
 
     def log(message: str) -> None:
