@@ -132,6 +132,7 @@ def train_model(name: str, args: argparse.Namespace, dataset, log) -> dict:
     overrides = shared_overrides(args) + DIFFUSION.get(name, ["process.name=masking"])
     config = load_config(None, overrides)
     if name == "ar":
+        torch.manual_seed(args.seed)    # the AR net is built here, before the Trainer seeds: seed its init too
         model = ARTransformer(dataset.num_states, args.seq_len, dim=args.dim, depth=args.depth, heads=args.heads,
                               dropout=0.0)
         task = ExactLikelihoodTask(model, dataset.train, dataset.val[: args.val_windows], name="kjv-27")
