@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .block_denoiser import block_size_of
+from .block_loss import block_elbo_integrand, clipped_lam_range, draw_block_noise
 from .denoiser import Denoiser
 from .processes.base import ForwardProcess, Prediction
 from .schedules import Schedule
@@ -211,21 +213,32 @@ class TrainingLoss:
 
 @dataclass
 class NoiseDraw:
-    """One importance draw per example: x_t (B, *sites), lam (B,) and the inverse proposal density (B,)."""
+    """One importance draw per example: x_t (B, *sites), lam (B,) and the inverse proposal density (B,); for block
+    diffusion (``block_size`` set) one per block: lam and the inverse density (B, N) (``block_loss.py``)."""
 
     xt: Tensor
     lam: Tensor
     inverse_density: Tensor
+    block_size: int | None = None
 
     def __getitem__(self, index: slice) -> "NoiseDraw":
-        return NoiseDraw(self.xt[index], self.lam[index], self.inverse_density[index])
+        return NoiseDraw(self.xt[index], self.lam[index], self.inverse_density[index], self.block_size)
 
 
 def draw_noise(process: ForwardProcess, x0: Tensor, schedule: Schedule, proposal: LogitAlphaProposal,
-               generator: torch.Generator | None, stratum: tuple[int, int] = (0, 1)) -> NoiseDraw:
+               generator: torch.Generator | None, stratum: tuple[int, int] = (0, 1), block_size: int | None = None,
+               mask_rate_clip: tuple[float, float] | None = None) -> NoiseDraw:
     """Draw lam from the proposal (stratified over the batch, within band ``stratum``: see
-    ``LogitAlphaProposal.sample``) and x_t ~ q(. | x0, lam)."""
-    lam_low, lam_high = logit_alpha_range(schedule)
+    ``LogitAlphaProposal.sample``) and x_t ~ q(. | x0, lam). ``block_size``: one lam per block of a (B, L) batch
+    (``block_loss.draw_block_noise``). ``mask_rate_clip`` = (low, high): draw only noise levels whose mask rate
+    1 - alpha lies in [low, high] (BD3-LM's clipped schedule; the estimate is then the bound's integral over that
+    band, a training objective and no longer a bound)."""
+    lam_low, lam_high = clipped_lam_range(*logit_alpha_range(schedule), mask_rate_clip)
+    if block_size is not None:
+        xt, lam, inv_density = draw_block_noise(process, x0, block_size, lam_low, lam_high, proposal, generator,
+                                                stratum)
+        return NoiseDraw(xt, lam.to(torch.get_default_dtype()), inv_density.to(torch.get_default_dtype()),
+                         block_size)
     lam, inv_density = proposal.sample(x0.shape[0], lam_low, lam_high, generator, device=x0.device,
                                        stratum=stratum)
     xt = process.sample_marginal(x0, lam, generator)
@@ -235,28 +248,36 @@ def draw_noise(process: ForwardProcess, x0: Tensor, schedule: Schedule, proposal
 def diffusion_terms(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, noise: NoiseDraw,
                     weighting: Weighting | None = None, objective: Objective | None = None) -> tuple[Tensor, Tensor]:
     """(training term of the objective, unweighted ELBO diffusion term), both (B,) in nats, for a noise draw
-    (one network call)."""
-    prediction = denoiser(noise.xt, noise.lam)
-    integrand = process.elbo_integrand(x0, noise.xt, noise.lam, prediction)
-    elbo = integrand * noise.inverse_density.to(integrand.dtype)
+    (one network call). A block draw (``noise.block_size``) calls ``denoiser(x_t, lam, clean=x0)`` and sums the
+    per-block terms (``block_loss.py``)."""
+    if noise.block_size is None:
+        prediction = denoiser(noise.xt, noise.lam)
+        integrand = process.elbo_integrand(x0, noise.xt, noise.lam, prediction)
+    else:
+        prediction = denoiser(noise.xt, noise.lam, clean=x0)
+        integrand = block_elbo_integrand(process, x0, noise.xt, noise.lam, prediction, noise.block_size)
+    per_draw = integrand * noise.inverse_density.to(integrand.dtype)
+    elbo = per_draw if noise.block_size is None else per_draw.sum(1)
     objective = objective or Objective()
     if objective.name == "x0-ce":
         return x0_cross_entropy(process, x0, noise.xt, prediction), elbo
     weights = weighting(noise.lam) if weighting is not None else torch.ones_like(noise.lam)
-    term = elbo * weights.to(elbo.dtype)
+    term = per_draw * weights.to(per_draw.dtype)
+    term = term if noise.block_size is None else term.sum(1)
     if objective.name == "hybrid":
         term = term + objective.ce_weight * x0_cross_entropy(process, x0, noise.xt, prediction)
     return term, elbo
 
 
 def _reconstruction(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, schedule: Schedule,
-                    generator: torch.Generator | None) -> Tensor:
+                    generator: torch.Generator | None, block_size: int | None = None) -> Tensor:
     lam_low, lam_high = logit_alpha_range(schedule)
     if math.isinf(lam_high):
         return torch.zeros(x0.shape[0], device=x0.device)
     lam = torch.full((x0.shape[0],), lam_high, device=x0.device)
     xt = process.sample_marginal(x0, lam, generator)
-    return process.reconstruction_nll(x0, xt, denoiser(xt, lam))
+    prediction = denoiser(xt, lam) if block_size is None else denoiser(xt, lam, clean=x0)
+    return process.reconstruction_nll(x0, xt, prediction)
 
 
 def training_loss(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, schedule: Schedule,
@@ -287,16 +308,18 @@ def estimate_elbo(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, sched
 
     Draw k of S = ``num_samples`` lies in the k-th of S equal-probability bands of the proposal (and is
     stratified over the batch within it), so each example's S draws cover the whole lam range: the same
-    unbiased mean with less variance than S independent draws (a fixed seed then gives a fixed set)."""
+    unbiased mean with less variance than S independent draws (a fixed seed then gives a fixed set).
+    A block-diffusion model (``block_denoiser.block_size_of``) is scored by the block bound: one lam per block."""
+    block_size = block_size_of(denoiser)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     proposal = proposal or LogitAlphaProposal()
     diffusion = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
     reconstruction = torch.zeros_like(diffusion)
     for k in range(num_samples):
-        noise = draw_noise(process, x0, schedule, proposal, generator, stratum=(k, num_samples))
+        noise = draw_noise(process, x0, schedule, proposal, generator, stratum=(k, num_samples), block_size=block_size)
         diffusion += diffusion_terms(process, denoiser, x0, noise)[1].double()
-        reconstruction += _reconstruction(process, denoiser, x0, schedule, generator).double()
+        reconstruction += _reconstruction(process, denoiser, x0, schedule, generator, block_size).double()
     lam_low, _ = logit_alpha_range(schedule)
     prior = process.prior_kl(x0, torch.full((x0.shape[0],), lam_low, device=x0.device)).double()
     return ElboEstimate(diffusion=diffusion / num_samples, prior=prior,
