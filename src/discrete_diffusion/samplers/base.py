@@ -135,6 +135,14 @@ class _CountingDenoiser:
         self.rows += int(xt.shape[0])
         return self.denoiser(xt, lam)
 
+    def call_rows(self, xt: Tensor, lam: Tensor, rows: Tensor) -> Prediction:
+        """The denoiser on batch rows ``rows`` of the full batch (x_t, lam: those rows). A denoiser whose rows carry
+        their own state (block diffusion's context: ``rows(index)`` gives it restricted) is restricted first."""
+        restrict = getattr(self.denoiser, "rows", None)
+        self.calls += 1
+        self.rows += int(xt.shape[0])
+        return (self.denoiser if restrict is None else restrict(rows))(xt, lam)
+
 
 def _take(value: Tensor | None, rows: Tensor) -> Tensor | None:
     return None if value is None else value[rows]
@@ -155,7 +163,7 @@ class _CachingDenoiser:
         changed = (xt != self.last_x).reshape(xt.shape[0], -1).any(1)
         if bool(changed.any()):
             rows = changed.nonzero()[:, 0]
-            fresh = self.denoiser(xt[rows], lam[rows])
+            fresh = self.denoiser.call_rows(xt[rows], lam[rows], rows)
             merged = []
             for old, new in ((self.last.x0_log_probs, fresh.x0_log_probs), (self.last.mean_missing, fresh.mean_missing)):
                 if old is None or new is None:
