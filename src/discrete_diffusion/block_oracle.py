@@ -33,7 +33,8 @@ class BlockOracle:
         self.process, self.length, self.dtype = process, int(length), dtype
         self.block_size = check_block_size(block_size, length)
         self.configs = all_configurations(process.num_states, length)                 # (J, L)
-        self.probs = (probs.double().reshape(-1) / probs.sum())                         # (J,)
+        probs = probs.double().reshape(-1)
+        self.probs = probs / probs.sum()                                                # (J,)
 
     def nll(self, x0: Tensor) -> Tensor:
         """-log pi(x0) per row: (B,) float64."""
