@@ -154,7 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--mask", default=None, metavar="MASK.npy",
                         help="infilling: an .npy of the run's site shape, true (1) where --infill's value is known")
     sample.add_argument("--prompt", default=None, metavar="TEXT",
-                        help="text runs: a template, each '_' a blank to fill, shorter than seq_len = blanks after")
+                        help="text runs: a template, each '_' a blank to fill, shorter than seq_len = blanks after; "
+                             "block-diffusion runs (model.block_size): clean context the samples continue (BPE runs: "
+                             "tokenised by the run's tokenizer)")
+    sample.add_argument("--no-cache", dest="kv_cache", action="store_false",
+                        help="block-diffusion runs: recompute the context at every network call instead of the exact "
+                             "KV cache (same samples, slower)")
+    sample.add_argument("--max-length", type=int, default=None, metavar="N",
+                        help="block-diffusion runs: tokens per sample, prompt included (default seq_len; longer "
+                             "samples slide the context window)")
+    sample.add_argument("--eos", default=None, metavar="SYMBOL",
+                        help="block-diffusion runs: stop a sample at this symbol (a vocabulary character or a token "
+                             "id; default the dataset's EOS if it has one); the rest of the row is padding")
     sample.add_argument("--allow-data-change", action="store_true",
                         help="use the data even if its checksum differs from the one recorded at training (warns)")
     sample.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -339,6 +350,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     ctx, device = setup(args.device)  # under torchrun the samples are split over the ranks
     run = load_run(args.run_dir, args.checkpoint, str(device), args.allow_data_change)
+    if getattr(run.denoiser, "block_size", None) is not None:
+        return cmd_sample_blocks(args, run, ctx)
+    if args.max_length is not None or args.eos is not None or not args.kv_cache:
+        raise ValueError("--max-length, --eos and --no-cache are options of block-diffusion runs (model.block_size)")
     options = {**sampler_options(args), **ddpd_networks(args, run, str(device))}
     sampler = build_sampler_from(run.config, args.sampler, args.steps, options)
     num = run.config.sample.num_samples if args.num is None else args.num
@@ -372,6 +387,54 @@ def cmd_sample(args: argparse.Namespace) -> int:
                                       "batch_size": batch_size, "network_calls_last_batch": sampler.network_calls,
                                       "nfe_last_batch": sampler.nfe, "run_dir": str(Path(args.run_dir).resolve()),
                                       "checkpoint": str(run.checkpoint), "files": dict(paths)})
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def cmd_sample_blocks(args: argparse.Namespace, run, ctx) -> int:
+    """``ddiff sample`` of a block-diffusion run: semi-autoregressive decoding (block_generation.py)."""
+    from .block_generation import BlockSampleOptions, decode_block_rows, generate_block_samples
+    from .builders import build_sampler_from
+    from .pipeline import save_samples, write_json
+    from .train.atomic_io import atomic_write_text, user_dir
+
+    if ctx.enabled:
+        raise ValueError("block-diffusion sampling runs in one process; run ddiff sample without torchrun")
+    for flag, value in (("--class", args.classes), ("--guidance", args.guidance), ("--infill", args.infill),
+                        ("--mask", args.mask), ("--classifier", args.classifier), ("--planner", args.planner),
+                        ("--masked-denoiser", args.masked_denoiser)):
+        if value is not None:
+            raise ValueError(f"{flag} is not available for block-diffusion runs (model.block_size); --prompt, "
+                             "--max-length, --eos and --no-cache are")
+    sampler = build_sampler_from(run.config, args.sampler, args.steps, sampler_options(args))
+    num = run.config.sample.num_samples if args.num is None else args.num
+    batch_size = run.config.sample.batch_size if args.batch_size is None else args.batch_size
+    options = BlockSampleOptions(prompt=args.prompt, use_cache=args.kv_cache, max_length=args.max_length, eos=args.eos)
+    began = time.perf_counter()
+    samples = generate_block_samples(run, sampler, num, batch_size, args.seed, not args.no_progress, options)
+    seconds = time.perf_counter() - began
+    out = user_dir(args.out) if args.out else user_dir(args.run_dir) / "samples"
+    stem = sample_stem(sampler, args.seed) + f"_blocks{run.denoiser.block_size}" + ("" if args.kv_cache else "_nocache")
+    paths = save_samples(samples.tokens, run, out, stem=stem)
+    texts = decode_block_rows(run, samples)
+    if texts is not None:            # each row up to its EOS (included); newlines escaped
+        paths["txt"] = str(out / f"{stem}.txt")
+        atomic_write_text(out / f"{stem}.txt", "".join(t.replace("\n", "\\n") + "\n" for t in texts))
+    stopped = int(samples.stopped.sum())
+    write_json(out / f"{stem}.json", {
+        "sampler": sampler.config(), "num_samples": num, "seed": args.seed, "batch_size": batch_size,
+        "block_size": run.denoiser.block_size, "kv_cache": args.kv_cache, "prompt": args.prompt,
+        "prompt_tokens": samples.prompt_length, "max_length": int(samples.tokens.shape[1]),
+        "eos": args.eos, "lengths": samples.lengths.tolist(), "stopped_at_eos": samples.stopped.tolist(),
+        "network_calls": samples.network_calls, "seconds": seconds,
+        "run_dir": str(Path(args.run_dir).resolve()), "checkpoint": str(run.checkpoint), "files": dict(paths)})
+    paths["json"] = str(out / f"{stem}.json")
+    print(f"block diffusion: {num} samples of up to {samples.tokens.shape[1]} tokens (prompt {samples.prompt_length}), "
+          f"block size {run.denoiser.block_size}, KV cache {'on' if args.kv_cache else 'off'}, "
+          f"{samples.network_calls} network calls, {seconds:.2f} s")
+    if options.eos is not None or stopped:
+        print(f"{stopped} of {num} samples stopped at EOS; the rest of each such row is padding (lengths in the .json)")
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0

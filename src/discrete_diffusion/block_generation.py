@@ -1,0 +1,121 @@
+"""``ddiff sample`` for block-diffusion runs: prompts as clean context, the exact KV cache, EOS and a maximum length.
+
+Reference: Arriola et al., "Block Diffusion" (BD3-LM), ICLR 2025 (semi-autoregressive sampling); the decoding itself
+is ``samplers/semi_autoregressive.py``. This module reads a run's vocabulary or BPE tokenizer for the prompt and the
+EOS token and turns the decoded rows back into text.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .samplers import Sampler
+from .samplers.semi_autoregressive import BlockSamples, SemiAutoregressiveDecoder
+
+__all__ = ["BlockSampleOptions", "encode_prompt", "resolve_eos", "generate_block_samples", "decode_block_rows"]
+
+#: Longest output accepted (tokens per row, prompt included): a bound on memory, not on patience.
+MAX_TOTAL_LENGTH = 1 << 20
+
+
+@dataclass
+class BlockSampleOptions:
+    """prompt: text (a character run: every character in the vocabulary; a BPE run: tokenised by the run's
+    tokenizer), None = no prompt; use_cache: the exact KV cache; max_length: tokens per row, prompt included (None =
+    the run's seq_len); eos: the end-of-sequence symbol (a character of the vocabulary, or a token id), None = the
+    dataset's recorded ``eos`` if any, else no stopping; batch_invariant: decode rows one at a time."""
+
+    prompt: str | None = None
+    use_cache: bool = True
+    max_length: int | None = None
+    eos: str | None = None
+    batch_invariant: bool = False
+
+
+def encode_prompt(run, text: str) -> torch.Tensor:
+    """The prompt's token ids (P,) long under the run's tokenizer (ValueError for a symbol outside the vocabulary)."""
+    metadata = run.dataset.metadata
+    if metadata.get("tokenizer_json") is not None:
+        from .data.tokenizer import BpeTokenizer
+
+        return BpeTokenizer(metadata["tokenizer_json"], "the run's tokenizer").encode(text)
+    vocab = metadata.get("vocab")
+    if vocab is None:
+        raise ValueError("--prompt is for text runs (a vocabulary or a tokenizer); this run has neither")
+    index = {symbol: i for i, symbol in enumerate(vocab)}
+    missing = sorted({ch for ch in text if ch not in index})
+    if missing:
+        raise ValueError(f"--prompt characters not in the run's vocabulary: {''.join(missing)!r}")
+    return torch.tensor([index[ch] for ch in text], dtype=torch.long)
+
+
+def resolve_eos(run, eos: str | None) -> int | None:
+    """The EOS token id: ``eos`` as a vocabulary symbol or an integer id, else the dataset's recorded ``eos``."""
+    num_states = run.dataset.num_states
+    if eos is None:
+        recorded = run.dataset.metadata.get("eos")
+        return None if recorded is None else int(recorded)
+    vocab = run.dataset.metadata.get("vocab")
+    if vocab is not None and eos in list(vocab):
+        return list(vocab).index(eos)
+    if eos.lstrip("-").isdigit() and 0 <= int(eos) < num_states:
+        return int(eos)
+    raise ValueError(f"--eos {eos!r} is neither a symbol of the run's vocabulary nor a token id in 0..{num_states - 1}")
+
+
+def generate_block_samples(run, sampler: Sampler, num_samples: int, batch_size: int = 256, seed: int = 0,
+                           progress: bool = True, options: BlockSampleOptions | None = None) -> BlockSamples:
+    """``num_samples`` rows decoded block by block (deterministic for a seed), on CPU, padded to one width."""
+    options = options or BlockSampleOptions()
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
+    total = options.max_length
+    if total is not None and not 1 <= total <= MAX_TOTAL_LENGTH:
+        raise ValueError(f"--max-length must be in 1..{MAX_TOTAL_LENGTH}, got {total}")
+    prompt = None if options.prompt is None else encode_prompt(run, options.prompt)
+    decoder = SemiAutoregressiveDecoder(sampler, use_cache=options.use_cache, max_length=total,
+                                        eos=resolve_eos(run, options.eos), batch_invariant=options.batch_invariant)
+    generator = torch.Generator(device=run.device).manual_seed(seed)
+    parts: list[BlockSamples] = []
+    length = total or run.denoiser.length
+    with tqdm(total=length * math.ceil(num_samples / batch_size), desc=f"sample blocks ({sampler.name})",
+              disable=not progress, dynamic_ncols=True, unit="tok") as bar:
+        for start in range(0, num_samples, batch_size):
+            n = min(batch_size, num_samples - start)
+            done = [0]
+
+            def tick(tokens: int, _total: int) -> None:
+                bar.update(tokens - done[0])
+                done[0] = tokens
+
+            parts.append(decoder.sample(run.process, run.denoiser, run.schedule, n, prompt, generator, run.device,
+                                        callback=tick, seed=seed + start))
+    width = max(p.tokens.shape[1] for p in parts)
+    pad = decoder.pad if decoder.pad is not None else 0
+    tokens = torch.full((num_samples, width), pad, dtype=torch.long)
+    row = 0
+    for p in parts:
+        tokens[row:row + p.tokens.shape[0], :p.tokens.shape[1]] = p.tokens.cpu()
+        row += p.tokens.shape[0]
+    return BlockSamples(tokens, torch.cat([p.lengths.cpu() for p in parts]), torch.cat([p.stopped.cpu() for p in parts]),
+                        parts[0].prompt_length, sum(p.network_calls for p in parts))
+
+
+def decode_block_rows(run, samples: BlockSamples) -> list[str] | None:
+    """Each row's text up to its length (its EOS included), or None for a run without a vocabulary or tokenizer."""
+    metadata = run.dataset.metadata
+    rows = [samples.tokens[i, :int(samples.lengths[i])] for i in range(samples.tokens.shape[0])]
+    if metadata.get("tokenizer_json") is not None:
+        from .data.tokenizer import BpeTokenizer
+
+        tokenizer = BpeTokenizer(metadata["tokenizer_json"], "the run's tokenizer")
+        return [tokenizer.decode(r) for r in rows]
+    if metadata.get("vocab") is not None:
+        from .data.text import decode_text
+
+        return [decode_text(r[None], metadata["vocab"])[0] for r in rows]
+    return None
