@@ -25,7 +25,8 @@ def block_run(tmp_path_factory) -> Path:
                "data.seq_len=16", "model.backbone=transformer", "process.name=masking", "model.block_size=4",
                "model.time_conditioning=false", "model.dim=32", "model.depth=1", "model.heads=2", "train.steps=4",
                "train.batch_size=8", "train.eval_every=4", "train.checkpoint_every=4", "train.sample_every=1000",
-               "train.warmup_steps=1", "train.eval_t_samples=1", "evaluate.t_samples=1", "sample.steps=3"])
+               "train.warmup_steps=1", "train.eval_t_samples=1", "train.t_draws=antithetic",
+               "train.mask_rate_clip=[0.3,0.8]", "evaluate.t_samples=1", "sample.steps=3"])
     assert rc == 0
     return run
 

@@ -260,3 +260,26 @@ def test_batch_invariance(sampler):
         decoder = SemiAutoregressiveDecoder(build_sampler(sampler, num_steps=3), max_length=24, batch_invariant=True)
         tokens.append(decoder.sample(process, model, schedule, 3, prompts, seed=21).tokens[0])
     assert torch.equal(tokens[0], tokens[1])
+
+
+def test_t_draws_switch_and_clipped_mask_rates():
+    from discrete_diffusion.block_loss import clipped_lam_range
+
+    lam, _ = LogitAlphaProposal(draws="antithetic").sample(6, -5.0, 5.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(lam[:3], -lam[3:], atol=1e-9)                 # u and 1 - u, symmetric proposal and range
+    iid, _ = LogitAlphaProposal(draws="iid").sample(6, -5.0, 5.0, torch.Generator().manual_seed(0))
+    strat, _ = LogitAlphaProposal().sample(6, -5.0, 5.0, torch.Generator().manual_seed(0))
+    assert not torch.equal(iid, strat)
+    with pytest.raises(ValueError, match="t draws"):
+        LogitAlphaProposal(draws="sobol")
+    # BD3-LM's clipped schedule: every draw's mask rate 1 - alpha lies in [0.3, 0.8]
+    low, high = clipped_lam_range(-9.2, math.inf, (0.3, 0.8))
+    assert math.isclose(1 - 1 / (1 + math.exp(-high)), 0.3) and math.isclose(1 - 1 / (1 + math.exp(-low)), 0.8)
+    process, schedule = build_process("masking", 4), build_schedule("log-linear")
+    x0 = torch.randint(0, 4, (64, 16), generator=torch.Generator().manual_seed(1))
+    noise = draw_noise(process, x0, schedule, LogitAlphaProposal(), torch.Generator().manual_seed(2), block_size=4,
+                       mask_rate_clip=(0.3, 0.8))
+    rate = 1 - torch.sigmoid(noise.lam)
+    assert noise.lam.shape == (64, 4) and bool(((rate >= 0.3 - 1e-6) & (rate <= 0.8 + 1e-6)).all())
+    with pytest.raises(ValueError, match="mask_rate_clip"):
+        clipped_lam_range(-1.0, 1.0, (0.9, 0.95))

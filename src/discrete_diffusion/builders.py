@@ -172,7 +172,8 @@ def build_denoiser(config: DictConfig, process: ForwardProcess, site_shape: tupl
 
 
 def build_proposal(config: DictConfig) -> LogitAlphaProposal:
-    return LogitAlphaProposal(loc=config.train.proposal_loc, scale=config.train.proposal_scale)
+    return LogitAlphaProposal(loc=config.train.proposal_loc, scale=config.train.proposal_scale,
+                              draws=config.train.get("t_draws", "stratified"))
 
 
 def build_objective_from(config: DictConfig) -> Objective:

@@ -87,6 +87,7 @@ class TrainConfig:
     # BD3-LM's clipped schedule for training: [low, high] = the range of mask rates 1 - alpha(t) the training draws
     # come from (e.g. [0.3, 0.8]); null = the whole range (the bound itself). Evaluation always uses the whole range.
     mask_rate_clip: Optional[list[float]] = None
+    t_draws: str = "stratified"        # the batch's noise levels: stratified (low-discrepancy) | antithetic | iid
     augment: str = "none"              # none | shift (random +-1 pixel translation, integer levels kept)
     cond_dropout: float = 0.0          # conditional models: probability that a label is replaced by the null class
     eval_every: int = 500
@@ -221,6 +222,8 @@ def check_values(config: DictConfig) -> None:
     integer("model.heads", 1, MAX_WIDTH)
     integer("model.num_classes", 0, MAX_CLASSES, optional=True)
     integer("model.block_size", 1, 1 << 24, optional=True)
+    need(config.train.t_draws in ("stratified", "antithetic", "iid"),
+         f"train.t_draws must be stratified, antithetic or iid, got {config.train.t_draws!r}")
     clip = config.train.mask_rate_clip
     if clip is not None:
         need(len(clip) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in clip)

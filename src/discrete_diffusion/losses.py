@@ -37,16 +37,26 @@ from .processes.base import ForwardProcess, Prediction
 from .schedules import Schedule
 
 
+#: How the uniforms behind a batch's noise levels are drawn (``train.t_draws``): "stratified" (default: one per
+#: stratum under a random permutation, MDLM's low-discrepancy sampler up to the permutation), "antithetic" (rows
+#: i and i + B/2 get u and 1 - u) or "iid" (independent).
+T_DRAWS = ("stratified", "antithetic", "iid")
+
+
 @dataclass
 class LogitAlphaProposal:
-    """Logistic(loc, scale) density over lam = logit(alpha), truncated to [lam_low, lam_high]."""
+    """Logistic(loc, scale) density over lam = logit(alpha), truncated to [lam_low, lam_high]; ``draws`` is how the
+    batch's uniforms are drawn (``T_DRAWS``)."""
 
     loc: float = 0.0
     scale: float = 2.0
+    draws: str = "stratified"
 
     def __post_init__(self) -> None:
         if not self.scale > 0:
             raise ValueError(f"proposal scale must be > 0, got {self.scale}")
+        if self.draws not in T_DRAWS:
+            raise ValueError(f"unknown t draws {self.draws!r}; valid: {', '.join(T_DRAWS)}")
 
     def sample(self, batch: int, lam_low: float, lam_high: float, generator: torch.Generator | None = None,
                device: torch.device | str = "cpu", stratified: bool = True,
@@ -54,7 +64,9 @@ class LogitAlphaProposal:
         """Draw lam (B,) and return (lam, 1 / g(lam)), both float64.
 
         Stratified: example i gets the i-th of B equal-probability strata under a random permutation, so
-        each example's estimate stays unbiased while the batch average has much lower variance.
+        each example's estimate stays unbiased while the batch average has much lower variance. With
+        ``draws="antithetic"`` rows i and i + B/2 get u and 1 - u instead (B odd: the last row is independent), with
+        ``draws="iid"`` every u is independent; ``stratified=False`` also gives independent draws.
         ``stratum=(k, S)`` confines every draw to the k-th of S equal-probability bands (u in [k/S, (k+1)/S)):
         the S draws k = 0..S-1 of one example then cover the proposal evenly, and their mean stays unbiased.
         """
@@ -62,9 +74,12 @@ class LogitAlphaProposal:
         if not 0 <= k < num_strata:
             raise ValueError(f"stratum must be (k, S) with 0 <= k < S, got {stratum}")
         u = torch.rand(batch, generator=generator, dtype=torch.float64, device=device)
-        if stratified:
+        if stratified and self.draws == "stratified":
             order = torch.randperm(batch, generator=generator, device=device).to(torch.float64)
             u = (order + u) / batch
+        elif stratified and self.draws == "antithetic":
+            half = batch // 2
+            u = torch.cat([u[:half], 1.0 - u[:half], u[2 * half:]])
         if num_strata > 1:
             u = (k + u) / num_strata
         cdf_low = self._cdf(lam_low)
