@@ -109,6 +109,8 @@ class BlockNetworkDenoiser(NetworkDenoiser):
             raise ValueError(f"x_t and clean must both have shape (B, {self.length}), got {tuple(xt.shape)} and "
                              f"{tuple(clean.shape)}")
         lam = per_block_levels(lam, batch, self.num_blocks).to(xt.device)
+        if self.num_blocks == 1:          # one block sees no clean token: the plain forward, at half the tokens
+            return super().forward(xt, lam[:, 0], labels)
         positions = torch.arange(self.length, device=xt.device)
         levels = self._levels(lam)
         if levels is not None:
@@ -116,8 +118,8 @@ class BlockNetworkDenoiser(NetworkDenoiser):
             levels = torch.cat([noisy, torch.full_like(noisy, CLEAN_LEVEL)], dim=1)              # (B, 2L)
         out, _ = self.backbone.forward_positions(torch.cat([xt, clean], dim=1), levels,
                                                  torch.cat([positions, positions]), self._training_mask(xt.device),
-                                                 labels)
-        return self.process.prediction_from_output(out[:, :, :self.length].float(), xt, lam[:, 0],
+                                                 labels, outputs=self.length)      # no head on the clean copy
+        return self.process.prediction_from_output(out.float(), xt, lam[:, 0],
                                                    self.parameterization)
 
     # ----- sampling: context, cache ---------------------------------------------------------------------------
@@ -132,7 +134,8 @@ class BlockNetworkDenoiser(NetworkDenoiser):
             mask = block_causal_mask(positions, keys, self.block_size)
         levels = None if not self.backbone.time_conditioning else torch.full(context.shape, CLEAN_LEVEL,
                                                                              device=context.device)
-        _, cache = self.backbone.forward_positions(context, levels, positions, mask, labels, past=past, keep=True)
+        _, cache = self.backbone.forward_positions(context, levels, positions, mask, labels, past=past, keep=True,
+                                                   outputs=0)
         if cache is None:                           # an empty context
             raise ValueError("encode needs at least one context token")
         return cache

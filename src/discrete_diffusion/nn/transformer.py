@@ -333,14 +333,15 @@ class SequenceTransformer(nn.Module):
 
     def forward_positions(self, tokens: Tensor, noise_level: Tensor | None, positions: Tensor,
                           mask: Tensor | None = None, labels: Tensor | None = None, past: "KVCache | None" = None,
-                          keep: bool = False) -> tuple[Tensor, "KVCache | None"]:
+                          keep: bool = False, outputs: int | None = None) -> tuple[Tensor, "KVCache | None"]:
         """The network on token indices at given positions, under an attention mask, after cached tokens.
 
         Shapes: ``tokens`` (B, S) long in 0..C_in-1 (a 1-D site shape), ``noise_level`` (B,) or per position
         (B, S) float in [-1, 1] (ignored without time conditioning; None = zeros), ``positions`` (S,) long
         (rotary positions, < seq_len), ``mask`` (S, P + S) bool (True = attend; None = every key) over the keys
-        [past ; tokens], ``past`` the cache of P earlier tokens. Returns the output (B, C_out, S) and, with
-        ``keep``, ``past`` extended by these S tokens' keys and values (else None)."""
+        [past ; tokens], ``past`` the cache of P earlier tokens. Returns the output (B, C_out, S) (with ``outputs``
+        = n, only the first n positions': (B, C_out, n)) and, with ``keep``, ``past`` extended by these S tokens'
+        keys and values (else None)."""
         if tokens.dim() != 2 or tokens.is_floating_point() or len(self.site_shape) != 1:
             raise ValueError(f"forward_positions takes (B, S) token indices of a sequence backbone, got "
                              f"{tuple(tokens.shape)} {tokens.dtype} (site shape {self.site_shape})")
@@ -356,6 +357,9 @@ class SequenceTransformer(nn.Module):
             h, k, v = block.forward_kv(h, c, mask, positions, layer_past)
             keys.append(k)
             values.append(v)
+        if outputs is not None:
+            h = h[:, :outputs]
+            c = c[:, :outputs] if c.dim() == 3 else c
         shift, scale = self.final_modulation(F.silu(c)).chunk(2, dim=-1)
         out = self.output_proj(_modulate(self.norm_out(h), shift, scale)).transpose(1, 2)    # (B, C_out, S)
         if not keep:
