@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from discrete_diffusion.block_denoiser import BlockNetworkDenoiser
+from discrete_diffusion.blocks.denoiser import BlockNetworkDenoiser
 from discrete_diffusion.nn import SequenceTransformer
 from discrete_diffusion.processes import build_process
 from discrete_diffusion.samplers import build_sampler

@@ -17,9 +17,9 @@ import math
 import pytest
 import torch
 
-from discrete_diffusion.block_denoiser import BlockNetworkDenoiser, block_size_of
-from discrete_diffusion.block_loss import exact_block_bound, mask_pattern_weights
-from discrete_diffusion.block_oracle import BlockOracle
+from discrete_diffusion.blocks.denoiser import BlockNetworkDenoiser, block_size_of
+from discrete_diffusion.blocks.loss import exact_block_bound, mask_pattern_weights
+from discrete_diffusion.blocks.oracle import BlockOracle
 from discrete_diffusion.denoiser import NetworkDenoiser
 from discrete_diffusion.losses import LogitAlphaProposal, diffusion_terms, draw_noise, estimate_elbo
 from discrete_diffusion.nn import SequenceTransformer
@@ -263,7 +263,7 @@ def test_batch_invariance(sampler):
 
 
 def test_t_draws_switch_and_clipped_mask_rates():
-    from discrete_diffusion.block_loss import clipped_lam_range
+    from discrete_diffusion.blocks.loss import clipped_lam_range
 
     lam, _ = LogitAlphaProposal(draws="antithetic").sample(6, -5.0, 5.0, torch.Generator().manual_seed(0))
     assert torch.allclose(lam[:3], -lam[3:], atol=1e-9)                 # u and 1 - u, symmetric proposal and range

@@ -165,7 +165,7 @@ def build_denoiser(config: DictConfig, process: ForwardProcess, site_shape: tupl
                          f"{config.model.backbone!r} on sites {tuple(site_shape)}")
     backbone = build_backbone(config, process, site_shape, num_classes=num_classes)
     if block_size is not None:
-        from .block_denoiser import BlockNetworkDenoiser
+        from .blocks.denoiser import BlockNetworkDenoiser
 
         return BlockNetworkDenoiser(backbone, process, config.process.parameterization, block_size)
     return NetworkDenoiser(backbone, process, config.process.parameterization)

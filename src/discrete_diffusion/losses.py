@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .block_denoiser import block_size_of
-from .block_loss import block_elbo_integrand, clipped_lam_range, draw_block_noise
+from .blocks.denoiser import block_size_of
+from .blocks.loss import block_elbo_integrand, clipped_lam_range, draw_block_noise
 from .denoiser import Denoiser
 from .processes.base import ForwardProcess, Prediction
 from .schedules import Schedule
@@ -229,7 +229,7 @@ class TrainingLoss:
 @dataclass
 class NoiseDraw:
     """One importance draw per example: x_t (B, *sites), lam (B,) and the inverse proposal density (B,); for block
-    diffusion (``block_size`` set) one per block: lam and the inverse density (B, N) (``block_loss.py``)."""
+    diffusion (``block_size`` set) one per block: lam and the inverse density (B, N) (``blocks/loss.py``)."""
 
     xt: Tensor
     lam: Tensor
@@ -245,7 +245,7 @@ def draw_noise(process: ForwardProcess, x0: Tensor, schedule: Schedule, proposal
                mask_rate_clip: tuple[float, float] | None = None) -> NoiseDraw:
     """Draw lam from the proposal (stratified over the batch, within band ``stratum``: see
     ``LogitAlphaProposal.sample``) and x_t ~ q(. | x0, lam). ``block_size``: one lam per block of a (B, L) batch
-    (``block_loss.draw_block_noise``). ``mask_rate_clip`` = (low, high): draw only noise levels whose mask rate
+    (``blocks.loss.draw_block_noise``). ``mask_rate_clip`` = (low, high): draw only noise levels whose mask rate
     1 - alpha lies in [low, high] (BD3-LM's clipped schedule; the estimate is then the bound's integral over that
     band, a training objective and no longer a bound)."""
     lam_low, lam_high = clipped_lam_range(*logit_alpha_range(schedule), mask_rate_clip)
@@ -264,7 +264,7 @@ def diffusion_terms(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, noi
                     weighting: Weighting | None = None, objective: Objective | None = None) -> tuple[Tensor, Tensor]:
     """(training term of the objective, unweighted ELBO diffusion term), both (B,) in nats, for a noise draw
     (one network call). A block draw (``noise.block_size``) calls ``denoiser(x_t, lam, clean=x0)`` and sums the
-    per-block terms (``block_loss.py``)."""
+    per-block terms (``blocks/loss.py``)."""
     if noise.block_size is None:
         prediction = denoiser(noise.xt, noise.lam)
         integrand = process.elbo_integrand(x0, noise.xt, noise.lam, prediction)
@@ -324,7 +324,7 @@ def estimate_elbo(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, sched
     Draw k of S = ``num_samples`` lies in the k-th of S equal-probability bands of the proposal (and is
     stratified over the batch within it), so each example's S draws cover the whole lam range: the same
     unbiased mean with less variance than S independent draws (a fixed seed then gives a fixed set).
-    A block-diffusion model (``block_denoiser.block_size_of``) is scored by the block bound: one lam per block."""
+    A block-diffusion model (``blocks.block_size_of``) is scored by the block bound: one lam per block."""
     block_size = block_size_of(denoiser)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")

@@ -6,7 +6,7 @@ For a table pi over all K^L sequences, the exact p(x0^d | x_t^b, x0^{<b}) of a s
 enumeration: the sequences j that agree with x0 on the blocks before b and with x_t^b on its unmasked sites carry
 weight pi_j (masking's q(x_t | x0) is the same for every such j, so the noise level cancels: the oracle is
 time-free), and p(x0^d = k | .) = sum_{j: j^d = k} pi_j / sum_j pi_j. It has the interface of
-``block_denoiser.BlockNetworkDenoiser`` that the block bound and semi-autoregressive decoding use.
+``blocks.denoiser.BlockNetworkDenoiser`` that the block bound and semi-autoregressive decoding use.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .nn.block_mask import check_block_size
-from .oracle import all_configurations
-from .processes.base import ForwardProcess, Prediction
+from ..nn.block_mask import check_block_size
+from ..oracle import all_configurations
+from ..processes.base import ForwardProcess, Prediction
 
 __all__ = ["BlockOracle"]
 

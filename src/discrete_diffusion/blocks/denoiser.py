@@ -28,10 +28,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .denoiser import NetworkDenoiser, noise_level_input
-from .nn.block_mask import block_causal_mask, block_diffusion_mask, check_block_size
-from .nn.kv_cache import KVCache
-from .processes.base import ForwardProcess, Prediction
+from ..denoiser import NetworkDenoiser, noise_level_input
+from ..nn.block_mask import block_causal_mask, block_diffusion_mask, check_block_size
+from ..nn.kv_cache import KVCache
+from ..processes.base import ForwardProcess, Prediction
 
 __all__ = ["BlockNetworkDenoiser", "ContextDenoiser", "CLEAN_LEVEL", "block_size_of"]
 
@@ -40,7 +40,7 @@ CLEAN_LEVEL = 1.0
 
 
 def block_size_of(denoiser: object) -> int | None:
-    """The block size of a block-diffusion model (``BlockNetworkDenoiser``, ``block_oracle.BlockOracle``), looked up
+    """The block size of a block-diffusion model (``BlockNetworkDenoiser``, ``blocks.oracle.BlockOracle``), looked up
     through wrappers that keep the model as ``.model``, ``.denoiser`` or ``.module`` (conditional, autocast, DDP);
     None for a plain denoiser."""
     seen = 0

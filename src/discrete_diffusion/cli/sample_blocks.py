@@ -1,22 +1,25 @@
-"""``ddiff sample`` for block-diffusion runs: prompts as clean context, the exact KV cache, EOS and a maximum length.
+"""``ddiff sample`` for block-diffusion runs (model.block_size): semi-autoregressive decoding with prompts as clean
+context, the exact KV cache, EOS and a maximum length.
 
 Reference: Arriola et al., "Block Diffusion" (BD3-LM), ICLR 2025 (semi-autoregressive sampling); the decoding itself
 is ``samplers/semi_autoregressive.py``. This module reads a run's vocabulary or BPE tokenizer for the prompt and the
-EOS token and turns the decoded rows back into text.
+EOS token, turns the decoded rows back into text and writes them with a record.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .samplers import Sampler
-from .samplers.semi_autoregressive import BlockSamples, SemiAutoregressiveDecoder
-
-__all__ = ["BlockSampleOptions", "encode_prompt", "resolve_eos", "generate_block_samples", "decode_block_rows"]
+from ..samplers import Sampler
+from ..samplers.semi_autoregressive import BlockSamples, SemiAutoregressiveDecoder
+from .common import sample_stem, sampler_options
 
 #: Longest output accepted (tokens per row, prompt included): a bound on memory, not on patience.
 MAX_TOTAL_LENGTH = 1 << 20
@@ -40,7 +43,7 @@ def encode_prompt(run, text: str) -> torch.Tensor:
     """The prompt's token ids (P,) long under the run's tokenizer (ValueError for a symbol outside the vocabulary)."""
     metadata = run.dataset.metadata
     if metadata.get("tokenizer_json") is not None:
-        from .data.tokenizer import BpeTokenizer
+        from ..data.tokenizer import BpeTokenizer
 
         return BpeTokenizer(metadata["tokenizer_json"], "the run's tokenizer").encode(text)
     vocab = metadata.get("vocab")
@@ -110,12 +113,59 @@ def decode_block_rows(run, samples: BlockSamples) -> list[str] | None:
     metadata = run.dataset.metadata
     rows = [samples.tokens[i, :int(samples.lengths[i])] for i in range(samples.tokens.shape[0])]
     if metadata.get("tokenizer_json") is not None:
-        from .data.tokenizer import BpeTokenizer
+        from ..data.tokenizer import BpeTokenizer
 
         tokenizer = BpeTokenizer(metadata["tokenizer_json"], "the run's tokenizer")
         return [tokenizer.decode(r) for r in rows]
     if metadata.get("vocab") is not None:
-        from .data.text import decode_text
+        from ..data.text import decode_text
 
         return [decode_text(r[None], metadata["vocab"])[0] for r in rows]
     return None
+
+
+def cmd_sample_blocks(args: argparse.Namespace, run, ctx) -> int:
+    """``ddiff sample`` of a block-diffusion run: semi-autoregressive decoding."""
+    from ..builders import build_sampler_from
+    from ..pipeline import save_samples, write_json
+    from ..runs.atomic_io import atomic_write_text, user_dir
+
+    if ctx.enabled:
+        raise ValueError("block-diffusion sampling runs in one process; run ddiff sample without torchrun")
+    for flag, value in (("--class", args.classes), ("--guidance", args.guidance), ("--infill", args.infill),
+                        ("--mask", args.mask), ("--classifier", args.classifier), ("--planner", args.planner),
+                        ("--masked-denoiser", args.masked_denoiser)):
+        if value is not None:
+            raise ValueError(f"{flag} is not available for block-diffusion runs (model.block_size); --prompt, "
+                             "--max-length, --eos and --no-cache are")
+    sampler = build_sampler_from(run.config, args.sampler, args.steps, sampler_options(args))
+    num = run.config.sample.num_samples if args.num is None else args.num
+    batch_size = run.config.sample.batch_size if args.batch_size is None else args.batch_size
+    options = BlockSampleOptions(prompt=args.prompt, use_cache=args.kv_cache, max_length=args.max_length, eos=args.eos)
+    began = time.perf_counter()
+    samples = generate_block_samples(run, sampler, num, batch_size, args.seed, not args.no_progress, options)
+    seconds = time.perf_counter() - began
+    out = user_dir(args.out) if args.out else user_dir(args.run_dir) / "samples"
+    stem = sample_stem(sampler, args.seed) + f"_blocks{run.denoiser.block_size}" + ("" if args.kv_cache else "_nocache")
+    paths = save_samples(samples.tokens, run, out, stem=stem)
+    texts = decode_block_rows(run, samples)
+    if texts is not None:            # each row up to its EOS (included); newlines escaped
+        paths["txt"] = str(out / f"{stem}.txt")
+        atomic_write_text(out / f"{stem}.txt", "".join(t.replace("\n", "\\n") + "\n" for t in texts))
+    stopped = int(samples.stopped.sum())
+    write_json(out / f"{stem}.json", {
+        "sampler": sampler.config(), "num_samples": num, "seed": args.seed, "batch_size": batch_size,
+        "block_size": run.denoiser.block_size, "kv_cache": args.kv_cache, "prompt": args.prompt,
+        "prompt_tokens": samples.prompt_length, "max_length": int(samples.tokens.shape[1]),
+        "eos": args.eos, "lengths": samples.lengths.tolist(), "stopped_at_eos": samples.stopped.tolist(),
+        "network_calls": samples.network_calls, "seconds": seconds,
+        "run_dir": str(Path(args.run_dir).resolve()), "checkpoint": str(run.checkpoint), "files": dict(paths)})
+    paths["json"] = str(out / f"{stem}.json")
+    print(f"block diffusion: {num} samples of up to {samples.tokens.shape[1]} tokens (prompt {samples.prompt_length}), "
+          f"block size {run.denoiser.block_size}, KV cache {'on' if args.kv_cache else 'off'}, "
+          f"{samples.network_calls} network calls, {seconds:.2f} s")
+    if options.eos is not None or stopped:
+        print(f"{stopped} of {num} samples stopped at EOS; the rest of each such row is padding (lengths in the .json)")
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0

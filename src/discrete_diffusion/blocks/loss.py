@@ -8,7 +8,7 @@ Reference: Arriola et al., "Block Diffusion" (BD3-LM), ICLR 2025, eq. (6)-(8): w
                          + B_s alpha(1) log K ]                    (each bracket: the masked bound of ``losses.py``)
 
 estimated, as BD3-LM trains, with an independent lam per block (B, N) from the importance proposal, stratified over
-all B N draws, and one vectorised network call (``block_denoiser.BlockNetworkDenoiser``). With N = 1 the draws and
+all B N draws, and one vectorised network call (``blocks.denoiser.BlockNetworkDenoiser``). With N = 1 the draws and
 the estimate are exactly those of ``losses.draw_noise`` / ``losses.diffusion_terms`` (tested).
 
 Exact quadrature (``exact_block_bound``): for a model whose p(x0 | x_t) does not depend on lam (the exact oracle of
@@ -27,8 +27,8 @@ import math
 import torch
 from torch import Tensor
 
-from .processes.base import ForwardProcess, Prediction
-from .schedules import Schedule
+from ..processes.base import ForwardProcess, Prediction
+from ..schedules import Schedule
 
 __all__ = ["clipped_lam_range", "draw_block_noise", "block_elbo_integrand", "exact_block_bound",
            "mask_pattern_weights"]
