@@ -283,3 +283,20 @@ def test_t_draws_switch_and_clipped_mask_rates():
     assert noise.lam.shape == (64, 4) and bool(((rate >= 0.3 - 1e-6) & (rate <= 0.8 + 1e-6)).all())
     with pytest.raises(ValueError, match="mask_rate_clip"):
         clipped_lam_range(-1.0, 1.0, (0.9, 0.95))
+
+
+def test_prediction_cache_is_exact_for_a_time_free_network():
+    """model.time_conditioning=false makes the samplers' cache option exact: same seed, same samples (a plain masked
+    run, no blocks); a time-conditioned network gives other samples with the cache (control)."""
+    from discrete_diffusion.samplers import build_sampler as make
+
+    k, length = 5, 12
+    process, schedule = build_process("masking", k), build_schedule("log-linear")
+    outcomes = {}
+    for time_conditioning in (False, True):
+        model = NetworkDenoiser(network(k, length, time_conditioning), process, "logits")
+        runs = [make("bridge", num_steps=48, cache=cache).sample(process, model, schedule, (4, length),
+                                                                 torch.Generator().manual_seed(3))
+                for cache in (False, True)]
+        outcomes[time_conditioning] = torch.equal(runs[0], runs[1])
+    assert outcomes[False] and not outcomes[True]

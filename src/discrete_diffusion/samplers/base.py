@@ -15,9 +15,11 @@ Options every sampler honours (the base wraps the denoiser, so subclasses see th
   "cosine", "log-linear", "blackout": the Blackout paper's grid, uniform in logit alpha).
 - ``cache``: reuse the previous prediction of a batch row while its x_t is unchanged, calling the network on
   the changed rows only. Exact only for processes whose posterior does not depend on the noise level at fixed
-  x_t (masking; other processes raise) and a denoiser that ignores the noise level (the exact oracle). A
-  ``NetworkDenoiser`` always feeds lam to its backbone, so with a trained network a cached prediction is the one
-  made at an earlier level and the samples differ from the uncached run: an approximation that saves calls.
+  x_t (masking; other processes raise) and a denoiser that ignores the noise level (the exact oracle, or a
+  transformer trained with ``model.time_conditioning=false``). A time-conditioned ``NetworkDenoiser`` feeds lam to
+  its backbone, so with such a network a cached prediction is the one made at an earlier level and the samples
+  differ from the uncached run: an approximation that saves calls. A denoiser with ``rows(index)`` (block
+  diffusion's context denoiser) is restricted to the changed rows before the call.
 - ``start=(x_t, t)``: ``sample`` denoises a given state x_t at level t of the run's schedule (lam =
   logit(alpha(t))) instead of a prior draw at t = 1, over the grid from t down to 0 (``time_grid(schedule,
   t_start)``): with an exact denoiser it draws from p(x0 | x_t), the prior step of split Gibbs.
