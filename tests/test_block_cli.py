@@ -85,3 +85,32 @@ def test_block_size_must_divide_the_sequence_and_needs_masking(ddiff, tmp_path):
                        "model.backbone=transformer", "model.block_size=4", "process.name=masking", "data.seq_len=16",
                        "model.dim=16", "model.depth=1", "train.steps=1", *overrides)
         assert result.rc == 2 and message in result.err, result.err
+
+
+def test_prompts_are_tokenised_by_the_runs_tokenizer():
+    from types import SimpleNamespace
+
+    from discrete_diffusion.cli.sample_blocks import encode_prompt, resolve_eos
+
+    pytest.importorskip("tokenizers")
+    from discrete_diffusion.data.tokenizer import BpeTokenizer, train_bpe
+
+    tokenizer_json = train_bpe(TEXT, 300)
+    bpe_run = SimpleNamespace(dataset=SimpleNamespace(metadata={"tokenizer_json": tokenizer_json}, num_states=300))
+    ids = encode_prompt(bpe_run, "And the earth")
+    assert torch_equal(ids, BpeTokenizer(tokenizer_json).encode("And the earth"))
+    assert BpeTokenizer(tokenizer_json).decode(ids) == "And the earth"
+    assert resolve_eos(bpe_run, "7") == 7
+    char_run = SimpleNamespace(dataset=SimpleNamespace(metadata={"vocab": "ab ."}, num_states=4))
+    assert encode_prompt(char_run, "ab a").tolist() == [0, 1, 2, 0]
+    assert resolve_eos(char_run, ".") == 3 and resolve_eos(char_run, None) is None
+    with pytest.raises(ValueError, match="vocabulary"):
+        encode_prompt(char_run, "abc")
+    with pytest.raises(ValueError, match="--eos"):
+        resolve_eos(char_run, "z")
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
