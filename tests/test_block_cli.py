@@ -54,6 +54,17 @@ def test_block_run_samples_with_a_prompt_identically_with_and_without_the_cache(
     assert arrays[0].shape == (3, 40) and np.array_equal(arrays[0], arrays[1])
 
 
+def test_batch_invariant_flag_makes_a_row_independent_of_the_batch_size(ddiff, block_run, tmp_path):
+    rows = []
+    for num, batch in (("3", "3"), ("3", "1")):
+        out = tmp_path / f"b{batch}"
+        result = ddiff("sample", block_run, "--num", num, "--batch-size", batch, "--batch-invariant", "--out", out,
+                       "--no-progress")
+        assert result.rc == 0, result.err
+        rows.append(np.load(next(out.glob("*.npy"))))
+    assert np.array_equal(rows[0], rows[1])
+
+
 def test_block_run_stops_at_eos_and_says_so(ddiff, block_run, tmp_path):
     result = ddiff("sample", block_run, "--num", "4", "--eos", " ", "--max-length", "32", "--out", tmp_path,
                    "--no-progress")

@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--eos", default=None, metavar="SYMBOL",
                         help="block-diffusion runs: stop a sample at this symbol (a vocabulary character or a token "
                              "id; default the dataset's EOS if it has one); the rest of the row is padding")
+    sample.add_argument("--batch-invariant", action="store_true",
+                        help="block-diffusion runs: decode each sample alone with its own generator (seed + index), so "
+                             "a sample never depends on the others in its batch (slower)")
     sample.add_argument("--allow-data-change", action="store_true",
                         help="use the data even if its checksum differs from the one recorded at training (warns)")
     sample.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -47,8 +47,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         from .sample_blocks import cmd_sample_blocks
 
         return cmd_sample_blocks(args, run, ctx)
-    if args.max_length is not None or args.eos is not None or not args.kv_cache:
-        raise ValueError("--max-length, --eos and --no-cache are options of block-diffusion runs (model.block_size)")
+    if args.max_length is not None or args.eos is not None or not args.kv_cache or args.batch_invariant:
+        raise ValueError("--max-length, --eos, --no-cache and --batch-invariant are options of block-diffusion runs "
+                         "(model.block_size)")
     options = {**sampler_options(args), **ddpd_networks(args, run, str(device))}
     sampler = build_sampler_from(run.config, args.sampler, args.steps, options)
     num = run.config.sample.num_samples if args.num is None else args.num

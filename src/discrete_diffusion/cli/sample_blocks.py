@@ -141,7 +141,8 @@ def cmd_sample_blocks(args: argparse.Namespace, run, ctx) -> int:
     sampler = build_sampler_from(run.config, args.sampler, args.steps, sampler_options(args))
     num = run.config.sample.num_samples if args.num is None else args.num
     batch_size = run.config.sample.batch_size if args.batch_size is None else args.batch_size
-    options = BlockSampleOptions(prompt=args.prompt, use_cache=args.kv_cache, max_length=args.max_length, eos=args.eos)
+    options = BlockSampleOptions(prompt=args.prompt, use_cache=args.kv_cache, max_length=args.max_length, eos=args.eos,
+                                 batch_invariant=args.batch_invariant)
     began = time.perf_counter()
     samples = generate_block_samples(run, sampler, num, batch_size, args.seed, not args.no_progress, options)
     seconds = time.perf_counter() - began
@@ -155,7 +156,8 @@ def cmd_sample_blocks(args: argparse.Namespace, run, ctx) -> int:
     stopped = int(samples.stopped.sum())
     write_json(out / f"{stem}.json", {
         "sampler": sampler.config(), "num_samples": num, "seed": args.seed, "batch_size": batch_size,
-        "block_size": run.denoiser.block_size, "kv_cache": args.kv_cache, "prompt": args.prompt,
+        "block_size": run.denoiser.block_size, "kv_cache": args.kv_cache, "batch_invariant": args.batch_invariant,
+        "prompt": args.prompt,
         "prompt_tokens": samples.prompt_length, "max_length": int(samples.tokens.shape[1]),
         "eos": args.eos, "lengths": samples.lengths.tolist(), "stopped_at_eos": samples.stopped.tolist(),
         "network_calls": samples.network_calls, "seconds": seconds,
