@@ -168,7 +168,7 @@ def test_oracle_block_bound_matches_quadrature_and_the_data_nll():
 
 @pytest.mark.parametrize("sampler", ["exact", "bridge"])
 def test_block_samples_reach_the_table_at_the_monte_carlo_floor(sampler):
-    k, length, size, n = 3, 4, 2, 8000
+    k, length, size, n = 3, 4, 2, 5000
     process = build_process("masking", k)
     schedule = build_schedule("log-linear")
     probs = torch.rand(k ** length, generator=torch.Generator().manual_seed(9)) ** 3
