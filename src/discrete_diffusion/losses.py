@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
 
-from .blocks.denoiser import block_size_of
+from .blocks.denoiser import BlockModel, block_size_of
 from .blocks.loss import block_elbo_integrand, clipped_lam_range, draw_block_noise
 from .denoiser import Denoiser
 from .processes.base import ForwardProcess, Prediction
 from .schedules import Schedule
-
 
 #: How the uniforms behind a batch's noise levels are drawn (``train.t_draws``): "stratified" (default: one per
 #: stratum under a random permutation, MDLM's low-discrepancy sampler up to the permutation), "antithetic" (rows
@@ -269,7 +269,7 @@ def diffusion_terms(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, noi
         prediction = denoiser(noise.xt, noise.lam)
         integrand = process.elbo_integrand(x0, noise.xt, noise.lam, prediction)
     else:
-        prediction = denoiser(noise.xt, noise.lam, clean=x0)
+        prediction = cast(BlockModel, denoiser)(noise.xt, noise.lam, clean=x0)
         integrand = block_elbo_integrand(process, x0, noise.xt, noise.lam, prediction, noise.block_size)
     per_draw = integrand * noise.inverse_density.to(integrand.dtype)
     elbo = per_draw if noise.block_size is None else per_draw.sum(1)
@@ -291,7 +291,7 @@ def _reconstruction(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, sch
         return torch.zeros(x0.shape[0], device=x0.device)
     lam = torch.full((x0.shape[0],), lam_high, device=x0.device)
     xt = process.sample_marginal(x0, lam, generator)
-    prediction = denoiser(xt, lam) if block_size is None else denoiser(xt, lam, clean=x0)
+    prediction = denoiser(xt, lam) if block_size is None else cast(BlockModel, denoiser)(xt, lam, clean=x0)
     return process.reconstruction_nll(x0, xt, prediction)
 
 

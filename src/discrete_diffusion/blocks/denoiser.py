@@ -25,6 +25,8 @@ section 4). Shapes: L = sequence length, B_s = ``block_size``, N = L / B_s block
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor, nn
 
@@ -33,10 +35,18 @@ from ..nn.block_mask import block_causal_mask, block_diffusion_mask, check_block
 from ..nn.kv_cache import KVCache
 from ..processes.base import ForwardProcess, Prediction
 
-__all__ = ["BlockNetworkDenoiser", "ContextDenoiser", "CLEAN_LEVEL", "block_size_of"]
+__all__ = ["BlockModel", "BlockNetworkDenoiser", "ContextDenoiser", "CLEAN_LEVEL", "block_size_of"]
 
 #: The noise-level input of clean tokens when the network is time-conditioned: logit(alpha) = +inf (alpha = 1).
 CLEAN_LEVEL = 1.0
+
+
+class BlockModel(Protocol):
+    """A block-diffusion model as the block bound calls it: x_t (B, L) long, lam (B, N) (one level per block),
+    clean = x0 (B, L) long -> the Prediction of every block given the clean blocks before it."""
+
+    def __call__(self, xt: Tensor, lam: Tensor, labels: Tensor | None = None,
+                 clean: Tensor | None = None) -> Prediction: ...
 
 
 def block_size_of(denoiser: object) -> int | None:

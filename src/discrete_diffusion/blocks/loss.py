@@ -4,8 +4,10 @@ before it, with one noise level drawn per block; and its exact per-block quadrat
 Reference: Arriola et al., "Block Diffusion" (BD3-LM), ICLR 2025, eq. (6)-(8): with blocks x^1..x^N of B_s tokens,
 
     -log p(x0) = sum_b -log p(x^b | x^{<b})
-              <= sum_b [ int_{lam_1}^{lam_0} E_{x_t^b ~ q(.|x^b)} alpha sum_{masked d in b} -log p(x^{b,d} | x_t^b, x^{<b}) dlam
-                         + B_s alpha(1) log K ]                    (each bracket: the masked bound of ``losses.py``)
+              <= sum_b [ int_{lam_1}^{lam_0} E_{x_t^b ~ q(.|x^b)} alpha sum_{masked d in b}
+                             -log p(x^{b,d} | x_t^b, x^{<b}) dlam  +  B_s alpha(1) log K ]
+
+(each bracket: the masked bound of ``losses.py``)
 
 estimated, as BD3-LM trains, with an independent lam per block (B, N) from the importance proposal, stratified over
 all B N draws, and one vectorised network call (``blocks.denoiser.BlockNetworkDenoiser``). With N = 1 the draws and
@@ -34,7 +36,8 @@ __all__ = ["clipped_lam_range", "draw_block_noise", "block_elbo_integrand", "exa
            "mask_pattern_weights"]
 
 
-def clipped_lam_range(lam_low: float, lam_high: float, mask_rate_clip: tuple[float, float] | None) -> tuple[float, float]:
+def clipped_lam_range(lam_low: float, lam_high: float,
+                      mask_rate_clip: tuple[float, float] | None) -> tuple[float, float]:
     """The lam = logit(alpha) band of mask rates 1 - alpha in [low, high] (BD3-LM's clipped schedule, section 5.2),
     within [lam_low, lam_high]; the whole range when ``mask_rate_clip`` is None."""
     if mask_rate_clip is None:

@@ -1,6 +1,6 @@
 """The exact block-diffusion denoiser of a small explicit distribution, for exactness tests (DESIGN.md section 6).
 
-Reference: Arriola et al., "Block Diffusion" (BD3-LM), ICLR 2025 (the block factorisation p(x) = prod_b p(x^b | x^{<b})).
+Reference: Arriola et al., "Block Diffusion" (BD3-LM), ICLR 2025 (the factorisation p(x) = prod_b p(x^b | x^{<b})).
 
 For a table pi over all K^L sequences, the exact p(x0^d | x_t^b, x0^{<b}) of a site d in block b follows by
 enumeration: the sequences j that agree with x0 on the blocks before b and with x_t^b on its unmasked sites carry
@@ -58,7 +58,8 @@ class BlockOracle:
     def _prediction(self, probs: Tensor) -> Prediction:
         return Prediction(x0_log_probs=torch.log(probs.clamp_min(1e-300)).to(self.dtype))
 
-    def __call__(self, xt: Tensor, lam: Tensor, labels: Tensor | None = None, clean: Tensor | None = None) -> Prediction:
+    def __call__(self, xt: Tensor, lam: Tensor, labels: Tensor | None = None,
+                 clean: Tensor | None = None) -> Prediction:
         """x_t (B, L), lam (ignored), clean = x0 (B, L) -> p(x0 | x_t of each block, x0 of the blocks before it)."""
         if clean is None:
             if self.length != self.block_size:

@@ -104,8 +104,9 @@ def generate_block_samples(run, sampler: Sampler, num_samples: int, batch_size: 
     for p in parts:
         tokens[row:row + p.tokens.shape[0], :p.tokens.shape[1]] = p.tokens.cpu()
         row += p.tokens.shape[0]
-    return BlockSamples(tokens, torch.cat([p.lengths.cpu() for p in parts]), torch.cat([p.stopped.cpu() for p in parts]),
-                        parts[0].prompt_length, sum(p.network_calls for p in parts))
+    lengths = torch.cat([p.lengths.cpu() for p in parts])
+    stopped = torch.cat([p.stopped.cpu() for p in parts])
+    return BlockSamples(tokens, lengths, stopped, parts[0].prompt_length, sum(p.network_calls for p in parts))
 
 
 def decode_block_rows(run, samples: BlockSamples) -> list[str] | None:

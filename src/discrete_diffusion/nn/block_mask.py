@@ -30,8 +30,9 @@ def check_block_size(block_size: int, length: int) -> int:
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"model.block_size must be a positive integer, got {block_size!r}")
     if length % block_size:
+        divisors = ", ".join(str(d) for d in range(1, min(length, 64) + 1) if length % d == 0)
         raise ValueError(f"model.block_size={block_size} must divide the sequence length {length} "
-                         f"(divisors up to 64: {', '.join(str(d) for d in range(1, min(length, 64) + 1) if length % d == 0)})")
+                         f"(divisors up to 64: {divisors})")
     return int(block_size)
 
 
