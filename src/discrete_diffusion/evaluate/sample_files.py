@@ -19,6 +19,7 @@ import numpy as np
 from ..data.limits import DEFAULT_MAX_BYTES
 from ..data.npy_reader import parse_npy
 from ..runs.atomic_io import atomic_write
+from ..runs.json_reader import read_run_json
 
 __all__ = ["MAX_SAMPLE_FILES", "sample_files", "read_samples", "read_sample_record", "write_quality_record",
            "ensure_real_dir"]
@@ -67,14 +68,10 @@ def read_sample_record(npy: Path) -> dict[str, Any]:
 
     out: dict[str, Any] = {"sampler": None, "steps": None, "nfe": None, "seed": None}
     record_path = npy.with_suffix(".json")
-    if not record_path.is_file():
+    if not record_path.exists() and not record_path.is_symlink():
         return out
-    with open(record_path, "rb") as f:
-        raw = f.read(_MAX_RECORD_BYTES + 1)
-    try:
-        if len(raw) > _MAX_RECORD_BYTES:
-            raise ValueError("too large")
-        record = json.loads(raw)
+    try:  # bounded (size, depth, number length), never blocking on a FIFO: runs/json_reader.py
+        record = read_run_json(record_path, _MAX_RECORD_BYTES, "sample record", follow=True)
     except ValueError as exc:
         raise ValueError(f"{record_path} is not a sample record written by `ddiff sample` ({exc})") from None
     if not isinstance(record, dict):
