@@ -320,3 +320,212 @@ def test_report_with_subnormal_values_skips_and_counts_them(ddiff, tmp_path, whe
         assert "skipped q0.json: " in r.out + r.err and "nfe" in r.out + r.err, r
     if where == "metrics.jsonl":
         assert "1 NaN/infinite/non-numeric" in r.out + r.err, r
+
+
+# ----- items 9-12: flags of sample, evaluate and posterior ----------------------------------------------------------
+FAST = ("--steps", "2", "--no-progress", "--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def cond_run(tmp_path_factory) -> Path:
+    """A tiny class-conditional masking U-Net on the 8x8 digits (2 training steps)."""
+    from discrete_diffusion.cli import main
+
+    run = tmp_path_factory.mktemp("cond") / "run"
+    rc = main(["train", "--out", str(run), "--no-progress",
+               *with_overrides("process.name=masking", "model.num_classes=null", "train.cond_dropout=0.25",
+                               "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2",
+                               "train.sample_every=2", "sample.steps=2")])
+    assert rc == 0
+    return run
+
+
+def _refused(r, *words: str) -> None:
+    assert r.rc == 2 and _one_line(r.err), r
+    for word in words:
+        assert word in r.err, (word, r)
+
+
+@pytest.mark.parametrize("args, words", [
+    (("sample", "--num", "1000000000", "--batch-size", "1000000000"), ("--num-samples 1000000000", "at most")),
+    (("sample", "--num", "4", "--batch-size", "1000000000000"), ("--batch-size must be in 1..",)),
+    (("evaluate", "--num-samples", "100000000000"), ("--num-samples must be in 1..",)),
+    (("evaluate", "--num-samples", "100000000", "--steps", "2"), ("--num-samples 100000000", "data.max_bytes")),
+    (("evaluate", "--batch-size", "1000000000"), ("--batch-size 1000000000", "at most")),
+    (("evaluate", "--t-samples", "100000000000"), ("--t-samples must be in 1..",)),
+])
+def test_size_flags_of_sample_and_evaluate_are_bounded(cond_run, ddiff, tmp_path, args, words):
+    command, *rest = args
+    r = ddiff(command, cond_run, *rest, "--no-progress")
+    _refused(r, *words)
+
+
+def _posterior(ddiff, run, *args):
+    return ddiff("posterior", run, "--method", "dps", "--num", "1", *FAST, *args)
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--operator", "channel", "--eps", "0.1", "--test-index", "0", "--num", "1000000000", "--batch-size",
+      "1000000000"), ("--num 1000000000", "at most")),
+    (("--operator", "channel", "--eps", "0.1", "--test-index", "0:10000000000"), ("--test-index 0:10000000000",)),
+    (("--operator", "channel", "--eps", "0.1", "--test-index", "0", "-m", "mc_samples=1000000000000"),
+     ("mc_samples must be in 1..65536",)),
+])
+def test_size_flags_of_posterior_are_bounded(cond_run, ddiff, args, words):
+    _refused(_posterior(ddiff, cond_run, *args), *words)
+
+
+def test_split_gibbs_iterations_are_bounded(cond_run, ddiff):
+    r = ddiff("posterior", cond_run, "--method", "split-gibbs", "--operator", "inpaint", "--mask", "top-half",
+              "--test-index", "0", "-m", "iterations=1000000000000", *FAST)
+    _refused(r, "iterations must be in 1..1000000")
+
+
+@pytest.mark.parametrize("groups, words", [
+    ([[i % 64] for i in range(100_000)], ("100000 groups", "at most 64 groups")),
+    ("[[[[[[0]]]]]]", ("--groups", "nested deeper than 2")),
+    ("[" * 50_000 + "]" * 50_000, ("--groups", "nested deeper than 2")),
+])
+def test_parity_groups_are_bounded_in_count_and_depth(cond_run, ddiff, tmp_path, groups, words):
+    path = tmp_path / "groups.json"
+    path.write_text(groups if isinstance(groups, str) else json.dumps(groups))
+    _refused(_posterior(ddiff, cond_run, "--operator", "parity", "--groups", path, "--test-index", "0"), *words)
+
+
+def test_posterior_folders_keep_every_distinct_request_apart(cond_run, ddiff, tmp_path):
+    run = _copy(cond_run, tmp_path)
+    common = ("--operator", "inpaint")
+    for extra in (("--test-index", "0:3", "--mask", "top-half"), ("--test-index", "0,3", "--mask", "top-half"),
+                  ("--test-index", "0:3", "--mask", "bottom-half"), ("--test-index", "0:3", "--mask", "top-half",
+                                                                     "--num", "2")):
+        r = ddiff("posterior", run, "--method", "infill", "--num", "1", *FAST, *common, *extra)
+        assert r.rc == 0, r
+    folders = sorted((run / "posterior").iterdir())
+    assert len(folders) == 4, folders
+    records = [json.loads((f / "posterior.json").read_text()) for f in folders]
+    assert len({r["request_sha256"] for r in records}) == 4
+    # the same request again writes into its own folder (no refusal), nothing else
+    r = ddiff("posterior", run, "--method", "infill", "--num", "1", *FAST, *common, "--test-index", "0,3", "--mask",
+              "top-half")
+    assert r.rc == 0 and len(list((run / "posterior").iterdir())) == 4, r
+
+
+def test_an_out_folder_never_mixes_two_requests(cond_run, ddiff, tmp_path):
+    out = tmp_path / "p"
+    r = _posterior(ddiff, cond_run, "--operator", "channel", "--eps", "0.1", "--test-index", "0", "--out", out)
+    assert r.rc == 0 and (out / "truth.npy").is_file(), r
+    y = tmp_path / "y.npy"
+    shutil.copy(out / "y.npy", y)
+    r = _posterior(ddiff, cond_run, "--operator", "channel", "--eps", "0.1", "--y", y, "--out", out)
+    _refused(r, "already holds the outputs of another posterior request")
+    r = _posterior(ddiff, cond_run, "--operator", "channel", "--eps", "0.1", "--y", y, "--out", tmp_path / "q")
+    assert r.rc == 0 and not (tmp_path / "q" / "truth.npy").exists(), r
+
+
+def test_sample_stems_keep_class_lists_apart(cond_run, ddiff, tmp_path):
+    for classes in ("0,1", "all", "1,0"):
+        r = ddiff("sample", cond_run, "--class", classes, "--num", "2", "--out", tmp_path, *FAST)
+        assert r.rc == 0, r
+    stems = sorted(p.name for p in tmp_path.glob("*.npy"))
+    assert stems == ["bridge_2steps_seed0_classes.npy", "bridge_2steps_seed0_classes0-1.npy",
+                     "bridge_2steps_seed0_classes1-0.npy"], stems
+
+
+@pytest.mark.parametrize("where", ["link", "file"])
+def test_posterior_checks_its_folder_before_sampling(cond_run, ddiff, tmp_path, monkeypatch, where):
+    import discrete_diffusion.cli.posterior as posterior_cli
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before checking the output folder")
+
+    monkeypatch.setattr(posterior_cli, "draw_posterior", no_sampling)
+    run = _copy(cond_run, tmp_path)
+    args = ("--operator", "channel", "--eps", "0.1", "--test-index", "0")
+    if where == "link":
+        (tmp_path / "elsewhere").mkdir()
+        (run / "posterior").symlink_to(tmp_path / "elsewhere")
+        _refused(_posterior(ddiff, run, *args), "symbolic link")
+    else:
+        (tmp_path / "file").write_text("x")
+        _refused(_posterior(ddiff, run, *args, "--out", tmp_path / "file"), "not a directory")
+
+
+@pytest.mark.parametrize("args, words", [
+    (("posterior", "--method", "dps", "--operator", "downsample", "--block", "²", "--test-index", "0"), ("--block",)),
+    (("sample", "--class", "²"), ("--class", "'²'")),
+    (("sample", "--class=--1"), ("--class", "'--1'")),
+    (("sample", "--class", "99999999999999999999999"), ("--class 99999999999999999999999 is out of range",)),
+    (("posterior", "--method", "dps", "--operator", "channel", "--eps", "0.1", "--test-index", "0", "--top-p", "0.9"),
+     ("--method dps", "--top-p")),
+    (("posterior", "--method", "dps", "--operator", "channel", "--eps", "0.1", "--test-index", "0", "--temperature",
+      "2"), ("--method dps", "--temperature")),
+])
+def test_bad_flag_values_name_the_flag(cond_run, ddiff, args, words):
+    command, *rest = args
+    r = ddiff(command, cond_run, *rest, *FAST)
+    _refused(r, *words)
+    assert "invalid literal" not in r.err and "Overflow" not in r.err and "classifier guidance" not in r.err
+
+
+def test_numbers_typed_as_options_are_numbers():
+    from argparse import Namespace
+
+    from discrete_diffusion.cli.common import parse_option_value, sampler_options
+    from discrete_diffusion.cli.posterior_inputs import method_options_from_args
+
+    options = method_options_from_args(Namespace(method="split-gibbs", method_options=["t_min=1e-3", "iterations=7"]))
+    assert options == {"t_min": 0.001, "iterations": 7} and type(options["iterations"]) is int
+    assert method_options_from_args(Namespace(method="dps", method_options=["gamma=1e308"]))["gamma"] == 1e308
+    assert sampler_options(Namespace(option=["eta=5E-2", "multi_jump=first", "final_denoise=false"], temperature=None,
+                                     top_p=None, top_k=None, cache=None)) == \
+        {"eta": 0.05, "multi_jump": "first", "final_denoise": False}
+    assert parse_option_value("-o", "x=.5", ".5") == 0.5 and parse_option_value("-o", "x=-3", "-3") == -3
+    with pytest.raises(ValueError, match="a number of 5000 characters"):
+        parse_option_value("--method-option", "gamma=" + HUGE_INT, HUGE_INT)
+
+
+def test_uint64_infill_reports_its_value(cond_run, ddiff, tmp_path):
+    np.save(tmp_path / "known.npy", np.full((8, 8), 2**64 - 1, dtype=np.uint64))
+    np.save(tmp_path / "mask.npy", np.ones((8, 8), dtype=bool))
+    r = ddiff("sample", cond_run, "--infill", tmp_path / "known.npy", "--mask", tmp_path / "mask.npy", *FAST)
+    _refused(r, "--infill", "18446744073709551615")
+    assert "got -1" not in r.err
+
+
+def test_prompt_on_a_bpe_run_says_why(bpe_run, ddiff):
+    r = ddiff("sample", bpe_run, "--prompt", "the", *FAST)
+    _refused(r, "--prompt", "BPE")
+
+
+def test_companion_overrides_after_options(cond_run, ddiff, tmp_path, monkeypatch):
+    import sys
+
+    cli_main = sys.modules["discrete_diffusion.cli.main"]   # the package re-exports main(), which shadows the module
+    seen = {}
+    monkeypatch.setitem(cli_main.COMMANDS, "train-classifier", lambda args: seen.setdefault("args", args) and 0)
+    r = ddiff("train-classifier", cond_run, "model.depth=1", "--out", tmp_path / "c", "train.steps=5")
+    assert r.rc == 0, r
+    assert seen["args"].overrides == ["model.depth=1", "train.steps=5"] and str(seen["args"].out) == str(tmp_path / "c")
+    r = ddiff("train-classifier", cond_run, "--out", tmp_path / "c", "--bogus")
+    assert r.rc == 2 and "unrecognized arguments: --bogus" in r.err, r
+
+
+def test_evaluate_samples_checks_the_header_before_reading(tmp_path):
+    import tracemalloc
+
+    from discrete_diffusion.evaluate.sample_files import read_samples
+
+    path = tmp_path / "big.npy"
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 7, 7), dtype=np.uint8))
+    header["shape"] = (4_000_000, 7, 7)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.truncate(f.tell() + 4_000_000 * 49)        # 196 MB of (sparse) payload
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"shape \(N, 8, 8\).*\(4000000, 7, 7\)"):
+            read_samples(path, 1 << 30, (8, 8))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, peak
