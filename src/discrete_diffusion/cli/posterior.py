@@ -60,7 +60,8 @@ def add_posterior_parser(sub, add_sample_options: Callable[[argparse.ArgumentPar
                    help="posterior method: dps (any run, biased), infill (masking runs, inpaint; exact given the "
                         "model), split-gibbs (annealed split Gibbs; masking runs: operators that factorise)")
     p.add_argument("--method-option", "-m", dest="method_options", action="append", default=[], metavar="KEY=VALUE",
-                   help="a method option, repeatable, value parsed as YAML: e.g. -m gamma=2, -m mc_samples=32 (dps), "
+                   help="a method option, repeatable; a number is a number (1e-3 too), else YAML: e.g. -m gamma=2, "
+                        "-m mc_samples=32 (dps, at most 65536), "
                         "-m iterations=100 -m t_min=0.01 (split-gibbs); docs/posterior.md lists them")
     source = p.add_argument_group("the measurement y (give one of --y, --simulate-from, --test-index)")
     source.add_argument("--y", default=None, metavar="Y.npy",
