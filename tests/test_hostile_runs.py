@@ -203,6 +203,7 @@ def test_edited_tokenizer_with_updated_checksum_is_one_line_in_every_command(bpe
                     ("train", "--out", run, "--resume", "--no-progress", "train.steps=3")):
         r = ddiff(*command)
         assert r.rc == 2 and "continuing_subword_prefix" in r.err and _one_line(r.err), (command, r)
+        assert f"{run / TOKENIZER_NAME}: not a byte-level BPE tokenizer" in r.err, (command, r)
 
 
 # ----- item 7: tampered quality caches, sample records, data.json ---------------------------------------------------

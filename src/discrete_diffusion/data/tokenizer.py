@@ -38,7 +38,8 @@ from .bounded_json import loads_bounded
 from .limits import MAX_NUM_STATES
 
 __all__ = ["TOKENIZER_NAME", "MIN_VOCAB_SIZE", "MAX_VOCAB_SIZE", "MAX_TOKENIZER_BYTES", "TOKENIZER_KINDS",
-           "TokenizerUnavailableError", "BpeTokenizer", "check_vocab_size", "train_bpe", "byte_level_alphabet"]
+           "TokenizerUnavailableError", "BpeTokenizer", "check_vocab_size", "train_bpe", "byte_level_alphabet",
+           "check_tokenizer_json"]
 
 #: File name of the cached tokenizer inside a run directory.
 TOKENIZER_NAME = "tokenizer.json"
@@ -179,7 +180,7 @@ def _structure_fault(spec: object) -> str | None:
     return None
 
 
-def _check_json(text: str, where: str) -> dict[str, Any]:
+def check_tokenizer_json(text: str, where: str) -> dict[str, Any]:
     """The parsed tokenizer JSON after checking it describes a byte-level BPE model only (ValueError, one line
     naming ``where``): bounded in size, nesting depth and number length (data/bounded_json.py), then every field
     ``tokenizers`` reads (:func:`_structure_fault`)."""
@@ -201,7 +202,7 @@ class BpeTokenizer:
     """
 
     def __init__(self, json_text: str, where: str = "tokenizer") -> None:
-        spec = _check_json(json_text, where)
+        spec = check_tokenizer_json(json_text, where)
         tk = _tokenizers()
         self.json = json_text
         self.sha256 = hashlib.sha256(json_text.encode("utf-8")).hexdigest()

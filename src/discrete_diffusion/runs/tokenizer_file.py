@@ -7,7 +7,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from ..data.tokenizer import MAX_TOKENIZER_BYTES, TOKENIZER_NAME
+from ..data.tokenizer import MAX_TOKENIZER_BYTES, TOKENIZER_NAME, check_tokenizer_json
 from .atomic_io import atomic_write
 from .data_record import MANIFEST_NAME, _read_manifest
 from .json_reader import read_regular_bytes
@@ -44,9 +44,11 @@ def read_run_tokenizer(run_dir: str | os.PathLike, sha256: str) -> str:
         raise ValueError(f"{path}: the tokenizer changed since training (sha256 {sha256} recorded in data.json, "
                          f"{digest} now); restore the file written by `ddiff train`")
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"{path}: the tokenizer file is not UTF-8") from None
+    check_tokenizer_json(text, str(path))  # structure checked here too, so a fault names RUN/tokenizer.json
+    return text
 
 
 def run_tokenizer_json(run_dir: str | os.PathLike) -> str:
