@@ -153,8 +153,8 @@ def build_cli_operator(args: argparse.Namespace, run) -> "MeasurementOperator":
                          "[[0, 1], [2, 5]]")
     sites = math.prod(tuple(run.dataset.site_shape))
     if len(groups) > sites or any(len(g) > sites for g in groups):
-        raise ValueError(f"--groups {args.groups}: {len(groups)} groups of up to {max(map(len, groups))} sites; at most "
-                         f"{sites} groups (one parity per site) of at most {sites} sites each")
+        raise ValueError(f"--groups {args.groups}: {len(groups)} groups of up to {max(map(len, groups))} sites; "
+                         f"at most {sites} groups (one parity per site) of at most {sites} sites each")
     op = build_operator(name, k, groups=groups, flip=0.0 if args.flip is None else args.flip)
     op.y_shape(tuple(run.dataset.site_shape))
     return op

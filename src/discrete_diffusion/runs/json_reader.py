@@ -41,7 +41,8 @@ def read_regular_bytes(path: str | os.PathLike, limit: int, what: str = "file", 
         raise
     except OSError as err:
         if err.errno == errno.ELOOP or (not follow and path.is_symlink()):
-            raise ValueError(f"{path}: the {what} is a symbolic link, not a regular file; it is never followed") from None
+            raise ValueError(f"{path}: the {what} is a symbolic link, not a regular file; it is never "
+                             "followed") from None
         raise ValueError(f"{path}: cannot open the {what} ({err.strerror or err})") from None
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(f.fileno())
