@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import with_overrides
 
 tokenizers = pytest.importorskip("tokenizers")

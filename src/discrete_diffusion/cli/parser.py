@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(e.g. bridge_200steps_seed0.npy), or {sampler}_seed{seed}.* for exact "
                                         "samplers, which take no steps (exact_seed0.npy); ddpd adds -planner / "
                                         "-masked to {sampler} with --planner / --masked-denoiser; conditioning "
-                                        "adds _class{C} (_classes for all classes, _classes0-1 for a list), _g{gamma} and "
-                                        "_infill.",
+                                        "adds _class{C} (_classes for all classes, _classes0-1 for a list), "
+                                        "_g{gamma} and _infill.",
                             epilog=_datasets_help(),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     sample.add_argument("run_dir", help="a directory written by `ddiff train` or `ddiff demo`")

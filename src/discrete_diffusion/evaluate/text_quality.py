@@ -44,13 +44,19 @@ from torch import Tensor
 from ..baselines.ar_transformer import ARTransformer
 from ..baselines.fit import FitSettings, bits_per_dim, fit_exact_model
 from ..data.base import DiscreteDataset
-from ..runs.data_record import data_manifest
 from ..data.text import UNK
 from ..runs.atomic_io import atomic_write, sha256_file
+from ..runs.data_record import data_manifest
 from ..runs.json_reader import read_run_json
 from .dna_quality import is_dna
-from .ngram import (check_token_batch, distinct_n, ngram_overlap, training_ngram_set, unigram_entropy_bits,
-                    warn_if_sizes_differ)
+from .ngram import (
+    check_token_batch,
+    distinct_n,
+    ngram_overlap,
+    training_ngram_set,
+    unigram_entropy_bits,
+    warn_if_sizes_differ,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..runs.load import LoadedRun

@@ -24,9 +24,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .json_reader import read_run_json
-from .atomic_io import atomic_write_text
 from ..data.base import DiscreteDataset, sha256_of_arrays
+from .atomic_io import atomic_write_text
+from .json_reader import read_run_json
 
 __all__ = ["MANIFEST_NAME", "DataChangedError", "DataChangedWarning", "data_manifest", "write_data_manifest",
            "check_data_manifest"]

@@ -56,7 +56,7 @@ def run_tokenizer_json(run_dir: str | os.PathLike) -> str:
 
     Raises:
         ValueError: no manifest, a manifest without a tokenizer checksum, or a missing, oversized or changed
-            tokenizer file (one line naming the file; see :func:`~discrete_diffusion.data.tokenizer.read_run_tokenizer`).
+            tokenizer file (one line naming the file; see :func:`read_run_tokenizer`).
     """
     path = Path(run_dir) / MANIFEST_NAME
     if not path.exists() and not path.is_symlink():
