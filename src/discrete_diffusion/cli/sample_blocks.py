@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..samplers import Sampler
 from ..samplers.semi_autoregressive import BlockSamples, SemiAutoregressiveDecoder
-from .common import sample_stem, sampler_options
+from .common import check_count, check_sample_sizes, sample_stem, sampler_options
 
 #: Longest output accepted (tokens per row, prompt included): a bound on memory, not on patience.
 MAX_TOTAL_LENGTH = 1 << 20
@@ -142,6 +142,12 @@ def cmd_sample_blocks(args: argparse.Namespace, run, ctx) -> int:
     sampler = build_sampler_from(run.config, args.sampler, args.steps, sampler_options(args))
     num = run.config.sample.num_samples if args.num is None else args.num
     batch_size = run.config.sample.batch_size if args.batch_size is None else args.batch_size
+    check_count(num, "--num-samples" if args.num is not None else "sample.num_samples")
+    check_count(batch_size, "--batch-size" if args.batch_size is not None else "sample.batch_size")
+    if args.max_length is not None and not 1 <= args.max_length <= MAX_TOTAL_LENGTH:
+        raise ValueError(f"--max-length must be in 1..{MAX_TOTAL_LENGTH}, got {args.max_length}")
+    windows = -(-(args.max_length or run.denoiser.length) // run.denoiser.length)      # rows of seq_len per sample
+    check_sample_sizes(run, num, batch_size, "--num-samples", "--batch-size", per_row=windows)
     options = BlockSampleOptions(prompt=args.prompt, use_cache=args.kv_cache, max_length=args.max_length, eos=args.eos,
                                  batch_invariant=args.batch_invariant)
     began = time.perf_counter()
