@@ -232,7 +232,7 @@ def test_gradient_accumulation_and_bf16_under_fsdp(reference, tmp_path):
 @pytest.mark.slow
 def test_sigkill_at_a_random_step_and_resume_equal_the_uninterrupted_run(sharded, tmp_path):
     two, _ = sharded
-    kill_at = random.Random().randint(1, 5)   # kill -9 at the start of step kill_at + 1
+    kill_at = random.Random().randint(2, 5)   # kill -9 at the start of step kill_at + 1 (a checkpoint every 2)
     killed = tmp_path / "killed"
     proc = torchrun(str(killed), "--kill-at", str(kill_at), *FSDP)
     assert proc.returncode != 0, f"the run was not killed at step {kill_at}"

@@ -86,16 +86,19 @@ def block_modules(network: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def shard_module(module: nn.Module, ctx: DistContext, device: torch.device, bf16: bool = False) -> nn.Module:
+def shard_module(module: nn.Module, ctx: DistContext, device: torch.device, bf16: bool = False,
+                 methods: tuple[str, ...] = ()) -> nn.Module:
     """``fully_shard`` ``module``'s network in place over the world of ``ctx`` (module docstring); returns the
     network (the FSDP root): ``module.backbone`` where the module has one (denoisers, planner, classifier: their
-    wrappers call the backbone), else ``module``. ValueError when the torch build has no FSDP2 or when a
-    trainable parameter of ``module`` lies outside the network (it would be neither sharded nor reduced)."""
+    wrappers call the backbone), else ``module``. ``methods``: the network's methods other than ``forward`` that
+    are called on it directly (``Task.sharded_methods``); they gather the parameters as ``forward`` does.
+    ValueError when the torch build has no FSDP2 or when a trainable parameter of ``module`` lies outside the
+    network (it would be neither sharded nor reduced)."""
     if not fully_shard_available():
         raise ValueError(f"train.sharding=fsdp needs torch.distributed.fsdp.fully_shard (torch >= 2.6); this is "
                          f"torch {torch.__version__}: use train.sharding=none (DDP)")
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     network = getattr(module, "backbone", module)
     inside = {id(p) for p in network.parameters()}
@@ -112,6 +115,8 @@ def shard_module(module: nn.Module, ctx: DistContext, device: torch.device, bf16
         fully_shard(block, mesh=mesh, mp_policy=block_policy)
     fully_shard(network, mesh=mesh, mp_policy=MixedPrecisionPolicy(reduce_dtype=fp32) if bf16
                 else MixedPrecisionPolicy())
+    for name in methods:
+        register_fsdp_forward_method(network, name)
     return network
 
 

@@ -1,6 +1,7 @@
 """The training loop, one for every task: AdamW with warmup and clipping, EMA, periodic validation, optional
 sample grids, checkpoints with exact resume, best-checkpoint selection on validation, and data-parallel training
-under ``torchrun`` (DistributedDataParallel; see docs/distributed.md). What is trained comes from a
+under ``torchrun`` (DistributedDataParallel, or FSDP2 with ``train.sharding=fsdp``: train/sharding.py; see
+docs/distributed.md). What is trained comes from a
 :class:`~discrete_diffusion.train.task.Task`: the diffusion objective (the default,
 train/diffusion_task.py), the exact NLL of an autoregressive baseline (baselines/exact_task.py), the DDPD
 planner's BCE (planner.py) or the noisy classifier's cross-entropy (guidance/classifier_train.py).
@@ -130,7 +131,8 @@ class Trainer:
     """Builds ``task`` (default: the diffusion task of the config) and trains it into ``run_dir``.
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) it joins the process group, wraps the task's forward module in
-    DistributedDataParallel and lets rank 0 alone write the run directory. Attributes of the task (the diffusion
+    DistributedDataParallel (or, with ``train.sharding=fsdp``, shards the task's network with FSDP2 before the
+    optimizer and the EMA are built) and lets rank 0 alone write the run directory. Attributes of the task (the diffusion
     task's ``denoiser``, ``process``, ``dataset``, ``schedule``, ...) read through the trainer."""
 
     def __init__(self, config: DictConfig, run_dir: str | Path, progress: bool = True,
@@ -172,7 +174,8 @@ class Trainer:
         #: train.sharding=fsdp under torchrun: the network FSDP2 shards (train/sharding.py), else None
         self.sharded = None
         if tc.get("sharding", "none") == "fsdp" and self.ctx.enabled:
-            self.sharded = shard_module(self.module, self.ctx, self.device, bf16=tc.precision == "bf16")
+            self.sharded = shard_module(self.module, self.ctx, self.device, bf16=tc.precision == "bf16",
+                                        methods=self.task.sharded_methods)
         if tc.compile:
             self.task.compile(self.device)
         self.optimizer = build_optimizer(self.module, lr=tc.lr, weight_decay=tc.weight_decay)
