@@ -8,7 +8,8 @@ reports ``torch.cuda.max_memory_allocated`` (the peak, activations and gathered 
     PYTHONPATH=src python benchmarks/sharding_memory.py --device cuda --procs 1 --search       # see docs/distributed.md
 
 ``--search`` (GPU): for each mode, double ``--depth`` until a step runs out of memory (or the network passes the
-library's limit of ``builders.MAX_PARAMETERS`` parameters); prints the largest depth that fits and its peak memory (the prepared GPU measurement; benchmarks/sharding_memory_gpu.sh).
+library's limit of ``builders.MAX_PARAMETERS`` parameters); prints the largest depth that fits and its peak memory
+(the prepared GPU measurement; benchmarks/sharding_memory_gpu.sh).
 The FSDP row at one process is the sharding code on a one-rank group (the Trainer itself trains one process
 unsharded): it holds what DDP holds.
 """
@@ -140,8 +141,8 @@ def measure(mode: str, world: int, args: argparse.Namespace) -> dict:
 def table(rows: list[dict]) -> str:
     ddp = {r["procs"]: r["state_bytes"] for r in rows if r["mode"] == "ddp" and "state_bytes" in r}
     peak = any("peak_bytes" in r for r in rows)
-    head = "| procs | mode | depth | parameters | params MB | grads MB | Adam MB | EMA MB | state MB / process | vs DDP |" \
-        + (" peak MB |" if peak else "")
+    head = ("| procs | mode | depth | parameters | params MB | grads MB | Adam MB | EMA MB | state MB / process "
+            "| vs DDP |" + (" peak MB |" if peak else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         if r.get("oom") or r.get("refused"):

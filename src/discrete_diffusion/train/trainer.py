@@ -37,7 +37,7 @@ import json
 import os
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -132,8 +132,8 @@ class Trainer:
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) it joins the process group, wraps the task's forward module in
     DistributedDataParallel (or, with ``train.sharding=fsdp``, shards the task's network with FSDP2 before the
-    optimizer and the EMA are built) and lets rank 0 alone write the run directory. Attributes of the task (the diffusion
-    task's ``denoiser``, ``process``, ``dataset``, ``schedule``, ...) read through the trainer."""
+    optimizer and the EMA are built) and lets rank 0 alone write the run directory. Attributes of the task (the
+    diffusion task's ``denoiser``, ``process``, ``dataset``, ``schedule``, ...) read through the trainer."""
 
     def __init__(self, config: DictConfig, run_dir: str | Path, progress: bool = True,
                  log: Callable[[str], None] = print, task: Task | None = None) -> None:
@@ -372,7 +372,7 @@ class Trainer:
         with self.ema.swap_into(self.module), self._gathered():
             return {"step": self.step, **self.task.validate()}
 
-    def _gathered(self):
+    def _gathered(self) -> AbstractContextManager:
         """FSDP: the full (EMA) parameters on every rank while evaluating (train/sharding.py ``gathered``)."""
         return nullcontext() if self.sharded is None else gathered(self.sharded)
 
