@@ -304,12 +304,13 @@ def test_every_task_trains_sharded_like_one_process(kind, tmp_path):
 @pytest.mark.slow
 def test_a_unet_under_fsdp_matches_one_process(tmp_path):
     """The default image model (a U-Net: down / up stages sharded one by one, the middle block with the root) on
-    the Blackout process: two FSDP processes train what one process trains."""
+    the Blackout process: two FSDP processes train what one process trains, and draw a sample grid."""
     unet = ["model.backbone=unet", "model.base_channels=16", "model.channel_mults=[1,2]", "process.name=blackout",
-            "process.schedule=null"]
+            "process.schedule=null", "train.sample_every=6"]
     one_process(tmp_path / "one", *unet)
     proc = torchrun(str(tmp_path / "two"), "--shards", str(tmp_path / "shards.json"), *FSDP, *unet)
     assert proc.returncode == 0, proc.stderr[-3000:]
     shards = json.loads(Path(f"{tmp_path / 'shards.json'}.rank1").read_text())
     assert any("down_blocks" in k for k in shards) and all(rec["sharded"] for rec in shards.values())
     assert_matches(tmp_path / "one", tmp_path / "two")
+    assert (tmp_path / "two" / "samples" / "step_00000006.png").is_file()   # a grid drawn on gathered parameters
