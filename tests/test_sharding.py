@@ -250,6 +250,28 @@ def test_sigkill_at_a_random_step_and_resume_equal_the_uninterrupted_run(sharded
     assert_no_pickle(killed)
 
 
+def copy_run_at(run: Path, step: int, out: Path) -> Path:
+    """A copy of ``run`` holding only its checkpoint of ``step`` (what a run killed after that step leaves)."""
+    (out / "checkpoints").mkdir(parents=True)
+    for name in ("config.yaml", "data.json", "metrics.jsonl"):
+        (out / name).write_bytes((run / name).read_bytes())
+    meta, _ = checkpoint(run, step)
+    for name in (f"ckpt_{step:08d}.json", meta["tensors_file"]):
+        (out / "checkpoints" / name).write_bytes((run / "checkpoints" / name).read_bytes())
+    return out
+
+
+@pytest.mark.slow
+def test_resume_from_one_process_on_two_sharded_processes(reference, sharded, tmp_path):
+    """The resharding rule the other way: one unsharded process's step-2 checkpoint resumes under FSDP on two
+    processes (each rank cuts its rows from the full tensors) and reaches what the 2-process run trains."""
+    two, _ = sharded
+    moved = copy_run_at(reference, 2, tmp_path / "moved")
+    proc = torchrun(str(moved), "--resume", *FSDP)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_matches(two, moved)
+
+
 @pytest.mark.slow
 def test_resume_from_two_processes_on_one_then_sample_and_evaluate_there(reference, sharded, tmp_path):
     """The step-2 checkpoint of the 2-process FSDP run resumes in one plain process (every tensor is full) and
@@ -259,13 +281,7 @@ def test_resume_from_two_processes_on_one_then_sample_and_evaluate_there(referen
     from discrete_diffusion.pipeline import evaluate_run, generate_samples, load_run
 
     two, _ = sharded
-    moved = tmp_path / "moved"
-    (moved / "checkpoints").mkdir(parents=True)
-    for name in ("config.yaml", "data.json", "metrics.jsonl"):
-        (moved / name).write_bytes((two / name).read_bytes())
-    meta, _ = checkpoint(two, 2)
-    for name in (f"ckpt_{2:08d}.json", meta["tensors_file"]):
-        (moved / "checkpoints" / name).write_bytes((two / "checkpoints" / name).read_bytes())
+    moved = copy_run_at(two, 2, tmp_path / "moved")
     one_process(moved, "train.sharding=fsdp", resume=True)   # one process: the plain loop reads the full tensors
     assert_matches(reference, moved)
     run = load_run(two, "latest", "cpu")
