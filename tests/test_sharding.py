@@ -330,3 +330,19 @@ def test_a_unet_under_fsdp_matches_one_process(tmp_path):
     assert any("down_blocks" in k for k in shards) and all(rec["sharded"] for rec in shards.values())
     assert_matches(tmp_path / "one", tmp_path / "two")
     assert (tmp_path / "two" / "samples" / "step_00000006.png").is_file()   # a grid drawn on gathered parameters
+
+
+@pytest.mark.slow
+def test_block_diffusion_under_fsdp_matches_one_process(tmp_path):
+    """A block-diffusion transformer (model.block_size=4: the vectorised [x_t ; x_0] forward) trains sharded like
+    one process."""
+    from test_block_cli import TEXT
+
+    corpus = tmp_path / "genesis.txt"
+    corpus.write_text(TEXT)
+    block = ["data.name=text", f"data.path={corpus}", "data.seq_len=16", "model.block_size=4",
+             "model.time_conditioning=false", "train.t_draws=antithetic", "train.mask_rate_clip=[0.3,0.8]"]
+    one_process(tmp_path / "one", *block)
+    proc = torchrun(str(tmp_path / "two"), *FSDP, *block)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_matches(tmp_path / "one", tmp_path / "two")

@@ -15,7 +15,9 @@ What this module does for the Trainer (train/trainer.py):
   and the EMA are built afterwards, so Adam's moments and the EMA shadow are sharded alike.
   With ``bf16`` (``train.precision=bf16``) the blocks gather their parameters in bfloat16 and reduce gradients
   in float32 (``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32, output_dtype=fp32)``); the sharded
-  master weights, the root's parameters, the optimizer and the EMA stay float32.
+  master weights, the root's parameters, the optimizer and the EMA stay float32. Methods other than ``forward``
+  through which a network or block is run (``NETWORK_METHODS``, ``BLOCK_METHODS``, ``Task.sharded_methods``) are
+  registered with ``register_fsdp_forward_method``, so they gather the parameters as ``forward`` does.
 * :func:`full_tensors`: a nested state (dicts, lists, tuples) with each ``DTensor`` replaced by its full tensor
   (an all-gather, so every rank calls it, in the same order): checkpoints hold full tensors (train/checkpoint.py).
 * :func:`like_layout`: a full tensor laid out like a live (sharded) one: each rank keeps its own ``Shard(0)``
@@ -40,6 +42,13 @@ from ..distributed import DistContext
 
 __all__ = ["fully_shard_available", "shard_module", "is_sharded", "full_tensors", "like_layout",
            "clip_sharded_gradients", "gathered", "block_modules"]
+
+
+#: Methods other than ``forward`` through which the library runs its networks and their blocks; FSDP gathers the
+#: parameters around them as around ``forward`` (``register_fsdp_forward_method``), where a module has them: the
+#: sequence transformer's positions / KV-cache path (block diffusion) and its blocks' ``forward_kv``.
+NETWORK_METHODS = ("forward_positions",)
+BLOCK_METHODS = ("forward_kv",)
 
 
 def fully_shard_available() -> bool:
@@ -113,10 +122,14 @@ def shard_module(module: nn.Module, ctx: DistContext, device: torch.device, bf16
         else MixedPrecisionPolicy()
     for block in block_modules(network):
         fully_shard(block, mesh=mesh, mp_policy=block_policy)
+        for name in BLOCK_METHODS:
+            if callable(getattr(block, name, None)):
+                register_fsdp_forward_method(block, name)
     fully_shard(network, mesh=mesh, mp_policy=MixedPrecisionPolicy(reduce_dtype=fp32) if bf16
                 else MixedPrecisionPolicy())
-    for name in methods:
-        register_fsdp_forward_method(network, name)
+    for name in (*NETWORK_METHODS, *methods):
+        if callable(getattr(network, name, None)):
+            register_fsdp_forward_method(network, name)
     return network
 
 
