@@ -132,6 +132,24 @@ class ClassifierFreeDenoiser:
             return self.gamma(lam).double().to(lam.device)
         return torch.full(lam.shape, float(self.gamma), dtype=torch.float64, device=lam.device)
 
+    def exact_scales(self) -> bool:
+        """True when every gamma this guidance can use is 0 or 1 (then it is a plain model); a schedule other than a
+        ``GuidanceInterval`` is not known and counts as False."""
+        if isinstance(self.gamma, GuidanceInterval):
+            return self.gamma.gamma in (0.0, 1.0)
+        return not callable(self.gamma) and float(self.gamma) in (0.0, 1.0)
+
+    def thinning_refusal(self, process: ForwardProcess) -> str | None:
+        """Why exact simulation (thinning) cannot run this guidance on ``process``, or None. Blackout's guided mean
+        m_c^gamma m_u^(1 - gamma) can exceed N - x_t at gamma outside {0, 1} (the process's rate bound), without any
+        bound that holds until the next jump (m_u can approach 0); the x0-space forms of the other processes keep
+        every bound."""
+        if getattr(process, "name", None) != "blackout" or self.exact_scales():
+            return None
+        return ("exact simulation cannot run Blackout's classifier-free guidance at gamma outside {0, 1}: the guided "
+                "mean m_c^gamma m_u^(1-gamma) exceeds the thinning bound N - x_t; use tau-leaping, euler or "
+                "theta-trapezoidal")
+
     def __call__(self, xt: Tensor, lam: Tensor) -> Prediction:
         gamma = self.scale(lam)
         if bool((gamma == 1).all()):
