@@ -56,6 +56,7 @@ from .common import (
     configuration_log_likelihood,
     observation_rows,
     run_guided,
+    warn_if_contradicting,
 )
 from .measurement import MeasurementOperator
 
@@ -181,4 +182,6 @@ def dps_sample(sampler: Sampler, process: ForwardProcess, denoiser: Denoiser, sc
         guidance.process = DPSGuidedProcess(process, guidance)
         return guidance
 
-    return run_guided(sampler, process, denoiser, schedule, tuple(shape), y, make_guidance, generator, device, callback)
+    x0 = run_guided(sampler, process, denoiser, schedule, tuple(shape), y, make_guidance, generator, device, callback)
+    warn_if_contradicting(operator, y, x0, "dps")
+    return x0

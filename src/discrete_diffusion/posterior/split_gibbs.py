@@ -71,6 +71,7 @@ from ..processes.base import ForwardProcess, sample_categorical
 from ..processes.masking import MaskingProcess
 from ..samplers.base import ProgressCallback, Sampler
 from ..schedules import Schedule
+from .common import warn_if_contradicting
 from .group_likelihood import sample_given_group_sums
 from .measurement import MeasurementOperator
 from .oracle_prior import OraclePriorStep
@@ -443,4 +444,5 @@ def split_gibbs_method(sampler: Sampler, process: ForwardProcess, denoiser: Deno
                                 t_max=t_max, t_min=t_min, mh_steps=mh_steps, annealing=annealing,
                                 likelihood_step=likelihood_step, proposal=proposal, prior_step=prior_step,
                                 generator=generator, device=device, callback=callback)
+    warn_if_contradicting(operator, operator.check_y(torch.as_tensor(y), tuple(shape[1:])), result.x0, "split-gibbs")
     return result.x0
