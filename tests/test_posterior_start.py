@@ -12,13 +12,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_posterior_guidance import AT_FLOOR, PI, D, K, floor, posterior
 
-from discrete_diffusion.oracle import OracleDenoiser, SharedLevelOracle, empirical_distribution, total_variation
-from discrete_diffusion.posterior import DownsampleOperator, InpaintOperator, posterior_sample
+from discrete_diffusion.oracle import (
+    OracleDenoiser,
+    SharedLevelOracle,
+    empirical_distribution,
+    total_variation,
+)
+from discrete_diffusion.posterior import (
+    DownsampleOperator,
+    InpaintOperator,
+    posterior_sample,
+)
 from discrete_diffusion.processes import build_process
 from discrete_diffusion.samplers import build_sampler
 from discrete_diffusion.schedules import build_schedule
-from test_posterior_guidance import AT_FLOOR, D, K, PI, floor, posterior
 
 REVEALING = build_schedule("log-linear", eps=0.2)        # alpha(1) = 0.2: the prior reveals a fifth of the sites
 

@@ -12,11 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import with_overrides
+
 from discrete_diffusion.cli import main
 from discrete_diffusion.guidance import ClassifierFreeDenoiser, GuidanceInterval
-from discrete_diffusion.oracle import ConditionalOracle, OracleDenoiser, all_configurations
+from discrete_diffusion.oracle import (
+    ConditionalOracle,
+    OracleDenoiser,
+    all_configurations,
+)
 from discrete_diffusion.processes import Prediction, build_process
 from discrete_diffusion.processes.uniform import UniformProcess
 from discrete_diffusion.samplers import build_sampler
@@ -53,7 +57,7 @@ def test_exact_simulation_runs_blackout_guidance_at_0_and_1(gamma):
 
 def test_guided_blackout_mean_exceeds_the_bound():
     """Why the refusal: at gamma 2 the guided mean passes N - x_t at some noisy state and level (the oracle)."""
-    process, oracle = blackout_oracle()
+    _, oracle = blackout_oracle()
     xt = all_configurations(3, D).repeat(5, 1)
     lam = torch.tensor([-3.0, -1.0, 0.0, 1.0, 3.0], dtype=torch.float64).repeat_interleave(9)
     mean = ClassifierFreeDenoiser(oracle, 2, 2.0)(xt, lam).mean_missing

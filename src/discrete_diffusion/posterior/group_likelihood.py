@@ -17,8 +17,10 @@ chain, so the law is sampled exactly in two passes:
   S_{i-1} = S_i - v.
 
 Cost O(W K S) per group and row (S = W (K - 1) + 1 sums, or m), memory (W + 1) S per group and row. Sites outside
-every group are drawn from q alone. A group whose every sum has weight 0 (y impossible under the q_i: only for an
-initial x0 outside the target's support) is drawn without the factor and reported in ``stuck``.
+every group are drawn from q alone. A group whose every sum has weight 0 (y impossible under the q_i, e.g. a
+Blackout x0 whose block sums to less than y, as z <= x0: only for an x0 outside the target's support) is drawn at
+the reachable sums nearest to an allowed one (so the next prior step can move x0 into the support) and reported in
+``stuck``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,23 @@ def _shift(prev: Tensor, v: int, modulus: int | None) -> Tensor:
         return prev
     pad = torch.full(prev.shape[:-1] + (min(v, prev.shape[-1]),), -torch.inf, dtype=prev.dtype, device=prev.device)
     return torch.cat([pad, prev[..., :max(prev.shape[-1] - v, 0)]], dim=-1)
+
+
+def _nearest_reachable(reach: Tensor, log_factor: Tensor, modulus: int | None) -> Tensor:
+    """For a group whose reachable sums (``reach`` (B, G, S) > -inf) all have factor -inf: the log-weights ``reach``
+    kept only at the reachable sums nearest to a sum the factor allows (cyclic distance for sums mod m), so the draw
+    comes as close to satisfying y as the per-site laws permit."""
+    size = reach.shape[-1]
+    values = torch.arange(size, device=reach.device)
+    gap = (values[:, None] - values[None, :]).abs()                             # (S, S): |s - s'|
+    if modulus is not None:
+        gap = torch.minimum(gap, modulus - gap)
+    allowed = ~torch.isneginf(log_factor)                                       # (B, G, S')
+    big = torch.tensor(float(size + 1), dtype=torch.float64, device=reach.device)
+    dist = torch.where(allowed[..., None, :], gap.double(), big).amin(-1)       # (B, G, S): to the nearest allowed
+    dist = torch.where(torch.isneginf(reach), big, dist)
+    nearest = dist == dist.amin(-1, keepdim=True)
+    return torch.where(nearest, reach, torch.full_like(reach, -torch.inf))
 
 
 def sample_given_group_sums(log_q: Tensor, factors: SumFactors,
@@ -68,7 +87,9 @@ def sample_given_group_sums(log_q: Tensor, factors: SumFactors,
         forward.append(new)
     final = forward[-1] + log_factor
     stuck = torch.isneginf(final).all(-1)                                       # (B, G)
-    total = sample_categorical(torch.where(stuck[..., None], forward[-1], final), generator)   # S_W (B, G)
+    if bool(stuck.any()):
+        final = torch.where(stuck[..., None], _nearest_reachable(forward[-1], log_factor, factors.modulus), final)
+    total = sample_categorical(final, generator)                                # S_W (B, G)
     values = torch.zeros((batch, groups, width), dtype=torch.long, device=flat.device)
     choices = torch.arange(k, device=flat.device)
     for i in reversed(range(width)):

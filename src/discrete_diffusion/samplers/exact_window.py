@@ -30,7 +30,12 @@ from ..denoiser import Denoiser
 from ..processes.base import ForwardProcess
 from ..schedules import Schedule
 from .base import ProgressCallback
-from .exact import ExactSimulationSampler, acceptance_tolerance, apply_jumps, check_acceptance
+from .exact import (
+    ExactSimulationSampler,
+    acceptance_tolerance,
+    apply_jumps,
+    check_acceptance,
+)
 
 
 class WindowThinningSampler(ExactSimulationSampler):
