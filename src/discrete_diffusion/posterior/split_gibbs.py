@@ -55,7 +55,11 @@ iterations grow (per-site channel, uniform: 0.38 at 5 iterations, 0.050 at 40, 0
 blackout: 0.46 / 0.14 / 0.038). A coupled operator written without structure (a noisy sum mod 4 as a plain
 operator, so MH) is harder, since moving between values of the same residue passes through z of low likelihood:
 uniform reaches 0.025 at 640 iterations x 4 MH steps with "independent" proposals, against 0.080 with "site" ones;
-blackout 0.078 at 2560 x 4 (the same law through ``ParityOperator`` takes the exact group step: GROUP_FIGURES). "site" is the default because
+blackout 0.078 at 2560 x 4. The same law through ``ParityOperator`` takes the exact group step: uniform 0.161 /
+0.081 / 0.031 at 10 / 40 / 160 iterations, blackout 0.381 / 0.321 / 0.193 (annealing, not the likelihood step, is
+then what limits Blackout: z <= x0 makes the chain slow at small t); hard block sums (``DownsampleOperator``):
+uniform 0.168 / 0.063 / 0.029, blackout 0.338 / 0.119 / 0.058 (floors 0.019 and 0.012). At the fixed level t = 0.6
+both operators sit at the floor on both processes (benchmarks/results/split_gibbs_oracle_coupled.md). "site" is the default because
 one-site moves keep a usable acceptance rate when D is large, where an "independent" redraw of every site almost
 never is accepted; on small problems with coupled constraints "independent" mixes faster. A prior step through
 the bridge sampler (16 steps, 16 network evaluations per iteration) gave the same TV as the exact step within the
