@@ -2,11 +2,12 @@
 
 The guided reverse chain of Blackout has birth rates sigmoid(lam) * m_gamma per site and unit lam, with the guided
 mean m_gamma = m_c^gamma m_u^(1 - gamma) (guidance/classifier_free.py). Its exact law is computed here by
-integrating the master equation dp/dlam = p Q(lam) over the whole state space ((N + 1)^D = 9 states for K = 3,
-D = 2) with a fourth-order Magnus integrator (exponentials of the generator, stable at any step) from the prior at lam = -15 (the samplers' first grid point) to lam = 15 (their
-last finite one; the final noise-removal draw moves less than 1e-6 there); halving the step changes the law by the
-printed amount. The denoiser is the exact class-conditional oracle of a random joint table pi(x, c) with 3 classes
-(tests/test_guidance.py's ``joint_table``, seed 0), guided towards class 2.
+integrating the master equation dp/dlam = p Q(lam) over the whole state space ((N + 1)^D = 9 states for K = 3, D =
+2) with a fourth-order Magnus integrator (exponentials of the generator, stable at any step) from the prior at lam =
+-15 (the samplers' first grid point) to lam = 15 (their last finite one; the final noise-removal draw moves less
+than 1e-6 there); halving the step changes the law by the printed amount. The denoiser is the exact
+class-conditional oracle of a random joint table pi(x, c) with 3 classes (tests/test_guidance.py's ``joint_table``,
+seed 0), guided towards class 2.
 
 Printed per (gamma, sampler, steps, seed): TV of n samples to the exact guided law, beside the Monte-Carlo floor
 (mean TV of n exact draws, 4 repeats). The guided mean can exceed N - x_t (the largest value the exact samplers'

@@ -1,16 +1,16 @@
 """Split Gibbs (SGDD) on the exact oracle: total variation to the exact posterior against cost.
 
 The prior is the correlated table of tests/test_split_gibbs.py (K = 4 values, D = 3 sites, pi ∝ u^3), exact by
-enumeration; the posterior p(x0 | y) ∝ pi(x0) p(y | x0) is enumerated too. Operators: a per-site noisy channel
-(flip 0.3, y = (1, 2, 3); factorises, so the likelihood step is the exact per-site kernel); a noisy sum mod 4
-(flip 0.05, y = 1) written as a plain operator ("summod": couples the sites and names no structure, so the
-likelihood step is Metropolis-Hastings, with one-site ("site") or whole-z ("independent") proposals from
-K_t(. | x0)); the same law through the library's ``ParityOperator`` ("parity", one group of all three sites, flip
-0.05) and the hard block sum ``DownsampleOperator`` ("downsample", block 3, y = 4), whose likelihood step is exact
-by forward filtering / backward sampling over the partial sums (posterior/group_likelihood.py). Rows marked
-"fixed t" run every iteration at t = 0.6 and compare with that level's smoothed law p(x0) sum_z K(z | x0) L(z),
-which an exact likelihood and prior step reach at the Monte-Carlo floor. For each process (default uniform and blackout), levels
-annealed geometrically from t_max = 0.9 to t_min on the log-linear schedule, one chain per sample, prints per run:
+enumeration; the posterior p(x0 | y) ∝ pi(x0) p(y | x0) is enumerated too. Operators: a per-site noisy channel (flip
+0.3, y = (1, 2, 3); factorises, so the likelihood step is the exact per-site kernel); a noisy sum mod 4 (flip 0.05,
+y = 1) written as a plain operator ("summod": couples the sites and names no structure, so the likelihood step is
+Metropolis-Hastings, with one-site ("site") or whole-z ("independent") proposals from K_t(. | x0)); the same law
+through the library's ``ParityOperator`` ("parity", one group of all three sites, flip 0.05) and the hard block sum
+``DownsampleOperator`` ("downsample", block 3, y = 4), whose likelihood step is exact by forward filtering /
+backward sampling over the partial sums (posterior/group_likelihood.py). Rows marked "fixed t" run every iteration
+at t = 0.6 and compare with that level's smoothed law p(x0) sum_z K(z | x0) L(z), which an exact likelihood and
+prior step reach at the Monte-Carlo floor. For each process (default uniform and blackout), levels annealed
+geometrically from t_max = 0.9 to t_min on the log-linear schedule, one chain per sample, prints per run:
 
 - iterations, MH steps per iteration, the prior step (the exact enumerated p(x0 | x_t), or the library's bridge
   sampler from x_t with the oracle denoiser) and its cost per chain (prior-step calls for the exact step, network

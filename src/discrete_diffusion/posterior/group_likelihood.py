@@ -1,4 +1,4 @@
-"""Exact draws from a product of per-site laws tilted by a function of group sums (forward filtering, backward sampling).
+"""Exact draws from per-site laws tilted by a function of group sums (forward filtering, backward sampling).
 
 References: Carter & Kohn, "On Gibbs sampling for state space models", Biometrika 1994, and Frühwirth-Schnatter,
 "Data augmentation and dynamic linear models", 1994 (forward filtering / backward sampling); Chu et al., "Split Gibbs

@@ -52,19 +52,19 @@ group step). The
 annealed output is not exact: besides the smoothing bias at t_min, the chain mixes slowly at small t (z rarely
 differs from x0), so it freezes at a level where the smoothed law is still off. TV to the posterior falls as the
 iterations grow (per-site channel, uniform: 0.38 at 5 iterations, 0.050 at 40, 0.018 at 320, floor 0.016;
-blackout: 0.46 / 0.14 / 0.038). A coupled operator written without structure (a noisy sum mod 4 as a plain
-operator, so MH) is harder, since moving between values of the same residue passes through z of low likelihood:
-uniform reaches 0.025 at 640 iterations x 4 MH steps with "independent" proposals, against 0.080 with "site" ones;
-blackout 0.078 at 2560 x 4. The same law through ``ParityOperator`` takes the exact group step: uniform 0.161 /
-0.081 / 0.031 at 10 / 40 / 160 iterations, blackout 0.381 / 0.321 / 0.193 (annealing, not the likelihood step, is
-then what limits Blackout: z <= x0 makes the chain slow at small t); hard block sums (``DownsampleOperator``):
-uniform 0.168 / 0.063 / 0.029, blackout 0.338 / 0.119 / 0.058 (floors 0.019 and 0.012). At the fixed level t = 0.6
-both operators sit at the floor on both processes (benchmarks/results/split_gibbs_oracle_coupled.md). "site" is the default because
+blackout: 0.46 / 0.14 / 0.038). A coupled operator written without structure (a noisy sum mod 4 as a plain operator,
+so MH) is harder, since moving between values of the same residue passes through z of low likelihood: uniform
+reaches 0.025 at 640 iterations x 4 MH steps with "independent" proposals, against 0.080 with "site" ones; blackout
+0.078 at 2560 x 4. The same law through ``ParityOperator`` takes the exact group step: uniform 0.161 / 0.081 / 0.031
+at 10 / 40 / 160 iterations, blackout 0.381 / 0.321 / 0.193 (annealing, not the likelihood step, is then what limits
+Blackout: z <= x0 makes the chain slow at small t); hard block sums (``DownsampleOperator``): uniform 0.168 / 0.063
+/ 0.029, blackout 0.338 / 0.119 / 0.058 (floors 0.019 and 0.012). At the fixed level t = 0.6 both operators sit at
+the floor on both processes (benchmarks/results/split_gibbs_oracle_coupled.md). "site" is the default because
 one-site moves keep a usable acceptance rate when D is large, where an "independent" redraw of every site almost
-never is accepted; on small problems with coupled constraints "independent" mixes faster. A prior step through
-the bridge sampler (16 steps, 16 network evaluations per iteration) gave the same TV as the exact step within the
-noise of 10k samples (80 iterations: 0.036 vs 0.042 on uniform, 0.066 vs 0.078 on blackout); its discretisation
-error is not resolved there.
+never is accepted; on small problems with coupled constraints "independent" mixes faster. A prior step through the
+bridge sampler (16 steps, 16 network evaluations per iteration) gave the same TV as the exact step within the noise
+of 10k samples (80 iterations: 0.036 vs 0.042 on uniform, 0.066 vs 0.078 on blackout); its discretisation error is
+not resolved there.
 
 Cost (``SplitGibbsResult``): the prior steps' denoiser rows (``network_evaluations``, summed over the sampler runs;
 nfe = that / batch), the exact prior step's rows (``prior_rows``), and the rows of log L evaluated by MH.
@@ -322,8 +322,8 @@ class LikelihoodStep:
         A row whose z has L(z) = 0 (outside the target's support: an initial z, or one that the previous x0 forced
         where K_t is concentrated) is repaired instead (``_repair``: a site of a zero factor set to a uniform allowed
         value, not a draw from K_t, which may put all its mass on the violating value), accepted when it does not
-        raise the number of zero factors (``violations``; for an operator with no finer structure, every such move). Moves out of
-        the support do not touch the target's mass, so the kernel still leaves it invariant, and a row never
+        raise the number of zero factors (``violations``; for an operator with no finer structure, every such move).
+        Moves out of the support do not touch the target's mass, so the kernel still leaves it invariant, and a row never
         re-enters L = 0 (such a proposal from L > 0 is rejected); rejecting -inf -> -inf instead made these states
         absorbing whenever leaving them took two or more site changes."""
         batch = z.shape[0]
