@@ -323,9 +323,9 @@ class LikelihoodStep:
         where K_t is concentrated) is repaired instead (``_repair``: a site of a zero factor set to a uniform allowed
         value, not a draw from K_t, which may put all its mass on the violating value), accepted when it does not
         raise the number of zero factors (``violations``; for an operator with no finer structure, every such move).
-        Moves out of the support do not touch the target's mass, so the kernel still leaves it invariant, and a row never
-        re-enters L = 0 (such a proposal from L > 0 is rejected); rejecting -inf -> -inf instead made these states
-        absorbing whenever leaving them took two or more site changes."""
+        Moves out of the support do not touch the target's mass, so the kernel still leaves it invariant, and a row
+        never re-enters L = 0 (such a proposal from L > 0 is rejected); rejecting -inf -> -inf instead made these
+        states absorbing whenever leaving them took two or more site changes."""
         batch = z.shape[0]
         rows = torch.arange(batch, device=z.device)
         flat_k = log_k.reshape(batch, -1, log_k.shape[-1])
