@@ -84,11 +84,11 @@ class _FastUniform(UniformProcess):
 def test_exact_simulation_raises_when_a_rate_exceeds_its_bound():
     """On main both samplers accepted with min(1, rate / bound) and returned samples."""
     process = build_process("blackout", 3)
-    with pytest.raises(RuntimeError, match="exceeded the thinning bound"):
+    with pytest.raises(ValueError, match="exceeded the thinning bound"):
         build_sampler("exact").sample(process, _OverBound(process), SCHEDULE, (16, D), torch.Generator().manual_seed(0))
     uniform = _FastUniform(3)
     table = torch.rand(9, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="exceeded the thinning bound"):
+    with pytest.raises(ValueError, match="exceeded the thinning bound"):
         build_sampler("exact-thinning").sample(uniform, OracleDenoiser(uniform, table, D, torch.float64), SCHEDULE,
                                                (16, D), torch.Generator().manual_seed(0))
 

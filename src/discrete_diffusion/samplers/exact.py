@@ -12,7 +12,7 @@ lam_stop (alpha = 1 - 1e-11 by default). ``num_steps`` is not used.
 
 The bound must hold for every prediction the denoiser can give. An acceptance probability above 1 (beyond the
 prediction's rounding, ``acceptance_tolerance``) means it did not, and capping it at 1 would silently simulate
-another chain: the sampler raises RuntimeError instead (``check_acceptance``, shared with ``exact-window``). A
+another chain: the sampler raises ValueError (one line naming the samplers that work) instead (``check_acceptance``, shared with ``exact-window``). A
 denoiser that knows its rates can leave the process's bound (Blackout's classifier-free guidance at gamma outside
 {0, 1}, whose guided mean m_c^gamma m_u^(1 - gamma) can exceed N - x_t) says so through a method
 ``thinning_refusal(process) -> str | None``; the sampler raises that ValueError before it starts.
@@ -40,11 +40,11 @@ def acceptance_tolerance(prediction) -> float:
 
 
 def check_acceptance(accept_prob: Tensor, name: str, tolerance: float = 1e-9) -> None:
-    """RuntimeError when a thinning acceptance probability exceeds 1 + ``tolerance``: the reverse rate left the rate
+    """ValueError when a thinning acceptance probability exceeds 1 + ``tolerance``: the reverse rate left the rate
     bound the candidate times were drawn from, and min(1, rate / bound) would simulate another chain."""
     if accept_prob.numel() and bool((accept_prob > 1.0 + tolerance).any()):
         worst = float(accept_prob.max())
-        raise RuntimeError(f"{name}: the reverse rate exceeded the thinning bound (rate / bound = {worst:.6g} > 1); "
+        raise ValueError(f"{name}: the reverse rate exceeded the thinning bound (rate / bound = {worst:.6g} > 1); "
                            f"the denoiser's rates leave the process's bound, so exact simulation would be wrong: use "
                            f"tau-leaping, euler or theta-trapezoidal")
 
