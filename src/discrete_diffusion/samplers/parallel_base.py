@@ -140,6 +140,10 @@ class ParallelDecodingSampler(Sampler):
         when it is None): row b's seed does not depend on the batch size."""
         seeds = torch.randint(0, _SEED_RANGE, (batch,), generator=generator,
                               device=generator.device if generator is not None else "cpu").tolist()
+        try:
+            torch.Generator(device=device)
+        except RuntimeError:         # a device without generators of its own (meta): draw on CPU
+            device = torch.device("cpu")
         return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
     @torch.no_grad()
@@ -196,8 +200,8 @@ class ParallelDecodingSampler(Sampler):
             row_of_site = masked.nonzero()[:, 0]
             counts = chosen.sum(1).tolist()
             # each row draws its uniforms from its own generator, in site order
-            u = torch.cat([torch.rand(c, generator=gens[int(r)], dtype=torch.float64, device=device)
-                           for r, c in zip(rows.tolist(), counts)])
+            u = torch.cat([torch.rand(c, generator=gens[int(r)], dtype=torch.float64, device=gens[int(r)].device)
+                           for r, c in zip(rows.tolist(), counts)]).to(device)
             values = inverse_cdf(log_probs[chosen[masked]], u)
             xs = xs.clone()
             xs[chosen] = values
