@@ -227,3 +227,35 @@ def test_options_that_would_have_no_effect_are_errors():
         build_sampler("threshold").sample(UniformProcess(3), lambda x, lam: None, build_schedule("log-linear"), (2, 2))
     assert build_sampler("threshold", tau=0.7, confidence="margin", block_size=8).config() == {
         "name": "threshold", "confidence": "margin", "block_size": 8, "tau": 0.7}
+
+
+def test_cli_sample_with_threshold_and_factor(tmp_path, ddiff):
+    """`ddiff sample RUN --sampler threshold -o tau=...`: files named by the rule, nfe in the record; a step count,
+    the cache or an option of another sampler is an error (they would have no effect)."""
+    import json
+
+    from discrete_diffusion.cli import main
+    text = tmp_path / "t.txt"
+    text.write_text("abcab cabba cab " * 200)
+    run = tmp_path / "text"
+    assert main(["train", "--out", str(run), "--no-progress", "data.name=text", f"data.path={text}", "data.seq_len=8",
+                 "process.name=masking", "model.backbone=transformer", "model.dim=16", "model.depth=1",
+                 "model.heads=2", "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2",
+                 "train.sample_every=100", "train.batch_size=8", "train.device=cpu", "train.eval_t_samples=1",
+                 "evaluate.t_samples=1"]) == 0
+    out = tmp_path / "s"
+    res = ddiff("sample", run, "--sampler", "threshold", "-o", "tau=0.8", "--num", 5, "--out", out, "--no-progress")
+    assert res.rc == 0, res.err
+    record = json.loads((out / "threshold-tau0.8_seed0.json").read_text())
+    assert record["sampler"] == {"name": "threshold", "confidence": "probability", "tau": 0.8}
+    assert 1 <= record["nfe_last_batch"] <= 8 and 1 <= record["network_calls_last_batch"] <= 8
+    assert len((out / "threshold-tau0.8_seed0.txt").read_text().splitlines()) == 5
+    res = ddiff("sample", run, "--sampler", "factor", "-o", "factor=2", "-o", "confidence=margin", "-o", "block_size=4",
+                "--num", 3, "--out", out, "--no-progress")
+    assert res.rc == 0, res.err
+    assert (out / "factor-f2-margin-block4_seed0.json").is_file()
+    for extra, message in ((["--steps", "8"], "has no time grid: a step count would have no effect"),
+                           (["--cache"], "has no option 'cache'"), (["-o", "eta=0.1"], "has no option 'eta'"),
+                           (["-o", "tau=2"], r"tau must be a number in (0, 1]")):
+        res = ddiff("sample", run, "--sampler", "threshold", *extra, "--num", 2, "--out", out, "--no-progress")
+        assert res.rc != 0 and message in res.err and len(res.err.strip().splitlines()) == 1, res.err

@@ -328,7 +328,7 @@ def sample_stem(sampler, seed: int, extras: str = "") -> str:
     """File stem of samples: {sampler}{extras}_{steps}steps_seed{seed}, or {sampler}{extras}_seed{seed} for exact
     samplers, which take no steps."""
     steps = f"_{sampler.num_steps}steps" if sampler.uses_steps else ""
-    return f"{sampler.name}{extras}{steps}_seed{seed}"
+    return f"{sampler.name}{getattr(sampler, 'file_tag', '')}{extras}{steps}_seed{seed}"
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

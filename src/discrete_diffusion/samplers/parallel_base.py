@@ -108,6 +108,8 @@ class ParallelDecodingSampler(Sampler):
 
     supported_processes = ("masking",)
     uses_steps = False     # no time grid: the number of calls follows from the rule
+    #: a step count given by the user is an error (``builders.build_sampler_from``), not silently ignored
+    rejects_steps = True
 
     def __init__(self, num_steps: int = 1, confidence: str = "probability", block_size: int = 0,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0) -> None:
