@@ -18,7 +18,7 @@ from discrete_diffusion.denoiser import NetworkDenoiser
 from discrete_diffusion.guidance.infill import infill_sample
 from discrete_diffusion.nn.transformer import SequenceTransformer
 from discrete_diffusion.oracle import (OracleDenoiser, SharedLevelOracle, all_configurations, empirical_distribution,
-                                       total_variation)
+                                       markov_chain_table, total_variation)
 from discrete_diffusion.processes import MaskingProcess, UniformProcess
 from discrete_diffusion.samplers import SAMPLERS, build_sampler
 from discrete_diffusion.samplers.factor import factor_counts
@@ -33,22 +33,9 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def chain_table(seed: int = 0, sharp: float = 2.5, num_states: int = K, num_sites: int = D) -> torch.Tensor:
-    """A peaked Markov-chain table over all_configurations(K, D): p(x_1) prod p(x_d | x_{d-1}), with transition
-    logits sharp * N(0, 1) (confident neighbours, as in text): (K^D,) float64."""
-    g = _gen(seed)
-    init = torch.softmax(torch.randn(num_states, generator=g, dtype=torch.float64), 0)
-    trans = torch.softmax(sharp * torch.randn(num_states, num_states, generator=g, dtype=torch.float64), 1)
-    configs = all_configurations(num_states, num_sites)
-    log_p = torch.log(init)[configs[:, 0]]
-    for d in range(1, num_sites):
-        log_p = log_p + torch.log(trans)[configs[:, d - 1], configs[:, d]]
-    return torch.softmax(log_p, 0)
-
-
 @pytest.fixture(scope="module")
 def oracle():
-    probs = chain_table()
+    probs = markov_chain_table(K, D)
     proc = MaskingProcess(K)
     orc = OracleDenoiser(proc, probs, D)
     floor = sum(total_variation(empirical_distribution(orc.sample(N, _gen(100 + i)), K), probs) for i in range(4)) / 4
