@@ -1,7 +1,8 @@
 """Quality against network calls for confidence-rule parallel decoding (issue 21): the "threshold" and "factor"
 samplers (Fast-dLLM's rules, samplers/threshold.py, samplers/factor.py) beside the bridge and the exact samplers.
 
-Two parts, one table each (and one plot, ``OUT/parallel_decoding.png``):
+Two parts, one table each, written to ``OUT/parallel_decoding.{md,json,png}`` (``parallel_decoding_oracle.*`` or
+``parallel_decoding_kjv.*`` when ``--parts`` names one):
 
 - **oracle**: the exact denoiser of a peaked K = 3, D = 6 Markov-chain table (``oracle.markov_chain_table``);
   per setting: the mean network calls per sample (nfe), the TV of N samples to the table, the TV to N samples of
@@ -68,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny training and few samples")
+    p.add_argument("--replot", default=None, metavar="JSON", help="only redraw the plot of a results JSON (next to it)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output folder")
     args = p.parse_args(argv)
     if args.quick:
@@ -236,7 +238,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     """Quality against calls, one chart per part (Pillow, the charts of ``ddiff report``)."""
     from PIL import Image
 
-    from discrete_diffusion.report_plots import draw_chart
+    from discrete_diffusion.report.plots import draw_chart
 
     parts = [p for p in ("oracle", "kjv") if p in results]
     image = Image.new("RGB", (620 * len(parts), 420), "white")
@@ -261,6 +263,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        source = Path(args.replot)
+        plot(json.loads(source.read_text()), source.with_suffix(".png"))
+        return 0
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -278,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         results["kjv"] = kjv_part(args, run_dir)
         sections.append(kjv_markdown(results["kjv"]))
     results["seconds"] = time.perf_counter() - started
-    suffix = "_quick" if args.quick else ""
+    suffix = ("" if len(args.parts) == 2 else "_" + args.parts[0]) + ("_quick" if args.quick else "")
     text = "\n\n".join(sections) + f"\n\nCommand: `{results['command']}` (total {results['seconds']:.0f} s)\n"
     (out / f"parallel_decoding{suffix}.md").write_text(text)
     (out / f"parallel_decoding{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
