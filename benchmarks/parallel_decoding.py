@@ -37,8 +37,13 @@ from discrete_diffusion.builders import build_sampler_from
 from discrete_diffusion.cli import main as ddiff_main
 from discrete_diffusion.evaluate.quality import evaluate_quality
 from discrete_diffusion.evaluate.text_quality import ARJudgeConfig
-from discrete_diffusion.oracle import (OracleDenoiser, SharedLevelOracle, empirical_distribution, markov_chain_table,
-                                       total_variation)
+from discrete_diffusion.oracle import (
+    OracleDenoiser,
+    SharedLevelOracle,
+    empirical_distribution,
+    markov_chain_table,
+    total_variation,
+)
 from discrete_diffusion.pipeline import generate_samples, load_run
 from discrete_diffusion.processes import MaskingProcess
 from discrete_diffusion.samplers import build_sampler
@@ -196,12 +201,25 @@ def kjv_part(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     bridge = sorted((r["nfe"], r["judge_nll_bits_per_char"], r["unigram_entropy_bits"]) for r in rows
                     if r["sampler"] == "bridge")
     for r in rows:
-        r["bridge_calls_same_quality"], r["bridge_entropy_there"] = bridge_calls_for(bridge,
-                                                                                     r["judge_nll_bits_per_char"] + 0.02)
+        target = r["judge_nll_bits_per_char"] + 0.02
+        r["bridge_calls_same_quality"], r["bridge_entropy_there"] = bridge_calls_for(bridge, target)
         r["saving"] = None if r["bridge_calls_same_quality"] is None else r["bridge_calls_same_quality"] / r["nfe"]
-    metrics = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1]) if (run_dir / "metrics.jsonl").is_file() else {}
     return {"run": str(run_dir), "num": args.kjv_num, "seed": args.seed, "judge_steps": args.judge_steps,
-            "last_metrics": metrics, "rows": rows}
+            "best_val_nll_bits_per_dim": best_validation(run_dir), "rows": rows}
+
+
+def best_validation(run_dir: Path) -> float | None:
+    """The lowest validation NLL (bits/dim) in the run's metrics.jsonl, None when there is none."""
+    best = None
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            value = json.loads(line).get("val_nll_bits_per_dim")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(value, (int, float)) and (best is None or value < best):
+            best = float(value)
+    return best
 
 
 def bridge_calls_for(bridge: list[tuple[float, float, float]], target: float) -> tuple[float | None, float | None]:
@@ -228,9 +246,11 @@ def kjv_markdown(part: dict[str, Any]) -> str:
     ref = part["rows"][0]
     lines.append(f"| **reference** (held-out real) | - | - | {ref['reference_judge_nll']:.4f} | "
                  f"{ref['reference_entropy']:.4f} | - | - | - |")
-    return (f"### KJV-64 masking run ({part['run']})\n\nN = {part['num']} samples per row, seed {part['seed']}; AR judge "
-            f"trained {part['judge_steps']} steps. 'saving' = bridge calls for the same judge NLL (+0.02 bits/char) "
-            f"/ the setting's calls; '-' where the bridge does not reach it within its largest step count.\n\n"
+    return (f"### KJV-64 masking run ({part['run']}, best validation NLL "
+            f"{part.get('best_val_nll_bits_per_dim')} bits/char)\n\nN = {part['num']} samples per row, seed "
+            f"{part['seed']}; AR judge trained {part['judge_steps']} steps. 'saving' = bridge calls for the same judge "
+            f"NLL (+0.02 bits/char) / the setting's calls; '-' where the bridge does not reach it within its largest "
+            f"step count.\n\n"
             + "\n".join(lines))
 
 

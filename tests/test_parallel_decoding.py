@@ -17,8 +17,14 @@ import torch
 from discrete_diffusion.denoiser import NetworkDenoiser
 from discrete_diffusion.guidance.infill import infill_sample
 from discrete_diffusion.nn.transformer import SequenceTransformer
-from discrete_diffusion.oracle import (OracleDenoiser, SharedLevelOracle, all_configurations, empirical_distribution,
-                                       markov_chain_table, total_variation)
+from discrete_diffusion.oracle import (
+    OracleDenoiser,
+    SharedLevelOracle,
+    all_configurations,
+    empirical_distribution,
+    markov_chain_table,
+    total_variation,
+)
 from discrete_diffusion.processes import MaskingProcess, UniformProcess
 from discrete_diffusion.samplers import SAMPLERS, build_sampler
 from discrete_diffusion.samplers.factor import factor_counts
@@ -51,7 +57,8 @@ def _tv(oracle, name: str, seed: int = 1, **options) -> tuple[float, float]:
     return total_variation(empirical_distribution(x, K), probs), sampler.nfe
 
 
-@pytest.mark.parametrize("name,options", [("threshold", {"tau": 1.0}), ("threshold", {"tau": 1.0, "confidence": "margin"}),
+@pytest.mark.parametrize("name,options", [("threshold", {"tau": 1.0}),
+                                          ("threshold", {"tau": 1.0, "confidence": "margin"}),
                                           ("factor", {"factor": 0.05, "confidence": "entropy"}),
                                           ("threshold", {"tau": 1.0, "block_size": 2})])
 def test_one_uncertain_site_per_call_is_exact(oracle, name, options):

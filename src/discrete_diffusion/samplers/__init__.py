@@ -15,9 +15,9 @@ from .factor import FactorSampler
 from .mean_bridge import MeanBridgeSampler
 from .remdm import ReMDMSampler
 from .tau_leaping import TauLeapingSampler
-from .threshold import ThresholdSampler
 from .theta_rk2 import ThetaRK2Sampler
 from .theta_trapezoidal import ThetaTrapezoidalSampler
+from .threshold import ThresholdSampler
 
 SAMPLERS: dict[str, type[Sampler]] = {
     cls.name: cls for cls in (BridgeSampler, MeanBridgeSampler, TauLeapingSampler, ExactSimulationSampler,

@@ -15,6 +15,7 @@ commits more per call and is approximate; the deviation is measured in docs/samp
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -53,5 +54,5 @@ class FactorSampler(ParallelDecodingSampler):
     def rule_tag(self) -> str:
         return f"-f{self.factor:g}"
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         return {**super().config(), "factor": self.factor}

@@ -43,12 +43,13 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from ..processes.base import CATEGORICAL_CHUNK, ForwardProcess
+from ..processes.base import CATEGORICAL_CHUNK, ForwardProcess, Prediction
 from ..schedules import Schedule
 from .base import ProgressCallback, Sampler, check_start
 
@@ -151,7 +152,8 @@ class ParallelDecodingSampler(Sampler):
     @torch.no_grad()
     def sample(self, process: ForwardProcess, denoiser: Denoiser, schedule: Schedule, shape: tuple[int, ...],
                generator: torch.Generator | None = None, device: torch.device | str | None = None,
-               callback: ProgressCallback | None = None, constrain=None, *,
+               callback: ProgressCallback | None = None,
+               constrain: Callable[[Tensor, float], Tensor] | None = None, *,
                start: tuple[Tensor, float] | None = None) -> Tensor:
         """Samples (B, *sites) long from the prior at t = 1, or from ``start=(x_t, t)`` (the masked sites of x_t
         are decoded; see ``Sampler.sample``). ``constrain`` is not supported (no grid): infilling goes through the
@@ -198,13 +200,11 @@ class ParallelDecodingSampler(Sampler):
             confidence = torch.where(eligible, confidence, torch.full_like(confidence, -torch.inf))
             chosen = self.choose(confidence, eligible)
             assert bool((chosen <= eligible).all()) and bool(chosen.any(1).all()), "a rule must commit >= 1 site"
-            chosen_among_masked = chosen[masked]                      # (n,) in the order of log_probs
-            row_of_site = masked.nonzero()[:, 0]
             counts = chosen.sum(1).tolist()
             # each row draws its uniforms from its own generator, in site order
             u = torch.cat([torch.rand(c, generator=gens[int(r)], dtype=torch.float64, device=gens[int(r)].device)
                            for r, c in zip(rows.tolist(), counts)]).to(device)
-            values = inverse_cdf(log_probs[chosen[masked]], u)
+            values = inverse_cdf(log_probs[chosen[masked]], u)        # log_probs: masked sites, row-major
             xs = xs.clone()
             xs[chosen] = values
             flat[rows] = xs
@@ -217,7 +217,7 @@ class ParallelDecodingSampler(Sampler):
         return flat.reshape(shape)
 
     @staticmethod
-    def masked_site_log_probs(process: ForwardProcess, prediction, xt: Tensor, masked: Tensor) -> Tensor:
+    def masked_site_log_probs(process: ForwardProcess, prediction: Prediction, xt: Tensor, masked: Tensor) -> Tensor:
         """log p(x0 | x_t) at the masked sites, (n, K) in row-major site order, without building the
         (B, *sites, K) tensor when the prediction can give them directly (``SubsPrediction.masked_log_probs``)."""
         getter = getattr(prediction, "masked_log_probs", None)
@@ -242,8 +242,8 @@ class ParallelDecodingSampler(Sampler):
     def rule_tag(self) -> str:
         """The rule's parameter for file names, e.g. ``-tau0.9``."""
 
-    def config(self) -> dict:
-        out = {"name": self.name, "confidence": self.confidence}
+    def config(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "confidence": self.confidence}
         if self.block_size:
             out["block_size"] = self.block_size
         for key, default in (("temperature", 1.0), ("top_p", 1.0), ("top_k", 0)):

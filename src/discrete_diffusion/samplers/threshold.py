@@ -4,16 +4,17 @@ Reference: Wu et al., "Fast-dLLM: Training-free Acceleration of Diffusion LLM by
 Decoding", 2025 (arXiv:2505.22618), section 3.3: at each call commit every masked site whose confidence is at least
 tau, and the most confident one when none is (so every call commits at least one site).
 
-The loop, the confidences and the blocks are ``ParallelDecodingSampler``'s (samplers/parallel_base.py). tau = 1
-commits, beside the most confident site, only sites whose value is certain (confidence 1 means a point mass for all
-three confidences), which is exact with an exact denoiser (ancestral sampling in a confidence order) at about one
-call per uncertain site. Smaller tau commits several sites per call, each drawn from its own marginal: approximate, with the
-deviation measured against the exact table in docs/samplers.md.
+The loop, the confidences and the blocks are ``ParallelDecodingSampler``'s (samplers/parallel_base.py).
+tau = 1 commits, beside the most confident site, only sites whose value is certain (confidence 1 means a point
+mass for all three confidences), which is exact with an exact denoiser (ancestral sampling in a confidence order)
+at about one call per uncertain site. Smaller tau commits several sites per call, each drawn from its own
+marginal: approximate, with the deviation measured against the exact table in docs/samplers.md.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from torch import Tensor
 
@@ -38,5 +39,5 @@ class ThresholdSampler(ParallelDecodingSampler):
     def rule_tag(self) -> str:
         return f"-tau{self.tau:g}"
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         return {**super().config(), "tau": self.tau}
