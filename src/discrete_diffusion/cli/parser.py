@@ -29,7 +29,8 @@ def _add_sample_options(p: argparse.ArgumentParser) -> None:
                    help="reuse predictions of rows whose x_t did not change (masking only; approximate with a "
                         "trained network, which is conditioned on the noise level)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other sampler option, repeatable, value parsed as YAML: e.g. -o theta=0.4, "
+                   help="any other sampler option, repeatable; a number is a number (1e-3 too), else YAML: e.g. "
+                        "-o theta=0.4, "
                         "-o multi_jump=first, -o eta=0.05 -o strategy=rescale, -o final_denoise=false")
 
 
@@ -90,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(e.g. bridge_200steps_seed0.npy), or {sampler}_seed{seed}.* for exact "
                                         "samplers, which take no steps (exact_seed0.npy); ddpd adds -planner / "
                                         "-masked to {sampler} with --planner / --masked-denoiser; conditioning "
-                                        "adds _class{C} (_classes for several), _g{gamma} and _infill.",
+                                        "adds _class{C} (_classes for all classes, _classes0-1 for a list), "
+                                        "_g{gamma} and _infill.",
                             epilog=_datasets_help(),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     sample.add_argument("run_dir", help="a directory written by `ddiff train` or `ddiff demo`")
