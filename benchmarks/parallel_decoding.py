@@ -70,11 +70,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--oracle-num", type=int, default=8000, help="samples per oracle setting")
     p.add_argument("--kjv-num", type=int, default=256, help="samples (64-character windows) per KJV setting")
     p.add_argument("--bridge-steps", type=int, nargs="+", default=[4, 8, 16, 32, 64], help="KJV bridge step counts")
+    p.add_argument("--taus", type=float, nargs="+", default=[0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5],
+                   help="threshold settings on KJV")
+    p.add_argument("--factors", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 4.0],
+                   help="factor settings on KJV")
+    p.add_argument("--no-extras", action="store_true",
+                   help="KJV: only the bridge and the --taus / --factors settings (no exact, margin, entropy, blocks)")
     p.add_argument("--judge-steps", type=int, default=ARJudgeConfig.steps, help="training steps of the AR judge")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny training and few samples")
-    p.add_argument("--replot", default=None, metavar="JSON", help="only redraw the plot of a results JSON (next to it)")
+    p.add_argument("--replot", default=None, metavar="JSON",
+                   help="only recompute the savings and rewrite the Markdown and plot of a results JSON (next to it)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output folder")
     args = p.parse_args(argv)
     if args.quick:
@@ -164,12 +171,13 @@ def kjv_run(args: argparse.Namespace, runs_root: Path) -> Path:
 
 def kjv_settings(args: argparse.Namespace) -> list[tuple[str, int | None, dict[str, Any]]]:
     out: list[tuple[str, int | None, dict[str, Any]]] = [("bridge", s, {}) for s in args.bridge_steps]
-    out.append(("exact", None, {}))
-    taus = (0.5, 0.9) if args.quick else (0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
+    if not args.no_extras:
+        out.append(("exact", None, {}))
+    taus = (0.5, 0.9) if args.quick else args.taus
     out += [("threshold", None, {"tau": tau}) for tau in taus]
-    factors = (1.0,) if args.quick else (0.25, 0.5, 1.0, 2.0, 4.0)
+    factors = (1.0,) if args.quick else args.factors
     out += [("factor", None, {"factor": f}) for f in factors]
-    if not args.quick:
+    if not args.quick and not args.no_extras:
         out += [("threshold", None, {"tau": 0.9, "confidence": "margin"}),
                 ("threshold", None, {"tau": 0.7, "confidence": "margin"}),
                 ("threshold", None, {"tau": 0.9, "confidence": "entropy"}),
@@ -198,14 +206,10 @@ def kjv_part(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
                      "reference_entropy": m["unigram_entropy_bits"]["reference"], "sample_seconds": seconds})
         print(f"[kjv] {name} {setting}: nfe {sampler.nfe:.2f} judge NLL {rows[-1]['judge_nll_bits_per_char']:.4f} "
               f"entropy {rows[-1]['unigram_entropy_bits']:.4f} ({seconds:.1f} s)", flush=True)
-    bridge = sorted((r["nfe"], r["judge_nll_bits_per_char"], r["unigram_entropy_bits"]) for r in rows
-                    if r["sampler"] == "bridge")
-    for r in rows:
-        target = r["judge_nll_bits_per_char"] + 0.02
-        r["bridge_calls_same_quality"], r["bridge_entropy_there"] = bridge_calls_for(bridge, target)
-        r["saving"] = None if r["bridge_calls_same_quality"] is None else r["bridge_calls_same_quality"] / r["nfe"]
-    return {"run": str(run_dir), "num": args.kjv_num, "seed": args.seed, "judge_steps": args.judge_steps,
+    part = {"run": str(run_dir), "num": args.kjv_num, "seed": args.seed, "judge_steps": args.judge_steps,
             "best_val_nll_bits_per_dim": best_validation(run_dir), "rows": rows}
+    add_savings(part)
+    return part
 
 
 def best_validation(run_dir: Path) -> float | None:
@@ -222,24 +226,38 @@ def best_validation(run_dir: Path) -> float | None:
     return best
 
 
-def bridge_calls_for(bridge: list[tuple[float, float, float]], target: float) -> tuple[float | None, float | None]:
+def bridge_calls_for(bridge: list[tuple[float, float, float]],
+                     target: float) -> tuple[float | None, float | None, bool]:
     """The calls at which the bridge's judge NLL first reaches ``target`` (log-linear interpolation in the calls
-    between its step counts), and its entropy there; (None, None) when it never does in the measured range."""
-    for (n0, q0, h0), (n1, q1, h1) in zip([(bridge[0][0], math.inf, bridge[0][2])] + bridge[:-1], bridge):
+    between its step counts), its entropy there, and whether that is only an upper bound (the bridge's fewest steps
+    already reach it); (None, None, False) when it never does in the measured range."""
+    if bridge[0][1] <= target:
+        return bridge[0][0], bridge[0][2], True
+    for (n0, q0, h0), (n1, q1, h1) in zip(bridge, bridge[1:]):
         if q1 <= target:
-            if not math.isfinite(q0) or q0 == q1:
-                return n1, h1
             w = (q0 - target) / (q0 - q1)
-            return math.exp(math.log(n0) + w * (math.log(n1) - math.log(n0))), h0 + w * (h1 - h0)
-    return None, None
+            return math.exp(math.log(n0) + w * (math.log(n1) - math.log(n0))), h0 + w * (h1 - h0), False
+    return None, None, False
+
+
+def add_savings(part: dict[str, Any]) -> None:
+    """Per KJV row: the bridge's calls for the same judge NLL (+0.02 bits/char), the saving, the bridge's entropy."""
+    rows = part["rows"]
+    bridge = sorted((r["nfe"], r["judge_nll_bits_per_char"], r["unigram_entropy_bits"]) for r in rows
+                    if r["sampler"] == "bridge")
+    for r in rows:
+        calls, entropy, bound = bridge_calls_for(bridge, r["judge_nll_bits_per_char"] + 0.02)
+        r["bridge_calls_same_quality"], r["bridge_entropy_there"], r["bridge_calls_upper_bound"] = calls, entropy, bound
+        r["saving"] = None if calls is None else calls / r["nfe"]
 
 
 def kjv_markdown(part: dict[str, Any]) -> str:
     lines = ["| sampler | setting | nfe | judge NLL (bits/char) | unigram entropy (bits) | bridge calls for the same "
              "NLL (+0.02) | saving | bridge entropy there |", "|---|---|---|---|---|---|---|---|"]
     for r in part["rows"]:
-        calls = "-" if r["bridge_calls_same_quality"] is None else f"{r['bridge_calls_same_quality']:.1f}"
-        saving = "-" if r["saving"] is None else f"{r['saving']:.2f}x"
+        le = "<= " if r.get("bridge_calls_upper_bound") else ""
+        calls = "-" if r["bridge_calls_same_quality"] is None else f"{le}{r['bridge_calls_same_quality']:.1f}"
+        saving = "-" if r["saving"] is None else f"{le}{r['saving']:.2f}x"
         h = "-" if r["bridge_entropy_there"] is None else f"{r['bridge_entropy_there']:.3f}"
         lines.append(f"| {r['sampler']} | {r['setting']} | {r['nfe']:.2f} | {r['judge_nll_bits_per_char']:.4f} | "
                      f"{r['unigram_entropy_bits']:.4f} | {calls} | {saving} | {h} |")
@@ -250,7 +268,7 @@ def kjv_markdown(part: dict[str, Any]) -> str:
             f"{part.get('best_val_nll_bits_per_dim')} bits/char)\n\nN = {part['num']} samples per row, seed "
             f"{part['seed']}; AR judge trained {part['judge_steps']} steps. 'saving' = bridge calls for the same judge "
             f"NLL (+0.02 bits/char) / the setting's calls; '-' where the bridge does not reach it within its largest "
-            f"step count.\n\n"
+            f"step count, '<=' where its fewest steps already do.\n\n"
             + "\n".join(lines))
 
 
@@ -283,9 +301,19 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.replot:
+    if args.replot:       # recompute the savings, rewrite the Markdown and the plot next to a results JSON
         source = Path(args.replot)
-        plot(json.loads(source.read_text()), source.with_suffix(".png"))
+        results = json.loads(source.read_text())
+        sections = []
+        if "oracle" in results:
+            sections.append(oracle_markdown(results["oracle"]))
+        if "kjv" in results:
+            add_savings(results["kjv"])
+            sections.append(kjv_markdown(results["kjv"]))
+        source.write_text(json.dumps(results, indent=2) + "\n")
+        source.with_suffix(".md").write_text("\n\n".join(sections) + f"\n\nCommand: `{results['command']}` (total "
+                                             f"{results['seconds']:.0f} s)\n")
+        plot(results, source.with_suffix(".png"))
         return 0
     torch.set_num_threads(args.threads)
     out = Path(args.out)
