@@ -43,6 +43,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     ctx, device = setup(args.device)  # under torchrun the samples are split over the ranks
     run = load_run(args.run_dir, args.checkpoint, str(device), args.allow_data_change)
+    if getattr(run.denoiser, "block_size", None) is not None:
+        from .sample_blocks import cmd_sample_blocks
+
+        return cmd_sample_blocks(args, run, ctx)
+    if args.max_length is not None or args.eos is not None or not args.kv_cache or args.batch_invariant:
+        raise ValueError("--max-length, --eos, --no-cache and --batch-invariant are options of block-diffusion runs "
+                         "(model.block_size)")
     options = {**sampler_options(args), **ddpd_networks(args, run, str(device))}
     sampler = build_sampler_from(run.config, args.sampler, args.steps, options)
     num = run.config.sample.num_samples if args.num is None else args.num
