@@ -51,7 +51,7 @@ from torch import Tensor
 from ..denoiser import Denoiser
 from ..processes.base import CATEGORICAL_CHUNK, ForwardProcess, Prediction
 from ..schedules import Schedule
-from .base import ProgressCallback, Sampler, check_start
+from .base import ProgressCallback, Sampler, check_start, transform_x0_log_probs
 
 #: Confidence of a masked site from its predicted distribution p over the K values.
 CONFIDENCES = ("probability", "margin", "entropy")
@@ -178,7 +178,7 @@ class ParallelDecodingSampler(Sampler):
         else:
             x, _ = check_start(process, shape, start, device)
             x = x.clone()
-        denoiser = self.wrap_denoiser(process, denoiser, batch)
+        self.wrap_denoiser(process, denoiser, batch)         # counts the calls (self._counter)
         flat = x.reshape(batch, sites)
         blocks = block_ids(sites, self.block_size, device)
         self.calls_per_row = torch.zeros(batch, dtype=torch.long)
@@ -191,9 +191,8 @@ class ParallelDecodingSampler(Sampler):
             masked = xs == mask
             unmasked_fraction = 1.0 - masked.double().mean(1)
             lam = torch.logit(unmasked_fraction).clamp_min(lam_floor)
-            prediction = denoiser(xs.reshape(-1, *shape[1:]), lam.float())
-            log_probs = self.masked_site_log_probs(process, prediction, xs.reshape(-1, *shape[1:]),
-                                                   masked.reshape(-1, *shape[1:]))          # (n, K), row-major
+            log_probs = self.predict_masked(process, xs.reshape(-1, *shape[1:]), lam, rows, batch,
+                                            masked.reshape(-1, *shape[1:]))                # (n, K), row-major
             confidence = torch.full(masked.shape, -torch.inf, dtype=torch.float64, device=device)
             confidence[masked] = site_confidence(log_probs, self.confidence)
             eligible = eligible_sites(masked, blocks)
@@ -215,6 +214,22 @@ class ParallelDecodingSampler(Sampler):
                 callback(calls, 0, flat.reshape(shape))
         self._record_cost()
         return flat.reshape(shape)
+
+    def predict_masked(self, process: ForwardProcess, xt: Tensor, lam: Tensor, rows: Tensor, batch: int,
+                       masked: Tensor) -> Tensor:
+        """log p(x0 | x_t) (n, K) at the masked sites of batch rows ``rows`` (x_t, lam: those rows), after the
+        temperature / top-k / top-p transforms. Only the unfinished rows are evaluated; a denoiser whose rows carry
+        their own state (a block-diffusion context denoiser: ``rows(index)``) is restricted to them first."""
+        counter = self._counter
+        assert counter is not None, "wrap_denoiser sets the counter"
+        if rows.numel() == batch:
+            prediction = counter(xt, lam.float())
+        else:
+            prediction = counter.call_rows(xt, lam.float(), rows)
+        if self.temperature == 1.0 and self.top_p >= 1.0 and self.top_k <= 0:
+            return self.masked_site_log_probs(process, prediction, xt, masked)
+        log_probs = process.x0_log_probs(prediction, xt)[masked]
+        return transform_x0_log_probs(log_probs, self.temperature, self.top_p, self.top_k)
 
     @staticmethod
     def masked_site_log_probs(process: ForwardProcess, prediction: Prediction, xt: Tensor, masked: Tensor) -> Tensor:
