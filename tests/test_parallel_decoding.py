@@ -276,3 +276,24 @@ def test_inside_the_blocks_of_a_block_diffusion_model():
         calls.append(out.network_calls)
     assert tvs[0] < 1.25 * max(floors), (tvs, floors)
     assert calls[1] < calls[0] and tvs[1] > max(floors) + 0.05, (calls, tvs)
+
+
+def test_cli_threshold_on_a_block_diffusion_run(tmp_path, ddiff):
+    """`ddiff sample BLOCK_RUN --sampler threshold -o tau=0.5`: decoded block by block, same text with and without
+    the KV cache."""
+    from discrete_diffusion.cli import main
+    text = tmp_path / "t.txt"
+    text.write_text("abcab cabba cab " * 200)
+    run = tmp_path / "block"
+    assert main(["train", "--out", str(run), "--no-progress", "data.name=text", f"data.path={text}", "data.seq_len=8",
+                 "process.name=masking", "model.backbone=transformer", "model.block_size=4", "model.dim=16",
+                 "model.depth=1", "model.heads=2", "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2",
+                 "train.sample_every=100", "train.batch_size=8", "train.device=cpu", "train.eval_t_samples=1",
+                 "evaluate.t_samples=1"]) == 0
+    texts = []
+    for out, extra in ((tmp_path / "a", []), (tmp_path / "b", ["--no-cache"])):
+        res = ddiff("sample", run, "--sampler", "threshold", "-o", "tau=0.5", "--num", 4, "--out", out, "--no-progress",
+                    *extra)
+        assert res.rc == 0, res.err
+        texts.append([p.read_text() for p in sorted(out.glob("*.txt"))])
+    assert texts[0] == texts[1] and len(texts[0]) == 1 and len(texts[0][0].splitlines()) == 4
