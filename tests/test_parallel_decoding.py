@@ -4,7 +4,8 @@ Oracle (DESIGN.md section 6b): on a peaked K = 3, D = 4 Markov-chain table, the 
 a small factor: one uncertain site per call) match the table to Monte-Carlo error, and the parallel settings are
 measured against the table and against the bridge (exact-ancestral grid) at about the same number of calls.
 Then the rules themselves on hand-made confidences, the blocks, the cost record, determinism, batch invariance
-(float32 CPU transformer) and the option errors.
+(float32 CPU transformer), infilling, the option errors, the CLI, and the rules inside the blocks of a block-diffusion
+model (block oracle; a block run through the CLI, cached = uncached).
 """
 
 from __future__ import annotations
