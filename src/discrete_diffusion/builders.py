@@ -15,7 +15,7 @@ from .denoiser import NetworkDenoiser
 from .losses import LogitAlphaProposal, Objective, Weighting, build_weighting
 from .nn import MLP, SequenceTransformer, UNet
 from .processes import ForwardProcess, build_process
-from .samplers import Sampler, build_sampler
+from .samplers import SAMPLERS, Sampler, build_sampler
 from .schedules import Schedule, build_schedule
 
 BACKBONE_NAMES = ("unet", "mlp", "transformer")
@@ -199,11 +199,15 @@ def build_sampler_from(config: DictConfig, name: str | None = None, steps: int |
     configured = name is None or name == config.sample.sampler
     merged = OmegaConf.to_container(config.sample.options, resolve=True) if configured else {}
     merged.update(options or {})
+    chosen = config.sample.sampler if name is None else name
+    if steps is not None and getattr(SAMPLERS.get(chosen), "rejects_steps", False):
+        raise ValueError(f"sampler {chosen!r} has no time grid: a step count would have no effect (its number of "
+                         f"network calls follows from its rule: -o tau=... or -o factor=...)")
     num_steps = config.sample.steps if steps is None else steps
     if isinstance(num_steps, int) and num_steps > MAX_SAMPLER_STEPS:
         raise ValueError(f"{num_steps} sampler steps requested; at most {MAX_SAMPLER_STEPS} are allowed "
                          "(exact samplers need none: --sampler exact)")
-    return build_sampler(config.sample.sampler if name is None else name, num_steps=num_steps, **merged)
+    return build_sampler(chosen, num_steps=num_steps, **merged)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -90,9 +90,10 @@ def sampler_options(args: argparse.Namespace) -> dict:
 
 def sample_stem(sampler, seed: int, extras: str = "") -> str:
     """File stem of samples: {sampler}{extras}_{steps}steps_seed{seed}, or {sampler}{extras}_seed{seed} for exact
-    samplers, which take no steps."""
+    samplers, which take no steps; a sampler with a ``file_tag`` (the rule samplers: ``-tau0.9``) adds it after its
+    name."""
     steps = f"_{sampler.num_steps}steps" if sampler.uses_steps else ""
-    return f"{sampler.name}{extras}{steps}_seed{seed}"
+    return f"{sampler.name}{getattr(sampler, 'file_tag', '')}{extras}{steps}_seed{seed}"
 
 
 def check_arguments(args: argparse.Namespace) -> None:
