@@ -19,6 +19,7 @@ from .builders import (
     build_dataset,
     build_denoiser,
     build_process_from,
+    resolve_process_options,
     build_proposal,
     build_schedule_from,
     resolve_device,
@@ -77,6 +78,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto",
     dev = resolve_device(device)
     dataset = build_dataset(config, run_tokenizer_json(run_dir) if config.data.tokenizer == "bpe" else None)
     check_data_manifest(run_dir, dataset, allow_change=allow_data_change)
+    resolve_process_options(config, dataset)     # a no-op for a run trained here (config.yaml records them)
     process = build_process_from(config, dataset.num_states)
     denoiser = build_denoiser(config, process, dataset.site_shape, resolve_num_classes(config, dataset))
     checkpoint = find_weights(run_dir, which)
@@ -188,7 +190,7 @@ def generate_samples(run: LoadedRun, sampler: Sampler, num_samples: int, batch_s
                 rows = labels == label
                 x[rows] = draw(int(rows.sum()), int(label)).cpu()
             chunks.append(x)
-    return torch.cat(chunks)
+    return run.process.to_data(torch.cat(chunks))      # jump: the data value round(z_0 / lambda) of each latent count
 
 
 def save_samples(samples: torch.Tensor, run: LoadedRun, out_dir: Path, stem: str = "samples") -> dict[str, str]:
@@ -200,7 +202,8 @@ def save_samples(samples: torch.Tensor, run: LoadedRun, out_dir: Path, stem: str
     array = samples.numpy()
     atomic_write(npy, lambda f: np.save(f, array))
     paths = {"npy": str(npy)}
-    if run.dataset.kind == "image":
+    k = run.dataset.num_states
+    if run.dataset.kind == "image" and k is not None and (samples.numel() == 0 or int(samples.max()) < k):
         paths["png"] = str(save_image_grid(samples[:256], run.dataset.num_states, out_dir / f"{stem}.png"))
     vocab = run.dataset.metadata.get("vocab")
     if vocab is not None:  # text and DNA: one decoded sample per line
@@ -253,7 +256,7 @@ def pool_results(results: list[LikelihoodResult]) -> LikelihoodResult:
         nll_bits_per_dim=mean("nll_bits_per_dim"), nll_bits_per_dim_stderr=stderr,
         diffusion_bits_per_dim=mean("diffusion_bits_per_dim"), prior_bits_per_dim=mean("prior_bits_per_dim"),
         reconstruction_bits_per_dim=mean("reconstruction_bits_per_dim"), num_examples=n,
-        t_samples=results[0].t_samples, prior=results[0].prior)
+        t_samples=results[0].t_samples, prior=results[0].prior, encoding_bits_per_dim=mean("encoding_bits_per_dim"))
 
 
 def per_char_fields(dataset: DiscreteDataset, split: str, result: LikelihoodResult) -> dict[str, float]:

@@ -14,6 +14,7 @@ from .base import (
     validate_labels,
     validate_values,
 )
+from .count_synthetic import PAPER_MIXTURE, load_nbinom_mixture, negative_binomial_mixture
 from .digits import load_digits_binary, load_digits_dataset
 from .dna import decode_dna, encode_dna, load_ecoli, load_fasta, read_fasta
 from .fashion_mnist import (
@@ -29,6 +30,9 @@ from .text import decode_text, encode_text, load_kjv, load_text_file
 
 __all__ = [
     "KINDS",
+    "PAPER_MIXTURE",
+    "load_nbinom_mixture",
+    "negative_binomial_mixture",
     "DATASETS",
     "DEBIAN_PACKAGE",
     "DatasetUnavailableError",

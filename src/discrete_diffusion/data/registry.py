@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from .arrays import load_array_file
 from .base import DiscreteDataset
+from .count_synthetic import load_nbinom_mixture
 from .digits import load_digits_binary, load_digits_dataset
 from .dna import load_ecoli, load_fasta
 from .fashion_mnist import load_fashion_mnist, load_fashion_mnist_binary
@@ -27,6 +28,7 @@ DATASETS: dict[str, Callable[..., DiscreteDataset]] = {
     "kjv": load_kjv,
     "fasta": load_fasta,
     "ecoli": load_ecoli,
+    "nbinom-mixture": load_nbinom_mixture,
 }
 
 

@@ -233,13 +233,15 @@ def evaluate_nll_sharded(ctx: DistContext, process, denoiser, schedule, data: to
 
 def likelihood_stats(result) -> torch.Tensor:
     """Summable statistics of a LikelihoodResult (float64): count, sum and sum of squares of the
-    per-example bound, sums of its three parts. ``None`` (an empty shard) gives zeros."""
+    per-example bound, sums of its four parts (the last the encoding entropy, jump). ``None`` (an empty shard)
+    gives zeros."""
     if result is None:
-        return torch.zeros(6, dtype=torch.float64)
+        return torch.zeros(7, dtype=torch.float64)
     n, mean = result.num_examples, result.nll_bits_per_dim
     sq = mean * mean if n == 1 else (n - 1) * result.nll_bits_per_dim_stderr ** 2 * n + n * mean * mean
     return torch.tensor([n, n * mean, sq, n * result.diffusion_bits_per_dim, n * result.prior_bits_per_dim,
-                         n * result.reconstruction_bits_per_dim], dtype=torch.float64)
+                         n * result.reconstruction_bits_per_dim, n * result.encoding_bits_per_dim],
+                        dtype=torch.float64)
 
 
 def pooled_likelihood(stats: torch.Tensor, t_samples: int, prior: str):
@@ -251,7 +253,7 @@ def pooled_likelihood(stats: torch.Tensor, t_samples: int, prior: str):
     return LikelihoodResult(nll_bits_per_dim=mean, nll_bits_per_dim_stderr=stderr,
                             diffusion_bits_per_dim=float(stats[3]) / n, prior_bits_per_dim=float(stats[4]) / n,
                             reconstruction_bits_per_dim=float(stats[5]) / n, num_examples=int(n),
-                            t_samples=t_samples, prior=prior)
+                            t_samples=t_samples, prior=prior, encoding_bits_per_dim=float(stats[6]) / n)
 
 
 def sample_sharded(ctx: DistContext, draw: Callable[[int, int], torch.Tensor], num: int,
