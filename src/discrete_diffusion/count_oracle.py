@@ -57,9 +57,12 @@ class JumpOracle:
         post = self.posterior(zt, lam)
         x0_mean = post @ self.support                                                # (B, D)
         log_probs = None
-        if self.integer:
-            onehot = torch.nn.functional.one_hot(self.support.long(), self.num_values).double()  # (J, D, V)
-            log_probs = torch.log(torch.einsum("bj,jdv->bdv", post, onehot).clamp_min(1e-300))
+        if self.integer:           # p(x0^d = v | z_t) = sum of p(j | z_t) over the rows j with x0_j^d = v
+            index = self.support.long()
+            marginals = torch.zeros(post.shape[0], index.shape[1], self.num_values, dtype=torch.float64)
+            for d in range(index.shape[1]):
+                marginals[:, d].index_add_(1, index[:, d], post)
+            log_probs = torch.log(marginals.clamp_min(1e-300))
         return self.process.prediction_from_mean(x0_mean, lam.double(), log_probs)
 
     def sample(self, num: int, generator: torch.Generator | None = None) -> Tensor:
