@@ -78,3 +78,19 @@ def test_cli_trains_samples_and_evaluates_counts_in_the_thousands(tmp_path, ddif
     assert done.rc == 0, done.err[-2000:]
     result = json.loads(done.out[done.out.index("{"):])
     assert np.isfinite(result["nll_bits_per_dim"]) and result["encoding_bits_per_dim"] > 3.0
+
+
+def test_randhie_real_counts_load_offline_or_say_how_to_install(monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("statsmodels") is not None:
+        data = load_dataset("randhie", counts=True)
+        every = torch.cat([data.train, data.val, data.test])
+        assert data.num_states is None and every.shape == (20190, 1)
+        assert int(every.max()) == 77 and abs(float(every.double().mean()) - 2.8604) < 1e-3
+        assert load_dataset("randhie").num_states == 78
+    from discrete_diffusion.data import randhie
+
+    monkeypatch.setattr(randhie.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match="pip install --no-deps statsmodels"):
+        load_dataset("randhie")

@@ -25,6 +25,7 @@ from .fashion_mnist import (
 )
 from .idx import parse_idx, read_idx
 from .png_folder import load_png_folder
+from .randhie import load_randhie
 from .registry import DATASETS, dataset_options, load_dataset, register_dataset
 from .text import decode_text, encode_text, load_kjv, load_text_file
 
@@ -53,6 +54,7 @@ __all__ = [
     "load_fashion_mnist_binary",
     "load_kjv",
     "load_png_folder",
+    "load_randhie",
     "load_text_file",
     "parse_idx",
     "quantize",

@@ -12,6 +12,7 @@ from .digits import load_digits_binary, load_digits_dataset
 from .dna import load_ecoli, load_fasta
 from .fashion_mnist import load_fashion_mnist, load_fashion_mnist_binary
 from .png_folder import load_png_folder
+from .randhie import load_randhie
 from .text import load_kjv, load_text_file
 
 __all__ = ["DATASETS", "load_dataset", "register_dataset", "dataset_options"]
@@ -29,6 +30,7 @@ DATASETS: dict[str, Callable[..., DiscreteDataset]] = {
     "fasta": load_fasta,
     "ecoli": load_ecoli,
     "nbinom-mixture": load_nbinom_mixture,
+    "randhie": load_randhie,
 }
 
 
