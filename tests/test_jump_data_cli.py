@@ -16,6 +16,8 @@ import torch
 from discrete_diffusion.builders import build_dataset, build_process_from
 from discrete_diffusion.config import load_config
 from discrete_diffusion.data import PAPER_MIXTURE, dataset_from_arrays, load_dataset, negative_binomial_mixture
+from discrete_diffusion.report import build_report
+from discrete_diffusion.report.counts import count_histogram, log_bin_edges
 
 
 def test_counts_without_num_states_keep_any_value():
@@ -78,6 +80,21 @@ def test_cli_trains_samples_and_evaluates_counts_in_the_thousands(tmp_path, ddif
     assert done.rc == 0, done.err[-2000:]
     result = json.loads(done.out[done.out.index("{"):])
     assert np.isfinite(result["nll_bits_per_dim"]) and result["encoding_bits_per_dim"] > 3.0
+    # the report shows count histograms of the samples and of the training data on log axes
+    report = build_report(run)
+    assert report.counts is not None and set(report.counts) == {"samples", "data (train split)"}
+    data_x = [x for x, _ in report.counts["data (train split)"]]
+    assert max(data_x) > 1000 and min(data_x) == 1.0            # count + 1: zeros at 1, the tail past 1000
+    assert done.rc == 0 and ddiff("report", str(run)).rc == 0 and (run / "report" / "report.png").is_file()
+
+
+def test_log_bins_and_histograms():
+    edges = log_bin_edges(5000)
+    assert edges[:8].tolist() == [0, 1, 2, 3, 4, 6, 8, 12] and edges[-1] > 5000 and edges[-2] <= 5000
+    hist = count_histogram(np.array([0, 0, 1, 5, 5000]), edges)
+    assert hist[0] == (1.0, 0.4)
+    total = sum(p * float(edges[np.searchsorted(edges, x - 1) + 1] - (x - 1)) for x, p in hist)
+    assert abs(total - 1.0) < 1e-12
 
 
 def test_randhie_real_counts_load_offline_or_say_how_to_install(monkeypatch):
