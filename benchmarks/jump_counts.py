@@ -19,7 +19,10 @@ seed sets the training data, the network's initialisation, the batches and the s
 - Gaussian DDPM (``baselines.GaussianDDPM``): standardised counts, epsilon prediction, linear betas over
   T = 100 steps, ancestral sampling, samples rounded and clipped at 0.
 
-The "floor" row is W1 between two independent held-out sets of the same sizes: what a perfect sampler gets.
+The "floor" row is W1 between two independent held-out sets of the same sizes: what a perfect sampler gets. The
+"exact denoiser" row drives JUMP's sampler (the same 100 steps, the mean plugged in) with the exact E[x0 | z_t] of
+the true mixture (``count_oracle.JumpOracle`` over 0..the 1 - 1e-12 quantile): the sampler's own error at T = 100,
+apart from any training.
 
     python benchmarks/jump_counts.py                 # 5 seeds, the table of docs/jump.md (~10 CPU minutes idle)
     python benchmarks/jump_counts.py --quick         # 1 seed, 60 steps: a smoke run
@@ -39,7 +42,10 @@ import numpy as np
 import torch
 from scipy.stats import wasserstein_distance
 
+from scipy.stats import nbinom
+
 from discrete_diffusion.baselines import GaussianDDPM
+from discrete_diffusion.count_oracle import JumpOracle
 from discrete_diffusion.data import PAPER_MIXTURE, negative_binomial_mixture
 from discrete_diffusion.denoiser import NetworkDenoiser
 from discrete_diffusion.losses import LogitAlphaProposal, training_loss
@@ -73,8 +79,21 @@ def train_discrete(process: ForwardProcess, train: torch.Tensor, args: argparse.
 @torch.no_grad()
 def sample_discrete(process: ForwardProcess, denoiser: NetworkDenoiser, args: argparse.Namespace, seed: int) -> np.ndarray:
     schedule = build_schedule("blackout", t_end=15.0)
-    sampler = build_sampler("bridge", num_steps=args.sample_steps)
+    sampler = build_sampler("bridge", num_steps=args.sample_steps, grid=None if args.grid == "blackout" else args.grid)
     x = sampler.sample(process, denoiser, schedule, (args.num_samples, 1), torch.Generator().manual_seed(seed))
+    return process.to_data(x).numpy()[:, 0]
+
+
+def exact_denoiser_samples(args: argparse.Namespace, seed: int) -> np.ndarray:
+    """JUMP's sampler driven by the exact mean of the true mixture (no network)."""
+    top = int(max(nbinom.ppf(1 - 1e-12, n, p) for _, n, p in PAPER_MIXTURE))
+    values = np.arange(top + 1)
+    pmf = sum(w * nbinom.pmf(values, n, p) for w, n, p in PAPER_MIXTURE)
+    process = JumpProcess(scale=args.scale)
+    oracle = JumpOracle(process, torch.from_numpy(values)[:, None], torch.from_numpy(pmf), with_log_probs=False)
+    schedule = build_schedule("blackout", t_end=15.0)
+    sampler = build_sampler("bridge", num_steps=args.sample_steps, grid=None if args.grid == "blackout" else args.grid)
+    x = sampler.sample(process, oracle, schedule, (args.num_samples, 1), torch.Generator().manual_seed(seed))
     return process.to_data(x).numpy()[:, 0]
 
 
@@ -111,8 +130,12 @@ def main() -> None:
     parser.add_argument("--test-size", type=int, default=10_000)
     parser.add_argument("--num-samples", type=int, default=10_000)
     parser.add_argument("--sample-steps", type=int, default=100)
+    parser.add_argument("--grid", default="blackout", help="the sampling grid (a schedule name) of the discrete models")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated subset of {','.join(METHODS)} (empty: only the floor and exact rows)")
+    parser.add_argument("--no-exact-row", dest="exact_row", action="store_false",
+                        help="leave out the row of JUMP's sampler driven by the exact denoiser")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--quick", action="store_true", help="1 seed, 60 steps, 2000 samples")
     parser.add_argument("--out", default=str(RESULTS / "jump_counts"), help="stem of the .md / .json written")
@@ -120,8 +143,8 @@ def main() -> None:
     if args.quick:
         args.seeds, args.steps, args.num_samples, args.test_size = 1, 60, 2000, 2000
     torch.set_num_threads(args.threads)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not methods or set(methods) - set(METHODS):
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]   # none: only the floor and exact rows
+    if set(methods) - set(METHODS):
         parser.error(f"--methods must name some of {', '.join(METHODS)}, got {args.methods!r}")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     command = "python benchmarks/jump_counts.py " + " ".join(sys.argv[1:])
@@ -152,6 +175,11 @@ def main() -> None:
         lines.append(f"| {names[method]} | " + " | ".join(f"{x:.3f}" for x in v)
                      + f" | {v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else float('nan'):.3f} | "
                      f"{cpu[method][0]:.0f} | {cpu[method][1]:.0f} |")
+    if args.exact_row:
+        exact = [float(wasserstein_distance(exact_denoiser_samples(args, 30_000 + s), test)) for s in seeds]
+        e = np.array(exact)
+        lines.append("| JUMP sampler, exact denoiser (no training) | " + " | ".join(f"{x:.3f}" for x in e)
+                     + f" | {e.mean():.3f} ± {e.std(ddof=1) if len(e) > 1 else float('nan'):.3f} | - | - |")
     f = np.array(floor)
     lines.append("| floor (held-out vs held-out) | " + " | ".join(f"{x:.3f}" for x in f)
                  + f" | {f.mean():.3f} ± {f.std(ddof=1) if len(f) > 1 else float('nan'):.3f} | - | - |")
@@ -162,7 +190,8 @@ def main() -> None:
             summary += f"JUMP beats {label} in {wins}/{len(seeds)} seeds. "
     settings = (f"{args.train_size} training / {args.test_size} held-out draws, {args.num_samples} samples, "
                 f"{args.steps} steps x batch {args.batch}, Adam lr {args.lr}, {args.sample_steps} sampling steps, "
-                f"proposal logistic({args.proposal_loc:g}, {args.proposal_scale:g}); W1 to the held-out draws")
+                f"proposal logistic({args.proposal_loc:g}, {args.proposal_scale:g}), sampling grid {args.grid}; W1 to the "
+                "held-out draws")
     table = "\n".join(lines)
     text = f"`{command}`\n\n{settings}\n\n{table}\n\n{summary.strip()}\n"
     print("\n" + text)
@@ -170,7 +199,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
     out.with_suffix(".json").write_text(json.dumps({
-        "command": command, "args": vars(args), "w1": w1, "floor": floor, "cpu_seconds": cpu, "samples": extra,
+        "command": command, "args": vars(args), "w1": w1, "floor": floor,
+        "exact_denoiser": exact if args.exact_row else None, "cpu_seconds": cpu, "samples": extra,
         "summary": summary.strip(), "seeds": seeds, "torch": torch.__version__, "platform": platform.platform(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, indent=2) + "\n")
 

@@ -34,9 +34,10 @@ def log_poisson_pmf(k: Tensor, rate: Tensor) -> Tensor:
 class JumpOracle:
     """Exact E[x0^d | z_t] (and p(x0^d | z_t) for an integer table) of data drawn from ``probs`` over ``support``.
 
-    support: (J, D) data vectors (long or float, >= 0); probs: (J,) non-negative weights."""
+    support: (J, D) data vectors (long or float, >= 0); probs: (J,) non-negative weights. ``with_log_probs``
+    False gives the mean only (what a trained network gives: the samplers then plug it in), at less cost."""
 
-    def __init__(self, process: JumpProcess, support: Tensor, probs: Tensor) -> None:
+    def __init__(self, process: JumpProcess, support: Tensor, probs: Tensor, with_log_probs: bool = True) -> None:
         if support.dim() != 2 or probs.shape != (support.shape[0],) or bool((support < 0).any()):
             raise ValueError(f"jump oracle: support must be (J, D) values >= 0 and probs (J,), got "
                              f"{tuple(support.shape)} and {tuple(probs.shape)}")
@@ -45,6 +46,7 @@ class JumpOracle:
         self.integer = not support.is_floating_point() or bool((support == support.round()).all())
         self.log_probs = torch.log(probs.double() / probs.double().sum())
         self.num_values = int(self.support.max()) + 1 if self.integer else 0
+        self.with_log_probs = bool(with_log_probs)
 
     def posterior(self, zt: Tensor, lam: Tensor) -> Tensor:
         """p(j | z_t): (B, J) float64 for z_t (B, D) at lam (B,)."""
@@ -57,7 +59,7 @@ class JumpOracle:
         post = self.posterior(zt, lam)
         x0_mean = post @ self.support                                                # (B, D)
         log_probs = None
-        if self.integer:           # p(x0^d = v | z_t) = sum of p(j | z_t) over the rows j with x0_j^d = v
+        if self.integer and self.with_log_probs:           # p(x0^d = v | z_t) = sum of p(j | z_t) over the rows j with x0_j^d = v
             index = self.support.long()
             marginals = torch.zeros(post.shape[0], index.shape[1], self.num_values, dtype=torch.float64)
             for d in range(index.shape[1]):
