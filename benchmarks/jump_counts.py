@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -40,9 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import wasserstein_distance
-
-from scipy.stats import nbinom
+from scipy.stats import nbinom, wasserstein_distance
 
 from discrete_diffusion.baselines import GaussianDDPM
 from discrete_diffusion.count_oracle import JumpOracle
@@ -58,7 +55,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("jump", "blackout", "gaussian")
 
 
-def train_discrete(process: ForwardProcess, train: torch.Tensor, args: argparse.Namespace, seed: int) -> NetworkDenoiser:
+def train_discrete(process: ForwardProcess, train: torch.Tensor, args: argparse.Namespace,
+                   seed: int) -> NetworkDenoiser:
     """The 3 x 128 MLP denoiser of ``process`` trained on the ELBO (mean parameterisation)."""
     torch.manual_seed(seed)
     net = MLP(process.feature_channels, process.output_channels("mean"), (1,), hidden=128, depth=3)
@@ -77,7 +75,8 @@ def train_discrete(process: ForwardProcess, train: torch.Tensor, args: argparse.
 
 
 @torch.no_grad()
-def sample_discrete(process: ForwardProcess, denoiser: NetworkDenoiser, args: argparse.Namespace, seed: int) -> np.ndarray:
+def sample_discrete(process: ForwardProcess, denoiser: NetworkDenoiser, args: argparse.Namespace,
+                    seed: int) -> np.ndarray:
     schedule = build_schedule("blackout", t_end=15.0)
     sampler = build_sampler("bridge", num_steps=args.sample_steps, grid=None if args.grid == "blackout" else args.grid)
     x = sampler.sample(process, denoiser, schedule, (args.num_samples, 1), torch.Generator().manual_seed(seed))
@@ -97,7 +96,8 @@ def exact_denoiser_samples(args: argparse.Namespace, seed: int) -> np.ndarray:
     return process.to_data(x).numpy()[:, 0]
 
 
-def run_method(method: str, train: torch.Tensor, args: argparse.Namespace, seed: int) -> tuple[np.ndarray, float, float]:
+def run_method(method: str, train: torch.Tensor, args: argparse.Namespace,
+               seed: int) -> tuple[np.ndarray, float, float]:
     """(samples, training CPU seconds, sampling CPU seconds) of one method and seed."""
     start = time.process_time()
     if method == "gaussian":
@@ -190,7 +190,8 @@ def main() -> None:
             summary += f"JUMP beats {label} in {wins}/{len(seeds)} seeds. "
     settings = (f"{args.train_size} training / {args.test_size} held-out draws, {args.num_samples} samples, "
                 f"{args.steps} steps x batch {args.batch}, Adam lr {args.lr}, {args.sample_steps} sampling steps, "
-                f"proposal logistic({args.proposal_loc:g}, {args.proposal_scale:g}), sampling grid {args.grid}; W1 to the "
+                f"proposal logistic({args.proposal_loc:g}, {args.proposal_scale:g}), sampling grid {args.grid}; "
+                "W1 to the "
                 "held-out draws")
     table = "\n".join(lines)
     text = f"`{command}`\n\n{settings}\n\n{table}\n\n{summary.strip()}\n"

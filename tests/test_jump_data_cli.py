@@ -86,6 +86,9 @@ def test_cli_trains_samples_and_evaluates_counts_in_the_thousands(tmp_path, ddif
     data_x = [x for x, _ in report.counts["data (train split)"]]
     assert max(data_x) > 1000 and min(data_x) == 1.0            # count + 1: zeros at 1, the tail past 1000
     assert done.rc == 0 and ddiff("report", str(run)).rc == 0 and (run / "report" / "report.png").is_file()
+    # posterior sampling needs a finite state space: one line, not a traceback
+    done = ddiff("posterior", str(run), "--operator", "thinning", "--p", "0.5", "--test-index", "0", "--method", "dps")
+    assert done.rc != 0 and "counts without a maximum" in done.err
 
 
 def test_log_bins_and_histograms():

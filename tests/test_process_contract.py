@@ -18,8 +18,17 @@ from typing import Callable
 import pytest
 import torch
 
-from discrete_diffusion.processes import (PROCESSES, BlackoutProcess, ForwardProcess, JumpProcess, MaskingProcess,
-                                          MatrixProcess, Prediction, UniformProcess, build_process)
+from discrete_diffusion.processes import (
+    PROCESSES,
+    BlackoutProcess,
+    ForwardProcess,
+    JumpProcess,
+    MaskingProcess,
+    MatrixProcess,
+    Prediction,
+    UniformProcess,
+    build_process,
+)
 
 FACTORIES: dict[str, Callable[[], ForwardProcess]] = {
     "blackout": lambda: BlackoutProcess(5),

@@ -51,7 +51,7 @@ class JumpOracle:
     def posterior(self, zt: Tensor, lam: Tensor) -> Tensor:
         """p(j | z_t): (B, J) float64 for z_t (B, D) at lam (B,)."""
         alpha = torch.sigmoid(lam.double())[:, None, None]
-        rates = self.process.scale * alpha * self.support[None]                     # (B, J, D)
+        rates = self.process.scale * alpha * self.support[None]                  # (B, J, D)
         log_like = log_poisson_pmf(zt[:, None, :], rates).sum(-1)                   # (B, J)
         return torch.softmax(self.log_probs[None] + log_like, dim=-1)
 
@@ -59,7 +59,7 @@ class JumpOracle:
         post = self.posterior(zt, lam)
         x0_mean = post @ self.support                                                # (B, D)
         log_probs = None
-        if self.integer and self.with_log_probs:           # p(x0^d = v | z_t) = sum of p(j | z_t) over the rows j with x0_j^d = v
+        if self.integer and self.with_log_probs:   # p(x0^d = v | z_t) = sum of p(j | z_t) over rows with x0_j^d = v
             index = self.support.long()
             marginals = torch.zeros(post.shape[0], index.shape[1], self.num_values, dtype=torch.float64)
             for d in range(index.shape[1]):

@@ -31,13 +31,23 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import data as report_data
 from ..data.limits import human_bytes
-from .data import (CURVE_KEYS, MetricsLog, QualityRecord, SamplesView, default_metric, quality_reference,
-                   quality_series, read_metrics, read_quality, read_samples)
-from .counts import count_series, is_count_run
-from .plots import Series, page_size, render_page
 from ..runs.atomic_io import atomic_write
+from . import data as report_data
+from .counts import count_series, is_count_run
+from .data import (
+    CURVE_KEYS,
+    MetricsLog,
+    QualityRecord,
+    SamplesView,
+    default_metric,
+    quality_reference,
+    quality_series,
+    read_metrics,
+    read_quality,
+    read_samples,
+)
+from .plots import Series, page_size, render_page
 
 __all__ = ["Report", "build_report", "render_png", "render_html", "write_report", "CURVE_KEYS", "MetricsLog",
            "QualityRecord", "SamplesView", "default_metric", "quality_reference", "quality_series", "read_metrics",
