@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -147,7 +148,7 @@ def main() -> None:
     if set(methods) - set(METHODS):
         parser.error(f"--methods must name some of {', '.join(METHODS)}, got {args.methods!r}")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    command = "python benchmarks/jump_counts.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/jump_counts.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     test = negative_binomial_mixture(args.test_size, PAPER_MIXTURE, seed=10_000)[:, 0]
     floor = [wasserstein_distance(negative_binomial_mixture(args.num_samples, PAPER_MIXTURE, seed=20_000 + s)[:, 0],
                                   test) for s in seeds]
