@@ -213,7 +213,7 @@ def test_same_seed_same_tokens_with_and_without_the_cache(sampler):
     name, options = ("bridge", {"cache": True}) if sampler == "bridge-cache" else (sampler, {})
     prompt = torch.tensor([1, 0, 3, 4, 1, 1])          # one whole block, then a partial one
     runs = []
-    for use_cache in (True, False):       # 41 tokens > L = 16: the context slides twice
+    for use_cache in (True, False):       # 41 tokens > L = 16: the context slides four times
         decoder = SemiAutoregressiveDecoder(build_sampler(name, num_steps=3, **options), use_cache=use_cache,
                                             max_length=41)
         runs.append(decoder.sample(process, model, schedule, 3, prompt, torch.Generator().manual_seed(13)))
@@ -237,6 +237,19 @@ def test_eos_stops_a_row_and_pads_the_rest():
         else:
             assert n == out.tokens.shape[1] and not bool((generated == 2).any())
     assert bool(out.stopped.any())
+
+
+def test_stopped_counts_only_the_returned_tokens():
+    """max_length not a multiple of the block size: the last block runs past it, and an EOS beyond max_length is
+    cut off with it, so it must not mark the row as stopped (an outside review found 8 of 240 rows wrong)."""
+    k, length, size = 5, 16, 4
+    process, schedule = build_process("masking", k), build_schedule("log-linear")
+    model = BlockNetworkDenoiser(network(k, length, time_conditioning=False), process, "logits", size)
+    decoder = SemiAutoregressiveDecoder(build_sampler("bridge", num_steps=2), max_length=18, eos=2, pad=4)
+    for seed in range(12):
+        out = decoder.sample(process, model, schedule, 8, torch.tensor([0, 1]), torch.Generator().manual_seed(seed))
+        returned_eos = (out.tokens[:, 2:] == 2).any(1)
+        assert torch.equal(out.stopped, returned_eos), seed
 
 
 @pytest.mark.parametrize("sampler", BLOCK_SAMPLERS)

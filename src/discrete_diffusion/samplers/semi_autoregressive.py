@@ -166,9 +166,8 @@ class SemiAutoregressiveDecoder:
             if self.use_cache and stream.shape[1] < total:
                 cache = model.encode(block, labels, past=cache)          # None: the window starts at this block
                 calls += 1
-            if self.eos is not None:
-                generated = stream[:, prompt_length:]
-                stopped = (generated == self.eos).any(1)
+            if self.eos is not None:  # only the tokens that will be returned count (the last block may run past)
+                stopped = (stream[:, prompt_length:total] == self.eos).any(1)
             if callback is not None:
                 callback(min(stream.shape[1], total), total)
             if self.eos is not None and bool(stopped.all()):
