@@ -103,6 +103,7 @@ class TrainConfig:
     device: str = "auto"               # auto | cpu | cuda | cuda:N
     time_limit_minutes: Optional[float] = None  # stop early (evaluate + checkpoint) once training took this long
     compile: bool = False              # torch.compile the backbone (checkpoints keep the eager parameter names)
+    sharding: str = "none"             # none (DDP under torchrun) | fsdp (FSDP2 fully_shard per block; docs/distributed.md)
 
 
 @dataclass
