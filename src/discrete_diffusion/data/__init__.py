@@ -14,6 +14,7 @@ from .base import (
     validate_labels,
     validate_values,
 )
+from .count_synthetic import PAPER_MIXTURE, load_nbinom_mixture, negative_binomial_mixture
 from .digits import load_digits_binary, load_digits_dataset
 from .dna import decode_dna, encode_dna, load_ecoli, load_fasta, read_fasta
 from .fashion_mnist import (
@@ -24,6 +25,7 @@ from .fashion_mnist import (
 )
 from .idx import parse_idx, read_idx
 from .png_folder import load_png_folder
+from .randhie import load_randhie
 from .registry import DATASETS, dataset_options, load_dataset, register_dataset
 from .kjv import load_kjv
 from .text import decode_text, encode_text, load_text_file
@@ -32,6 +34,9 @@ from .normalize import TEXT8_VOCAB, normalize_text
 
 __all__ = [
     "KINDS",
+    "PAPER_MIXTURE",
+    "load_nbinom_mixture",
+    "negative_binomial_mixture",
     "DATASETS",
     "DEBIAN_PACKAGE",
     "DatasetUnavailableError",
@@ -52,6 +57,7 @@ __all__ = [
     "load_fashion_mnist_binary",
     "load_kjv",
     "load_png_folder",
+    "load_randhie",
     "load_text_file",
     "load_text",
     "EOS",
