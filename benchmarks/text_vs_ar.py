@@ -337,8 +337,9 @@ def main() -> None:
                          "eval_s": time.perf_counter() - start, "val_curve": t["val_curve"],
                          "loss_curve": t["loss_curve"], "overrides": DIFFUSION.get(name, [])}
         log(f"  {name}: test {bpc:.4f} ± {stderr:.4f} bits/char, {t['params']:,} params ({t['trunk_params']:,} in "
-            f"attention + MLP), {tokens / t['step_s']:,.0f} train tokens/s wall ({tokens / max(t['step_cpu_s'], 1e-9):,.0f}"
-            f" per CPU-s), train {t['step_s']:.0f} s (wall {t['wall_s']:.0f} s, CPU {t['step_cpu_s']:.0f} s)")
+            f"attention + MLP), {tokens / t['step_s']:,.0f} train tokens/s wall "
+            f"({tokens / max(t['step_cpu_s'], 1e-9):,.0f} per CPU-s), train {t['step_s']:.0f} s "
+            f"(wall {t['wall_s']:.0f} s, CPU {t['step_cpu_s']:.0f} s)")
         compare(results)
         write(args, models, results, frontier, cache, tokens, dataset, test, log_lines, partial=True)
         if name == main_models[-1]:
@@ -432,7 +433,8 @@ def write(args, models, results, frontier, cache, tokens, dataset, test, log_lin
                f"Reference, the test text: judge {ref['test_judge_bits_per_char']:.3f} bits/char, unigram entropy "
                f"{ref['test_unigram_entropy_bits']:.3f} bits. {args.num_samples} samples per row; plain diffusion "
                f"{args.sample_steps} bridge steps, block diffusion {args.block_steps} per block (cached).", "",
-               "| model | temperature | judge bits/char | unigram entropy | network calls | seconds | sample (first 120 chars) |",
+               "| model | temperature | judge bits/char | unigram entropy | network calls | seconds "
+               "| sample (first 120 chars) |",
                "|---|---|---|---|---|---|---|"]
         for r in frontier["rows"]:
             md.append(f"| {r['model']} | {r['temperature']} | {r['judge_bits_per_char']:.3f} | "

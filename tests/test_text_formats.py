@@ -53,7 +53,8 @@ def test_normalize_before_split_and_recorded(tmp_path: Path) -> None:
 
 
 def test_kjv_27(monkeypatch) -> None:
-    monkeypatch.setattr(kjv_module, "kjv_text", lambda: "In the beginning God created the heaven.\nAnd the earth.\n" * 40)
+    text = "In the beginning God created the heaven.\nAnd the earth.\n" * 40
+    monkeypatch.setattr(kjv_module, "kjv_text", lambda: text)
     ds = kjv_module.load_kjv(seq_len=16, normalize="text8")
     assert ds.metadata["label"] == "KJV-27" and ds.num_states == 27
     assert rows(ds)[0] == "in the beginning"

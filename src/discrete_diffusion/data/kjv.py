@@ -126,7 +126,8 @@ def load_kjv(
 
     Split and vocabulary rules as in :func:`load_text_file`; the last 5% of the Bible (the end of the New
     Testament) is the test block. Needs the Debian package ``bible-kjv`` the first time (then cached).
-    ``normalize="text8"`` gives "KJV-27" (27 symbols, about 3.9 M characters; :mod:`~discrete_diffusion.data.normalize`).
+    ``normalize="text8"`` gives "KJV-27" (27 symbols, 4,013,873 characters;
+    :mod:`~discrete_diffusion.data.normalize`).
     """
     text = kjv_text()
     return dataset_from_text(

@@ -37,8 +37,8 @@ import torch
 from torch import Tensor
 
 from .base import DiscreteDataset, split_counts
-from .limits import DEFAULT_MAX_BYTES, check_decoded, check_max_bytes
 from .bpe_text import bpe_dataset, token_windows
+from .limits import DEFAULT_MAX_BYTES, check_decoded, check_max_bytes
 from .normalize import TEXT8_VOCAB, check_normalize, normalize_text
 from .tokenizer import TOKENIZER_KINDS
 
@@ -193,7 +193,8 @@ def dataset_from_text(
         metadata = {**(metadata or {}), "normalized_from_chars": raw_chars}
     metadata = {**(metadata or {}), "normalize": normalize}
     if not text or (normalize != "none" and not text.strip()):
-        raise ValueError(f"{where}: the text is empty" + (f" after data.normalize={normalize}" if normalize != "none" else ""))
+        after = f" after data.normalize={normalize}" if normalize != "none" else ""
+        raise ValueError(f"{where}: the text is empty{after}")
     n = len(text)
     if val_text is not None:
         val_fraction = 0.0

@@ -3,10 +3,10 @@
 ``ddiff train`` writes ``RUN_DIR/data.json`` with the SHA-256 of every data file the config names
 (``files``: ``path`` / ``val_path`` / ``test_path`` -> file and SHA-256, as the loaders record them in
 ``metadata["files"]``) and one SHA-256 over the loaded splits (``splits_sha256``: shapes, dtypes and
-values of train, val and test), which also covers built-in datasets that have no user file. Text read with a normalisation or a format other than
-the plain file (``data.normalize=text8``, ``data.format=lines|documents|text8``) also records ``text``: the rule, the
-format, the packing and the EOS id; a manifest without that key (every run written before it existed) means plain,
-unnormalised text.
+values of train, val and test), which also covers built-in datasets that have no user file.
+Text read with a normalisation or a format other than the plain file (``data.normalize=text8``,
+``data.format=lines|documents|text8``) also records ``text``: the rule, the format, the packing and the EOS id; a
+manifest without that key (every run written before it existed) means plain, unnormalised text.
 
 ``ddiff evaluate`` and ``ddiff sample`` (through :func:`~discrete_diffusion.pipeline.load_run`) load the
 data again and call :func:`check_data_manifest`: a file whose checksum differs is refused with a one-line
