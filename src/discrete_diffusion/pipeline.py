@@ -24,7 +24,7 @@ from .builders import (
     resolve_device,
     resolve_num_classes,
 )
-from .config import MODEL_SECTIONS, load_config, to_dict
+from .config import MODEL_SECTIONS, load_run_config, to_dict
 from .data import DiscreteDataset
 from .data.manifest import check_data_manifest
 from .data.text import decode_text
@@ -73,7 +73,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto",
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
-    config = load_config(run_dir / "config.yaml")
+    config = load_run_config(run_dir / "config.yaml")
     dev = resolve_device(device)
     dataset = build_dataset(config, run_tokenizer_json(run_dir) if config.data.tokenizer == "bpe" else None)
     check_data_manifest(run_dir, dataset, allow_change=allow_data_change)

@@ -12,6 +12,7 @@ Layout, for features ``(B, C_in, L)`` or token indices ``(B, L)`` long in ``0..C
 
     h = Linear(C_in -> dim)(features.transpose)              (B, L, dim)
       = W[:, tokens].T + b   for tokens, features = one_hot(tokens)  (an embedding lookup; no one-hot tensor)
+    h = h + p[:L]            absolute positions (nn/positions.py; position_embedding="none": rotary only)
     c = NoiseLevelEmbedding(dim)(noise_level)                (B, dim)
     depth x  h = h + gate1(c) * Attn(LN(h) * (1 + scale1(c)) + shift1(c))      rotary q/k, SDPA
              h = h + gate2(c) * MLP (LN(h) * (1 + scale2(c)) + shift2(c))
@@ -44,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .embeddings import ClassEmbedding, NoiseLevelEmbedding, _prepare_inputs, add_class_embedding
+from .positions import AbsolutePositionEmbedding
 
 __all__ = [
     "PreNormBlock",
@@ -201,6 +203,9 @@ class SequenceTransformer(nn.Module):
         dropout: dropout in attention, MLP and on the residual branches.
         num_classes: C > 0 adds a class embedding (C + 1 rows, the last the null class) to the noise-level
             embedding; 0 (default) is unconditional.
+        position_embedding: "sinusoidal" (default), "learned" or "none": an absolute position embedding added
+            to the input embedding (nn/positions.py); "none" is rotary only, the architecture of runs written
+            before the option, which cannot tell apart sites that hold the same token (all masked).
 
     Shapes:
         ``features`` ``(B, C_in, *site_shape)`` float, or token indices ``(B, *site_shape)`` long in
@@ -223,6 +228,7 @@ class SequenceTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         dropout: float = 0.1,
         num_classes: int = 0,
+        position_embedding: str = "sinusoidal",
     ) -> None:
         super().__init__()
         site_shape = (int(seq_len),) if isinstance(seq_len, numbers.Integral) else tuple(int(s) for s in seq_len)
@@ -241,6 +247,8 @@ class SequenceTransformer(nn.Module):
         self.site_shape = site_shape
         self.seq_len = math.prod(site_shape)
         self.input_proj = nn.Linear(in_channels, dim)
+        self.positions = (None if position_embedding == "none"
+                          else AbsolutePositionEmbedding(position_embedding, self.seq_len, dim, in_channels))
         self.noise_embedding = NoiseLevelEmbedding(dim)
         self.class_embedding = ClassEmbedding(num_classes, dim) if num_classes > 0 else None
         self.blocks = nn.ModuleList(
@@ -274,6 +282,8 @@ class SequenceTransformer(nn.Module):
             h = embed_tokens(self.input_proj, features.reshape(batch, self.seq_len))
         else:
             h = self.input_proj(features.reshape(batch, self.in_channels, self.seq_len).transpose(1, 2).to(c.dtype))
+        if self.positions is not None:
+            h = self.positions(h)
         for block in self.blocks:
             h = block(h, c)
         shift, scale = self.final_modulation(F.silu(c)).chunk(2, dim=-1)
