@@ -35,11 +35,11 @@ def test_reverse_chain_law_of_the_exact_denoiser_is_the_table(name):
     assert total_variation(product_of_marginals(probs), probs) > 0.15     # the table is far from independent
 
 
-def _train(config_overrides: list[str], steps: int, seed: int = 0):
+def _train(config_overrides: list[str], steps: int, seed: int = 0, process_name: str = "masking"):
     """A few hundred Adam steps of the ELBO on draws from the table; returns (config, process, denoiser)."""
     torch.manual_seed(seed)
-    config = load_config(None, ["process.name=masking", "model.dropout=0.0", *config_overrides])
-    process = build_process("masking", STATES)
+    config = load_config(None, [f"process.name={process_name}", "model.dropout=0.0", *config_overrides])
+    process = build_process(process_name, STATES)
     denoiser = build_denoiser(config, process, (SITES,))
     schedule, proposal = build_schedule_from(config), build_proposal(config)
     probs = correlated_table(2, 2.0)
@@ -81,3 +81,37 @@ def test_absolute_positions_give_each_masked_site_its_marginal(kind):
     average = marginals.mean(0, keepdim=True).expand_as(marginals)
     assert float((average - marginals).abs().max()) > 0.25                # what rotary-only predicts is far off
     assert float((pred - marginals).abs().max()) < 0.1
+
+
+@pytest.mark.parametrize("process_name", ["masking", "uniform"])
+def test_default_mlp_learns_correlations_within_150_steps(process_name):
+    """Fast variant of the fit test: 150 Adam steps (lr 2e-3, batch 128, fresh draws from the table) of the default
+    MLP (dropout 0). Measured (seed 0): masking TV(model, table) 0.117, TV(model, product of marginals) 0.167;
+    uniform 0.124 / 0.168. The legacy additive conditioning is a product of marginals from the start: masking
+    0.193 / 0.089, uniform 0.176 / 0.096 (the table is 0.170 from its product)."""
+    _, process, denoiser = _train(["model.backbone=mlp"], 150, process_name=process_name)
+    probs = correlated_table(2, 2.0)
+    law = reverse_chain_law(process, denoiser, build_schedule("log-linear"), SITES, steps=50)
+    assert total_variation(law, product_of_marginals(probs)) > 0.12
+    assert total_variation(law, probs) < 0.15
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("process_name", ["masking", "uniform"])
+def test_default_mlp_fits_a_correlated_table(tmp_path, process_name):
+    """``ddiff train`` with the default settings (3000 steps) and model.backbone=mlp on 20000 draws from the table:
+    the trained model's exact law is within TV 0.05 of the table (the legacy additive conditioning: 0.17, the
+    product of the marginals)."""
+    from table_fit import write_table_data
+
+    from discrete_diffusion.pipeline import load_run
+    from discrete_diffusion.train.trainer import Trainer
+
+    probs = correlated_table(2, 2.0)
+    data = write_table_data(tmp_path, probs, 20000)
+    config = load_config(None, ["data.name=array", f"data.path={data}", "data.num_states=3", "train.device=cpu",
+                                f"process.name={process_name}", "model.backbone=mlp"])
+    Trainer(config, tmp_path / "run", progress=False, log=lambda _: None).fit()
+    run = load_run(tmp_path / "run", "latest", "cpu")
+    law = reverse_chain_law(run.process, run.denoiser, run.schedule, SITES, steps=100)
+    assert total_variation(law, probs) < 0.05
