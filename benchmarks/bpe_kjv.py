@@ -13,7 +13,7 @@ import resource
 import time
 
 from discrete_diffusion.data import load_kjv
-from discrete_diffusion.data.text import kjv_text
+from discrete_diffusion.data.kjv import kjv_text
 from discrete_diffusion.data.tokenizer import BpeTokenizer
 
 

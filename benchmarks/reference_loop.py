@@ -60,7 +60,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from discrete_diffusion.train.atomic_io import atomic_write_text as write_text  # never through a link
+from discrete_diffusion.runs.atomic_io import atomic_write_text as write_text
 from discrete_diffusion.denoiser import NetworkDenoiser
 from discrete_diffusion.losses import LogitAlphaProposal, NoiseDraw, diffusion_terms, training_loss
 from discrete_diffusion.nn import SequenceTransformer

@@ -38,7 +38,7 @@ from discrete_diffusion.oracle import (  # noqa: E402
 from discrete_diffusion.posterior.oracle_prior import OraclePriorStep  # noqa: E402
 from discrete_diffusion.posterior.split_gibbs import split_gibbs_sample  # noqa: E402
 from discrete_diffusion.samplers import build_sampler  # noqa: E402
-from discrete_diffusion.train.atomic_io import atomic_write_text  # noqa: E402
+from discrete_diffusion.runs.atomic_io import atomic_write_text
 
 T_MAX = 0.9
 

@@ -18,7 +18,7 @@ import torch
 
 from discrete_diffusion import losses
 from discrete_diffusion.builders import build_proposal
-from discrete_diffusion.evaluate.likelihood import evaluate_nll
+from discrete_diffusion.likelihood import evaluate_nll
 from discrete_diffusion.pipeline import load_model_weights, load_run
 
 

@@ -48,7 +48,7 @@ def make_trainer(kind: str, run_dir: Path, out: Path, *overrides: str) -> Traine
 
 
 if __name__ == "__main__":
-    from discrete_diffusion.train.distributed import teardown
+    from discrete_diffusion.distributed import teardown
 
     torch.set_num_threads(1)   # the arithmetic of the in-process reference run (tests/conftest.py)
     kind_, run_, out_, *extra = sys.argv[1:]

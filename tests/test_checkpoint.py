@@ -14,12 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from discrete_diffusion.train.checkpoint import (
-    find_latest_checkpoint,
-    load_checkpoint,
-    load_model_weights,
-    save_checkpoint,
-)
+from discrete_diffusion.runs.weights import find_latest_checkpoint, load_model_weights
+from discrete_diffusion.train.checkpoint import load_checkpoint, save_checkpoint
 from discrete_diffusion.train.ema import EMA
 from discrete_diffusion.train.optim import build_optimizer, clip_gradients, warmup_cosine_schedule
 

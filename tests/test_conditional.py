@@ -96,7 +96,7 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
     from safetensors.torch import load_file
 
-    from discrete_diffusion.train.checkpoint import find_latest_checkpoint
+    from discrete_diffusion.runs.weights import find_latest_checkpoint
 
     manifest = find_latest_checkpoint(run_dir / "checkpoints")
     return load_file(str(manifest.parent / json.loads(manifest.read_text())["tensors_file"]))
@@ -217,7 +217,7 @@ def test_evaluate_conditional_run_scores_each_class(cond_run):
     labels = run.dataset.val_labels
     assert torch.unique(labels).numel() > 1
     from discrete_diffusion.builders import build_proposal
-    from discrete_diffusion.evaluate.likelihood import evaluate_nll
+    from discrete_diffusion.likelihood import evaluate_nll
 
     generator = torch.Generator().manual_seed(0)
     manual = sum(float((labels == c).sum()) * evaluate_nll(

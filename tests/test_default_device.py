@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from discrete_diffusion.evaluate.likelihood import evaluate_nll
+from discrete_diffusion.likelihood import evaluate_nll
 from discrete_diffusion.processes import build_process
 from discrete_diffusion.samplers import SAMPLERS, build_sampler
 from discrete_diffusion.schedules import build_schedule

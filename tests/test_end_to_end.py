@@ -14,10 +14,11 @@ from PIL import Image
 
 from conftest import TINY, read_metrics, with_overrides
 from discrete_diffusion import cli
+from discrete_diffusion.cli import train as cli_train
 from discrete_diffusion.builders import build_sampler_from
 from discrete_diffusion.config import load_config
 from discrete_diffusion.pipeline import evaluate_run, generate_samples, load_run, save_samples
-from discrete_diffusion.train.checkpoint import find_latest_checkpoint
+from discrete_diffusion.runs.weights import find_latest_checkpoint
 from discrete_diffusion.train.trainer import Trainer
 
 
@@ -90,7 +91,7 @@ def _check_demo_outputs(out: Path, capsys_out: str) -> dict:
 
 def test_demo_with_tiny_model(tmp_path, monkeypatch, capsys):
     """The demo's code path with the default model swapped for the tiny one (fast)."""
-    monkeypatch.setattr(cli, "DEMO_OVERRIDES", [o for o in TINY if not o.startswith("train.device")])
+    monkeypatch.setattr(cli_train, "DEMO_OVERRIDES", [o for o in TINY if not o.startswith("train.device")])
     out = tmp_path / "demo"
     assert cli.main(["demo", "--out", str(out), "--steps", "4", "--no-progress", "--device", "cpu"]) == 0
     metrics = _check_demo_outputs(out, capsys.readouterr().out)

@@ -25,7 +25,8 @@ from discrete_diffusion.cli import main
 from discrete_diffusion.config import load_config
 from discrete_diffusion.train import checkpoint as checkpoint_module
 from discrete_diffusion.train import trainer as trainer_module
-from discrete_diffusion.train.checkpoint import find_latest_checkpoint, load_checkpoint
+from discrete_diffusion.runs.weights import find_latest_checkpoint
+from discrete_diffusion.train.checkpoint import load_checkpoint
 from discrete_diffusion.train.trainer import Trainer, model_config
 from test_resume import assert_no_duplicate_steps, final_tensors
 

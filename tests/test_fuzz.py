@@ -323,7 +323,8 @@ def test_hostile_manifest_is_skipped_or_refused_with_value_error(data: bytes) ->
     """A manifest with any value replaced: scanning returns it or the previous valid checkpoint (never raises);
     loading it either restores or raises ValueError before anything is restored. About 0.1 s an example:
     30 by default (under 5 s); FUZZ_N=1200 ran clean (2 min)."""
-    from discrete_diffusion.train.checkpoint import find_latest_checkpoint, load_checkpoint
+    from discrete_diffusion.runs.weights import find_latest_checkpoint
+    from discrete_diffusion.train.checkpoint import load_checkpoint
     from discrete_diffusion.train.trainer import best_record
 
     folder, _ = _checkpoint_pair()

@@ -228,7 +228,7 @@ def _evaluate(ddiff, run: Path, *extra: str):
 
 
 def test_test_path_end_to_end_and_data_change_is_refused(ddiff, tmp_path: Path) -> None:
-    from discrete_diffusion.data.manifest import DataChangedWarning
+    from discrete_diffusion.runs.data_record import DataChangedWarning
 
     rng = np.random.default_rng(0)
     np.save(tmp_path / "train.npy", rng.integers(0, 4, (40, 6)))
@@ -264,7 +264,7 @@ def test_test_path_end_to_end_and_data_change_is_refused(ddiff, tmp_path: Path) 
 
 
 def test_data_manifest_covers_builtin_datasets(tmp_path: Path) -> None:
-    from discrete_diffusion.data.manifest import DataChangedError, check_data_manifest, write_data_manifest
+    from discrete_diffusion.runs.data_record import DataChangedError, check_data_manifest, write_data_manifest
 
     ds = load_dataset("digits")
     write_data_manifest(tmp_path, ds)

@@ -19,8 +19,8 @@ from conftest import with_overrides
 from discrete_diffusion.cli import main
 from discrete_diffusion.posterior import DownsampleOperator, ThinningOperator
 from discrete_diffusion.posterior.metrics import posterior_mean, psnr, rounded_accuracy, sample_accuracy, sample_scores
-from discrete_diffusion.posterior_cli import observation_levels, posterior_grid
-from discrete_diffusion.posterior_inputs import build_cli_operator, half_mask
+from discrete_diffusion.cli.posterior import observation_levels, posterior_grid
+from discrete_diffusion.cli.posterior_inputs import build_cli_operator, half_mask
 
 #: A tiny masking run (the session's trained_run is Blackout).
 MASKING = with_overrides("process.name=masking")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import with_overrides
-from discrete_diffusion import report_data
+from discrete_diffusion.report import data as report_data
 from discrete_diffusion.data.dna import encode_dna
 
 #: A tiny masking transformer on 1-D windows of 32 symbols: seconds on a CPU.

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from conftest import read_metrics as parse_metrics_lines
-from discrete_diffusion import report as rep
-from discrete_diffusion import report_data
-from discrete_diffusion.report_plots import page_size
+from discrete_diffusion.report import page as rep
+from discrete_diffusion.report import data as report_data
+from discrete_diffusion.report.plots import page_size
 
 
 def _quality(directory: Path, stem: str, sampler: object, nfe: object, metrics: dict, **extra: object) -> None:
@@ -294,7 +294,7 @@ def test_extreme_values_do_not_break_the_plot(tmp_path: Path) -> None:
 
 
 def test_nice_ticks() -> None:
-    from discrete_diffusion.report_plots import nice_ticks
+    from discrete_diffusion.report.plots import nice_ticks
 
     assert nice_ticks(0.0, 1.0) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     assert nice_ticks(3.3, 3.9) == pytest.approx([3.4, 3.6, 3.8])  # range / 5 = 0.12: steps of 0.2

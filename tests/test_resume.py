@@ -15,7 +15,8 @@ from conftest import read_metrics, with_overrides
 from discrete_diffusion.cli import main
 from discrete_diffusion.config import load_config
 from discrete_diffusion.train import diffusion_task
-from discrete_diffusion.train.checkpoint import find_latest_checkpoint, load_checkpoint
+from discrete_diffusion.runs.weights import find_latest_checkpoint
+from discrete_diffusion.train.checkpoint import load_checkpoint
 from discrete_diffusion.train.trainer import Trainer, model_config
 
 # 8 steps, validation every 2 (so metrics exist after the step-4 checkpoint), checkpoints every 4,

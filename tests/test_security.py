@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from discrete_diffusion.pipeline import load_run
-from discrete_diffusion.train.checkpoint import (find_latest_checkpoint, load_checkpoint, load_model_weights,
-                                                 safe_torch_load)
+from discrete_diffusion.runs.weights import find_latest_checkpoint, load_model_weights, safe_torch_load
+from discrete_diffusion.train.checkpoint import load_checkpoint
 
 
 class Payload:

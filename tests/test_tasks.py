@@ -19,7 +19,7 @@ from task_child import KINDS, make_trainer
 
 from conftest import read_metrics
 from discrete_diffusion.cli import main
-from discrete_diffusion.train.checkpoint import find_latest_checkpoint
+from discrete_diffusion.runs.weights import find_latest_checkpoint
 from discrete_diffusion.train.trainer import Trainer
 
 #: A tiny uniform-noise run on the bundled digits (8x8, 17 levels, 10 classes) with an MLP: the planner and the

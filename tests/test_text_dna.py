@@ -13,15 +13,8 @@ import torch
 from discrete_diffusion.data import DATASETS, load_dataset
 from discrete_diffusion.data.dna import ECOLI_PATH, decode_dna, encode_dna, load_ecoli, load_fasta, read_fasta
 from discrete_diffusion.data.fashion_mnist import DatasetUnavailableError
-from discrete_diffusion.data.text import (
-    UNK,
-    decode_text,
-    encode_text,
-    extract_kjv_verses,
-    kjv_cache_path,
-    load_kjv,
-    load_text_file,
-)
+from discrete_diffusion.data.kjv import extract_kjv_verses, kjv_cache_path, load_kjv
+from discrete_diffusion.data.text import UNK, decode_text, encode_text, load_text_file
 
 # ----------------------------------------------------------------------------------------- text
 

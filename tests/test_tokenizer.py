@@ -14,14 +14,9 @@ pytest.importorskip("tokenizers")
 
 from discrete_diffusion.config import load_config  # noqa: E402
 from discrete_diffusion.data import load_text_file  # noqa: E402
-from discrete_diffusion.data.tokenizer import (  # noqa: E402
-    TOKENIZER_NAME,
-    BpeTokenizer,
-    TokenizerUnavailableError,
-    run_tokenizer_json,
-    train_bpe,
-)
-from discrete_diffusion.evaluate.likelihood import LikelihoodResult, bits_per_char  # noqa: E402
+from discrete_diffusion.data.tokenizer import TOKENIZER_NAME, BpeTokenizer, TokenizerUnavailableError, train_bpe
+from discrete_diffusion.runs.tokenizer_file import run_tokenizer_json
+from discrete_diffusion.likelihood import LikelihoodResult, bits_per_char
 from discrete_diffusion.pipeline import per_char_fields  # noqa: E402
 
 WORDS = ["the", "lord", "said", "unto", "moses", "and", "he", "went", "out", "of", "land", "egypt", "city",
@@ -197,7 +192,7 @@ def test_tampered_cached_tokenizer_is_refused(bpe_run, ddiff, tmp_path):
 def test_resume_uses_the_cached_tokenizer(bpe_run, ddiff, tmp_path, monkeypatch):
     import shutil
 
-    import discrete_diffusion.data.text as text_module
+    import discrete_diffusion.data.bpe_text as text_module
 
     run = tmp_path / "run"
     shutil.copytree(bpe_run, run)

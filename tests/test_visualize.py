@@ -1,4 +1,4 @@
-"""Tests for discrete_diffusion.visualize."""
+"""Tests for discrete_diffusion.report.grids."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from discrete_diffusion.visualize import image_grid, save_image_grid
+from discrete_diffusion.report.grids import image_grid, save_image_grid
 
 
 def test_grayscale_grid_size_and_pixels(tmp_path: Path) -> None:

@@ -378,13 +378,6 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def save_config(config: DictConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically, never through a symbolic link: train/atomic_io.py)."""
-    from .train.atomic_io import atomic_write_text
-
-    atomic_write_text(Path(path), OmegaConf.to_yaml(config))
-
-
 def to_dict(config: DictConfig) -> dict[str, Any]:
     """Plain JSON-able dict of a config."""
     return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]

@@ -1,89 +1,33 @@
-"""Rebuild a trained model from its run directory alone, then sample from it or evaluate it.
+"""Sample from and evaluate a loaded run: conditioning (classes, classifier-free and classifier guidance,
+infilling), batched generation, saving samples, and the test likelihood by class.
 
-Weights come from safetensors (EMA weights), metadata from JSON and YAML: nothing is unpickled.
+Loading a run lives in :mod:`discrete_diffusion.runs.load`; ``load_run`` / ``LoadedRun`` stay importable
+from here.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from .builders import (
-    build_dataset,
-    build_denoiser,
-    build_process_from,
     build_proposal,
-    build_schedule_from,
-    resolve_device,
-    resolve_num_classes,
 )
-from .config import MODEL_SECTIONS, load_run_config, to_dict
 from .data import DiscreteDataset
-from .data.manifest import check_data_manifest
 from .data.text import decode_text
-from .data.tokenizer import BpeTokenizer, run_tokenizer_json
-from .denoiser import ConditionalDenoiser, Denoiser, NetworkDenoiser, check_labels
+from .data.tokenizer import BpeTokenizer
+from .denoiser import ConditionalDenoiser, Denoiser, check_labels
 from .guidance import ClassifierFreeDenoiser, check_infill, classifier_guided_sample, infill_sample
-from .evaluate.likelihood import LikelihoodResult, bits_per_char, evaluate_nll
-from .processes import ForwardProcess
+from .likelihood import LikelihoodResult, bits_per_char, evaluate_nll
 from .samplers import Sampler
-from .schedules import Schedule
-from .train.atomic_io import atomic_write, atomic_write_text, ensure_dir
-from .train.checkpoint import find_latest_checkpoint, load_model_weights
-from .visualize import save_image_grid
-
-
-@dataclass
-class LoadedRun:
-    config: DictConfig
-    dataset: DiscreteDataset
-    process: ForwardProcess
-    schedule: Schedule
-    denoiser: NetworkDenoiser
-    device: torch.device
-    checkpoint: Path
-
-
-def find_weights(run_dir: Path, which: str = "best") -> Path:
-    """The checkpoint to use: "best" (lowest validation NLL; falls back to latest) or "latest"."""
-    if which not in ("best", "latest"):
-        raise ValueError(f"checkpoint must be 'best' or 'latest', got {which!r}")
-    found = find_latest_checkpoint(run_dir / "best") if which == "best" else None
-    found = found or find_latest_checkpoint(run_dir / "checkpoints")
-    if found is None:
-        raise ValueError(f"no complete checkpoint under {run_dir} (expected best/ or checkpoints/); "
-                         f"train one with `ddiff train --out {run_dir}`")
-    return found
-
-
-def load_run(run_dir: str | Path, which: str = "best", device: str = "auto",
-             allow_data_change: bool = False) -> LoadedRun:
-    """Rebuild config, data, process, schedule and the EMA denoiser from ``run_dir``.
-
-    The data are checked against the checksums recorded at training time (``data.json``): a changed file
-    raises :class:`~discrete_diffusion.data.manifest.DataChangedError` unless ``allow_data_change``, which
-    warns instead (see :func:`~discrete_diffusion.data.manifest.check_data_manifest`)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
-    config = load_run_config(run_dir / "config.yaml")
-    dev = resolve_device(device)
-    dataset = build_dataset(config, run_tokenizer_json(run_dir) if config.data.tokenizer == "bpe" else None)
-    check_data_manifest(run_dir, dataset, allow_change=allow_data_change)
-    process = build_process_from(config, dataset.num_states)
-    denoiser = build_denoiser(config, process, dataset.site_shape, resolve_num_classes(config, dataset))
-    checkpoint = find_weights(run_dir, which)
-    full = to_dict(config)  # a config.yaml edited after training must still describe the saved model
-    load_model_weights(checkpoint, denoiser, use_ema=True, expected_config={k: full[k] for k in MODEL_SECTIONS})
-    denoiser.to(dev).eval()
-    return LoadedRun(config, dataset, process, build_schedule_from(config), denoiser, dev, checkpoint)
+from .runs.atomic_io import atomic_write, atomic_write_text, ensure_dir
+from .runs.load import LoadedRun, find_weights, load_run, write_json  # noqa: F401  (public names)
+from .report.grids import save_image_grid
 
 
 @dataclass
@@ -194,7 +138,7 @@ def generate_samples(run: LoadedRun, sampler: Sampler, num_samples: int, batch_s
 def save_samples(samples: torch.Tensor, run: LoadedRun, out_dir: Path, stem: str = "samples") -> dict[str, str]:
     """Write samples as ``.npy`` (and a PNG grid for images); return the paths written. ``out_dir`` is created;
     it must not be a symbolic link, and every file is written atomically without following links
-    (train/atomic_io.py)."""
+    (runs/atomic_io.py)."""
     ensure_dir(out_dir)
     npy = out_dir / f"{stem}.npy"
     array = samples.numpy()
@@ -210,12 +154,10 @@ def save_samples(samples: torch.Tensor, run: LoadedRun, out_dir: Path, stem: str
 
     tokenizer = run.dataset.metadata.get("tokenizer_json")
     if tokenizer is not None:  # BPE text: one decoded sample per line, newlines and carriage returns escaped
-        from .train import atomic_io
-
         lines = "".join(line.replace("\n", "\\n").replace("\r", "\\r") + "\n"
                         for line in BpeTokenizer(tokenizer).decode_rows(samples))
         text = out_dir / f"{stem}.txt"
-        atomic_io.atomic_write(text, lambda f: f.write(lines.encode("utf-8")))
+        atomic_write(text, lambda f: f.write(lines.encode("utf-8")))
         paths["txt"] = str(text)
     return paths
 
@@ -282,6 +224,3 @@ def likelihood_unit(dataset: DiscreteDataset) -> str:
     return "bits/base" if list(vocab) == list("ACGT") else "bits/char"
 
 
-def write_json(path: Path, payload: dict) -> None:
-    """Write ``payload`` as indented JSON, atomically and never through a symbolic link."""
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")

@@ -45,9 +45,9 @@ from .denoiser import Denoiser, backbone_input, noise_level_input
 from .processes import ForwardProcess
 from .schedules import Schedule
 from .train.companion import companion_config, companion_dir, train_companion
-from .train.distributed import DistContext, setup
-from .train.ema import compare_tensors
-from .train.run_results import export_weights, load_best_weights, validation_curve
+from .distributed import DistContext, setup
+from .runs.tensors import compare_tensors
+from .runs.results import export_weights, load_best_weights, validation_curve
 from .train.task import Task, TaskLoss, TaskSetup, model_config, module_record, reduce_over_batches, tensor_dataset
 
 #: ``planner(x_t (B, *sites) long, lam (B,)) -> P(site is noise | x_t) (B, *sites)``, as the ddpd sampler takes it.
@@ -224,7 +224,7 @@ def train_planner(run_dir: str | Path, overrides: list[str] | None = None, out_d
     ``resume``: continue the training there). ``overrides`` (``model.*`` and ``train.*`` only) change the run's
     config for the planner. Under torchrun every rank calls this; rank 0 returns the metrics written to
     ``metrics.json``, the others None."""
-    from .pipeline import load_run, write_json
+    from .runs.load import load_run, write_json
 
     run_dir = Path(run_dir)
     out = companion_dir(run_dir, out_dir, "planner")

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from ..config import load_config
-from ..train.run_results import export_weights, load_best_weights, validation_curve
+from ..runs.results import export_weights, load_best_weights, validation_curve
 from ..train.task import Task
 from ..train.trainer import Trainer
 from .exact_task import ExactLikelihoodModel, ExactLikelihoodTask

@@ -25,7 +25,8 @@ from .fashion_mnist import (
 from .idx import parse_idx, read_idx
 from .png_folder import load_png_folder
 from .registry import DATASETS, dataset_options, load_dataset, register_dataset
-from .text import decode_text, encode_text, load_kjv, load_text_file
+from .kjv import load_kjv
+from .text import decode_text, encode_text, load_text_file
 
 __all__ = [
     "KINDS",

@@ -11,7 +11,8 @@ from .digits import load_digits_binary, load_digits_dataset
 from .dna import load_ecoli, load_fasta
 from .fashion_mnist import load_fashion_mnist, load_fashion_mnist_binary
 from .png_folder import load_png_folder
-from .text import load_kjv, load_text_file
+from .kjv import load_kjv
+from .text import load_text_file
 
 __all__ = ["DATASETS", "load_dataset", "register_dataset", "dataset_options"]
 

@@ -1,4 +1,4 @@
-"""Character-level text datasets: any UTF-8 file (``"text"``) and the King James Bible (``"kjv"``).
+"""Character-level text datasets from any UTF-8 file (``"text"``); the KJV corpus is :mod:`.kjv`.
 
 Tokenisation is one token per Unicode code point (a "character"); nothing is normalised (line endings,
 case and whitespace are kept as in the file), except that a leading UTF-8 byte-order mark is dropped.
@@ -21,30 +21,13 @@ symbols (JSON-serialisable), so a run directory can decode samples with :func:`d
 ``num_states = len(metadata["vocab"])``.
 
 Subwords: with ``tokenizer="bpe"`` and ``vocab_size=N`` (config ``data.tokenizer=bpe data.vocab_size=N``) the
-blocks are split as above, a byte-level BPE tokenizer is trained on the training block
-(:mod:`~discrete_diffusion.data.tokenizer`), each block is tokenised and cut into windows of ``seq_len``
-*tokens*, and ``num_states = N``. There is no ``metadata["vocab"]`` then; ``metadata["tokenizer_json"]`` holds
-the tokenizer, ``metadata["tokenizer"]`` its summary, ``metadata["files"]["tokenizer"]`` its SHA-256 (recorded
-in a run's ``data.json``) and ``metadata["window_chars"]`` the number of characters the kept windows of each
-split decode to (for bits per character).
-
-KJV: the Debian package ``bible-kjv`` provides the ``bible`` program; the text is
-``bible -f off Gen1:1-Rev22:21 </dev/null`` with the stray first line (the program echoes a verse that
-is not Genesis 1:1, e.g. ``Obad1:1 ...``, before the requested range) and the leading verse references
-(``Ge1:1 ``, ``Rev22:21 ``) removed: one verse per line, lines joined by ``"\\n"`` and ending with one.
-That is 31,102 verses, 4,137,850 characters and 63 distinct symbols. The extracted text is cached
-(atomic write) as ``$DDIFF_DATA_DIR/kjv.txt`` or ``~/.cache/discrete-diffusion/kjv.txt`` so ``bible``
-runs once.
+blocks are split as above and tokenised by :mod:`~discrete_diffusion.data.bpe_text`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,32 +37,17 @@ import torch
 from torch import Tensor
 
 from .base import DiscreteDataset, split_counts
-from .fashion_mnist import DatasetUnavailableError
 from .limits import DEFAULT_MAX_BYTES, check_decoded, check_max_bytes
-from .tokenizer import TOKENIZER_KINDS, TOKENIZER_NAME, BpeTokenizer, check_vocab_size, train_bpe
+from .bpe_text import bpe_dataset, token_windows
+from .tokenizer import TOKENIZER_KINDS
 
-__all__ = [
-    "UNK",
-    "KJV_DEBIAN_PACKAGE",
-    "load_text_file",
-    "dataset_from_text",
-    "read_utf8",
-    "encode_text",
-    "decode_text",
-    "load_kjv",
-    "kjv_text",
-    "kjv_cache_path",
-    "extract_kjv_verses",
-]
+__all__ = ["UNK", "load_text_file", "dataset_from_text", "read_utf8", "encode_text", "decode_text"]
 
 #: Vocabulary entry for characters not in the vocabulary (multi-character, so it cannot clash).
 UNK = "<unk>"
-#: Debian/Ubuntu package that installs the ``bible`` program and the KJV text.
-KJV_DEBIAN_PACKAGE = "bible-kjv"
 
 _BOM = "\ufeff"
 _ENCODE_CHUNK = 1 << 20
-_VERSE_REF = re.compile(r"^(?:[1-3]?[A-Z][A-Za-z]*)(\d+):(\d+) ")
 
 
 def read_utf8(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
@@ -176,11 +144,6 @@ def decode_text(tokens: Tensor | Sequence[Sequence[int]], vocab: str | Sequence[
     return ["".join(symbols[i] if 0 <= i < k else "\ufffd" for i in row) for row in t.tolist()]
 
 
-def _windows(tokens: Tensor, seq_len: int) -> Tensor:
-    n = tokens.shape[0] // seq_len
-    return tokens[: n * seq_len].reshape(n, seq_len).clone()
-
-
 def dataset_from_text(
     text: str,
     *,
@@ -228,7 +191,7 @@ def dataset_from_text(
     if tokenizer == "bpe":
         if vocab is not None:
             raise ValueError("a fixed character vocab cannot be combined with data.tokenizer=bpe")
-        return _bpe_dataset(blocks, seq_len=seq_len, vocab_size=vocab_size, tokenizer_json=tokenizer_json,
+        return bpe_dataset(blocks, seq_len=seq_len, vocab_size=vocab_size, tokenizer_json=tokenizer_json,
                             name=name, metadata=metadata, where=where, split={
                                 "method": "contiguous blocks by position: train | val | test",
                                 "chars": {split: len(b) for split, b in blocks.items()},
@@ -252,7 +215,7 @@ def dataset_from_text(
     need_unk = any(unk_count.values()) or (vocab is not None and UNK in list(vocab))
     if need_unk:
         symbols = symbols + [UNK]
-    parts = {split: _windows(encode_text(b, symbols), seq_len) for split, b in blocks.items()}
+    parts = {split: token_windows(encode_text(b, symbols), seq_len) for split, b in blocks.items()}
     dropped = {split: len(b) - parts[split].numel() for split, b in blocks.items()}
     meta = dict(metadata or {})
     meta.update(
@@ -273,41 +236,6 @@ def dataset_from_text(
     )
     return DiscreteDataset(
         train=parts["train"], val=parts["val"], test=parts["test"], num_states=len(symbols),
-        name=name, kind="sequence", metadata=meta,
-    )
-
-
-def _bpe_dataset(blocks: dict[str, str], *, seq_len: int, vocab_size: int | None, tokenizer_json: str | None,
-                 name: str, metadata: dict[str, Any] | None, where: str, split: dict[str, Any]) -> DiscreteDataset:
-    """The BPE branch of :func:`dataset_from_text`: train (or load) the tokenizer, tokenise, cut windows."""
-    if vocab_size is None:
-        raise ValueError("data.tokenizer=bpe needs data.vocab_size (an integer in 257..65536), e.g. 4096")
-    check_vocab_size(vocab_size)
-    json_text = train_bpe(blocks["train"], vocab_size) if tokenizer_json is None else tokenizer_json
-    bpe = BpeTokenizer(json_text, where=f"{where}: tokenizer")
-    if bpe.size > vocab_size:
-        raise ValueError(f"{where}: the tokenizer has {bpe.size} tokens, more than data.vocab_size={vocab_size}")
-    ids = {s: bpe.encode(b) for s, b in blocks.items()}
-    if ids["train"].numel() < seq_len:
-        raise ValueError(f"{where}: the training block has {ids['train'].numel()} tokens, fewer than "
-                         f"seq_len={seq_len}; use a smaller seq_len or a longer text")
-    parts = {s: _windows(t, seq_len) for s, t in ids.items()}
-    meta = dict(metadata or {})
-    files = dict(meta.get("files") or {})
-    files["tokenizer"] = {"file": TOKENIZER_NAME, "sha256": bpe.sha256}
-    meta.update(
-        tokenizer={"kind": "bpe", "vocab_size": vocab_size, "trained_tokens": bpe.size, "sha256": bpe.sha256},
-        tokenizer_json=json_text,
-        files=files,
-        seq_len=seq_len,
-        num_chars=sum(len(b) for b in blocks.values()),
-        num_tokens={s: int(t.numel()) for s, t in ids.items()},
-        window_chars={s: len(bpe.decode(p.reshape(-1))) for s, p in parts.items()},
-        dropped_tokens={s: int(ids[s].numel() - p.numel()) for s, p in parts.items()},
-        split=split,
-    )
-    return DiscreteDataset(
-        train=parts["train"], val=parts["val"], test=parts["test"], num_states=vocab_size,
         name=name, kind="sequence", metadata=meta,
     )
 
@@ -371,113 +299,4 @@ def load_text_file(
         metadata={"source": str(p.resolve()), "files": files},
         val_text=extra.get("val"), test_text=extra.get("test"),
         tokenizer=tokenizer, vocab_size=vocab_size, tokenizer_json=tokenizer_json,
-    )
-
-
-# --------------------------------------------------------------------------------------------- KJV
-
-
-def kjv_cache_path() -> Path:
-    """``$DDIFF_DATA_DIR/kjv.txt`` when ``DDIFF_DATA_DIR`` is set, else ``~/.cache/discrete-diffusion/kjv.txt``."""
-    root = os.environ.get("DDIFF_DATA_DIR")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "discrete-diffusion"
-    return base / "kjv.txt"
-
-
-def extract_kjv_verses(raw: str) -> str:
-    """Verse text from the output of ``bible -f off Gen1:1-Rev22:21``.
-
-    Lines before the first ``Ge1:1`` line (the stray echoed verse) are dropped, the reference prefix
-    (``Ge1:1 ``) of every line is removed, and the verses are joined with ``"\\n"`` (one per line, with a
-    final newline). A line without a reference is an error (the output format changed).
-    """
-    lines = raw.split("\n")
-    start = next((i for i, line in enumerate(lines) if line.startswith("Ge1:1 ")), None)
-    if start is None:
-        raise ValueError("unexpected output of `bible`: no line starts with the reference 'Ge1:1 '")
-    verses = []
-    for i, line in enumerate(lines[start:], start):
-        line = line.rstrip("\r")
-        if not line:
-            continue
-        m = _VERSE_REF.match(line)
-        if m is None:
-            raise ValueError(f"unexpected output of `bible` at line {i + 1}: no verse reference in {line[:60]!r}")
-        verses.append(line[m.end():])
-    return "\n".join(verses) + "\n"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def kjv_text(cache: bool = True) -> str:
-    """The KJV verse text (see :func:`extract_kjv_verses`), from the cache or by running ``bible`` once.
-
-    Raises:
-        DatasetUnavailableError: no cached copy and the ``bible`` program is missing (names the apt
-            package ``bible-kjv``) or fails.
-    """
-    path = kjv_cache_path()
-    if cache and path.is_file():
-        return read_utf8(path)
-    exe = shutil.which("bible")
-    if exe is None:
-        raise DatasetUnavailableError(
-            f"dataset 'kjv' needs the `bible` program from the Debian/Ubuntu package {KJV_DEBIAN_PACKAGE!r} "
-            f"(apt-get install {KJV_DEBIAN_PACKAGE}); no cached text at {path}"
-        )
-    try:
-        proc = subprocess.run([exe, "-f", "off", "Gen1:1-Rev22:21"], stdin=subprocess.DEVNULL,
-                              capture_output=True, check=False, timeout=300)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise DatasetUnavailableError(f"running `bible` (package {KJV_DEBIAN_PACKAGE}) failed: {exc}") from exc
-    if proc.returncode != 0:
-        raise DatasetUnavailableError(
-            f"`bible -f off Gen1:1-Rev22:21` exited with status {proc.returncode}: "
-            f"{proc.stderr.decode('utf-8', 'replace')[-500:]}"
-        )
-    text = extract_kjv_verses(proc.stdout.decode("utf-8"))
-    if cache:
-        _atomic_write_text(path, text)
-    return text
-
-
-def load_kjv(
-    seq_len: int = 256,
-    val_fraction: float = 0.05,
-    test_fraction: float = 0.05,
-    split_seed: int = 0,
-    vocab: str | Sequence[str] | None = None,
-    tokenizer: str = "char",
-    vocab_size: int | None = None,
-    tokenizer_json: str | None = None,
-) -> DiscreteDataset:
-    """The King James Bible at character level (registry name ``"kjv"``; about 4.1 MB, 63 symbols), or in
-    byte-level BPE tokens with ``tokenizer="bpe"`` and ``vocab_size`` (e.g. 4096).
-
-    Split and vocabulary rules as in :func:`load_text_file`; the last 5% of the Bible (the end of the New
-    Testament) is the test block. Needs the Debian package ``bible-kjv`` the first time (then cached).
-    """
-    text = kjv_text()
-    return dataset_from_text(
-        text, seq_len=seq_len, val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
-        vocab=vocab, name="kjv", where="kjv", tokenizer=tokenizer, vocab_size=vocab_size,
-        tokenizer_json=tokenizer_json,
-        metadata={"source": f"Debian package {KJV_DEBIAN_PACKAGE}: bible -f off Gen1:1-Rev22:21",
-                  "cache": str(kjv_cache_path())},
     )

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:  # pipeline imports the evaluate package; keep this module importable on its own
-    from ..pipeline import LoadedRun
+if TYPE_CHECKING:
+    from ..runs.load import LoadedRun
 
 __all__ = ["MAX_TARGET_ROWS", "count_metrics", "counts_family", "fixed_subset", "wasserstein1_per_site"]
 

@@ -32,7 +32,7 @@ from ..data.dna import DNA_ALPHABET
 from .ngram import check_token_batch, js_divergence_bits, kmer_spectrum, warn_if_sizes_differ
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..pipeline import LoadedRun
+    from ..runs.load import LoadedRun
 
 __all__ = ["KMER_SIZES", "is_dna", "gc_content", "dna_quality"]
 

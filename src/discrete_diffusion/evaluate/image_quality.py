@@ -30,13 +30,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..data.base import DiscreteDataset, sha256_of_arrays
-from ..train.atomic_io import atomic_write
+from ..runs.atomic_io import atomic_write
 from .count_quality import MAX_TARGET_ROWS, fixed_subset
 from .feature_metrics import class_entropy_bits, frechet_distance_of, kid, prdc
 from .sample_files import ensure_real_dir
 
 if TYPE_CHECKING:
-    from ..pipeline import LoadedRun
+    from ..runs.load import LoadedRun
 
 __all__ = ["ClassifierConfig", "DEFAULT_CLASSIFIER", "SmallCNN", "TrainedClassifier", "image_family",
            "load_or_train_classifier", "has_image_labels"]

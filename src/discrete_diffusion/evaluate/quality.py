@@ -29,7 +29,7 @@ from .image_quality import has_image_labels, image_family, load_or_train_classif
 from .text_quality import ARJudgeConfig, is_text, text_quality
 
 if TYPE_CHECKING:
-    from ..pipeline import LoadedRun
+    from ..runs.load import LoadedRun
 
 __all__ = ["QUALITY_FAMILIES", "QualityResult", "evaluate_quality", "quality_family"]
 

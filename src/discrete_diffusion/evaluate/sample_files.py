@@ -18,7 +18,7 @@ import numpy as np
 
 from ..data.limits import DEFAULT_MAX_BYTES
 from ..data.npy_reader import parse_npy
-from ..train.atomic_io import atomic_write
+from ..runs.atomic_io import atomic_write
 
 __all__ = ["MAX_SAMPLE_FILES", "sample_files", "read_samples", "read_sample_record", "write_quality_record",
            "ensure_real_dir"]

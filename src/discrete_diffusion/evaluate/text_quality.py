@@ -22,7 +22,7 @@ shape (``reference``). Definitions (``x`` is ``(N, L)``, tokens in ``0..K-1``):
 
 The AR judge is trained once per cache directory and reused: ``cache_dir / "ar_model"`` holds
 ``weights.safetensors`` (never unpickled) and ``config.json`` with the judge's config, the data checksum
-(``splits_sha256`` of :func:`~discrete_diffusion.data.manifest.data_manifest`), the weights' SHA-256 and its
+(``splits_sha256`` of :func:`~discrete_diffusion.runs.data_record.data_manifest`), the weights' SHA-256 and its
 test-split NLL. It is retrained (with a warning saying why) when the config or the data checksum differs, or
 when the weights file is missing, tampered with (checksum mismatch) or unreadable.
 """
@@ -44,15 +44,15 @@ from torch import Tensor
 from ..baselines.ar_transformer import ARTransformer
 from ..baselines.fit import FitSettings, bits_per_dim, fit_exact_model
 from ..data.base import DiscreteDataset
-from ..data.manifest import data_manifest
+from ..runs.data_record import data_manifest
 from ..data.text import UNK
-from ..train.atomic_io import atomic_write, sha256_file
+from ..runs.atomic_io import atomic_write, sha256_file
 from .dna_quality import is_dna
 from .ngram import (check_token_batch, distinct_n, ngram_overlap, training_ngram_set, unigram_entropy_bits,
                     warn_if_sizes_differ)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..pipeline import LoadedRun
+    from ..runs.load import LoadedRun
 
 __all__ = ["ARJudgeConfig", "ARJudge", "MEMORISATION_N", "is_text", "is_char_level", "load_or_train_ar_judge",
            "text_quality"]

@@ -38,14 +38,14 @@ from torch import Tensor, nn
 from ..builders import build_backbone
 from ..config import load_run_config, to_dict
 from ..data import DiscreteDataset
-from ..data.manifest import check_data_manifest
+from ..runs.data_record import check_data_manifest
 from ..denoiser import backbone_input, noise_level_input
 from ..processes import ForwardProcess
 from ..schedules import Schedule
 from ..train.companion import companion_config, companion_dir, train_companion
-from ..train.distributed import DistContext, setup
-from ..train.ema import compare_tensors
-from ..train.run_results import export_weights, load_best_weights, validation_curve
+from ..distributed import DistContext, setup
+from ..runs.tensors import compare_tensors
+from ..runs.results import export_weights, load_best_weights, validation_curve
 from ..train.task import Task, TaskLoss, TaskSetup, model_config, reduce_over_batches
 
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
@@ -227,7 +227,7 @@ def train_classifier(run_dir: str | Path, overrides: list[str] | None = None, ou
     ``out_dir`` (default ``RUN_DIR/classifier``; ``resume``: continue the training there). ``overrides``:
     ``model.*`` and ``train.*`` only (the run's model section is the architecture unless overridden). Under
     torchrun every rank calls this; rank 0 returns the metrics written to ``metrics.json``, the others None."""
-    from ..pipeline import load_run, write_json
+    from ..runs.load import load_run, write_json
 
     run_dir = Path(run_dir)
     out = companion_dir(run_dir, out_dir, "classifier")

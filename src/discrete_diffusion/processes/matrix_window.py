@@ -35,14 +35,25 @@ underflows to 0 (a far state at lam ~ 25) admits no finite bound: that state's b
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-if TYPE_CHECKING:                                                      # pragma: no cover
-    from .matrix import MatrixProcess
+
+
+class UniformizedGenerator(Protocol):
+    """What the bounds read from a :class:`~discrete_diffusion.processes.matrix.MatrixProcess` (structural type,
+    so this module does not import the process that imports it)."""
+
+    rate_matrix: Tensor          # (M, M) generator Q
+    num_states: int              # K data values
+    num_values: int              # M states (K, plus a mask index where there is one)
+    _reachable: Tensor           # (M, M) bool: x reachable from z
+    _uniform_rate: float         # uniformization rate
+
+    def _uniformized(self, sigmas: Tensor) -> Tensor: ...
 
 SLACK = 2.0          # a cell is split until its bound is within this factor of the worst case at its ends
 MAX_DEPTH = 12       # at most 2^12 cells per window
@@ -68,7 +79,7 @@ def _worst_rates(p: Tensor, q_off: Tensor, reach: Tensor) -> Tensor:
     return torch.where(usable, ratio, torch.zeros_like(ratio)).amax(1)
 
 
-def cell_bounds(process: "MatrixProcess", lam_lo: Tensor, lam_hi: Tensor) -> tuple[Tensor, Tensor]:
+def cell_bounds(process: UniformizedGenerator, lam_lo: Tensor, lam_hi: Tensor) -> tuple[Tensor, Tensor]:
     """For cells [lam_lo, lam_hi] (n,) float64: (bound, worst_at_ends), each (n, M) float64. ``bound[i, x]`` is
     >= the reverse rate per unit lam of one site at x for every prediction and every lam in cell i (+inf where
     it cannot be bounded); ``worst_at_ends[i, x]`` is the exact worst case over predictions at the cell's ends."""
@@ -98,7 +109,7 @@ def cell_bounds(process: "MatrixProcess", lam_lo: Tensor, lam_hi: Tensor) -> tup
     return bound, ends
 
 
-def window_table(process: "MatrixProcess", lam_from: Tensor, lam_to: Tensor) -> Tensor:
+def window_table(process: UniformizedGenerator, lam_from: Tensor, lam_to: Tensor) -> Tensor:
     """Per-state bounds (B, M) float64 on the reverse rate per unit lam of one site, valid for every lam in
     [lam_from, lam_to] (B,) and every prediction, by bisecting each window (module docstring)."""
     lam_lo = lam_from.double()

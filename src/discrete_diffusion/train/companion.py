@@ -22,7 +22,7 @@ from typing import Callable
 from omegaconf import DictConfig
 
 from ..config import load_config, load_run_config, to_dict
-from .atomic_io import refuse_link, user_dir
+from ..runs.atomic_io import refuse_link, user_dir
 from .task import Task
 from .trainer import Trainer, TrainResult, resumable_checkpoint
 

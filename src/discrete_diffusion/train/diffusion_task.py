@@ -33,15 +33,16 @@ from ..builders import (
     resolve_num_classes,
 )
 from ..config import validation_t_samples
-from ..data.tokenizer import run_tokenizer_json
+from ..runs.tokenizer_file import run_tokenizer_json
 from ..denoiser import ConditionalDenoiser, NetworkDenoiser, backbone_input, noise_level_input
 from ..losses import NoiseDraw, diffusion_terms, draw_noise
 from ..processes.base import Prediction
-from ..visualize import save_image_grid
-from .atomic_io import ensure_dir
+from ..report.grids import save_image_grid
+from ..runs.atomic_io import ensure_dir
 from .augment import build_augmentation
-from .checkpoint import find_latest_checkpoint
-from .distributed import evaluate_nll_sharded, sample_sharded
+from ..runs.weights import find_latest_checkpoint
+from ..distributed import sample_sharded
+from ..likelihood import evaluate_nll_sharded
 from .task import Task, TaskLoss, TaskSetup
 
 __all__ = ["DiffusionTask", "DiffusionBatch", "AutocastDenoiser"]

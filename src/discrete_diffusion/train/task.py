@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from ..config import MODEL_SECTIONS, to_dict
 from ..data import DiscreteDataset
-from .distributed import DistContext
+from ..distributed import DistContext
 
 __all__ = ["Task", "TaskSetup", "TaskLoss", "model_config", "seed_everything", "compile_in_place",
            "reduce_over_batches", "tensor_dataset", "module_record"]
@@ -219,7 +219,7 @@ def tensor_dataset(train: Tensor, val: Tensor, num_states: int, name: str = "ten
 def module_record(task: Task, module: nn.Module) -> dict:
     """The checkpoint config of a task whose module was built by the caller (not from the run config): the task,
     the module's class and size, and the data's checksum."""
-    from ..data.manifest import data_manifest
+    from ..runs.data_record import data_manifest
 
     return {"task": task.name, "model": {"class": type(module).__name__,
                                          "parameters": sum(p.numel() for p in module.parameters())},

@@ -13,9 +13,9 @@ Run directory layout (DESIGN.md section 5):
     checkpoints/           ckpt_XXXXXXXX.{safetensors,json}: model, EMA, optimizer, scheduler, RNG, step
     best/                  the checkpoint with the lowest validation value so far (EMA weights evaluated)
     samples/               sample grids during training (images)
-    .lock                  held (flock) by the training that owns the directory (train/run_lock.py)
+    .lock                  held (flock) by the training that owns the directory (runs/lock.py)
 
-Every file is written through train/atomic_io.py (temp file created O_EXCL | O_NOFOLLOW, fsync, os.replace;
+Every file is written through runs/atomic_io.py (temp file created O_EXCL | O_NOFOLLOW, fsync, os.replace;
 appends O_NOFOLLOW): a symbolic link planted in a run directory is never written through.
 
 Batches. ``train.batch_size`` is the *global* batch of one optimizer step. Every rank draws the whole
@@ -46,18 +46,19 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..config import save_config
-from ..data.manifest import MANIFEST_NAME, DataChangedError, check_data_manifest, write_data_manifest
-from ..data.tokenizer import write_run_tokenizer
-from .atomic_io import append_text, atomic_write_text, ensure_dir, probe_writable, read_text_nofollow, refuse_link, \
-    user_dir
-from .checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
+from ..runs.config_file import save_config
+from ..runs.data_record import MANIFEST_NAME, DataChangedError, check_data_manifest, write_data_manifest
+from ..runs.tokenizer_file import write_run_tokenizer
+from ..runs.atomic_io import (append_text, atomic_write_text, ensure_dir, probe_writable, read_text_nofollow,
+                              refuse_link, user_dir)
+from ..runs.weights import find_latest_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .checks import check_train_config
 from .diffusion_task import AutocastDenoiser, DiffusionTask
-from .distributed import env_world, setup, shard_bounds
+from ..distributed import env_world, setup, shard_bounds
 from .ema import EMA
 from .optim import build_optimizer, clip_gradients, warmup_cosine_schedule
-from .run_lock import RunLock
+from ..runs.lock import RunLock
 from .task import Task, TaskSetup, model_config, seed_everything
 
 __all__ = ["Trainer", "TrainResult", "resumable_checkpoint", "best_record", "model_config", "check_train_config",
@@ -365,7 +366,7 @@ class Trainer:
             return self.task.sample_grid(self.step)
 
     def _record_data(self, resume: bool) -> None:
-        """data.json: checksums of the data files and splits (data/manifest.py). A resumed run must find the
+        """data.json: checksums of the data files and splits (runs/data_record.py). A resumed run must find the
         data it was trained on; evaluate and sample compare against this record."""
         dataset = self.task.dataset
         if resume and (self.run_dir / MANIFEST_NAME).exists():

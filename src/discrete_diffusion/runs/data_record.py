@@ -24,8 +24,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..train.atomic_io import atomic_write_text
-from .base import DiscreteDataset, sha256_of_arrays
+from .atomic_io import atomic_write_text
+from ..data.base import DiscreteDataset, sha256_of_arrays
 
 __all__ = ["MANIFEST_NAME", "DataChangedError", "DataChangedWarning", "data_manifest", "write_data_manifest",
            "check_data_manifest"]
@@ -58,7 +58,7 @@ def data_manifest(dataset: DiscreteDataset) -> dict[str, Any]:
 
 
 def write_data_manifest(run_dir: str | os.PathLike, dataset: DiscreteDataset) -> Path:
-    """Write ``RUN_DIR/data.json`` atomically and without following links (train/atomic_io.py); return its path."""
+    """Write ``RUN_DIR/data.json`` atomically and without following links (runs/atomic_io.py); return its path."""
     path = Path(run_dir) / MANIFEST_NAME
     atomic_write_text(path, json.dumps(data_manifest(dataset), indent=2) + "\n")
     return path

@@ -11,8 +11,8 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
-from .data.base import validate_values
-from .train.atomic_io import atomic_write
+from ..data.base import validate_values
+from ..runs.atomic_io import atomic_write
 
 __all__ = ["image_grid", "save_image_grid", "levels_to_uint8"]
 
@@ -93,7 +93,7 @@ def save_image_grid(
     The PNG is written to a temporary file in the destination directory (created
     ``O_EXCL | O_NOFOLLOW``) and moved into place with ``os.replace``; parent
     directories are created, and the one written into must not be a symbolic
-    link (``train/atomic_io.py``). Empty cells of
+    link (``runs/atomic_io.py``). Empty cells of
     the last row are filled with ``pad_value``.
 
     Returns:

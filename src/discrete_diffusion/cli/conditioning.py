@@ -16,7 +16,7 @@ MAX_INFILL_BYTES = 1 << 26
 
 def _load_site_array(path: str, flag: str) -> "numpy.ndarray":
     """An .npy array of a bounded size, read by the library's pickle-free reader (ValueError naming the flag)."""
-    from .data.npy_reader import parse_npy
+    from ..data.npy_reader import parse_npy
 
     p = Path(path)
     if not p.is_file():
@@ -30,7 +30,7 @@ def conditioning_from_args(args: argparse.Namespace, run):
     """The pipeline.Conditioning of --class, --guidance, --infill/--mask and --prompt (ValueError, one line)."""
     import torch
 
-    from .pipeline import Conditioning
+    from ..pipeline import Conditioning
 
     classes = None
     if args.classes:
@@ -77,7 +77,7 @@ def conditioning_from_args(args: argparse.Namespace, run):
     guidance = 1.0 if args.guidance is None else float(args.guidance)
     classifier = None
     if getattr(args, "classifier", None) is not None:
-        from .guidance.classifier_train import load_classifier
+        from ..guidance.classifier_train import load_classifier
 
         classifier = load_classifier(args.classifier, run)
     return Conditioning(classes=classes, guidance=guidance, known=known, values=values, classifier=classifier,

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.limits import MAX_NUM_STATES, human_bytes
-from .data.npy_reader import read_npy_header
-from .report_plots import Series
+from ..data.limits import MAX_NUM_STATES, human_bytes
+from ..data.npy_reader import read_npy_header
+from .plots import Series
 
 __all__ = ["MetricsLog", "QualityRecord", "SamplesView", "CURVE_KEYS", "MAX_METRICS_BYTES", "read_metrics",
            "parse_quality", "read_quality", "default_metric", "quality_series", "quality_reference",
@@ -324,7 +324,7 @@ def read_samples(run_dir: Path, samples: Path | None = None) -> SamplesView:
     any problem with it raises ValueError; otherwise the newest ``RUN/samples/*.npy`` is used and problems
     become notes. A ``.txt`` beside the ``.npy`` (text / DNA runs) is shown as text; a (N, H, W) or
     (N, C, H, W) array with C in {1, 3} as an image grid (levels from RUN/data.json); other arrays as rows."""
-    from .visualize import image_grid
+    from .grids import image_grid
 
     view = SamplesView()
     explicit = samples is not None

@@ -1,7 +1,7 @@
 """``ddiff posterior RUN_DIR``: samples of x0 ~ p(x0 | y) from a trained run given a measurement y (issue 13).
 
 The prior p(x0) is the run's model; the measurement p(y | x0) an operator of ``posterior/operators.py`` built from
-the flags (--operator inpaint|channel|thinning|downsample|parity and its parameters; posterior_inputs.py reads
+the flags (--operator inpaint|channel|thinning|downsample|parity and its parameters; cli/posterior_inputs.py reads
 every input); the method one of
 ``posterior.POSTERIOR_METHODS`` (--method, its own options as --method-option KEY=VALUE, checked against
 ``method_options``). y comes from a file (--y, read by the pickle-free bounded reader) or is simulated from clean
@@ -9,7 +9,7 @@ data (--simulate-from X.npy, --test-index N) with the operator's ``simulate`` an
 observations gets --num samples; outputs go to --out (default RUN_DIR/posterior/STEM/): samples.npy (N, S, *sites),
 mean.npy (N, *sites) (the posterior mean), y.npy (the y used), truth.npy (simulated runs), grid.png (image runs:
 observation / samples / posterior mean / truth) and posterior.json (the configuration, cost and, when the clean
-data are known, per-pixel accuracy and PSNR). Every write goes through train/atomic_io.py. Bad input raises a
+data are known, per-pixel accuracy and PSNR). Every write goes through runs/atomic_io.py. Bad input raises a
 one-line ValueError (``ddiff`` prints it and returns 2) before anything is written. docs/posterior.md.
 """
 
@@ -21,21 +21,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .posterior_inputs import (
-    CLI_OPERATORS,
-    HALF_MASKS,
-    build_cli_operator,
-    check_method,
-    method_options_from_args,
-    name_part,
-    observed_mask,
-    read_observation,
-)
+from .posterior_inputs import (CLI_OPERATORS, HALF_MASKS, build_cli_operator, check_method, method_options_from_args,
+                               name_part, observed_mask, read_observation)
 
 if TYPE_CHECKING:
     import torch
 
-    from .posterior import MeasurementOperator
+    from ..posterior import MeasurementOperator
 
 #: Columns (observations) and sample rows shown in the picture grid.
 GRID_COLUMNS, GRID_SAMPLES = 8, 6
@@ -43,7 +35,7 @@ GRID_COLUMNS, GRID_SAMPLES = 8, 6
 
 def add_posterior_parser(sub, add_sample_options: Callable[[argparse.ArgumentParser], None]) -> None:
     """Register ``ddiff posterior`` on the subparsers ``sub`` (cli.py owns the sampler flags)."""
-    from .posterior import POSTERIOR_METHODS
+    from ..posterior import POSTERIOR_METHODS
 
     p = sub.add_parser(
         "posterior", help="posterior samples given a measurement y (inpainting, noisy channel, thinning, ...)",
@@ -124,7 +116,7 @@ def draw_posterior(method: str, run, operator: "MeasurementOperator", y: "torch.
     import torch
     from tqdm.auto import tqdm
 
-    from .posterior import posterior_sample
+    from ..posterior import posterior_sample
 
     sites = tuple(run.dataset.site_shape)
     rows = y.shape[0] * num
@@ -196,7 +188,7 @@ def posterior_grid(samples: "torch.Tensor", observation: tuple | None, truth: "t
     (rounded), the clean image when known."""
     import torch
 
-    from .posterior.metrics import posterior_mean
+    from ..posterior.metrics import posterior_mean
 
     n = min(columns, samples.shape[0])
     rows = []
@@ -244,12 +236,12 @@ def operator_tag(operator: "MeasurementOperator") -> str:
 def cmd_posterior(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .builders import build_sampler_from
-    from .cli import sample_stem, sampler_options
-    from .pipeline import load_run, write_json
-    from .posterior.metrics import posterior_mean, sample_scores
-    from .train.atomic_io import atomic_write, ensure_dir, user_dir
-    from .visualize import save_image_grid
+    from ..builders import build_sampler_from
+    from .common import sample_stem, sampler_options
+    from ..pipeline import load_run, write_json
+    from ..posterior.metrics import posterior_mean, sample_scores
+    from ..runs.atomic_io import atomic_write, ensure_dir, user_dir
+    from ..report.grids import save_image_grid
 
     check_method(args.method)
     options = method_options_from_args(args)

@@ -10,13 +10,13 @@ What it shows (docs/report.md):
 * sample quality: for ``RUN/quality/*.json`` (written by ``ddiff evaluate --samples``), the chosen metric
   against NFE, one curve per sampler, and a table of every metric (samples vs reference).
 
-The run directory is untrusted input: :mod:`discrete_diffusion.report_data` reads it (regular files only,
+The run directory is untrusted input: :mod:`discrete_diffusion.report.data` reads it (regular files only,
 no symlinks, every size bounded before reading, every field validated), the charts are drawn by
-:mod:`discrete_diffusion.report_plots`, and every string from a file is HTML-escaped here. What is
+:mod:`discrete_diffusion.report.plots`, and every string from a file is HTML-escaped here. What is
 missing or skipped is listed in the report and printed, not fatal; errors (one line) are a path that is
 not a run directory (no ``config.yaml``), a ``--samples`` file that cannot be shown, a ``--metric`` in no
 quality file, and a ``RUN/report`` that is a symlink. Both files are written with
-:func:`~discrete_diffusion.train.atomic_io.atomic_write` (temp file, fsync, rename).
+:func:`~discrete_diffusion.runs.atomic_io.atomic_write` (temp file, fsync, rename).
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import report_data
-from .data.limits import human_bytes
-from .report_data import (CURVE_KEYS, MetricsLog, QualityRecord, SamplesView, default_metric,
-                          quality_reference, quality_series, read_metrics, read_quality, read_samples)
-from .report_plots import page_size, render_page
-from .train.atomic_io import atomic_write
+from . import data as report_data
+from ..data.limits import human_bytes
+from .data import (CURVE_KEYS, MetricsLog, QualityRecord, SamplesView, default_metric, quality_reference,
+                   quality_series, read_metrics, read_quality, read_samples)
+from .plots import page_size, render_page
+from ..runs.atomic_io import atomic_write
 
 __all__ = ["Report", "build_report", "render_png", "render_html", "write_report", "CURVE_KEYS", "MetricsLog",
            "QualityRecord", "SamplesView", "default_metric", "quality_reference", "quality_series", "read_metrics",
@@ -98,7 +98,7 @@ def build_report(run_dir: str | os.PathLike, samples: str | os.PathLike | None =
 
 
 def render_png(report: Report) -> bytes:
-    """The report PNG, encoded (size :func:`~discrete_diffusion.report_plots.page_size`)."""
+    """The report PNG, encoded (size :func:`~discrete_diffusion.report.plots.page_size`)."""
     curves = report.metrics.curves if report.metrics is not None else {}
     loss = {CURVE_KEYS["loss"]: curves["loss"]} if "loss" in curves else {}
     bits = {CURVE_KEYS[k]: curves[k] for k in ("train_elbo_diffusion_bpd", "val_nll_bits_per_dim") if k in curves}

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import numpy
     import torch
 
-    from .posterior import MeasurementOperator
+    from ..posterior import MeasurementOperator
 
 #: The operators the command line can build (``callable`` needs Python code).
 CLI_OPERATORS = ("inpaint", "channel", "thinning", "downsample", "parity")
@@ -56,7 +56,7 @@ def _batched(x: "torch.Tensor", shape: tuple[int, ...], what: str) -> "torch.Ten
 
 
 def _read(path: str, flag: str) -> "torch.Tensor":
-    from .sample_conditioning import _load_site_array
+    from .conditioning import _load_site_array
 
     return _integer_array(_load_site_array(path, flag), f"{flag} {path}")
 
@@ -104,7 +104,7 @@ def build_cli_operator(args: argparse.Namespace, run) -> "MeasurementOperator":
     (``UNOBSERVED``), so one operator serves observations with different masks in any batch."""
     import json
 
-    from .posterior import build_operator
+    from ..posterior import build_operator
 
     name = args.operator
     if name not in CLI_OPERATORS:
@@ -184,8 +184,8 @@ def read_observation(args: argparse.Namespace, run, operator: "MeasurementOperat
     """y from --y (with --mask for inpaint), or simulated from --simulate-from / --test-index with --seed."""
     import torch
 
-    from .data.base import validate_values
-    from .posterior import inpaint_observation
+    from ..data.base import validate_values
+    from ..posterior import inpaint_observation
 
     given = [flag for flag in ("y", "simulate_from", "test_index") if getattr(args, flag) is not None]
     if len(given) != 1:
@@ -238,7 +238,7 @@ def method_options_from_args(args: argparse.Namespace) -> dict:
     """--method-option KEY=VALUE pairs (YAML values) checked against the method's options."""
     import yaml
 
-    from .posterior import method_options
+    from ..posterior import method_options
 
     allowed = method_options(args.method)
     options: dict = {}
@@ -258,7 +258,7 @@ def method_options_from_args(args: argparse.Namespace) -> dict:
 
 def check_method(method: str | None) -> None:
     """A one-line error for a missing, unknown or table-only method, naming the methods that work."""
-    from .posterior import POSTERIOR_METHODS
+    from ..posterior import POSTERIOR_METHODS
 
     usable = [m for m in POSTERIOR_METHODS if m != "exact-guidance"]
     if method is None:
