@@ -28,7 +28,8 @@ from torch import nn
 
 from discrete_diffusion.config import load_config
 from discrete_diffusion.denoiser import backbone_input, noise_level_input
-from discrete_diffusion.pipeline import load_model_weights, load_run
+from discrete_diffusion.pipeline import load_run
+from discrete_diffusion.runs.weights import load_model_weights
 from discrete_diffusion.train.trainer import Trainer
 
 

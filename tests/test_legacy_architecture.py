@@ -15,7 +15,8 @@ from discrete_diffusion import cli
 from discrete_diffusion.builders import build_denoiser, build_sampler_from
 from discrete_diffusion.config import load_config, load_run_config
 from discrete_diffusion.nn.mlp import ResidualMLPBlock
-from discrete_diffusion.pipeline import generate_samples, load_model_weights, load_run
+from discrete_diffusion.pipeline import generate_samples, load_run
+from discrete_diffusion.runs.weights import load_model_weights
 from discrete_diffusion.train.trainer import Trainer
 
 MLP_RUN = ["data.name=array", "data.num_states=3", "process.name=masking", "model.backbone=mlp", "model.hidden=16",
