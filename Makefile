@@ -21,4 +21,17 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-.PHONY: install demo test
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[docs,lint]"
+	touch $@
+
+# The documentation site with its executed examples, offline, warnings as errors (docs/_build/html/index.html).
+docs: $(VENV)/.docs-installed
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+# ruff (lint + import order) and mypy (strict on the public API), configured in pyproject.toml.
+lint: $(VENV)/.docs-installed
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/mypy
+
+.PHONY: install demo test docs lint

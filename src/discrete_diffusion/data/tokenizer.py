@@ -38,8 +38,7 @@ from torch import Tensor
 from .limits import MAX_NUM_STATES
 
 __all__ = ["TOKENIZER_NAME", "MIN_VOCAB_SIZE", "MAX_VOCAB_SIZE", "MAX_TOKENIZER_BYTES", "TOKENIZER_KINDS",
-           "TokenizerUnavailableError", "BpeTokenizer", "check_vocab_size", "train_bpe", "read_run_tokenizer",
-           "write_run_tokenizer", "run_tokenizer_json"]
+           "TokenizerUnavailableError", "BpeTokenizer", "check_vocab_size", "train_bpe"]
 
 #: File name of the cached tokenizer inside a run directory.
 TOKENIZER_NAME = "tokenizer.json"
