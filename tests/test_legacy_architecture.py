@@ -99,3 +99,11 @@ def test_masking_mlp_without_noise_input_ignores_the_level():
     x = torch.randint(0, 4, (5, 4))
     assert torch.equal(net(x, torch.full((5,), -0.9)), net(x, torch.full((5,), 0.7)))
     assert not torch.equal(net(x, torch.zeros(5)), net(x.flip(1), torch.zeros(5)))
+
+
+def test_noise_free_processes_are_those_whose_posterior_ignores_the_level():
+    from discrete_diffusion.config import NOISE_FREE_PROCESSES
+    from discrete_diffusion.processes import PROCESSES
+
+    assert set(NOISE_FREE_PROCESSES) == {name for name, cls in PROCESSES.items()
+                                         if not cls.posterior_depends_on_noise_level}

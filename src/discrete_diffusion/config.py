@@ -152,6 +152,9 @@ MAX_STATES = 1 << 20
 #: ``model.noise_conditioning`` values (the MLP's; nn/mlp.py): adaLN-zero modulation after every LayerNorm, no
 #: noise input at all, or the embedding added ahead of the LayerNorms (the architecture before the key existed).
 NOISE_CONDITIONINGS = ("auto", "adaln-zero", "none", "additive")
+#: Processes whose exact posterior p(x0 | x_t) does not depend on the noise level (``posterior_depends_on_noise_level``
+#: False; a contract test keeps the two in step): an MLP for them gets no noise input by default.
+NOISE_FREE_PROCESSES = ("masking",)
 #: ``model.position_embedding`` values (the transformer's; nn/transformer.py).
 POSITION_EMBEDDINGS = ("sinusoidal", "learned", "none")
 #: Site-draws (examples x sites x lam draws) of one validation when ``train.eval_t_samples`` is null: a 4-site
@@ -320,12 +323,9 @@ def validation_t_samples(configured: int | None, examples: int, sites: int) -> i
 
 
 def default_noise_conditioning(process: str) -> str:
-    """``model.noise_conditioning`` for "auto": "none" when the process's exact p(x0 | x_t) does not depend on the
-    noise level (masking, as MDLM trains), else "adaln-zero"."""
-    from .processes import PROCESSES
-
-    cls = PROCESSES.get(process)
-    return "none" if cls is not None and not cls.posterior_depends_on_noise_level else "adaln-zero"
+    """``model.noise_conditioning`` for "auto": "none" for the processes of ``NOISE_FREE_PROCESSES`` (their exact
+    p(x0 | x_t) does not depend on the noise level: masking, as MDLM trains), else "adaln-zero"."""
+    return "none" if process in NOISE_FREE_PROCESSES else "adaln-zero"
 
 
 def _legacy_values(path: Path) -> DictConfig:
