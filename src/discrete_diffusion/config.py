@@ -158,7 +158,7 @@ NOISE_FREE_PROCESSES = ("masking",)
 #: ``model.position_embedding`` values (the transformer's; nn/transformer.py).
 POSITION_EMBEDDINGS = ("sinusoidal", "learned", "none")
 #: Site-draws (examples x sites x lam draws) of one validation when ``train.eval_t_samples`` is null: a 4-site
-#: table with 2000 validation examples gets 8 draws per example, 8x8 digits (180 examples) 6, larger splits 4.
+#: table with 600 validation examples gets 28 draws per example, 8x8 digits (150 images) 7, larger splits 4.
 VALIDATION_SITE_DRAWS = 1 << 16
 #: Bounds of the automatic number of validation draws per example.
 VALIDATION_T_SAMPLES = (4, 64)
