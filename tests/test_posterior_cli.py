@@ -139,7 +139,7 @@ def test_default_folder_is_inside_the_run_and_refuses_links(ddiff, masking_run, 
             "--num", "1", *FAST)
     res = ddiff(*args)
     assert res.rc == 0, res
-    folder = run / "posterior" / "test5_channel-eps0.2_dps_tau-leaping_4steps_seed0"
+    folder, = (run / "posterior").glob("test5_channel-eps0.2_dps_tau-leaping_4steps_seed0_n1_*")
     assert (folder / "samples.npy").is_file() and (folder / "grid.png").is_file()
     width, height = Image.open(folder / "grid.png").size     # one observation: its tiles in one row
     assert (height - 2) // 34 == 1 and (width - 2) // 34 == 1 + 1 + 1 + 1     # observation, sample, mean, truth

@@ -143,10 +143,14 @@ def _backbone(config: DictConfig, process: ForwardProcess, site_shape: tuple[int
                     channel_mults=tuple(m.channel_mults), num_res_blocks=m.num_res_blocks,
                     attention_resolutions=tuple(m.attention_resolutions), dropout=m.dropout, num_classes=num_classes)
         return unet if fold == 1 else SiteChannelFold(unet, c_out)
+    time_conditioning = m.get("time_conditioning", True)       # absent in configs written before it: True
+    if not time_conditioning and m.backbone != "transformer":
+        raise ValueError(f"model.time_conditioning=false is built for model.backbone=transformer, not {m.backbone!r}")
     if m.backbone == "transformer":
         return SequenceTransformer(c_in, c_out, seq_len=tuple(site_shape), dim=m.dim, depth=m.depth, heads=m.heads,
                                    mlp_ratio=m.mlp_ratio, dropout=m.dropout, num_classes=num_classes,
-                                   position_embedding=m.get("position_embedding", "none"))
+                                   position_embedding=m.get("position_embedding", "none"),
+                                   time_conditioning=time_conditioning)
     if m.backbone == "mlp":
         conditioning = m.get("noise_conditioning", "additive")
         if conditioning == "auto":
@@ -160,12 +164,21 @@ def _backbone(config: DictConfig, process: ForwardProcess, site_shape: tuple[int
 def build_denoiser(config: DictConfig, process: ForwardProcess, site_shape: tuple[int, ...],
                    num_classes: int = 0) -> NetworkDenoiser:
     """The run's denoiser; ``num_classes`` > 0 (``resolve_num_classes``) makes its backbone class-conditional."""
+    block_size = config.model.get("block_size", None)          # absent in configs written before it: None
+    if block_size is not None and (config.model.backbone != "transformer" or len(site_shape) != 1):
+        raise ValueError(f"model.block_size needs model.backbone=transformer on sequences, got "
+                         f"{config.model.backbone!r} on sites {tuple(site_shape)}")
     backbone = build_backbone(config, process, site_shape, num_classes=num_classes)
+    if block_size is not None:
+        from .blocks.denoiser import BlockNetworkDenoiser
+
+        return BlockNetworkDenoiser(backbone, process, config.process.parameterization, block_size)
     return NetworkDenoiser(backbone, process, config.process.parameterization)
 
 
 def build_proposal(config: DictConfig) -> LogitAlphaProposal:
-    return LogitAlphaProposal(loc=config.train.proposal_loc, scale=config.train.proposal_scale)
+    return LogitAlphaProposal(loc=config.train.proposal_loc, scale=config.train.proposal_scale,
+                              draws=config.train.get("t_draws", "stratified"))
 
 
 def build_objective_from(config: DictConfig) -> Objective:

@@ -68,6 +68,10 @@ class ModelConfig:
     # transformer only: absolute positions added to the input embedding, on top of rotary attention
     # (POSITION_EMBEDDINGS); a run's config.yaml without this key has "none" (rotary only)
     position_embedding: str = "sinusoidal"
+    # block diffusion (BD3-LM; transformer + masking only): blocks of this many tokens, AR over blocks and masked
+    # diffusion within one; null = the sequence length = plain masked diffusion (docs/block-diffusion.md)
+    block_size: Optional[int] = None
+    time_conditioning: bool = True     # transformer: false = no noise-level input (MDLM / BD3-LM's time-free net)
 
 
 @dataclass
@@ -87,6 +91,10 @@ class TrainConfig:
     weighting: str = "elbo"            # elbo | instantaneous | finite-time (multiplies the ELBO term)
     proposal_loc: float = 0.0          # importance density over logit(alpha) for t
     proposal_scale: float = 2.0
+    # BD3-LM's clipped schedule for training: [low, high] = the range of mask rates 1 - alpha(t) the training draws
+    # come from (e.g. [0.3, 0.8]); null = the whole range (the bound itself). Evaluation always uses the whole range.
+    mask_rate_clip: Optional[list[float]] = None
+    t_draws: str = "stratified"        # the batch's noise levels: stratified (low-discrepancy) | antithetic | iid
     augment: str = "none"              # none | shift (random +-1 pixel translation, integer levels kept)
     cond_dropout: float = 0.0          # conditional models: probability that a label is replaced by the null class
     eval_every: int = 500
@@ -238,6 +246,14 @@ def check_values(config: DictConfig) -> None:
     integer("model.dim", 1, MAX_WIDTH)
     integer("model.heads", 1, MAX_WIDTH)
     integer("model.num_classes", 0, MAX_CLASSES, optional=True)
+    integer("model.block_size", 1, 1 << 24, optional=True)
+    need(config.train.t_draws in ("stratified", "antithetic", "iid"),
+         f"train.t_draws must be stratified, antithetic or iid, got {config.train.t_draws!r}")
+    clip = config.train.mask_rate_clip
+    if clip is not None:
+        need(len(clip) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in clip)
+             and 0.0 <= clip[0] < clip[1] <= 1.0,
+             f"train.mask_rate_clip must be [low, high] with 0 <= low < high <= 1 (mask rates), got {list(clip)}")
     number("train.cond_dropout", 0.0, 1.0, high_open=True)
     number("model.mlp_ratio", 0.0, 64.0, low_open=True)
     need(config.model.noise_conditioning in NOISE_CONDITIONINGS, f"model.noise_conditioning must be one of "

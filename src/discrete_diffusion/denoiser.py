@@ -118,7 +118,8 @@ class ConditionalDenoiser:
         self.num_classes = int(getattr(model, "num_classes", 0) if num_classes is None else num_classes)
         self.labels = check_labels(labels, self.num_classes)
 
-    def __call__(self, xt: Tensor, lam: Tensor) -> Prediction:
+    def __call__(self, xt: Tensor, lam: Tensor, **kwargs) -> Prediction:
+        """``kwargs`` (e.g. a block-diffusion model's ``clean``) are passed on to the model."""
         batch = xt.shape[0]
         if self.labels.dim() == 0:
             labels = self.labels.expand(batch)
@@ -127,7 +128,7 @@ class ConditionalDenoiser:
                              "classes do not work with a sampler that evaluates a subset of rows, such as cache=True)")
         else:
             labels = self.labels
-        return self.model(xt, lam, labels.to(xt.device))
+        return self.model(xt, lam, labels.to(xt.device), **kwargs)
 
 
 def denoiser_device(denoiser: object, generator: torch.Generator | None = None) -> torch.device:

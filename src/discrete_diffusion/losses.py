@@ -26,25 +26,37 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
 
+from .blocks.denoiser import BlockModel, block_size_of
+from .blocks.loss import block_elbo_integrand, clipped_lam_range, draw_block_noise
 from .denoiser import Denoiser
 from .processes.base import ForwardProcess, Prediction
 from .schedules import Schedule
 
+#: How the uniforms behind a batch's noise levels are drawn (``train.t_draws``): "stratified" (default: one per
+#: stratum under a random permutation, MDLM's low-discrepancy sampler up to the permutation), "antithetic" (rows
+#: i and i + B/2 get u and 1 - u) or "iid" (independent).
+T_DRAWS = ("stratified", "antithetic", "iid")
+
 
 @dataclass
 class LogitAlphaProposal:
-    """Logistic(loc, scale) density over lam = logit(alpha), truncated to [lam_low, lam_high]."""
+    """Logistic(loc, scale) density over lam = logit(alpha), truncated to [lam_low, lam_high]; ``draws`` is how the
+    batch's uniforms are drawn (``T_DRAWS``)."""
 
     loc: float = 0.0
     scale: float = 2.0
+    draws: str = "stratified"
 
     def __post_init__(self) -> None:
         if not self.scale > 0:
             raise ValueError(f"proposal scale must be > 0, got {self.scale}")
+        if self.draws not in T_DRAWS:
+            raise ValueError(f"unknown t draws {self.draws!r}; valid: {', '.join(T_DRAWS)}")
 
     def sample(self, batch: int, lam_low: float, lam_high: float, generator: torch.Generator | None = None,
                device: torch.device | str = "cpu", stratified: bool = True,
@@ -52,7 +64,9 @@ class LogitAlphaProposal:
         """Draw lam (B,) and return (lam, 1 / g(lam)), both float64.
 
         Stratified: example i gets the i-th of B equal-probability strata under a random permutation, so
-        each example's estimate stays unbiased while the batch average has much lower variance.
+        each example's estimate stays unbiased while the batch average has much lower variance. With
+        ``draws="antithetic"`` rows i and i + B/2 get u and 1 - u instead (B odd: the last row is independent), with
+        ``draws="iid"`` every u is independent; ``stratified=False`` also gives independent draws.
         ``stratum=(k, S)`` confines every draw to the k-th of S equal-probability bands (u in [k/S, (k+1)/S)):
         the S draws k = 0..S-1 of one example then cover the proposal evenly, and their mean stays unbiased.
         """
@@ -60,9 +74,12 @@ class LogitAlphaProposal:
         if not 0 <= k < num_strata:
             raise ValueError(f"stratum must be (k, S) with 0 <= k < S, got {stratum}")
         u = torch.rand(batch, generator=generator, dtype=torch.float64, device=device)
-        if stratified:
+        if stratified and self.draws == "stratified":
             order = torch.randperm(batch, generator=generator, device=device).to(torch.float64)
             u = (order + u) / batch
+        elif stratified and self.draws == "antithetic":
+            half = batch // 2
+            u = torch.cat([u[:half], 1.0 - u[:half], u[2 * half:]])
         if num_strata > 1:
             u = (k + u) / num_strata
         cdf_low = self._cdf(lam_low)
@@ -211,21 +228,32 @@ class TrainingLoss:
 
 @dataclass
 class NoiseDraw:
-    """One importance draw per example: x_t (B, *sites), lam (B,) and the inverse proposal density (B,)."""
+    """One importance draw per example: x_t (B, *sites), lam (B,) and the inverse proposal density (B,); for block
+    diffusion (``block_size`` set) one per block: lam and the inverse density (B, N) (``blocks/loss.py``)."""
 
     xt: Tensor
     lam: Tensor
     inverse_density: Tensor
+    block_size: int | None = None
 
     def __getitem__(self, index: slice) -> "NoiseDraw":
-        return NoiseDraw(self.xt[index], self.lam[index], self.inverse_density[index])
+        return NoiseDraw(self.xt[index], self.lam[index], self.inverse_density[index], self.block_size)
 
 
 def draw_noise(process: ForwardProcess, x0: Tensor, schedule: Schedule, proposal: LogitAlphaProposal,
-               generator: torch.Generator | None, stratum: tuple[int, int] = (0, 1)) -> NoiseDraw:
+               generator: torch.Generator | None, stratum: tuple[int, int] = (0, 1), block_size: int | None = None,
+               mask_rate_clip: tuple[float, float] | None = None) -> NoiseDraw:
     """Draw lam from the proposal (stratified over the batch, within band ``stratum``: see
-    ``LogitAlphaProposal.sample``) and x_t ~ q(. | x0, lam)."""
-    lam_low, lam_high = logit_alpha_range(schedule)
+    ``LogitAlphaProposal.sample``) and x_t ~ q(. | x0, lam). ``block_size``: one lam per block of a (B, L) batch
+    (``blocks.loss.draw_block_noise``). ``mask_rate_clip`` = (low, high): draw only noise levels whose mask rate
+    1 - alpha lies in [low, high] (BD3-LM's clipped schedule; the estimate is then the bound's integral over that
+    band, a training objective and no longer a bound)."""
+    lam_low, lam_high = clipped_lam_range(*logit_alpha_range(schedule), mask_rate_clip)
+    if block_size is not None:
+        xt, lam, inv_density = draw_block_noise(process, x0, block_size, lam_low, lam_high, proposal, generator,
+                                                stratum)
+        return NoiseDraw(xt, lam.to(torch.get_default_dtype()), inv_density.to(torch.get_default_dtype()),
+                         block_size)
     lam, inv_density = proposal.sample(x0.shape[0], lam_low, lam_high, generator, device=x0.device,
                                        stratum=stratum)
     xt = process.sample_marginal(x0, lam, generator)
@@ -235,28 +263,36 @@ def draw_noise(process: ForwardProcess, x0: Tensor, schedule: Schedule, proposal
 def diffusion_terms(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, noise: NoiseDraw,
                     weighting: Weighting | None = None, objective: Objective | None = None) -> tuple[Tensor, Tensor]:
     """(training term of the objective, unweighted ELBO diffusion term), both (B,) in nats, for a noise draw
-    (one network call)."""
-    prediction = denoiser(noise.xt, noise.lam)
-    integrand = process.elbo_integrand(x0, noise.xt, noise.lam, prediction)
-    elbo = integrand * noise.inverse_density.to(integrand.dtype)
+    (one network call). A block draw (``noise.block_size``) calls ``denoiser(x_t, lam, clean=x0)`` and sums the
+    per-block terms (``blocks/loss.py``)."""
+    if noise.block_size is None:
+        prediction = denoiser(noise.xt, noise.lam)
+        integrand = process.elbo_integrand(x0, noise.xt, noise.lam, prediction)
+    else:
+        prediction = cast(BlockModel, denoiser)(noise.xt, noise.lam, clean=x0)
+        integrand = block_elbo_integrand(process, x0, noise.xt, noise.lam, prediction, noise.block_size)
+    per_draw = integrand * noise.inverse_density.to(integrand.dtype)
+    elbo = per_draw if noise.block_size is None else per_draw.sum(1)
     objective = objective or Objective()
     if objective.name == "x0-ce":
         return x0_cross_entropy(process, x0, noise.xt, prediction), elbo
     weights = weighting(noise.lam) if weighting is not None else torch.ones_like(noise.lam)
-    term = elbo * weights.to(elbo.dtype)
+    term = per_draw * weights.to(per_draw.dtype)
+    term = term if noise.block_size is None else term.sum(1)
     if objective.name == "hybrid":
         term = term + objective.ce_weight * x0_cross_entropy(process, x0, noise.xt, prediction)
     return term, elbo
 
 
 def _reconstruction(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, schedule: Schedule,
-                    generator: torch.Generator | None) -> Tensor:
+                    generator: torch.Generator | None, block_size: int | None = None) -> Tensor:
     lam_low, lam_high = logit_alpha_range(schedule)
     if math.isinf(lam_high):
         return torch.zeros(x0.shape[0], device=x0.device)
     lam = torch.full((x0.shape[0],), lam_high, device=x0.device)
     xt = process.sample_marginal(x0, lam, generator)
-    return process.reconstruction_nll(x0, xt, denoiser(xt, lam))
+    prediction = denoiser(xt, lam) if block_size is None else cast(BlockModel, denoiser)(xt, lam, clean=x0)
+    return process.reconstruction_nll(x0, xt, prediction)
 
 
 def training_loss(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, schedule: Schedule,
@@ -287,16 +323,18 @@ def estimate_elbo(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, sched
 
     Draw k of S = ``num_samples`` lies in the k-th of S equal-probability bands of the proposal (and is
     stratified over the batch within it), so each example's S draws cover the whole lam range: the same
-    unbiased mean with less variance than S independent draws (a fixed seed then gives a fixed set)."""
+    unbiased mean with less variance than S independent draws (a fixed seed then gives a fixed set).
+    A block-diffusion model (``blocks.block_size_of``) is scored by the block bound: one lam per block."""
+    block_size = block_size_of(denoiser)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     proposal = proposal or LogitAlphaProposal()
     diffusion = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
     reconstruction = torch.zeros_like(diffusion)
     for k in range(num_samples):
-        noise = draw_noise(process, x0, schedule, proposal, generator, stratum=(k, num_samples))
+        noise = draw_noise(process, x0, schedule, proposal, generator, stratum=(k, num_samples), block_size=block_size)
         diffusion += diffusion_terms(process, denoiser, x0, noise)[1].double()
-        reconstruction += _reconstruction(process, denoiser, x0, schedule, generator).double()
+        reconstruction += _reconstruction(process, denoiser, x0, schedule, generator, block_size).double()
     lam_low, _ = logit_alpha_range(schedule)
     prior = process.prior_kl(x0, torch.full((x0.shape[0],), lam_low, device=x0.device)).double()
     return ElboEstimate(diffusion=diffusion / num_samples, prior=prior,

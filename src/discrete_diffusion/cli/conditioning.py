@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,15 @@ def _load_site_array(path: str, flag: str) -> "numpy.ndarray":
         raise ValueError(f"{flag} {path}: no such file")
     if p.stat().st_size > MAX_INFILL_BYTES:
         raise ValueError(f"{flag} {path} is larger than {MAX_INFILL_BYTES} bytes; it should hold one site grid")
-    return parse_npy(bytearray(p.read_bytes()), 8 * MAX_INFILL_BYTES, f"{flag} {path}")
+    array = parse_npy(bytearray(p.read_bytes()), 8 * MAX_INFILL_BYTES, f"{flag} {path}")
+    if array.dtype.kind == "u" and array.size:    # uint64 2^64-1 would wrap to -1 in int64
+        import numpy as np
+
+        top = int(array.max())
+        if top > np.iinfo(np.int64).max:
+            raise ValueError(f"{flag} {path}: value {top} is beyond the int64 range (states are 0..num_states-1)")
+        array = array.astype(np.int64)
+    return array
 
 
 def conditioning_from_args(args: argparse.Namespace, run):
@@ -43,8 +52,11 @@ def conditioning_from_args(args: argparse.Namespace, run):
                         raise ValueError("--class all needs a class-conditional run; this run is unconditional "
                                          "(model.num_classes = 0)")
                     classes += list(range(run.denoiser.num_classes))
-                elif part.lstrip("-").isdigit():
+                elif re.fullmatch(r"-?[0-9]{1,18}", part):   # ASCII digits only ('²' is no class), no overflow
                     classes.append(int(part))
+                elif re.fullmatch(r"-?[0-9]+", part):
+                    raise ValueError(f"--class {part} is out of range: a class is an index 0..C-1 of the run's C "
+                                     "classes")
                 else:
                     raise ValueError(f"--class takes integers, lists such as 3,5, or 'all'; got {part!r}")
         if not run.denoiser.num_classes and getattr(args, "classifier", None) is None:
@@ -56,6 +68,10 @@ def conditioning_from_args(args: argparse.Namespace, run):
             raise ValueError("--prompt and --infill/--mask both say what is known: give one of them")
         vocab = run.dataset.metadata.get("vocab")
         sites = tuple(run.dataset.site_shape)
+        if run.dataset.metadata.get("tokenizer") is not None or run.dataset.metadata.get("tokenizer_json"):
+            raise ValueError("--prompt takes characters of a character-level text run; this run's text is BPE tokens "
+                             "(data.tokenizer=bpe), whose token ids a template of characters cannot place: give "
+                             "the known token ids with --infill KNOWN.npy --mask MASK.npy")
         if vocab is None or len(sites) != 1:
             raise ValueError("--prompt is for text runs (a vocabulary and one sequence axis); use --infill/--mask")
         if len(args.prompt) > sites[0]:
@@ -84,14 +100,28 @@ def conditioning_from_args(args: argparse.Namespace, run):
                         guidance_form=getattr(args, "guidance_form", "exact"))
 
 
-def conditioning_suffix(conditioning) -> str:
-    """File-name part of the conditioning: _class3 (or _classes for several), _clf (_clf-taylor) for classifier
-    guidance, _g2 for the guidance scale, _infill."""
+def conditioning_suffix(conditioning, num_classes: int = 0) -> str:
+    """File-name part of the conditioning: _class3 for one class; _classes for every class in turn (--class all,
+    or the list 0,1,...,C-1), else the list itself (_classes0-1 for --class 0,1; a list longer than 60 characters
+    as _classesN-HASH); _clf (_clf-taylor) for classifier guidance, _g2 for the guidance scale (all its digits
+    when %g would round it), _infill. Distinct class lists get distinct names (issue 19 item 10)."""
+    import hashlib
+
     out = ""
-    if conditioning.classes is not None:
-        out += f"_class{conditioning.classes[0]}" if len(set(conditioning.classes)) == 1 else "_classes"
+    classes = conditioning.classes
+    if classes is not None:
+        if len(set(classes)) == 1:
+            out += f"_class{classes[0]}"
+        elif num_classes and list(classes) == list(range(num_classes)):
+            out += "_classes"
+        else:
+            text = "-".join(str(c) for c in classes)
+            if len(text) > 60:
+                text = f"{len(classes)}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+            out += f"_classes{text}"
     if getattr(conditioning, "classifier", None) is not None:
         out += "_clf" + ("-taylor" if conditioning.guidance_form == "taylor" else "")
     if conditioning.guidance != 1.0:
-        out += f"_g{conditioning.guidance:g}"
+        short = f"{conditioning.guidance:g}"
+        out += f"_g{short if float(short) == conditioning.guidance else repr(float(conditioning.guidance))}"
     return out + ("_infill" if conditioning.known is not None else "")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import sample_stem, sampler_options
+from .common import check_batch, check_count, check_sample_sizes, sample_stem, sampler_options
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
@@ -20,8 +20,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.judge_steps is not None:
         raise ValueError("--judge-steps is an option of sample quality (with --samples or --sampler), not of the "
                          "likelihood evaluation")
+    if args.t_samples is not None:
+        check_count(args.t_samples, "--t-samples", MAX_T_SAMPLES)
+    if args.batch_size is not None:
+        check_count(args.batch_size, "--batch-size")
     ctx, device = setup(args.device)  # under torchrun the examples are split over the ranks
     run = load_run(args.run_dir, args.checkpoint, str(device), args.allow_data_change)
+    if args.batch_size is not None:   # a batch of examples: its predictions bounded as sampling's are
+        check_batch(run, args.batch_size, "--batch-size")
     if not ctx.enabled:
         result = evaluate_run(run, args.split, args.t_samples, args.batch_size, args.seed, progress=not args.no_progress)
     else:
@@ -48,6 +54,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 #: Upper bound of `ddiff evaluate --judge-steps` (the default judge takes 800).
 MAX_JUDGE_STEPS = 1_000_000
+#: Upper bound of `ddiff evaluate --t-samples` (importance draws of t per example; the default is 16).
+MAX_T_SAMPLES = 1_000_000
 
 
 def quality_requested(args: argparse.Namespace) -> bool:
@@ -85,12 +93,15 @@ def cmd_evaluate_quality(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     jobs = []  # (stem, samples, record)
     for path in files:
-        jobs.append((path.stem, read_samples(path, run.config.data.max_bytes),
+        jobs.append((path.stem, read_samples(path, run.config.data.max_bytes, tuple(run.dataset.site_shape)),
                      {**read_sample_record(path), "samples_path": str(path.resolve())}))
     if args.samples is None:
         sampler = build_sampler_from(run.config, args.sampler, args.steps, sampler_options(args))
         num = run.config.sample.num_samples if args.num is None else args.num
         batch_size = run.config.sample.batch_size if args.batch_size is None else args.batch_size
+        check_count(num, "--num-samples")
+        check_count(batch_size, "--batch-size")
+        check_sample_sizes(run, num, batch_size, "--num-samples", "--batch-size")  # before anything is allocated
         samples = generate_samples(run, sampler, num, batch_size, args.seed, progress)
         jobs.append((sample_stem(sampler, args.seed), samples,
                      {"sampler": sampler.name, "steps": sampler.num_steps if sampler.uses_steps else None,

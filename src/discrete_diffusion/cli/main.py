@@ -25,7 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     how to resume) and returns 130. Under torchrun the process group is left on the way out."""
     from ..distributed import env_world, teardown
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides placed after options (`train-classifier RUN --out D train.steps=5`)
+        if hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
+            args.overrides = [*(args.overrides or []), *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         check_arguments(args)
         return COMMANDS[args.command](args)

@@ -29,7 +29,8 @@ def _add_sample_options(p: argparse.ArgumentParser) -> None:
                    help="reuse predictions of rows whose x_t did not change (masking only; approximate with a "
                         "trained network, which is conditioned on the noise level)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other sampler option, repeatable, value parsed as YAML: e.g. -o theta=0.4, "
+                   help="any other sampler option, repeatable; a number is a number (1e-3 too), else YAML: e.g. "
+                        "-o theta=0.4, "
                         "-o multi_jump=first, -o eta=0.05 -o strategy=rescale, -o final_denoise=false")
 
 
@@ -90,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(e.g. bridge_200steps_seed0.npy), or {sampler}_seed{seed}.* for exact "
                                         "samplers, which take no steps (exact_seed0.npy); ddpd adds -planner / "
                                         "-masked to {sampler} with --planner / --masked-denoiser; conditioning "
-                                        "adds _class{C} (_classes for several), _g{gamma} and _infill.",
+                                        "adds _class{C} (_classes for all classes, _classes0-1 for a list), "
+                                        "_g{gamma} and _infill.",
                             epilog=_datasets_help(),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     sample.add_argument("run_dir", help="a directory written by `ddiff train` or `ddiff demo`")
@@ -125,7 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--mask", default=None, metavar="MASK.npy",
                         help="infilling: an .npy of the run's site shape, true (1) where --infill's value is known")
     sample.add_argument("--prompt", default=None, metavar="TEXT",
-                        help="text runs: a template, each '_' a blank to fill, shorter than seq_len = blanks after")
+                        help="text runs: a template, each '_' a blank to fill, shorter than seq_len = blanks after; "
+                             "block-diffusion runs (model.block_size): clean context the samples continue (BPE runs: "
+                             "tokenised by the run's tokenizer)")
+    sample.add_argument("--no-cache", dest="kv_cache", action="store_false",
+                        help="block-diffusion runs: recompute the context at every network call instead of the exact "
+                             "KV cache (same samples, slower)")
+    sample.add_argument("--max-length", type=int, default=None, metavar="N",
+                        help="block-diffusion runs: tokens per sample, prompt included (default seq_len; longer "
+                             "samples slide the context window)")
+    sample.add_argument("--eos", default=None, metavar="SYMBOL",
+                        help="block-diffusion runs: stop a sample at this symbol (a vocabulary character or a token "
+                             "id; default the dataset's EOS if it has one); the rest of the row is padding")
+    sample.add_argument("--batch-invariant", action="store_true",
+                        help="block-diffusion runs: decode each sample alone with its own generator (seed + index), so "
+                             "a sample never depends on the others in its batch (slower)")
     sample.add_argument("--allow-data-change", action="store_true",
                         help="use the data even if its checksum differs from the one recorded at training (warns)")
     sample.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -16,7 +16,11 @@ one-line ValueError (``ddiff`` prints it and returns 2) before anything is writt
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
+import os
+import stat
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -56,7 +60,8 @@ def add_posterior_parser(sub, add_sample_options: Callable[[argparse.ArgumentPar
                    help="posterior method: dps (any run, biased), infill (masking runs, inpaint; exact given the "
                         "model), split-gibbs (annealed split Gibbs; masking runs: operators that factorise)")
     p.add_argument("--method-option", "-m", dest="method_options", action="append", default=[], metavar="KEY=VALUE",
-                   help="a method option, repeatable, value parsed as YAML: e.g. -m gamma=2, -m mc_samples=32 (dps), "
+                   help="a method option, repeatable; a number is a number (1e-3 too), else YAML: e.g. -m gamma=2, "
+                        "-m mc_samples=32 (dps, at most 65536), "
                         "-m iterations=100 -m t_min=0.01 (split-gibbs); docs/posterior.md lists them")
     source = p.add_argument_group("the measurement y (give one of --y, --simulate-from, --test-index)")
     source.add_argument("--y", default=None, metavar="Y.npy",
@@ -120,7 +125,6 @@ def draw_posterior(method: str, run, operator: "MeasurementOperator", y: "torch.
 
     sites = tuple(run.dataset.site_shape)
     rows = y.shape[0] * num
-    per_row = y.repeat_interleave(num, 0) if y.shape[0] > 1 else y
     generator = torch.Generator(device=run.device).manual_seed(seed)
     counter = CountingDenoiser(run.denoiser)
     batches = math.ceil(rows / batch_size)
@@ -134,7 +138,9 @@ def draw_posterior(method: str, run, operator: "MeasurementOperator", y: "torch.
 
         for start in range(0, rows, batch_size):
             n = min(batch_size, rows - start)
-            part = per_row[start:start + n] if per_row.shape[0] > 1 else per_row
+            # the observations of rows start..start+n (row r belongs to observation r // num): indexed per batch,
+            # so memory grows with the batch, not with --num
+            part = y[torch.arange(start, start + n) // num] if y.shape[0] > 1 else y
             x = posterior_sample(method, run.process, counter, run.schedule, operator, part, (n, *sites), sampler,
                                  generator=generator, device=run.device, callback=tick, **options)
             chunks.append(x.cpu())
@@ -208,6 +214,67 @@ def is_picture(run) -> bool:
     return run.dataset.kind == "image" and (len(sites) == 2 or (len(sites) == 3 and sites[0] in (1, 3)))
 
 
+# ----- the output folder --------------------------------------------------------------------------------------------
+#: The files ddiff posterior writes into its folder.
+OUTPUT_FILES = ("samples.npy", "mean.npy", "y.npy", "truth.npy", "grid.png", "posterior.json")
+
+
+def _file_digest(path: str | None) -> str | None:
+    from ..runs.atomic_io import sha256_file
+
+    return None if path is None or not Path(path).is_file() else sha256_file(Path(path))
+
+
+def posterior_request(args: argparse.Namespace, run, operator: "MeasurementOperator", options: dict, sampler,
+                      obs) -> dict:
+    """Everything that determines the outputs: the run and checkpoint, the operator and its parameters (the parity
+    groups included), the measurement's source as typed (a list 0,3 and a range 0:3 differ) with the SHA-256 of
+    every input file (--y, --simulate-from, --mask), the method and its options, the sampler, --num, --batch-size and
+    the seed. Its SHA-256 names the default folder and is recorded in posterior.json."""
+    return {"run_dir": str(Path(args.run_dir).resolve()), "checkpoint": str(run.checkpoint),
+            "operator": operator_record(operator), "method": args.method, "method_options": options,
+            "sampler": sampler.config(), "num": args.num, "batch_size": args.batch_size, "seed": args.seed,
+            "test_index": None if args.test_index is None else str(args.test_index),
+            "y": _file_digest(args.y), "simulate_from": _file_digest(args.simulate_from),
+            "mask": None if args.mask is None else (args.mask if args.mask in HALF_MASKS else _file_digest(args.mask)),
+            "source": obs.source}
+
+
+def check_output_dir(out: Path, root: Path | None, digest: str) -> None:
+    """Refuse, before any sampling, an output folder that cannot be written or would mix two requests' files: a
+    symbolic link or a non-directory on the way from ``root`` (RUN_DIR; None: the --out the user typed, which is
+    followed) down to ``out``, a folder whose posterior.json records another request, or an --out holding posterior
+    files without a record (ValueError, one line)."""
+    from ..runs.atomic_io import UnsafePathError
+    from ..runs.json_reader import read_run_json
+
+    rel = () if root is None else out.relative_to(root).parts
+    parts = [out] if root is None else [root.joinpath(*rel[:i + 1]) for i in range(len(rel))]
+    for part in parts:
+        try:
+            info = os.lstat(part)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(info.st_mode):
+            raise UnsafePathError(f"{part} is a symbolic link; refusing to write through it (remove the link or "
+                                  "use another output directory)")
+        if not stat.S_ISDIR(info.st_mode):
+            raise ValueError(f"{part} exists and is not a directory; give --out a folder")
+    record_path = out / "posterior.json"
+    if os.path.lexists(record_path):
+        try:
+            record = read_run_json(record_path, 1 << 24, "posterior record")
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or record.get("request_sha256") != digest:
+            raise ValueError(f"{out} already holds the outputs of another posterior request (its posterior.json "
+                             "differs); give another --out or remove that folder")
+    elif root is None and any(os.path.lexists(out / name) for name in OUTPUT_FILES):  # the default folder's name
+        # holds the request's digest, so files there without a record are this request's, interrupted
+        raise ValueError(f"{out} already holds posterior outputs without a posterior.json (an interrupted or other "
+                         "request); give another --out or remove that folder")
+
+
 # ----- the command --------------------------------------------------------------------------------------------------
 def operator_record(operator: "MeasurementOperator") -> dict:
     """The operator's name and parameters for the JSON record."""
@@ -237,35 +304,60 @@ def cmd_posterior(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..builders import build_sampler_from
-    from .common import sample_stem, sampler_options
+    from .common import check_count, check_sample_sizes, sample_stem, sampler_options
     from ..pipeline import load_run, write_json
     from ..posterior.metrics import posterior_mean, sample_scores
-    from ..runs.atomic_io import atomic_write, ensure_dir, user_dir
+    from ..runs.atomic_io import atomic_write, ensure_dir, unlink_quietly, user_dir
     from ..report.grids import save_image_grid
 
     check_method(args.method)
     options = method_options_from_args(args)
+    if args.method == "dps":      # before the sampler is built, so the message says what is wrong
+        given = [flag for flag, key in (("--temperature", "temperature"), ("--top-p", "top_p"),
+                                        ("--top-k", "top_k"), ("--cache", "cache"))
+                 if getattr(args, key) is not None]
+        given += [f"-o {item.partition('=')[0]}" for item in args.option
+                  if item.partition("=")[0].strip() in ("temperature", "top_p", "top_k", "cache")]
+        if given:
+            raise ValueError(f"--method dps guides the reverse rates of the run's prior as they are; {given[0]} would "
+                             "change that prior, so dps does not take it (nor --temperature, --top-p, --top-k, "
+                             "--cache): drop it")
     if args.num < 1 or args.batch_size < 1:
         raise ValueError(f"--num and --batch-size must be >= 1, got {args.num} and {args.batch_size}")
+    check_count(args.num, "--num")
+    check_count(args.batch_size, "--batch-size")
     run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change)
     sampler = build_sampler_from(run.config, args.sampler or "tau-leaping", args.steps, sampler_options(args))
     sites = tuple(run.dataset.site_shape)
     observed = observed_mask(args, sites)
     operator = build_cli_operator(args, run)
     obs = read_observation(args, run, operator, observed)
+    check_sample_sizes(run, args.num, args.batch_size, "--num", "--batch-size", per_row=int(obs.y.shape[0]))
+    request = posterior_request(args, run, operator, options, sampler, obs)
+    digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+    extras = "".join(f"-{k}{v}" for k, v in sorted(options.items()))
+    mask = f"-mask-{name_part(Path(args.mask).stem)}" if args.mask else ""
+    checkpoint = "" if args.checkpoint == "best" else f"_{args.checkpoint}"
+    readable = name_part(f"{obs.stem}_{operator_tag(operator)}{mask}_{args.method}{extras}_"
+                         f"{sample_stem(sampler, args.seed)}_n{args.num}{checkpoint}")
+    stem = f"{readable[:100]}_{digest[:10]}"   # the digest keeps every distinct request apart (issue 19 item 10)
+    if args.out:
+        out, root = user_dir(args.out), None
+    else:
+        root = user_dir(args.run_dir)
+        out = root / "posterior" / stem                          # no link below RUN_DIR is followed
+    check_output_dir(out, root, digest)                          # before any sampling (issue 19 item 11)
     samples, cost = draw_posterior(args.method, run, operator, obs.y, args.num, args.batch_size, sampler, args.seed,
                                    options, progress=not args.no_progress)
 
-    extras = "".join(f"-{k}{v}" for k, v in sorted(options.items()))
-    stem = name_part(f"{obs.stem}_{operator_tag(operator)}_{args.method}{extras}_{sample_stem(sampler, args.seed)}")
-    if args.out:
-        out = ensure_dir(user_dir(args.out))
-    else:
-        root = user_dir(args.run_dir)
-        out = ensure_dir(root / "posterior" / stem, root)       # no link below RUN_DIR is followed
+    out = ensure_dir(out) if root is None else ensure_dir(out, root)
+    check_output_dir(out, root, digest)
     arrays = {"samples": samples.numpy(), "mean": posterior_mean(samples).float().numpy(), "y": obs.y.numpy()}
     if obs.truth is not None:
         arrays["truth"] = obs.truth.numpy()
+    for name in OUTPUT_FILES:  # a file this request does not write (truth.npy of an earlier request) goes
+        if name.removesuffix(".npy") not in arrays and name not in ("grid.png", "posterior.json"):
+            unlink_quietly(out / name)
     files = {}
     for name, array in arrays.items():
         atomic_write(out / f"{name}.npy", lambda f, a=array: np.save(f, a))
@@ -276,7 +368,8 @@ def cmd_posterior(args: argparse.Namespace) -> int:
         tiles = posterior_grid(samples, view, obs.truth, run.dataset.num_states)
         columns = tiles.shape[0] if samples.shape[0] == 1 else min(GRID_COLUMNS, samples.shape[0])  # one: a row
         files["png"] = str(save_image_grid(tiles, run.dataset.num_states, out / "grid.png", nrow=columns))
-    record = {"operator": operator_record(operator), "method": args.method, "method_options": options,
+    record = {"request_sha256": digest, "operator": operator_record(operator), "method": args.method,
+              "method_options": options,
               "sampler": sampler.config(), "seed": args.seed, "num_observations": int(samples.shape[0]),
               "samples_per_observation": args.num, "batch_size": args.batch_size,
               "observation": {**obs.source, **({"mask": args.mask} if args.mask else {}),

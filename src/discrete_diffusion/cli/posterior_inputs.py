@@ -6,6 +6,7 @@ the pickle-free bounded reader (data/npy_reader.py); the --groups JSON is bounde
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,9 @@ OPERATOR_FLAGS = {"eps": "channel", "p": "thinning", "block": "downsample", "gro
 HALF_MASKS = ("top-half", "bottom-half", "left-half", "right-half", "first-half", "last-half")
 #: Largest --groups file read (bytes).
 MAX_GROUPS_BYTES = 1 << 22
+#: Upper bounds of the size-bearing method options (-m KEY=N): Monte-Carlo draws per step (DPS), Gibbs iterations
+#: and Metropolis-Hastings steps per iteration (split Gibbs); as --steps, at most 10^6 iterations.
+OPTION_LIMITS = {"mc_samples": 1 << 16, "iterations": 10**6, "mh_steps": 10**4}
 
 
 def _integer_array(array: "numpy.ndarray", what: str) -> "torch.Tensor":
@@ -102,9 +106,8 @@ def build_cli_operator(args: argparse.Namespace, run) -> "MeasurementOperator":
     """The operator named by --operator with its flags; flags of other operators and operators that treat values as
     counts on token data are refused (one line). An inpaint operator gets no mask: y marks the unobserved sites
     (``UNOBSERVED``), so one operator serves observations with different masks in any batch."""
-    import json
-
     from ..posterior import build_operator
+    from ..runs.json_reader import read_run_json
 
     name = args.operator
     if name not in CLI_OPERATORS:
@@ -129,7 +132,7 @@ def build_cli_operator(args: argparse.Namespace, run) -> "MeasurementOperator":
         return build_operator(name, k, p=args.p)
     if name == "downsample":
         parts = [s.strip() for s in re.split(r"[,x]", str(args.block))]
-        if not all(s.isdigit() for s in parts):
+        if not all(re.fullmatch(r"[0-9]{1,9}", s) for s in parts):   # ASCII digits ('²' is no block size)
             raise ValueError(f"--block takes an integer or one per axis (2 or 2,2), got {args.block!r}")
         block = int(parts[0]) if len(parts) == 1 else tuple(int(s) for s in parts)
         op = build_operator(name, k, block=block)
@@ -140,14 +143,18 @@ def build_cli_operator(args: argparse.Namespace, run) -> "MeasurementOperator":
         raise ValueError(f"--groups {args.groups}: no such file")
     if path.stat().st_size > MAX_GROUPS_BYTES:
         raise ValueError(f"--groups {args.groups} is larger than {MAX_GROUPS_BYTES} bytes")
-    try:
-        groups = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"--groups {args.groups} is not JSON: {str(err).splitlines()[0]}") from None
+    try:  # a list of lists: nesting beyond 2 levels, huge numbers, a FIFO are refused before parsing
+        groups = read_run_json(path, MAX_GROUPS_BYTES, "--groups file", follow=True, max_depth=2)
+    except ValueError as err:
+        raise ValueError(f"--groups {args.groups} is not JSON of a list of lists ({err})") from None
     if not isinstance(groups, list) or not all(isinstance(g, list) and all(type(i) is int for i in g)
                                                for g in groups):
         raise ValueError(f"--groups {args.groups} must hold a JSON list of lists of site indices, e.g. "
                          "[[0, 1], [2, 5]]")
+    sites = math.prod(tuple(run.dataset.site_shape))
+    if len(groups) > sites or any(len(g) > sites for g in groups):
+        raise ValueError(f"--groups {args.groups}: {len(groups)} groups of up to {max(map(len, groups))} sites; "
+                         f"at most {sites} groups (one parity per site) of at most {sites} sites each")
     op = build_operator(name, k, groups=groups, flip=0.0 if args.flip is None else args.flip)
     op.y_shape(tuple(run.dataset.site_shape))
     return op
@@ -156,17 +163,30 @@ def build_cli_operator(args: argparse.Namespace, run) -> "MeasurementOperator":
 def _test_indices(spec: str, size: int) -> list[int]:
     """--test-index I, I,J,K or A:B as a list of indices into a split of ``size`` examples."""
     text = str(spec).strip()
+    bad = ValueError(f"--test-index {spec} must name indices in 0..{size - 1} (the test split has {size} examples)")
     try:
         if ":" in text:
-            start, _, stop = text.partition(":")
-            out = list(range(int(start or 0), int(stop) if stop else size))
-        else:
-            out = [int(part) for part in text.split(",")]
-    except ValueError:
+            start_text, _, stop_text = text.partition(":")
+            start, stop = _index(start_text or "0"), _index(stop_text) if stop_text else size
+            if not 0 <= start < stop <= size:      # checked before the list is built: 0:10**10 allocates nothing
+                raise bad
+            return list(range(start, stop))
+        out = [_index(part) for part in text.split(",")]
+    except ValueError as err:
+        if err is bad:
+            raise
         raise ValueError(f"--test-index takes an index, a list 0,3,7 or a range 0:8, got {spec!r}") from None
     if not out or min(out) < 0 or max(out) >= size:
-        raise ValueError(f"--test-index {spec} must name indices in 0..{size - 1} (the test split has {size} examples)")
+        raise bad
     return out
+
+
+def _index(text: str) -> int:
+    """A typed index: decimal digits with an optional sign, at most 20 characters (ValueError otherwise)."""
+    text = text.strip()
+    if not re.fullmatch(r"[-+]?[0-9]{1,20}", text):
+        raise ValueError(text)
+    return int(text)
 
 
 @dataclass
@@ -218,7 +238,7 @@ def read_observation(args: argparse.Namespace, run, operator: "MeasurementOperat
         index = _test_indices(args.test_index, test.shape[0])
         truth = test[index]
         source = {"test_index": index}
-        stem = "test" + name_part(str(args.test_index).replace(":", "-").replace(",", "-"))
+        stem = "test" + name_part(str(args.test_index).replace(":", "-to-").replace(",", "+"))
     if operator.name == "inpaint":          # the inpaint measurement is deterministic given the mask
         if observed is None:
             raise ValueError(f"inpainting a simulated measurement needs --mask (a file or {', '.join(HALF_MASKS)})")
@@ -235,10 +255,11 @@ def name_part(text: str) -> str:
 
 
 def method_options_from_args(args: argparse.Namespace) -> dict:
-    """--method-option KEY=VALUE pairs (YAML values) checked against the method's options."""
-    import yaml
-
+    """--method-option KEY=VALUE pairs (numbers as numbers, else YAML values) checked against the method's options;
+    the size-bearing ones (:data:`OPTION_LIMITS`) bounded before anything is allocated."""
     from ..posterior import method_options
+
+    from .common import parse_option_value
 
     allowed = method_options(args.method)
     options: dict = {}
@@ -249,10 +270,10 @@ def method_options_from_args(args: argparse.Namespace) -> dict:
             raise ValueError(f"malformed --method-option {item!r}: expected KEY=VALUE, e.g. -m gamma=2")
         if key not in allowed:
             raise ValueError(f"posterior method {args.method!r} takes the options {list(allowed)}, got {key!r}")
-        try:
-            options[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ValueError(f"malformed --method-option {item!r}: cannot parse the value {value!r}") from None
+        options[key] = parse_option_value("--method-option", item, value)
+        limit = OPTION_LIMITS.get(key)
+        if limit is not None and type(options[key]) is int and not 1 <= options[key] <= limit:
+            raise ValueError(f"--method-option {key} must be in 1..{limit}, got {options[key]}")
     return options
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import sample_stem, sampler_options
+from .common import check_count, check_sample_sizes, sample_stem, sampler_options
 from .conditioning import conditioning_from_args, conditioning_suffix
 
 def ddpd_networks(args: argparse.Namespace, run, device: str) -> dict:
@@ -43,12 +43,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     ctx, device = setup(args.device)  # under torchrun the samples are split over the ranks
     run = load_run(args.run_dir, args.checkpoint, str(device), args.allow_data_change)
+    if getattr(run.denoiser, "block_size", None) is not None:
+        from .sample_blocks import cmd_sample_blocks
+
+        return cmd_sample_blocks(args, run, ctx)
+    if args.max_length is not None or args.eos is not None or not args.kv_cache or args.batch_invariant:
+        raise ValueError("--max-length, --eos, --no-cache and --batch-invariant are options of block-diffusion runs "
+                         "(model.block_size)")
     options = {**sampler_options(args), **ddpd_networks(args, run, str(device))}
     sampler = build_sampler_from(run.config, args.sampler, args.steps, options)
     num = run.config.sample.num_samples if args.num is None else args.num
     batch_size = run.config.sample.batch_size if args.batch_size is None else args.batch_size
-    if num < 1 or batch_size < 1:
-        raise ValueError(f"num_samples and batch_size must be >= 1, got {num} and {batch_size}")
+    check_count(num, "--num-samples" if args.num is not None else "sample.num_samples")
+    check_count(batch_size, "--batch-size" if args.batch_size is not None else "sample.batch_size")
+    check_sample_sizes(run, num, batch_size, "--num-samples", "--batch-size")   # before anything is allocated
     progress = not args.no_progress and ctx.is_main
     conditioning = conditioning_from_args(args, run)
     conditioning.check(run)       # one-line errors before any sampling
@@ -59,7 +67,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return 0
     out = user_dir(args.out) if args.out else user_dir(args.run_dir) / "samples"  # links inside RUN_DIR refused
     extras = ("-planner" if args.planner else "") + ("-masked" if args.masked_denoiser else "")
-    stem = sample_stem(sampler, args.seed, extras) + conditioning_suffix(conditioning)
+    stem = sample_stem(sampler, args.seed, extras) + conditioning_suffix(conditioning, run.denoiser.num_classes or 0)
     paths = save_samples(samples, run, out, stem=stem)
     paths["json"] = str(out / f"{stem}.json")
     record = sampler.config()

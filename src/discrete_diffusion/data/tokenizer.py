@@ -29,16 +29,17 @@ else) before ``tokenizers`` parses it. Loading never executes code.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
+from .bounded_json import loads_bounded
 from .limits import MAX_NUM_STATES
 
 __all__ = ["TOKENIZER_NAME", "MIN_VOCAB_SIZE", "MAX_VOCAB_SIZE", "MAX_TOKENIZER_BYTES", "TOKENIZER_KINDS",
-           "TokenizerUnavailableError", "BpeTokenizer", "check_vocab_size", "train_bpe"]
+           "TokenizerUnavailableError", "BpeTokenizer", "check_vocab_size", "train_bpe", "byte_level_alphabet",
+           "check_tokenizer_json"]
 
 #: File name of the cached tokenizer inside a run directory.
 TOKENIZER_NAME = "tokenizer.json"
@@ -108,28 +109,86 @@ def train_bpe(text: str, vocab_size: int) -> str:
     return tokenizer.to_str()
 
 
-def _check_json(text: str, where: str) -> dict[str, Any]:
-    """The parsed tokenizer JSON after checking it describes a byte-level BPE model only (ValueError)."""
-    if len(text) > MAX_TOKENIZER_BYTES:
-        raise ValueError(f"{where}: the tokenizer JSON is over {MAX_TOKENIZER_BYTES} bytes")
-    try:
-        spec = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{where}: the tokenizer is not valid JSON ({exc})") from None
-    model = spec.get("model") if isinstance(spec, dict) else None
-    vocab = model.get("vocab") if isinstance(model, dict) else None
-    ok = (isinstance(model, dict) and model.get("type") == "BPE" and model.get("dropout") is None
-          and isinstance(vocab, dict) and 256 <= len(vocab) <= MAX_VOCAB_SIZE
-          and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(vocab) for i in vocab.values())
-          and isinstance(model.get("merges"), list) and len(model["merges"]) < len(vocab)
-          and spec.get("added_tokens") == [] and spec.get("normalizer") is None
-          and spec.get("post_processor") is None
-          and isinstance(spec.get("pre_tokenizer"), dict) and spec["pre_tokenizer"].get("type") == "ByteLevel"
-          and isinstance(spec.get("decoder"), dict) and spec["decoder"].get("type") == "ByteLevel")
-    if not ok:
-        raise ValueError(f"{where}: not a byte-level BPE tokenizer as ddiff trains one (expected a BPE model of 256 "
-                         f"to {MAX_VOCAB_SIZE} tokens, ByteLevel pre-tokenizer and decoder, no normaliser, "
-                         f"post-processor or added tokens)")
+#: Deepest nesting of a tokenizer JSON (ddiff's nest 4 levels: root, model, merges, one merge).
+MAX_TOKENIZER_DEPTH = 8
+#: Longest token string in the vocabulary (characters).
+MAX_TOKEN_CHARS = 4096
+_TOP_KEYS = {"version", "truncation", "padding", "added_tokens", "normalizer", "pre_tokenizer", "post_processor",
+             "decoder", "model"}
+_MODEL_KEYS = {"type", "dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix", "fuse_unk",
+               "byte_fallback", "ignore_merges", "vocab", "merges"}
+_BYTE_LEVEL_KEYS = {"type", "add_prefix_space", "trim_offsets", "use_regex"}
+
+
+def byte_level_alphabet() -> set[str]:
+    """The 256 characters GPT-2's byte-level BPE maps the bytes to (printable bytes stand for themselves, the
+    others are shifted to U+0100 onwards), as ``tokenizers.pre_tokenizers.ByteLevel.alphabet()`` lists them."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    shifted = [b for b in range(256) if b not in kept]
+    return {chr(b) for b in kept} | {chr(256 + i) for i in range(len(shifted))}
+
+
+def _structure_fault(spec: object) -> str | None:
+    """What makes ``spec`` other than a byte-level BPE tokenizer as ddiff trains one (None when it is one): every
+    field ``tokenizers`` reads is checked here, so that the library never sees an unknown token, a merge of the
+    wrong arity or a model option ddiff does not use (some of which panic inside it)."""
+    if not isinstance(spec, dict) or not set(spec) <= _TOP_KEYS or not isinstance(spec.get("model"), dict):
+        return "expected a JSON object with a 'model' and only the keys tokenizers writes"
+    if not isinstance(spec.get("version", ""), str):
+        return "'version' is not a string"
+    for key in ("truncation", "padding", "normalizer", "post_processor"):
+        if spec.get(key) is not None:
+            return f"{key!r} must be null"
+    if spec.get("added_tokens", []) != []:
+        return "'added_tokens' must be empty"
+    for key in ("pre_tokenizer", "decoder"):
+        part = spec.get(key)
+        if not isinstance(part, dict) or part.get("type") != "ByteLevel" or not set(part) <= _BYTE_LEVEL_KEYS \
+                or not all(isinstance(part[k], bool) for k in part if k != "type"):
+            return f"{key!r} must be a ByteLevel object with boolean options"
+    model = spec["model"]
+    if model.get("type") != "BPE" or not set(model) <= _MODEL_KEYS:
+        return "'model' must be a BPE model with only the keys tokenizers writes"
+    for key in ("dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix"):
+        if model.get(key) is not None:
+            return f"model.{key} must be null"
+    for key in ("fuse_unk", "byte_fallback"):
+        if model.get(key, False) is not False:
+            return f"model.{key} must be false"
+    if not isinstance(model.get("ignore_merges", False), bool):
+        return "model.ignore_merges must be a boolean"
+    vocab, merges = model.get("vocab"), model.get("merges")
+    if not isinstance(vocab, dict) or not 256 <= len(vocab) <= MAX_VOCAB_SIZE:
+        return f"model.vocab must map 256 to {MAX_VOCAB_SIZE} tokens to ids"
+    n = len(vocab)
+    if not all(type(i) is int and 0 <= i < n for i in vocab.values()) or len(set(vocab.values())) != n:
+        return f"model.vocab's ids must be 0..{n - 1}, each once"
+    if not all(0 < len(token) <= MAX_TOKEN_CHARS for token in vocab):
+        return f"model.vocab holds an empty token or one over {MAX_TOKEN_CHARS} characters"
+    missing = byte_level_alphabet() - set(vocab)
+    if missing:
+        return f"model.vocab lacks {len(missing)} of the 256 byte-level tokens"
+    if not isinstance(merges, list) or len(merges) >= n:
+        return "model.merges must be a list shorter than the vocabulary"
+    for k, merge in enumerate(merges):
+        if isinstance(merge, str):
+            merge = merge.split(" ")
+        if not isinstance(merge, list) or len(merge) != 2 or not all(isinstance(p, str) and p for p in merge):
+            return f"model.merges[{k}] is not a pair of tokens"
+        if merge[0] not in vocab or merge[1] not in vocab or merge[0] + merge[1] not in vocab:
+            return f"model.merges[{k}] names a token that is not in the vocabulary"
+    return None
+
+
+def check_tokenizer_json(text: str, where: str) -> dict[str, Any]:
+    """The parsed tokenizer JSON after checking it describes a byte-level BPE model only (ValueError, one line
+    naming ``where``): bounded in size, nesting depth and number length (data/bounded_json.py), then every field
+    ``tokenizers`` reads (:func:`_structure_fault`)."""
+    spec = loads_bounded(text, f"{where}: the tokenizer", max_bytes=MAX_TOKENIZER_BYTES,
+                         max_depth=MAX_TOKENIZER_DEPTH)
+    fault = _structure_fault(spec)
+    if fault is not None:
+        raise ValueError(f"{where}: not a byte-level BPE tokenizer as ddiff trains one ({fault})")
     return spec
 
 
@@ -143,12 +202,18 @@ class BpeTokenizer:
     """
 
     def __init__(self, json_text: str, where: str = "tokenizer") -> None:
-        spec = _check_json(json_text, where)
+        spec = check_tokenizer_json(json_text, where)
         tk = _tokenizers()
         self.json = json_text
         self.sha256 = hashlib.sha256(json_text.encode("utf-8")).hexdigest()
         self.size = len(spec["model"]["vocab"])
-        self._tokenizer = tk.Tokenizer.from_str(json_text)
+        try:  # the checks above leave nothing known to fail; anything the library still raises is one line
+            self._tokenizer = tk.Tokenizer.from_str(json_text)
+        except BaseException as exc:  # pyo3's PanicException derives from BaseException
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise ValueError(f"{where}: the tokenizers library cannot load it ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
 
     def encode(self, text: str) -> Tensor:
         """Token ids of ``text``: ``(T,)`` long (the pieces of the module docstring, concatenated)."""

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..data.base import DiscreteDataset, sha256_of_arrays
 from ..runs.atomic_io import atomic_write
+from ..runs.json_reader import read_run_json
 from .count_quality import MAX_TARGET_ROWS, fixed_subset
 from .feature_metrics import class_entropy_bits, frechet_distance_of, kid, prdc
 from .sample_files import ensure_real_dir
@@ -151,6 +152,19 @@ def _read_nofollow(path: Path, limit: int) -> bytes:
     return data
 
 
+def _finite_number(value: object, name: str, low: float, high: float) -> float:
+    """``value`` as a float in ``[low, high]`` (ValueError otherwise: a tampered record is retrained)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is out of range") from None
+    if not low <= number <= high:  # NaN fails too
+        raise ValueError(f"{name} = {number!r} is outside {low}..{high}")
+    return number
+
+
 def _load_cached(folder: Path, key: dict[str, Any], model: SmallCNN) -> tuple[dict[str, Any] | None, str]:
     """The cached meta record and "" when the cache is valid for ``key`` (weights loaded into ``model``),
     else None and the reason it is not."""
@@ -158,7 +172,7 @@ def _load_cached(folder: Path, key: dict[str, Any], model: SmallCNN) -> tuple[di
     if not meta_path.exists() and not weights_path.exists():
         return None, ""
     try:
-        meta = json.loads(_read_nofollow(meta_path, _MAX_META_BYTES))
+        meta = read_run_json(meta_path, _MAX_META_BYTES, "quality classifier record")
         if not isinstance(meta, dict) or meta.get("key") != key:
             changed = [k for k in key if not isinstance(meta, dict) or (meta.get("key") or {}).get(k) != key[k]]
             return None, f"{', '.join(changed) or 'cache record'} changed"
@@ -166,7 +180,8 @@ def _load_cached(folder: Path, key: dict[str, Any], model: SmallCNN) -> tuple[di
         if hashlib.sha256(blob).hexdigest() != meta.get("weights_sha256"):
             return None, "weights file checksum mismatch"
         model.load_state_dict(load_safetensors(blob), strict=True)
-        float(meta["test_accuracy"])
+        meta["test_accuracy"] = _finite_number(meta.get("test_accuracy"), "test_accuracy", 0.0, 1.0)
+        meta["train_seconds"] = _finite_number(meta.get("train_seconds", 0.0), "train_seconds", 0.0, 1e12)
     except Exception as exc:  # any unreadable, malformed or mismatched cache file: retrain
         return None, f"unreadable cache ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
     return meta, ""
@@ -207,7 +222,7 @@ def load_or_train_classifier(dataset: DiscreteDataset, cache_dir: Path, config: 
     meta, reason = _load_cached(folder, key, model)
     if meta is not None:
         return TrainedClassifier(model.to(device).eval(), dataset.num_states, key["num_classes"],
-                                 float(meta["test_accuracy"]), "cached", float(meta.get("train_seconds", 0.0)))
+                                 meta["test_accuracy"], "cached", meta["train_seconds"])
     with torch.random.fork_rng(devices=[]):  # a fresh initialisation, whatever a failed load left behind
         torch.manual_seed(config.seed)
         model = SmallCNN(_image_channels(dataset), key["num_classes"], config.channels, config.feature_dim)

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..data.limits import DEFAULT_MAX_BYTES
-from ..data.npy_reader import parse_npy
+from ..data.npy_reader import _check_sizes as check_npy_sizes
+from ..data.npy_reader import parse_npy, read_npy_header
 from ..runs.atomic_io import atomic_write
+from ..runs.json_reader import read_run_json
 
 __all__ = ["MAX_SAMPLE_FILES", "sample_files", "read_samples", "read_sample_record", "write_quality_record",
            "ensure_real_dir"]
@@ -45,14 +48,23 @@ def sample_files(path: Path) -> list[Path]:
     return [path]
 
 
-def read_samples(path: Path, max_bytes: int | None = None) -> np.ndarray:
+def read_samples(path: Path, max_bytes: int | None = None, site_shape: tuple[int, ...] | None = None) -> np.ndarray:
     """The array of the ``.npy`` file ``path`` (numeric dtypes only; its size and its states as int64 bounded by
-    ``max_bytes``, default :data:`~discrete_diffusion.data.limits.DEFAULT_MAX_BYTES`)."""
+    ``max_bytes``, default :data:`~discrete_diffusion.data.limits.DEFAULT_MAX_BYTES`; with ``site_shape``, of shape
+    (N, *site_shape)). The header is read and checked (dtype, shape, declared size against the file's) before the
+    payload, so a file it rules out is never read whole (issue 19 item 12)."""
     max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else int(max_bytes)
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise ValueError(f"{path} has {size} bytes, over the limit of {max_bytes}")
-    return parse_npy(bytearray(path.read_bytes()), max_bytes, str(path))
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        header = read_npy_header(f, str(path), "samples")
+        if site_shape is not None and (len(header.shape) != len(site_shape) + 1
+                                       or tuple(header.shape[1:]) != tuple(site_shape)):
+            raise ValueError(f"{path}: samples must have shape (N, {', '.join(map(str, site_shape))}) for this run, "
+                             f"the .npy header says {header.shape}")
+        check_npy_sizes(header, size - header.offset, max_bytes, str(path))
+        f.seek(0)
+        raw = bytearray(f.read(size + 1))
+    return parse_npy(raw, max_bytes, str(path))
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -67,14 +79,10 @@ def read_sample_record(npy: Path) -> dict[str, Any]:
 
     out: dict[str, Any] = {"sampler": None, "steps": None, "nfe": None, "seed": None}
     record_path = npy.with_suffix(".json")
-    if not record_path.is_file():
+    if not record_path.exists() and not record_path.is_symlink():
         return out
-    with open(record_path, "rb") as f:
-        raw = f.read(_MAX_RECORD_BYTES + 1)
-    try:
-        if len(raw) > _MAX_RECORD_BYTES:
-            raise ValueError("too large")
-        record = json.loads(raw)
+    try:  # bounded (size, depth, number length), never blocking on a FIFO: runs/json_reader.py
+        record = read_run_json(record_path, _MAX_RECORD_BYTES, "sample record", follow=True)
     except ValueError as exc:
         raise ValueError(f"{record_path} is not a sample record written by `ddiff sample` ({exc})") from None
     if not isinstance(record, dict):

@@ -44,12 +44,19 @@ from torch import Tensor
 from ..baselines.ar_transformer import ARTransformer
 from ..baselines.fit import FitSettings, bits_per_dim, fit_exact_model
 from ..data.base import DiscreteDataset
-from ..runs.data_record import data_manifest
 from ..data.text import UNK
 from ..runs.atomic_io import atomic_write, sha256_file
+from ..runs.data_record import data_manifest
+from ..runs.json_reader import read_run_json
 from .dna_quality import is_dna
-from .ngram import (check_token_batch, distinct_n, ngram_overlap, training_ngram_set, unigram_entropy_bits,
-                    warn_if_sizes_differ)
+from .ngram import (
+    check_token_batch,
+    distinct_n,
+    ngram_overlap,
+    training_ngram_set,
+    unigram_entropy_bits,
+    warn_if_sizes_differ,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..runs.load import LoadedRun
@@ -127,11 +134,9 @@ def _expected_key(dataset: DiscreteDataset, cfg: ARJudgeConfig) -> dict[str, Any
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:
-    if path.is_symlink() or not path.is_file() or path.stat().st_size > _MAX_RECORD_BYTES:
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    try:  # bounded (size, depth, number length), no link, no FIFO: runs/json_reader.py
+        record = read_run_json(path, _MAX_RECORD_BYTES, "AR judge record")
+    except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
 

@@ -7,8 +7,10 @@ replacement method: overwrite the known sites with a forward-noised copy at ever
 ``known``: (B, *sites) bool, ``values``: (B, *sites) long (read only where known, in 0..K-1).
 
 - masking, exact: the forward process acts independently per site and a revealed site stays revealed, so starting
-  the reverse chain from x_1 with the known sites unmasked (the others from the prior) and an exact denoiser
-  samples the exact conditional pi(x_unknown | x_known). Works with every sampler, exact simulation included.
+  the reverse chain from x_1 with the known sites unmasked and the others MASK, with an exact denoiser, samples the
+  exact conditional pi(x_unknown | x_known). Works with every sampler, exact simulation included. The unknown
+  sites start all MASK rather than from the prior, whose few revealed values (probability alpha(1), uniform) are
+  not draws of the conditional and can contradict the known values (an all-MASK site carries no information).
 - every other process, approximate ("replacement"): after each grid step to level s, the known sites are
   overwritten by a fresh draw x_s^known ~ q_s(. | values). The unknown sites then see known sites distributed as
   the forward marginal rather than as the reverse chain's coupling with them, so the result is biased even with
@@ -58,12 +60,17 @@ def impose_known(process: ForwardProcess, x: Tensor, known: Tensor, values: Tens
 
 
 def _start_from(process: ForwardProcess, known: Tensor, values: Tensor) -> ForwardProcess:
-    """The same process (a subclass instance sharing its state) whose prior draw has the known sites revealed."""
+    """The same process (a subclass instance sharing its state) whose prior draw has the known sites revealed and,
+    for masking, every other site MASK (module doc)."""
     base = type(process)
+    masking = isinstance(process, MaskingProcess)
 
     class _KnownStart(base):  # type: ignore[misc, valid-type]
         def sample_prior(self, shape, lam, generator=None, device="cpu"):
-            x = base.sample_prior(self, shape, lam, generator, device)
+            if masking:
+                x = torch.full(tuple(shape), self.mask_index, dtype=torch.long, device=device)
+            else:
+                x = base.sample_prior(self, shape, lam, generator, device)
             return torch.where(known.to(x.device), values.to(x.device), x)
 
     proxy = object.__new__(_KnownStart)
@@ -88,5 +95,6 @@ def infill_sample(sampler: Sampler, process: ForwardProcess, denoiser: Denoiser,
         x = sampler.sample(_start_from(process, known, values), denoiser, schedule, tuple(known.shape), generator,
                            device, callback)
         return torch.where(known, values, x)
-    return sampler.sample(process, denoiser, schedule, tuple(known.shape), generator, device, callback,
+    start = _start_from(process, known, values) if masking else process
+    return sampler.sample(start, denoiser, schedule, tuple(known.shape), generator, device, callback,
                           constrain=lambda x, lam: impose_known(process, x, known, values, lam, generator))

@@ -20,7 +20,7 @@ Kinds:
 - ``"learned"``: a parameter ``(L, dim)`` initialised to zero: the network starts as the rotary-only one and
   learns the positions it needs (a random start of std 0.02 without rotary trained badly here: DESIGN.md).
 
-Shapes: ``h`` ``(B, L, dim)`` -> ``(B, L, dim)``.
+Shapes: ``h`` ``(B, L, dim)`` (and optionally ``positions`` ``(L,)`` long) -> ``(B, L, dim)``.
 """
 
 from __future__ import annotations
@@ -70,7 +70,14 @@ class AbsolutePositionEmbedding(nn.Module):
         else:
             self.table = nn.Parameter(torch.zeros(max_len, dim))
 
-    def forward(self, h: Tensor) -> Tensor:
+    def forward(self, h: Tensor, positions: Tensor | None = None) -> Tensor:
+        """``h + p[:L]``, or ``h + p[positions]`` for given positions (L,) long (block diffusion's
+        ``forward_positions``)."""
+        if positions is not None:
+            if positions.numel() and int(positions.max()) >= self.table.shape[0]:
+                raise ValueError(f"position {int(positions.max())} exceeds the position table size "
+                                 f"{self.table.shape[0]}")
+            return h + self.table[positions.to(self.table.device)].to(h.dtype)
         length = h.shape[-2]
         if length > self.table.shape[0]:
             raise ValueError(f"sequence length {length} exceeds the position table size {self.table.shape[0]}")

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from .embeddings import ClassEmbedding, NoiseLevelEmbedding, _prepare_inputs, add_class_embedding
 from .positions import AbsolutePositionEmbedding
+from .kv_cache import KVCache
 
 __all__ = [
     "PreNormBlock",
@@ -79,12 +80,17 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos().to(torch.float32), persistent=False)
         self.register_buffer("sin", angles.sin().to(torch.float32), persistent=False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+        """Rotate ``x`` (B, heads, L, head_dim) at positions 0..L-1, or at ``positions`` (L,) long (< max_len)."""
         length = x.shape[-2]
-        if length > self.max_len:
-            raise ValueError(f"sequence length {length} exceeds the rotary table size {self.max_len}")
-        cos = self.cos[:length].to(x.dtype)
-        sin = self.sin[:length].to(x.dtype)
+        if positions is None:
+            if length > self.max_len:
+                raise ValueError(f"sequence length {length} exceeds the rotary table size {self.max_len}")
+            cos, sin = self.cos[:length].to(x.dtype), self.sin[:length].to(x.dtype)
+        else:
+            if positions.numel() and int(positions.max()) >= self.max_len:
+                raise ValueError(f"position {int(positions.max())} exceeds the rotary table size {self.max_len}")
+            cos, sin = self.cos[positions].to(x.dtype), self.sin[positions].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
@@ -106,12 +112,22 @@ class SelfAttention(nn.Module):
         self.rotary = RotaryEmbedding(dim // heads, max_len)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.attend(x)[0]
+
+    def attend(self, x: Tensor, mask: Tensor | None = None, positions: Tensor | None = None,
+               past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Attention of ``x`` (B, S, dim) at ``positions`` (S,) long (default 0..S-1) over the keys
+        [past ; x], under ``mask`` (S, P + S) bool (True = attend; None = all, or causal for a causal layer).
+        ``past``: cached (keys, values), each (B, heads, P, head_dim), keys already rotated. Returns the output
+        (B, S, dim) and the rotated keys and values of ``x``, each (B, heads, S, head_dim) (what a cache keeps)."""
         b, length, dim = x.shape
         q, k, v = self.qkv(x).view(b, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = self.rotary(q), self.rotary(k)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=self.causal)
-        return self.proj(y.transpose(1, 2).reshape(b, length, dim))
+        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        keys, values = (k, v) if past is None else (torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2))
+        causal = self.causal and mask is None and past is None
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0, is_causal=causal)
+        return self.proj(y.transpose(1, 2).reshape(b, length, dim)), k, v
 
 
 class FeedForward(nn.Module):
@@ -127,8 +143,13 @@ class FeedForward(nn.Module):
         return self.fc2(self.dropout(F.gelu(self.fc1(x), approximate="tanh")))
 
 
+def _per_position(t: Tensor) -> Tensor:
+    """A conditioning tensor (B, dim) as (B, 1, dim); a per-position one (B, S, dim) as it is."""
+    return t[:, None, :] if t.dim() == 2 else t
+
+
 def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale[:, None, :]) + shift[:, None, :]
+    return x * (1 + _per_position(scale)) + _per_position(shift)
 
 
 class AdaLNZeroBlock(nn.Module):
@@ -149,10 +170,17 @@ class AdaLNZeroBlock(nn.Module):
         nn.init.zeros_(self.modulation.bias)
 
     def forward(self, h: Tensor, c: Tensor) -> Tensor:
+        return self.forward_kv(h, c)[0]
+
+    def forward_kv(self, h: Tensor, c: Tensor, mask: Tensor | None = None, positions: Tensor | None = None,
+                   past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The block with an attention mask, positions and cached keys/values (``SelfAttention.attend``); ``c``
+        (B, dim) or per position (B, S, dim). Returns h (B, S, dim) and this layer's keys and values of h."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(c)).chunk(6, dim=-1)
-        h = h + gate1[:, None, :] * self.dropout(self.attn(_modulate(self.norm1(h), shift1, scale1)))
-        h = h + gate2[:, None, :] * self.dropout(self.mlp(_modulate(self.norm2(h), shift2, scale2)))
-        return h
+        y, k, v = self.attn.attend(_modulate(self.norm1(h), shift1, scale1), mask, positions, past)
+        h = h + _per_position(gate1) * self.dropout(y)
+        h = h + _per_position(gate2) * self.dropout(self.mlp(_modulate(self.norm2(h), shift2, scale2)))
+        return h, k, v
 
 
 class PreNormBlock(nn.Module):
@@ -206,6 +234,8 @@ class SequenceTransformer(nn.Module):
         position_embedding: "sinusoidal" (default), "learned" or "none": an absolute position embedding added
             to the input embedding (nn/positions.py); "none" is rotary only, the architecture of runs written
             before the option, which cannot tell apart sites that hold the same token (all masked).
+        time_conditioning: False drops the noise-level input (no ``noise_embedding``; the conditioning vector is
+            0, plus the class embedding): the network then predicts p(x0 | x_t) from x_t alone (MDLM, BD3-LM).
 
     Shapes:
         ``features`` ``(B, C_in, *site_shape)`` float, or token indices ``(B, *site_shape)`` long in
@@ -229,6 +259,7 @@ class SequenceTransformer(nn.Module):
         dropout: float = 0.1,
         num_classes: int = 0,
         position_embedding: str = "sinusoidal",
+        time_conditioning: bool = True,
     ) -> None:
         super().__init__()
         site_shape = (int(seq_len),) if isinstance(seq_len, numbers.Integral) else tuple(int(s) for s in seq_len)
@@ -249,7 +280,9 @@ class SequenceTransformer(nn.Module):
         self.input_proj = nn.Linear(in_channels, dim)
         self.positions = (None if position_embedding == "none"
                           else AbsolutePositionEmbedding(position_embedding, self.seq_len, dim, in_channels))
-        self.noise_embedding = NoiseLevelEmbedding(dim)
+        self.dim = dim
+        self.time_conditioning = bool(time_conditioning)
+        self.noise_embedding = NoiseLevelEmbedding(dim) if self.time_conditioning else None
         self.class_embedding = ClassEmbedding(num_classes, dim) if num_classes > 0 else None
         self.blocks = nn.ModuleList(
             AdaLNZeroBlock(dim, heads, mlp_ratio, self.seq_len, dropout) for _ in range(depth)
@@ -277,7 +310,7 @@ class SequenceTransformer(nn.Module):
                     f"got {tuple(features.shape)}"
                 )
         batch = features.shape[0]
-        c = add_class_embedding(self.noise_embedding(noise_level), self.class_embedding, labels)
+        c = self._conditioning(noise_level, labels, batch, features.device)
         if tokens:
             h = embed_tokens(self.input_proj, features.reshape(batch, self.seq_len))
         else:
@@ -289,3 +322,59 @@ class SequenceTransformer(nn.Module):
         shift, scale = self.final_modulation(F.silu(c)).chunk(2, dim=-1)
         out = self.output_proj(_modulate(self.norm_out(h), shift, scale))     # (B, L, C_out)
         return out.transpose(1, 2).reshape(batch, self.out_channels, *self.site_shape)
+
+    # ----- conditioning, masks, positions and the KV cache (block diffusion) ------------------------------------
+    def _conditioning(self, noise_level: Tensor | None, labels: Tensor | None, batch: int,
+                      device: torch.device) -> Tensor:
+        """The adaLN conditioning vector: (B, dim) for a (B,) noise level, (B, S, dim) for a per-position (B, S)
+        one; without time conditioning (or for ``noise_level=None``) zeros (B, dim). Plus the class embedding."""
+        if not self.time_conditioning or noise_level is None:
+            weight = self.final_modulation.weight
+            c = torch.zeros(batch, self.dim, dtype=weight.dtype, device=device)
+        elif noise_level.dim() == 2:
+            b, s = noise_level.shape
+            c = self.noise_embedding(noise_level.reshape(-1)).reshape(b, s, -1)
+        else:
+            c = self.noise_embedding(noise_level)
+        if self.class_embedding is None:
+            return add_class_embedding(c, None, labels)
+        table = add_class_embedding(torch.zeros_like(c if c.dim() == 2 else c[:, 0]), self.class_embedding, labels)
+        return c + _per_position(table) if c.dim() == 3 else c + table
+
+    def forward_positions(self, tokens: Tensor, noise_level: Tensor | None, positions: Tensor,
+                          mask: Tensor | None = None, labels: Tensor | None = None, past: "KVCache | None" = None,
+                          keep: bool = False, outputs: int | None = None) -> tuple[Tensor, "KVCache | None"]:
+        """The network on token indices at given positions, under an attention mask, after cached tokens.
+
+        Shapes: ``tokens`` (B, S) long in 0..C_in-1 (a 1-D site shape), ``noise_level`` (B,) or per position
+        (B, S) float in [-1, 1] (ignored without time conditioning; None = zeros), ``positions`` (S,) long
+        (rotary positions, < seq_len), ``mask`` (S, P + S) bool (True = attend; None = every key) over the keys
+        [past ; tokens], ``past`` the cache of P earlier tokens. Returns the output (B, C_out, S) (with ``outputs``
+        = n, only the first n positions': (B, C_out, n)) and, with ``keep``, ``past`` extended by these S tokens'
+        keys and values (else None)."""
+        if tokens.dim() != 2 or tokens.is_floating_point() or len(self.site_shape) != 1:
+            raise ValueError(f"forward_positions takes (B, S) token indices of a sequence backbone, got "
+                             f"{tuple(tokens.shape)} {tokens.dtype} (site shape {self.site_shape})")
+        if positions.shape != (tokens.shape[1],):
+            raise ValueError(f"positions must have shape ({tokens.shape[1]},), got {tuple(positions.shape)}")
+        batch = tokens.shape[0]
+        c = self._conditioning(noise_level, labels, batch, tokens.device)
+        h = embed_tokens(self.input_proj, tokens)
+        if self.positions is not None:
+            h = self.positions(h, positions)
+        mask = None if mask is None else mask.to(h.device)
+        keys, values = [], []
+        for i, block in enumerate(self.blocks):
+            layer_past = None if past is None else (past.keys[i], past.values[i])
+            h, k, v = block.forward_kv(h, c, mask, positions, layer_past)
+            keys.append(k)
+            values.append(v)
+        if outputs is not None:
+            h = h[:, :outputs]
+            c = c[:, :outputs] if c.dim() == 3 else c
+        shift, scale = self.final_modulation(F.silu(c)).chunk(2, dim=-1)
+        out = self.output_proj(_modulate(self.norm_out(h), shift, scale)).transpose(1, 2)    # (B, C_out, S)
+        if not keep:
+            return out, None
+        fresh = KVCache(keys, values, positions)
+        return out, (fresh if past is None else past.extended(keys, values, positions))

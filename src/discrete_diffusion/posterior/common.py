@@ -1,10 +1,17 @@
 """Helpers shared by the posterior samplers that act on the reverse rates (exact_guidance.py, dps.py): input checks,
-the per-row observation index, the likelihood of every configuration of a small state space, and the run of a
-guided sampler (with exact simulation grouped by distinct observation)."""
+the per-row observation index, the likelihood of every configuration of a small state space, the run of a guided
+sampler (with exact simulation grouped by distinct observation), and the check that no returned sample contradicts y.
+
+Start of a posterior chain under masking: all sites MASK at t = 1 (``masked_start``), not the prior's draw. The
+masking prior reveals each site with probability alpha(1) (1e-4 on the log-linear schedule) as a uniform value; a
+revealed value that y rules out makes p_t(y | x_t) = 0, every guided rate 0, and the sample a prior draw that
+contradicts y. An all-MASK x_1 carries no information about x0 (q_1(MASK^D | x0) is the same for every x0), so the
+exact posterior chain started there still samples p(x0 | y) exactly."""
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -95,12 +102,32 @@ def run_guided(sampler: Sampler, process: ForwardProcess, denoiser: Denoiser, sc
     if sampler.uses_steps or y.shape[0] == 1:
         guidance = make_guidance(y)
         return sampler.sample(guidance.process, guidance.denoiser(denoiser), schedule, shape, generator, device,
-                              callback)
+                              callback, start=masked_start(process, shape, device))
     distinct, group = torch.unique(y.reshape(y.shape[0], -1), dim=0, return_inverse=True)
     out = torch.empty(shape, dtype=torch.long, device=device)
     for g in range(distinct.shape[0]):
         rows = (group == g).nonzero()[:, 0]
         guidance = make_guidance(y[rows[:1]])
-        out[rows] = sampler.sample(guidance.process, guidance.denoiser(denoiser), schedule,
-                                   (rows.shape[0], *shape[1:]), generator, device, callback)
+        part = (rows.shape[0], *shape[1:])
+        out[rows] = sampler.sample(guidance.process, guidance.denoiser(denoiser), schedule, part, generator, device,
+                                   callback, start=masked_start(process, part, device))
     return out
+
+
+def masked_start(process: ForwardProcess, shape: tuple[int, ...], device: torch.device | str) -> \
+        tuple[Tensor, float] | None:
+    """For masking, ``start=(x_1, 1.0)`` with every site MASK (module doc); None (the prior) otherwise."""
+    if not isinstance(process, MaskingProcess):
+        return None
+    return torch.full(tuple(shape), process.mask_index, dtype=torch.long, device=device), 1.0
+
+
+def warn_if_contradicting(operator: MeasurementOperator, y: Tensor, x0: Tensor, method: str) -> int:
+    """Count the samples x0 (B, *sites) with p(y | x0) = 0 and say so (RuntimeWarning) when there are any: a
+    posterior sample that contradicts a hard observation is never returned silently. Returns the count."""
+    bad = int(torch.isneginf(operator.log_likelihood(x0, y.to(x0.device))).sum())
+    if bad:
+        warnings.warn(f"posterior method {method!r}: {bad} of {x0.shape[0]} samples contradict y (p(y | x0) = 0); "
+                      f"see docs/posterior.md for when this happens (leaps past a hard constraint, too few "
+                      f"iterations) and how to reduce it", RuntimeWarning, stacklevel=4)
+    return bad

@@ -49,6 +49,7 @@ from .common import (
     configuration_log_likelihood,
     observation_rows,
     run_guided,
+    warn_if_contradicting,
 )
 from .measurement import MeasurementOperator
 
@@ -216,4 +217,6 @@ def exact_guidance_sample(sampler: Sampler, process: ForwardProcess, denoiser: D
         guidance.process = ExactPosteriorProcess(process, guidance)
         return guidance
 
-    return run_guided(sampler, process, denoiser, schedule, tuple(shape), y, make_guidance, generator, device, callback)
+    x0 = run_guided(sampler, process, denoiser, schedule, tuple(shape), y, make_guidance, generator, device, callback)
+    warn_if_contradicting(operator, y, x0, "exact-guidance")
+    return x0

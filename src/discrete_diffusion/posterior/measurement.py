@@ -13,11 +13,35 @@ Shapes. x0 is (B, *sites) long in 0..K-1 (K = ``num_states``). A measurement y h
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["MeasurementOperator"]
+__all__ = ["MeasurementOperator", "SumFactors"]
+
+
+@dataclass
+class SumFactors:
+    """log p(y | x0) = sum_g f_g(s_g) with s_g the sum (``modulus`` None) or the sum mod ``modulus`` of x0 over a
+    group g of sites, the groups disjoint (operators.py: downsample, parity). Lets samplers draw exactly from
+    laws of the form prod_d q(x^d) prod_g exp(f_g(s_g)) by forward filtering / backward sampling over partial sums
+    (group_likelihood.py).
+
+    index: (G, W) long, the flattened site indices of each group (rows padded to the widest group W);
+    valid: (G, W) bool, False at padding; modulus: int or None; log_factor: (B|1, G, S) float64, f_g(s) for every
+    value s of a group's sum (S = modulus, or W (K - 1) + 1 for plain sums of values 0..K-1), -inf where y rules the
+    sum out."""
+
+    index: Tensor
+    valid: Tensor
+    modulus: int | None
+    log_factor: Tensor
+
+    @property
+    def hard(self) -> bool:
+        """True when some sum is ruled out (-inf): a one-site change of a feasible x then breaks the constraint."""
+        return bool(torch.isneginf(self.log_factor).any())
 
 
 class MeasurementOperator(ABC):
@@ -56,4 +80,9 @@ class MeasurementOperator(ABC):
         """log p(y | x0) as a sum over sites: the table l[b, d, k] = the site term at x0^d = k, (B or 1, *sites, K)
         float64, with log p(y | x0) = sum_d l[b, d, x0^d]; None when the operator couples sites (then samplers fall
         back to ``log_likelihood``)."""
+        return None
+
+    def sum_factors(self, y: Tensor, site_shape: tuple[int, ...]) -> SumFactors | None:
+        """log p(y | x0) as a sum over disjoint groups of a function of each group's sum (or sum mod K):
+        ``SumFactors``, or None when the operator is not of that form."""
         return None

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .measurement import MeasurementOperator
+from .measurement import MeasurementOperator, SumFactors
 
 __all__ = ["UNOBSERVED", "InpaintOperator", "ChannelOperator", "ThinningOperator", "DownsampleOperator",
            "ParityOperator", "CallableOperator", "OPERATORS", "build_operator", "inpaint_observation"]
@@ -291,6 +291,18 @@ class DownsampleOperator(MeasurementOperator):
     def simulate(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return self.block_sums(x0)
 
+    def sum_factors(self, y: Tensor, site_shape: tuple[int, ...]) -> SumFactors:
+        """The blocks as groups of flattened sites, f_b(s) = 0 at s = y_b, else -inf (``SumFactors``)."""
+        site_shape = _as_site_shape(site_shape)
+        block = self._block_for(site_shape)
+        flat = torch.arange(math.prod(site_shape), device=y.device).reshape((1, *site_shape))
+        index = _blocks(flat, block)[0].reshape(-1, math.prod(block))                     # (G, W)
+        width = (self.num_states - 1) * index.shape[1] + 1
+        sums = torch.arange(width, device=y.device)
+        target = y.reshape(y.shape[0], -1, 1)
+        log_factor = torch.where(sums == target, 0.0, -torch.inf).double()                # (B|1, G, S)
+        return SumFactors(index, torch.ones_like(index, dtype=torch.bool), None, log_factor)
+
     def factorised_log_likelihood(self, log_probs: Tensor, y: Tensor) -> Tensor:
         """log E[p(y | x0)] for independent sites with laws exp(log_probs) (n, *sites, K) and y (n|1, *y_sites):
         sum over blocks of log P(block sum = y_b), the law of a block sum by convolution. (n,) float64."""
@@ -362,6 +374,14 @@ class ParityOperator(MeasurementOperator):
         wrong = torch.rand(s.shape, generator=generator, dtype=torch.float64, device=s.device) < self.flip
         shift = torch.randint(1, self.num_states, s.shape, generator=generator, device=s.device)
         return torch.where(wrong, (s + shift) % self.num_states, s)
+
+    def sum_factors(self, y: Tensor, site_shape: tuple[int, ...]) -> SumFactors | None:
+        """Disjoint groups only (else None): f_g(s) = log p(y_g | s_g = s) over s in 0..K-1 (``SumFactors``)."""
+        if not self.disjoint:
+            return None
+        self._check_sites(tuple(site_shape))
+        log_factor = self._log_kernel(y.device)[:, y].permute(1, 2, 0)                   # (B|1, G, K)
+        return SumFactors(self._index.to(y.device), self._valid.to(y.device), self.num_states, log_factor)
 
     def factorised_log_likelihood(self, log_probs: Tensor, y: Tensor) -> Tensor | None:
         """log E[p(y | x0)] for independent sites with laws exp(log_probs) (n, *sites, K), exact when the groups are

@@ -8,8 +8,14 @@ Methods (one file each, the math in its docstring):
 - ``dps`` (dps.py): the DPS-style approximation, biased; any denoiser with x0 log-probs; tau-leaping, euler.
 - ``infill`` (inpaint.py): the inpaint measurement under masking, observed sites revealed from the start; exact,
   every masking sampler.
-- ``split-gibbs`` (split_gibbs.py): split Gibbs sampling (SGDD), annealed; any prior and operator (masking: operators
-  that factorise over sites), its prior step any sampler started mid-way (or, for an oracle, the exact joint step).
+- ``split-gibbs`` (split_gibbs.py): split Gibbs sampling (SGDD), annealed; any prior; its likelihood step exact for
+  operators that factorise over sites and for block sums and parity with disjoint groups, Metropolis-Hastings for the
+  rest (parity with shared sites, callables: slow to mix under hard coupled constraints; one-site proposals refused
+  there where the operator is known to be hard); masking: only operators that factorise over sites. Its prior step
+  is any sampler started mid-way (or, for an oracle, the exact joint step).
+
+Under masking, guided chains (exact-guidance, dps) and infill start with every unobserved site MASK (common.py), and
+every method warns (RuntimeWarning, with the count) when some of its samples contradict y.
 
 Every method function has the signature ``fn(sampler, process, denoiser, schedule, operator, y, shape, *,
 <its options>, generator, device, callback) -> (B, *sites) long``.

@@ -14,7 +14,6 @@ Files are opened only if they are regular files, and inside the run directory ne
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import stat
@@ -25,7 +24,8 @@ import numpy as np
 
 from ..data.limits import MAX_NUM_STATES, human_bytes
 from ..data.npy_reader import read_npy_header
-from .plots import Series
+from ..runs.json_reader import loads_bounded
+from .plots import MAX_ABS, MIN_ABS, Series, plottable
 
 __all__ = ["MetricsLog", "QualityRecord", "SamplesView", "CURVE_KEYS", "MAX_METRICS_BYTES", "read_metrics",
            "parse_quality", "read_quality", "default_metric", "quality_series", "quality_reference",
@@ -73,10 +73,7 @@ def read_json(path: Path, limit: int, follow: bool = False) -> object:
         raw = f.read(limit + 1)
     if len(raw) > limit:
         raise ValueError(f"{path} is larger than {human_bytes(limit)}")
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, 5000-digit ints
-        raise ValueError(f"{path} is not valid JSON ({str(err).splitlines()[0][:100]})") from None
+    return loads_bounded(raw, str(path), max_bytes=limit)  # depth and number length bounded too
 
 
 def _number(v: object) -> float | None:
@@ -132,8 +129,8 @@ def read_metrics(path: Path, max_bytes: int | None = None) -> MetricsLog:
             log.blank_lines += 1
             continue
         try:
-            record = json.loads(line.decode("utf-8"))
-        except (ValueError, RecursionError):
+            record = loads_bounded(line, "metrics.jsonl line")
+        except ValueError:
             log.skipped_lines += 1
             continue
         step = record.get("step") if isinstance(record, dict) else None
@@ -144,7 +141,7 @@ def read_metrics(path: Path, max_bytes: int | None = None) -> MetricsLog:
         for key in CURVE_KEYS:
             if key in record:
                 value = _number(record[key])
-                if value is None or not math.isfinite(value):
+                if value is None or not plottable(value):  # NaN, inf, or beyond the drawable 1e-100..1e100
                     log.bad_values += 1
                 else:
                     by_step[key][step] = value
@@ -187,8 +184,8 @@ def parse_quality(payload: object, stem: str) -> QualityRecord:
         raise ValueError(f"{where}: expected a JSON object")
     nfe = payload.get("nfe")
     nfe = None if nfe is None else _number(nfe)
-    if payload.get("nfe") is not None and (nfe is None or not math.isfinite(nfe) or nfe < 0):
-        raise ValueError(f"{where}: nfe must be a finite number >= 0 or null")
+    if payload.get("nfe") is not None and (nfe is None or not plottable(nfe) or nfe < 0):
+        raise ValueError(f"{where}: nfe must be 0 or a number in {MIN_ABS:g}..{MAX_ABS:g}, or null; got {nfe!r}")
     num = payload.get("num_samples")
     if isinstance(num, bool) or not isinstance(num, int) or num < 0:
         raise ValueError(f"{where}: num_samples must be an integer >= 0")
@@ -243,7 +240,7 @@ def quality_series(records: list[QualityRecord], metric: str) -> Series:
     without an NFE, without the metric or with a non-finite value are left out."""
     sums: dict[str, dict[float, list[float]]] = {}
     for r in records:
-        if r.nfe is None or metric not in r.metrics or not math.isfinite(r.metrics[metric][0]):
+        if r.nfe is None or metric not in r.metrics or not plottable(r.metrics[metric][0]):
             continue
         name = r.sampler if r.sampler is not None else "(unknown sampler)"
         sums.setdefault(name, {}).setdefault(r.nfe, []).append(r.metrics[metric][0])
@@ -252,7 +249,7 @@ def quality_series(records: list[QualityRecord], metric: str) -> Series:
 
 def quality_reference(records: list[QualityRecord], metric: str) -> float | None:
     """The mean of the finite reference values of ``metric`` (the dashed line of the chart), or None."""
-    refs = [r.metrics[metric][1] for r in records if metric in r.metrics and math.isfinite(r.metrics[metric][1])]
+    refs = [r.metrics[metric][1] for r in records if metric in r.metrics and plottable(r.metrics[metric][1])]
     return sum(refs) / len(refs) if refs else None
 
 
@@ -309,7 +306,9 @@ def _num_states(run_dir: Path, x: np.ndarray, view: SamplesView) -> int:
         view.notes.append("data.json has no valid num_states; grey levels scaled to the samples' maximum")
     except ValueError as err:
         view.notes.append(f"no num_states ({err}); grey levels scaled to the samples' maximum")
-    return max(2, int(x.max(initial=0)) + 1)
+    finite = x[np.isfinite(x)] if x.dtype.kind == "f" else x  # inf / NaN: image_grid refuses them with a note
+    top = float(finite.max(initial=0))
+    return max(2, int(min(top, MAX_NUM_STATES - 1)) + 1)
 
 
 def _text_lines(path: Path, follow: bool) -> list[str]:

@@ -32,8 +32,15 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 MAX_LEGEND = 10
 
 Series = dict[str, list[tuple[float, float]]]
-#: Values beyond this magnitude are not plotted (their differences would overflow the axis arithmetic).
-_MAX_ABS = 1e100
+#: Values beyond this magnitude are not plotted (their differences would overflow the axis arithmetic), nor
+#: non-zero values below MIN_ABS (a log axis down there needs powers of ten that underflow to 0, e.g. 5e-324).
+MAX_ABS = 1e100
+MIN_ABS = 1e-100
+
+
+def plottable(v: float) -> bool:
+    """Whether a chart draws ``v``: finite, and 0 or of magnitude in ``MIN_ABS..MAX_ABS``."""
+    return math.isfinite(v) and (v == 0 or MIN_ABS <= abs(v) <= MAX_ABS)
 
 
 def page_size(with_quality: bool) -> tuple[int, int]:
@@ -76,7 +83,7 @@ def _log_ticks(lo: float, hi: float) -> list[float]:
     """Ticks on a log10 axis spanning ``10**lo .. 10**hi``: 1, 2, 5 per decade when few decades, else 1."""
     mults = (1, 2, 5) if hi - lo <= 3 else (1,)
     ticks = [m * 10.0 ** d for d in range(math.floor(lo), math.ceil(hi) + 1) for m in mults]
-    ticks = [t for t in ticks if lo - 1e-9 <= math.log10(t) <= hi + 1e-9]
+    ticks = [t for t in ticks if t > 0 and math.isfinite(t) and lo - 1e-9 <= math.log10(t) <= hi + 1e-9]
     return ticks if len(ticks) >= 2 else [10.0 ** lo, 10.0 ** hi]
 
 
@@ -84,7 +91,7 @@ class _Axis:
     """Maps data values to [0, 1] on a linear or log10 scale; the range comes from the finite values."""
 
     def __init__(self, values: Sequence[float], log: bool | None) -> None:
-        finite = [v for v in values if math.isfinite(v) and abs(v) <= _MAX_ABS]
+        finite = [v for v in values if plottable(v)]
         positive = [v for v in finite if v > 0]
         if log is None:  # automatic: log when every value is positive and they span more than 30x
             log = bool(finite) and len(positive) == len(finite) and max(positive) > 30 * min(positive)
@@ -98,7 +105,7 @@ class _Axis:
         self.lo, self.hi = lo - 0.04 * span, hi + 0.04 * span
 
     def frac(self, v: float) -> float | None:
-        if not math.isfinite(v) or abs(v) > _MAX_ABS or (self.log and v <= 0):
+        if not plottable(v) or (self.log and v <= 0):
             return None
         return ((math.log10(v) if self.log else v) - self.lo) / (self.hi - self.lo)
 

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load
 
 from .atomic_io import fsync_dir, sha256_file, unlink_quietly
+from .json_reader import loads_bounded
 from .tensors import check_ema_fields
 
 FORMAT = "discrete_diffusion.checkpoint"
@@ -56,8 +57,8 @@ def _read_manifest(manifest: Path) -> dict[str, Any]:
             data = f.read(MAX_MANIFEST_BYTES + 1)
         if len(data) > MAX_MANIFEST_BYTES:  # grew between fstat and read
             raise ValueError(f"corrupt checkpoint manifest {manifest}: more than {MAX_MANIFEST_BYTES} bytes")
-        meta = json.loads(data.decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        meta = loads_bounded(data, "JSON", max_depth=MAX_MANIFEST_DEPTH)
+    except (OSError, ValueError) as exc:
         raise ValueError(f"corrupt checkpoint manifest {manifest}: {_one_line(exc)}") from exc
     except RecursionError:
         raise ValueError(f"corrupt checkpoint manifest {manifest}: JSON nested too deeply") from None

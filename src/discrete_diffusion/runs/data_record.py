@@ -24,8 +24,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .atomic_io import atomic_write_text
 from ..data.base import DiscreteDataset, sha256_of_arrays
+from .atomic_io import atomic_write_text
+from .json_reader import read_run_json
 
 __all__ = ["MANIFEST_NAME", "DataChangedError", "DataChangedWarning", "data_manifest", "write_data_manifest",
            "check_data_manifest"]
@@ -65,14 +66,10 @@ def write_data_manifest(run_dir: str | os.PathLike, dataset: DiscreteDataset) ->
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
-    if path.is_symlink() or not path.is_file():
-        raise ValueError(f"{path}: the data manifest must be a regular file")
-    if path.stat().st_size > _MAX_MANIFEST_BYTES:
-        raise ValueError(f"{path}: the data manifest is over {_MAX_MANIFEST_BYTES} bytes; it is not one ddiff wrote")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: the data manifest is not valid JSON ({exc})") from None
+    try:  # a regular file (no link, no FIFO), bounded in size, depth and number length
+        record = read_run_json(path, _MAX_MANIFEST_BYTES, "data manifest")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: the data manifest must be a regular file") from None
     files = record.get("files") if isinstance(record, dict) else None
     if (not isinstance(record, dict) or record.get("format") != _FORMAT or not isinstance(files, dict)
             or not isinstance(record.get("splits_sha256"), str)

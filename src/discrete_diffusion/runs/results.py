@@ -3,13 +3,13 @@ safetensors file (the planner's and the classifier's ``*.safetensors``, ``fit_ex
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from safetensors.torch import save
 from torch import nn
 
 from .atomic_io import atomic_write, read_text_nofollow
+from .json_reader import loads_bounded
 from .weights import find_latest_checkpoint, load_model_weights
 
 __all__ = ["validation_curve", "load_best_weights", "export_weights"]
@@ -21,8 +21,8 @@ def validation_curve(run_dir: str | Path, key: str) -> list[list[float]]:
     rows = []
     for line in text.splitlines():
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = loads_bounded(line, "metrics.jsonl line")
+        except ValueError:
             continue
         if isinstance(record, dict) and key in record and isinstance(record.get("step"), int):
             rows.append([record["step"], record[key]])

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from pathlib import Path
 
-from ..data.tokenizer import MAX_TOKENIZER_BYTES, TOKENIZER_NAME
+from ..data.tokenizer import MAX_TOKENIZER_BYTES, TOKENIZER_NAME, check_tokenizer_json
 from .atomic_io import atomic_write
 from .data_record import MANIFEST_NAME, _read_manifest
+from .json_reader import read_regular_bytes
 
 __all__ = ["write_run_tokenizer", "read_run_tokenizer", "run_tokenizer_json"]
 
@@ -28,33 +28,27 @@ def read_run_tokenizer(run_dir: str | os.PathLike, sha256: str) -> str:
     ``MAX_TOKENIZER_BYTES`` bytes whose SHA-256 is ``sha256`` (the one recorded in ``data.json``).
 
     Raises:
-        ValueError: missing, a symlink or not a regular file, too large, a different checksum, or not UTF-8.
+        ValueError: missing, a symlink or not a regular file (a FIFO is refused at once), too large, a different
+            checksum, or not UTF-8.
     """
     path = Path(run_dir) / TOKENIZER_NAME
-    missing = ValueError(f"{path}: the run's tokenizer is missing or not a regular file; it was written at training "
-                         f"time and the model's token ids depend on it")
-    try:  # never through a symbolic link, and only a regular file
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        raise missing from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise missing
-        if info.st_size > MAX_TOKENIZER_BYTES:
-            raise ValueError(f"{path}: the tokenizer file is over {MAX_TOKENIZER_BYTES} bytes; it is not one ddiff "
-                             f"wrote")
-        raw = f.read(MAX_TOKENIZER_BYTES + 1)
-    if len(raw) > MAX_TOKENIZER_BYTES:
-        raise ValueError(f"{path}: the tokenizer file is over {MAX_TOKENIZER_BYTES} bytes; it is not one ddiff wrote")
+    try:  # never through a symbolic link, never blocking on a FIFO (O_NONBLOCK), only a regular file
+        raw = read_regular_bytes(path, MAX_TOKENIZER_BYTES, "tokenizer file")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: the run's tokenizer is missing; it was written at training time and the model's "
+                         f"token ids depend on it") from None
+    except ValueError as err:
+        raise ValueError(f"{err} (the run's tokenizer is written by `ddiff train` as a regular file)") from None
     digest = hashlib.sha256(raw).hexdigest()
     if digest != sha256:
         raise ValueError(f"{path}: the tokenizer changed since training (sha256 {sha256} recorded in data.json, "
                          f"{digest} now); restore the file written by `ddiff train`")
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"{path}: the tokenizer file is not UTF-8") from None
+    check_tokenizer_json(text, str(path))  # structure checked here too, so a fault names RUN/tokenizer.json
+    return text
 
 
 def run_tokenizer_json(run_dir: str | os.PathLike) -> str:
@@ -62,7 +56,7 @@ def run_tokenizer_json(run_dir: str | os.PathLike) -> str:
 
     Raises:
         ValueError: no manifest, a manifest without a tokenizer checksum, or a missing, oversized or changed
-            tokenizer file (one line naming the file; see :func:`~discrete_diffusion.data.tokenizer.read_run_tokenizer`).
+            tokenizer file (one line naming the file; see :func:`read_run_tokenizer`).
     """
     path = Path(run_dir) / MANIFEST_NAME
     if not path.exists() and not path.is_symlink():

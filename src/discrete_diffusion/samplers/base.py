@@ -15,9 +15,11 @@ Options every sampler honours (the base wraps the denoiser, so subclasses see th
   "cosine", "log-linear", "blackout": the Blackout paper's grid, uniform in logit alpha).
 - ``cache``: reuse the previous prediction of a batch row while its x_t is unchanged, calling the network on
   the changed rows only. Exact only for processes whose posterior does not depend on the noise level at fixed
-  x_t (masking; other processes raise) and a denoiser that ignores the noise level (the exact oracle). A
-  ``NetworkDenoiser`` always feeds lam to its backbone, so with a trained network a cached prediction is the one
-  made at an earlier level and the samples differ from the uncached run: an approximation that saves calls.
+  x_t (masking; other processes raise) and a denoiser that ignores the noise level (the exact oracle, or a
+  transformer trained with ``model.time_conditioning=false``). A time-conditioned ``NetworkDenoiser`` feeds lam to
+  its backbone, so with such a network a cached prediction is the one made at an earlier level and the samples
+  differ from the uncached run: an approximation that saves calls. A denoiser with ``rows(index)`` (block
+  diffusion's context denoiser) is restricted to the changed rows before the call.
 - ``start=(x_t, t)``: ``sample`` denoises a given state x_t at level t of the run's schedule (lam =
   logit(alpha(t))) instead of a prior draw at t = 1, over the grid from t down to 0 (``time_grid(schedule,
   t_start)``): with an exact denoiser it draws from p(x0 | x_t), the prior step of split Gibbs.
@@ -135,6 +137,14 @@ class _CountingDenoiser:
         self.rows += int(xt.shape[0])
         return self.denoiser(xt, lam)
 
+    def call_rows(self, xt: Tensor, lam: Tensor, rows: Tensor) -> Prediction:
+        """The denoiser on batch rows ``rows`` of the full batch (x_t, lam: those rows). A denoiser whose rows carry
+        their own state (block diffusion's context: ``rows(index)`` gives it restricted) is restricted first."""
+        restrict = getattr(self.denoiser, "rows", None)
+        self.calls += 1
+        self.rows += int(xt.shape[0])
+        return (self.denoiser if restrict is None else restrict(rows))(xt, lam)
+
 
 def _take(value: Tensor | None, rows: Tensor) -> Tensor | None:
     return None if value is None else value[rows]
@@ -155,7 +165,7 @@ class _CachingDenoiser:
         changed = (xt != self.last_x).reshape(xt.shape[0], -1).any(1)
         if bool(changed.any()):
             rows = changed.nonzero()[:, 0]
-            fresh = self.denoiser(xt[rows], lam[rows])
+            fresh = self.denoiser.call_rows(xt[rows], lam[rows], rows)
             merged = []
             for old, new in ((self.last.x0_log_probs, fresh.x0_log_probs), (self.last.mean_missing, fresh.mean_missing)):
                 if old is None or new is None:

@@ -9,6 +9,13 @@ closed form; each candidate is accepted with probability (true total rate) / bou
 (site, value) with probability proportional to the rates. No time discretisation: with an exact
 denoiser the samples follow the data distribution exactly, up to the final noise-removal draw at
 lam_stop (alpha = 1 - 1e-11 by default). ``num_steps`` is not used.
+
+The bound must hold for every prediction the denoiser can give. An acceptance probability above 1 (beyond the
+prediction's rounding, ``acceptance_tolerance``) means it did not, and capping it at 1 would silently simulate
+another chain: the sampler raises ValueError (one line naming the samplers that work) instead (``check_acceptance``, shared with ``exact-window``). A
+denoiser that knows its rates can leave the process's bound (Blackout's classifier-free guidance at gamma outside
+{0, 1}, whose guided mean m_c^gamma m_u^(1 - gamma) can exceed N - x_t) says so through a method
+``thinning_refusal(process) -> str | None``; the sampler raises that ValueError before it starts.
 """
 
 from __future__ import annotations
@@ -21,6 +28,34 @@ from ..denoiser import Denoiser
 from ..processes.base import ForwardProcess, sample_categorical
 from ..schedules import Schedule
 from .base import ProgressCallback, Sampler, check_start
+
+
+def acceptance_tolerance(prediction) -> float:
+    """How far above 1 an acceptance probability may read from rounding alone: 1e-9 for float64 predictions, 64
+    machine epsilons of a lower precision (float32: 7.6e-6), whose probabilities sum to 1 only to that precision."""
+    tensors = [t for t in (getattr(prediction, "x0_log_probs", None), getattr(prediction, "mean_missing", None))
+               if t is not None]
+    eps = max((torch.finfo(t.dtype).eps for t in tensors if t.is_floating_point()), default=0.0)
+    return max(1e-9, 64.0 * eps if eps > torch.finfo(torch.float64).eps else 0.0)
+
+
+def check_acceptance(accept_prob: Tensor, name: str, tolerance: float = 1e-9) -> None:
+    """ValueError when a thinning acceptance probability exceeds 1 + ``tolerance``: the reverse rate left the rate
+    bound the candidate times were drawn from, and min(1, rate / bound) would simulate another chain."""
+    if accept_prob.numel() and bool((accept_prob > 1.0 + tolerance).any()):
+        worst = float(accept_prob.max())
+        raise ValueError(f"{name}: the reverse rate exceeded the thinning bound (rate / bound = {worst:.6g} > 1); "
+                           f"the denoiser's rates leave the process's bound, so exact simulation would be wrong: use "
+                           f"tau-leaping, euler or theta-trapezoidal")
+
+
+def check_thinning_denoiser(denoiser: Denoiser, process: ForwardProcess) -> None:
+    """ValueError (one line) when ``denoiser`` declares (``thinning_refusal``) that its rates can exceed the
+    process's thinning bound."""
+    refusal = getattr(denoiser, "thinning_refusal", None)
+    message = refusal(process) if callable(refusal) else None
+    if message:
+        raise ValueError(message)
 
 
 def apply_jumps(x: Tensor, rows: Tensor, flat_rates: Tensor, num_values: int,
@@ -70,10 +105,12 @@ class ExactSimulationSampler(Sampler):
             if idx.numel() == 0:
                 break
             xs, lams = x[idx], lam[idx]
-            rates = process.reverse_rates(xs, denoiser(xs, lams.float()), lams)  # (b, *sites, M)
+            prediction = denoiser(xs, lams.float())
+            rates = process.reverse_rates(xs, prediction, lams)  # (b, *sites, M)
             flat = rates.reshape(idx.shape[0], -1)
             live = bound[~finished]
             accept_prob = flat.sum(1) / (torch.sigmoid(lams) * live[:, 0] + torch.sigmoid(-lams) * live[:, 1])
+            check_acceptance(accept_prob, self.name, acceptance_tolerance(prediction))
             u = torch.rand(idx.shape[0], generator=generator, dtype=torch.float64, device=device)
             accepted = u < accept_prob
             x = apply_jumps(x, idx[accepted], flat[accepted], rates.shape[-1], generator)
@@ -86,6 +123,7 @@ class ExactSimulationSampler(Sampler):
                start: tuple[Tensor, float] | None = None) -> tuple[Tensor, Denoiser, Tensor, float]:
         """(x_1 from the prior or the given start x_t, the wrapped denoiser, lam (B,) float64 there, the lam where
         simulation stops)."""
+        check_thinning_denoiser(denoiser, process)
         lam_end = min(float(torch.logit(torch.tensor(schedule.alpha_max, dtype=torch.float64))), self.lam_stop)
         if start is None:
             lam_start = float(Sampler.time_grid(self, schedule)[0])

@@ -30,7 +30,12 @@ from ..denoiser import Denoiser
 from ..processes.base import ForwardProcess
 from ..schedules import Schedule
 from .base import ProgressCallback
-from .exact import ExactSimulationSampler, apply_jumps
+from .exact import (
+    ExactSimulationSampler,
+    acceptance_tolerance,
+    apply_jumps,
+    check_acceptance,
+)
 
 
 class WindowThinningSampler(ExactSimulationSampler):
@@ -73,11 +78,11 @@ class WindowThinningSampler(ExactSimulationSampler):
             lam[idx] = candidate[~past]
             if idx.numel():
                 xs, lams = x[idx], lam[idx]
-                rates = process.reverse_rates(xs, denoiser(xs, lams.float()), lams)       # (b, *sites, M)
+                prediction = denoiser(xs, lams.float())
+                rates = process.reverse_rates(xs, prediction, lams)       # (b, *sites, M)
                 flat = rates.reshape(idx.shape[0], -1)
                 accept_prob = flat.sum(1) / bound[idx]
-                if bool((accept_prob > 1.0 + 1e-9).any()):
-                    raise RuntimeError("exact-window: the reverse rate exceeded the process's window bound")
+                check_acceptance(accept_prob, self.name, acceptance_tolerance(prediction))
                 u = torch.rand(idx.shape[0], generator=generator, dtype=torch.float64, device=device)
                 accepted = u < accept_prob
                 x = apply_jumps(x, idx[accepted], flat[accepted], rates.shape[-1], generator)

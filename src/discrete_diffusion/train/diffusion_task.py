@@ -61,8 +61,16 @@ class AutocastDenoiser(nn.Module):
     def num_classes(self) -> int:
         return self.denoiser.num_classes
 
-    def forward(self, xt: Tensor, lam: Tensor, labels: Tensor | None = None) -> Prediction:
+    @property
+    def block_size(self) -> int | None:
+        return getattr(self.denoiser, "block_size", None)
+
+    def forward(self, xt: Tensor, lam: Tensor, labels: Tensor | None = None, clean: Tensor | None = None) -> Prediction:
         d = self.denoiser
+        if clean is not None:       # block diffusion: the whole vectorised forward under autocast, the loss in float32
+            with torch.autocast(self.device_type, dtype=torch.bfloat16):
+                prediction = d(xt, lam, labels, clean=clean)
+            return Prediction(x0_log_probs=d.process.x0_log_probs(prediction, xt).float())
         inputs = (backbone_input(d.process, d.backbone, xt, lam), noise_level_input(lam))
         with torch.autocast(self.device_type, dtype=torch.bfloat16):
             output = d.backbone(*inputs) if labels is None else d.backbone(*inputs, labels)
@@ -105,6 +113,7 @@ class DiffusionTask(Task):
         self.train_data = self.dataset.train.to(self.device)
         self.train_labels = self.dataset.train_labels.to(self.device) if self.num_classes else None
         self.dims = math.prod(self.dataset.site_shape)
+        self.block_size = config.model.get("block_size", None)     # block diffusion: one lam per block
 
     def _cached_tokenizer(self) -> str | None:
         """A BPE run that holds checkpoints (which only --resume continues) keeps the tokenizer it was trained
@@ -144,8 +153,10 @@ class DiffusionTask(Task):
         """The examples (data generator), then (lam, x_t) for the whole global batch from the noise generator,
         exactly as ``training_loss`` draws them: the per-example randomness does not depend on the split."""
         x0, labels = self._next_batch()
+        clip = self.config.train.mask_rate_clip
         return DiffusionBatch(x0, labels, draw_noise(self.process, x0, self.schedule, self.proposal,
-                                                     self.noise_generator))
+                                                     self.noise_generator, block_size=self.block_size,
+                                                     mask_rate_clip=None if clip is None else tuple(clip)))
 
     def batch_size(self, batch: DiffusionBatch) -> int:
         return batch.x0.shape[0]

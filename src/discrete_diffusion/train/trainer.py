@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..runs.config_file import save_config
+from ..runs.json_reader import loads_bounded
 from ..runs.data_record import MANIFEST_NAME, DataChangedError, check_data_manifest, write_data_manifest
 from ..runs.tokenizer_file import write_run_tokenizer
 from ..runs.atomic_io import (append_text, atomic_write_text, ensure_dir, probe_writable, read_text_nofollow,
@@ -261,8 +262,8 @@ class Trainer:
         kept = []
         for line in text.splitlines():
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = loads_bounded(line, "metrics.jsonl line")
+            except ValueError:  # a torn, corrupt, deeply nested or huge-number line: dropped
                 continue
             if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
                 kept.append(line)
