@@ -9,7 +9,7 @@ the plain signature, so samplers need no change (guidance wrappers: ``discrete_d
 from __future__ import annotations
 
 from itertools import chain
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -118,7 +118,7 @@ class ConditionalDenoiser:
         self.num_classes = int(getattr(model, "num_classes", 0) if num_classes is None else num_classes)
         self.labels = check_labels(labels, self.num_classes)
 
-    def __call__(self, xt: Tensor, lam: Tensor, **kwargs) -> Prediction:
+    def __call__(self, xt: Tensor, lam: Tensor, **kwargs: Any) -> Prediction:
         """``kwargs`` (e.g. a block-diffusion model's ``clean``) are passed on to the model."""
         batch = xt.shape[0]
         if self.labels.dim() == 0:

@@ -30,6 +30,21 @@ def configuration_index(x: Tensor, num_states: int) -> Tensor:
     return (x * weights).sum(1)
 
 
+def markov_chain_table(num_states: int, num_sites: int, sharpness: float = 2.5, seed: int = 0) -> Tensor:
+    """A peaked table over all_configurations(K, D): p(x_1) prod_d p(x_d | x_{d-1}) with initial logits N(0, 1) and
+    transition logits sharpness * N(0, 1) (confident neighbours, as in text), drawn from ``seed``: (K^D,) float64.
+    Parallel decoding is tested on it: its sites are strongly dependent, so drawing several at once from their
+    marginals shows."""
+    g = torch.Generator().manual_seed(seed)
+    init = torch.log_softmax(torch.randn(num_states, generator=g, dtype=torch.float64), 0)
+    trans = torch.log_softmax(sharpness * torch.randn(num_states, num_states, generator=g, dtype=torch.float64), 1)
+    configs = all_configurations(num_states, num_sites)
+    log_p = init[configs[:, 0]]
+    for d in range(1, num_sites):
+        log_p = log_p + trans[configs[:, d - 1], configs[:, d]]
+    return torch.softmax(log_p, 0)
+
+
 class OracleDenoiser:
     """Exact p(x0^d | x_t) for data drawn from ``probs`` over all_configurations(K, D)."""
 

@@ -17,6 +17,7 @@ References:
 from __future__ import annotations
 
 import math
+from typing import Any
 from abc import ABC, abstractmethod
 
 import torch
@@ -58,7 +59,7 @@ class Schedule(ABC):
         """alpha(0): 1 for an exact start at the data, slightly below 1 for the Blackout grid."""
         return float(self.alpha(torch.tensor(0.0, dtype=torch.float64)))
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         """JSON-able constructor arguments (with the registry name under "name")."""
         return {"name": self.name}
 
@@ -82,7 +83,7 @@ class LogLinearSchedule(Schedule):
     def time_of_alpha(self, alpha: Tensor) -> Tensor:
         return ((1.0 - alpha) / (1.0 - self.eps)).clamp(0.0, 1.0)
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         return {"name": self.name, "eps": self.eps}
 
 
@@ -106,7 +107,7 @@ class CosineSchedule(Schedule):
         c = ((alpha - self.eps) / (1.0 - self.eps)).clamp(0.0, 1.0)
         return torch.arccos(c) * (2.0 / math.pi)
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         return {"name": self.name, "eps": self.eps}
 
 
@@ -129,7 +130,7 @@ class LinearRateSchedule(Schedule):
     def time_of_alpha(self, alpha: Tensor) -> Tensor:
         return (-torch.log(alpha.clamp_min(1e-300)) / self.sigma_max).clamp(0.0, 1.0)
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         return {"name": self.name, "sigma_max": self.sigma_max}
 
 
@@ -165,7 +166,7 @@ class BlackoutSchedule(Schedule):
         lam = torch.logit(alpha.clamp(1e-300, 1.0))
         return (0.5 * (1.0 - lam / self.half_range)).clamp(0.0, 1.0)
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         return {"name": self.name, "t_end": self.t_end}
 
 

@@ -58,6 +58,7 @@ class ExactLikelihoodTask(Task):
     name = "exact-nll"
     val_key = "val_bits_per_dim"
     command = "fit_exact_model"
+    sharded_methods = ("log_likelihood",)   # what LogLikelihood and validate call (FSDP gathers around it)
 
     def __init__(self, model: nn.Module, train: Tensor, val: Tensor, name: str = "tensors") -> None:
         super().__init__()

@@ -66,7 +66,8 @@ def check_batch(run, batch_size: int, flag: str, rows: int | None = None) -> Non
 
     rows = batch_size if rows is None else rows
     sites = max(1, math.prod(tuple(run.dataset.site_shape)))
-    states = run.dataset.num_states + 1                          # a mask state at most
+    k = run.dataset.num_states          # None: counts without a maximum (jump), a mean and a missing count per site
+    states = (k if k is not None else 1) + 1                     # a mask state at most
     widest = max(1, MAX_BATCH_LOGIT_BYTES // (4 * sites * states))
     if rows * sites * states * 4 > MAX_BATCH_LOGIT_BYTES:
         raise ValueError(f"{flag} {batch_size}: one batch's predictions ({rows} x {sites} sites x {states} "
@@ -90,9 +91,10 @@ def sampler_options(args: argparse.Namespace) -> dict:
 
 def sample_stem(sampler, seed: int, extras: str = "") -> str:
     """File stem of samples: {sampler}{extras}_{steps}steps_seed{seed}, or {sampler}{extras}_seed{seed} for exact
-    samplers, which take no steps."""
+    samplers, which take no steps; a sampler with a ``file_tag`` (the rule samplers: ``-tau0.9``) adds it after its
+    name."""
     steps = f"_{sampler.num_steps}steps" if sampler.uses_steps else ""
-    return f"{sampler.name}{extras}{steps}_seed{seed}"
+    return f"{sampler.name}{getattr(sampler, 'file_tag', '')}{extras}{steps}_seed{seed}"
 
 
 def check_arguments(args: argparse.Namespace) -> None:

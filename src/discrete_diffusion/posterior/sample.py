@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -74,7 +75,7 @@ def _method(method: str) -> Callable[..., Tensor]:
 def posterior_sample(method: str, process: ForwardProcess, denoiser: Denoiser, schedule: Schedule,
                      operator: MeasurementOperator, y: Tensor, shape: tuple[int, ...], sampler: Sampler,
                      generator: torch.Generator | None = None, device: torch.device | str | None = None,
-                     callback: ProgressCallback | None = None, **options) -> Tensor:
+                     callback: ProgressCallback | None = None, **options: Any) -> Tensor:
     """Samples (B, *sites) long of the posterior p(x0 | y) ∝ p(x0) p(y | x0), the prior given by (``process``,
     ``denoiser``), the measurement by ``operator`` and ``y`` (B or 1, *y_sites), drawn by ``method`` with
     ``sampler``; ``options`` are the method's own (``method_options``)."""

@@ -11,17 +11,19 @@ from .ddpd import PlannedDenoisingSampler
 from .euler import EulerSampler
 from .exact import ExactSimulationSampler, TwoTermThinningSampler
 from .exact_window import WindowThinningSampler
+from .factor import FactorSampler
 from .mean_bridge import MeanBridgeSampler
 from .remdm import ReMDMSampler
 from .tau_leaping import TauLeapingSampler
 from .theta_rk2 import ThetaRK2Sampler
 from .theta_trapezoidal import ThetaTrapezoidalSampler
+from .threshold import ThresholdSampler
 
 SAMPLERS: dict[str, type[Sampler]] = {
     cls.name: cls for cls in (BridgeSampler, MeanBridgeSampler, TauLeapingSampler, ExactSimulationSampler,
                               EulerSampler, ThetaTrapezoidalSampler, ThetaRK2Sampler, ReMDMSampler,
                               ConfidenceSampler, TwoTermThinningSampler, WindowThinningSampler,
-                              PlannedDenoisingSampler)
+                              PlannedDenoisingSampler, ThresholdSampler, FactorSampler)
 }
 
 #: Options of the base Sampler that every sampler honours even where its constructor does not list them.
@@ -52,4 +54,4 @@ def build_sampler(name: str, **options) -> Sampler:
 __all__ = ["Sampler", "ProgressCallback", "SAMPLERS", "build_sampler", "BridgeSampler", "MeanBridgeSampler",
            "TauLeapingSampler", "ExactSimulationSampler", "EulerSampler", "ThetaTrapezoidalSampler",
            "ThetaRK2Sampler", "ReMDMSampler", "ConfidenceSampler", "TwoTermThinningSampler", "WindowThinningSampler",
-           "PlannedDenoisingSampler"]
+           "PlannedDenoisingSampler", "ThresholdSampler", "FactorSampler"]

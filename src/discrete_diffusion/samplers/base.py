@@ -33,7 +33,7 @@ sampler.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -153,20 +153,20 @@ def _take(value: Tensor | None, rows: Tensor) -> Tensor | None:
 class _CachingDenoiser:
     """Reuses each row's last prediction while its x_t is unchanged; calls the network on changed rows only."""
 
-    def __init__(self, denoiser: Denoiser) -> None:
+    def __init__(self, denoiser: _CountingDenoiser) -> None:
         self.denoiser = denoiser
         self.last_x: Tensor | None = None
         self.last: Prediction | None = None
 
     def __call__(self, xt: Tensor, lam: Tensor) -> Prediction:
-        if self.last_x is None or self.last_x.shape != xt.shape:
+        if self.last_x is None or self.last is None or self.last_x.shape != xt.shape:
             self.last_x, self.last = xt.clone(), self.denoiser(xt, lam)
             return self.last
         changed = (xt != self.last_x).reshape(xt.shape[0], -1).any(1)
         if bool(changed.any()):
             rows = changed.nonzero()[:, 0]
             fresh = self.denoiser.call_rows(xt[rows], lam[rows], rows)
-            merged = []
+            merged: list[Tensor | None] = []
             for old, new in ((self.last.x0_log_probs, fresh.x0_log_probs), (self.last.mean_missing, fresh.mean_missing)):
                 if old is None or new is None:
                     merged.append(None)
@@ -244,7 +244,7 @@ class Sampler(ABC):
         self.nfe = 0.0
         wrapped: Denoiser = self._counter
         if self.cache:
-            wrapped = _CachingDenoiser(wrapped)
+            wrapped = _CachingDenoiser(self._counter)
         if self.temperature != 1.0 or self.top_p < 1.0 or self.top_k > 0:
             wrapped = _TransformedDenoiser(wrapped, self.temperature, self.top_p, self.top_k)
         return wrapped
@@ -336,7 +336,7 @@ class Sampler(ABC):
              generator: torch.Generator | None) -> Tensor:
         """One reverse step x_t -> x_s, lam_s > lam_t (both (B,)). Returns (B, *sites) long."""
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         """Constructor arguments; the options are listed only when they differ from their defaults."""
         out = {"name": self.name, "num_steps": self.num_steps, "final_denoise": self.final_denoise}
         if self.temperature != 1.0:

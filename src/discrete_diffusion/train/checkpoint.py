@@ -41,6 +41,7 @@ import logging
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -57,10 +58,11 @@ from ..runs.weights import (_check_finite, _decode, _raise_on_mismatch, _resolve
 from ..runs.tensors import unwrap_model
 from .optim import check_optimizer_state, check_scheduler_state
 from .rng import capture_rng_state, check_rng_state, restore_rng_state
+from .sharding import full_tensors, is_sharded, like_layout
 from ..runs.state_codec import check_config, config_hash, encode_state, plain_json
 
-__all__ = ["save_checkpoint", "load_checkpoint", "find_latest_checkpoint", "load_model_weights",
-           "CheckpointWriteError", "safe_torch_load"]
+__all__ = ["save_checkpoint", "write_checkpoint", "checkpoint_state", "CheckpointState", "load_checkpoint",
+           "find_latest_checkpoint", "load_model_weights", "CheckpointWriteError", "safe_torch_load"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,50 @@ def save_checkpoint(
     Returns:
         Path of the manifest ``ckpt_{step:08d}.json``.
     """
+    return write_checkpoint(directory, step, checkpoint_state(model, optimizer, scheduler, ema), rng_generators,
+                            extra, keep_last)
+
+
+@dataclass
+class CheckpointState:
+    """The tensors and state dicts one checkpoint stores: ``model`` (state-dict name -> tensor), ``optimizer`` /
+    ``scheduler`` as ``(class name, state_dict)`` or None, ``ema`` (``EMA.state_dict()``) or None, and
+    ``on_cuda`` (the model's parameters live on CUDA: the CUDA RNG states are saved too)."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: tuple[str, dict] | None = None
+    scheduler: tuple[str, dict] | None = None
+    ema: dict[str, Any] | None = None
+    on_cuda: bool = False
+
+
+def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, scheduler: Any | None = None,
+                     ema: EMA | None = None, full: bool = False, keep: bool = True) -> CheckpointState:
+    """What :func:`save_checkpoint` stores of these objects. ``full=True`` (FSDP, train/sharding.py): every
+    sharded tensor is gathered to its full tensor, a collective that every rank calls; ``keep=False`` on ranks
+    that do not write drops the gathered tensors."""
+    gather = (lambda obj: full_tensors(obj, keep)) if full else (lambda obj: obj)
+    state = CheckpointState(model=gather(dict(unwrap_model(model).state_dict())),
+                            on_cuda=any(p.is_cuda for p in model.parameters()))
+    if optimizer is not None:
+        state.optimizer = (type(optimizer).__name__, gather(optimizer.state_dict()))
+    if scheduler is not None:
+        state.scheduler = (type(scheduler).__name__, scheduler.state_dict())
+    if ema is not None:
+        state.ema = gather(ema.state_dict())
+    return state
+
+
+def write_checkpoint(
+    directory: str | os.PathLike,
+    step: int,
+    state: CheckpointState,
+    rng_generators: Mapping[str, torch.Generator] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    keep_last: int | None = 3,
+) -> Path:
+    """Atomically write ``state`` as the checkpoint of ``step`` (see :func:`save_checkpoint`, which gives the
+    arguments' meaning) and prune old ones; returns the manifest's path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     step = int(step)
@@ -111,7 +157,7 @@ def save_checkpoint(
         stored_hash = config_hash(config)
 
     tensors: dict[str, torch.Tensor] = {}
-    for name, t in unwrap_model(model).state_dict().items():
+    for name, t in state.model.items():
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"model state {name!r} is a {type(t).__name__}; only tensors can be saved")
         tensors[f"model.{name}"] = t
@@ -129,23 +175,23 @@ def save_checkpoint(
         "scheduler": None,
         "ema": None,
     }
-    if optimizer is not None:
+    if state.optimizer is not None:
         meta["optimizer"] = {
-            "class": type(optimizer).__name__,
-            "state_dict": encode_state(optimizer.state_dict(), "optim", tensors),
+            "class": state.optimizer[0],
+            "state_dict": encode_state(state.optimizer[1], "optim", tensors),
         }
-    if scheduler is not None:
+    if state.scheduler is not None:
         meta["scheduler"] = {
-            "class": type(scheduler).__name__,
-            "state_dict": encode_state(scheduler.state_dict(), "sched", tensors),
+            "class": state.scheduler[0],
+            "state_dict": encode_state(state.scheduler[1], "sched", tensors),
         }
-    if ema is not None:
-        ema_state = ema.state_dict()
+    if state.ema is not None:
+        ema_state = dict(state.ema)
         for name, t in ema_state.pop("shadow").items():
             tensors[f"ema.{name}"] = t
         meta["ema"] = ema_state
-    on_cuda = any(p.is_cuda for p in model.parameters())     # CUDA RNG states only for a run on CUDA
-    meta["rng"] = encode_state(capture_rng_state(rng_generators, cuda=on_cuda), "rng", tensors)
+    # CUDA RNG states only for a run on CUDA
+    meta["rng"] = encode_state(capture_rng_state(rng_generators, cuda=state.on_cuda), "rng", tensors)
     meta["extra"] = encode_state(extra, "extra", tensors)
 
     try:
@@ -278,17 +324,34 @@ def load_checkpoint(
 
     if rng_state is not None:
         _warn_on_thread_count(meta, manifest)
-    target.load_state_dict(model_sd, strict=True)
+    live = target.state_dict()   # full tensors go to sharded (FSDP) targets as this rank's chunks (sharding.py)
+    target.load_state_dict({k: like_layout(v, live[k]) for k, v in model_sd.items()}, strict=True)
     if opt_sd is not None:
-        optimizer.load_state_dict(opt_sd)
+        optimizer.load_state_dict(_optimizer_like_params(opt_sd, optimizer))
     if sched_sd is not None:
         scheduler.load_state_dict(sched_sd)
     if ema is not None:
-        ema.load_state_dict({**meta["ema"], "shadow": _strip(tensors, "ema.")})
+        shadow = {k: like_layout(v, ema.shadow[k]) for k, v in _strip(tensors, "ema.").items()}
+        ema.load_state_dict({**meta["ema"], "shadow": shadow})
     if rng_state is not None:
         restore_rng_state(rng_state, rng_generators)
     meta["extra"] = extra
     return meta
+
+
+def _optimizer_like_params(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``state`` (a checked optimizer state dict of full tensors) with each parameter-shaped tensor (Adam's
+    moments) laid out like its parameter (sharded under FSDP); the state's parameter index ``i`` is the i-th
+    parameter over the optimizer's groups in order, as ``Optimizer.state_dict`` numbers them."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not any(is_sharded(p) for p in params):
+        return state
+    per_param = {}
+    for index, entry in state["state"].items():
+        p = params[index]
+        per_param[index] = {k: like_layout(v, p) if isinstance(v, torch.Tensor) and v.shape == p.shape and v.dim()
+                            else v for k, v in entry.items()}
+    return {**state, "state": per_param}
 
 
 def _warn_on_thread_count(meta: Mapping[str, Any], manifest: Path) -> None:

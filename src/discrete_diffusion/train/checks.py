@@ -16,6 +16,8 @@ from ..config import check_values
 
 #: Values of ``train.precision``.
 PRECISIONS = ("fp32", "bf16")
+#: Values of ``train.sharding`` (train/sharding.py).
+SHARDINGS = ("none", "fsdp")
 #: A schedule must bring alpha(1) at least this close to 0: the prior at t = 1 is then (nearly) pure noise.
 MAX_ALPHA_AT_ONE = 0.01
 
@@ -43,6 +45,10 @@ def check_train_config(config: DictConfig, world_size: int = 1) -> None:
     need(tc.time_limit_minutes is None or tc.time_limit_minutes > 0,
          f"train.time_limit_minutes must be > 0 (or null), got {tc.time_limit_minutes}")
     need(tc.precision in PRECISIONS, f"unknown train.precision {tc.precision!r}; valid: {', '.join(PRECISIONS)}")
+    sharding = tc.get("sharding", "none")
+    need(sharding in SHARDINGS, f"unknown train.sharding {sharding!r}; valid: {', '.join(SHARDINGS)}")
+    need(not (sharding == "fsdp" and tc.compile),
+         "train.compile=true is not supported with train.sharding=fsdp; use one of them")
     if tc.batch_size >= 1 and tc.grad_accumulation >= 1:
         parts = world_size * tc.grad_accumulation
         need(tc.batch_size % parts == 0,

@@ -113,6 +113,9 @@ class Task(ABC):
     val_key: str = "val_loss"
     #: The command that starts a run of this task, for messages ("start a new run with `COMMAND --out DIR`").
     command: str = "ddiff train"
+    #: Methods of the network other than ``forward`` that ``loss`` / ``validate`` call on it directly; under
+    #: ``train.sharding=fsdp`` they gather the parameters like ``forward`` does (train/sharding.py).
+    sharded_methods: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.module: nn.Module | None = None   # set by the Trainer to what build_module returned

@@ -1,6 +1,7 @@
 """The training loop, one for every task: AdamW with warmup and clipping, EMA, periodic validation, optional
 sample grids, checkpoints with exact resume, best-checkpoint selection on validation, and data-parallel training
-under ``torchrun`` (DistributedDataParallel; see docs/distributed.md). What is trained comes from a
+under ``torchrun`` (DistributedDataParallel, or FSDP2 with ``train.sharding=fsdp``: train/sharding.py; see
+docs/distributed.md). What is trained comes from a
 :class:`~discrete_diffusion.train.task.Task`: the diffusion objective (the default,
 train/diffusion_task.py), the exact NLL of an autoregressive baseline (baselines/exact_task.py), the DDPD
 planner's BCE (planner.py) or the noisy classifier's cross-entropy (guidance/classifier_train.py).
@@ -36,7 +37,7 @@ import json
 import os
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -53,12 +54,13 @@ from ..runs.tokenizer_file import write_run_tokenizer
 from ..runs.atomic_io import (append_text, atomic_write_text, ensure_dir, probe_writable, read_text_nofollow,
                               refuse_link, user_dir)
 from ..runs.weights import find_latest_checkpoint
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_state, load_checkpoint, write_checkpoint
 from .checks import check_train_config
 from .diffusion_task import AutocastDenoiser, DiffusionTask
 from ..distributed import env_world, setup, shard_bounds
 from .ema import EMA
 from .optim import build_optimizer, clip_gradients, warmup_cosine_schedule
+from .sharding import clip_sharded_gradients, gathered, shard_module
 from ..runs.lock import RunLock
 from .task import Task, TaskSetup, model_config, seed_everything
 
@@ -130,8 +132,9 @@ class Trainer:
     """Builds ``task`` (default: the diffusion task of the config) and trains it into ``run_dir``.
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) it joins the process group, wraps the task's forward module in
-    DistributedDataParallel and lets rank 0 alone write the run directory. Attributes of the task (the diffusion
-    task's ``denoiser``, ``process``, ``dataset``, ``schedule``, ...) read through the trainer."""
+    DistributedDataParallel (or, with ``train.sharding=fsdp``, shards the task's network with FSDP2 before the
+    optimizer and the EMA are built) and lets rank 0 alone write the run directory. Attributes of the task (the
+    diffusion task's ``denoiser``, ``process``, ``dataset``, ``schedule``, ...) read through the trainer."""
 
     def __init__(self, config: DictConfig, run_dir: str | Path, progress: bool = True,
                  log: Callable[[str], None] = print, task: Task | None = None) -> None:
@@ -169,6 +172,11 @@ class Trainer:
                                   self.noise_generator))
         seed_everything(tc.seed)  # same on every rank: identical initial weights
         self.task.module = self.module = self.task.build_module()
+        #: train.sharding=fsdp under torchrun: the network FSDP2 shards (train/sharding.py), else None
+        self.sharded = None
+        if tc.get("sharding", "none") == "fsdp" and self.ctx.enabled:
+            self.sharded = shard_module(self.module, self.ctx, self.device, bf16=tc.precision == "bf16",
+                                        methods=self.task.sharded_methods)
         if tc.compile:
             self.task.compile(self.device)
         self.optimizer = build_optimizer(self.module, lr=tc.lr, weight_decay=tc.weight_decay)
@@ -178,7 +186,7 @@ class Trainer:
 
     def _training_module(self) -> nn.Module:
         module = self.task.forward_module(self.config.train.precision == "bf16")
-        if self.ctx.enabled:
+        if self.ctx.enabled and self.sharded is None:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
         return module
@@ -280,11 +288,15 @@ class Trainer:
             raise OSError(f"could not append to {path}: {reason}; training stopped at step {self.step}, {kept}") \
                 from None
 
-    def _save(self, directory: Path, keep_last: int) -> None:
-        save_checkpoint(directory, self.step, self.module, self.optimizer, self.scheduler, self.ema,
-                        self.generators, extra={"config": self.task.checkpoint_config(),
-                                                "best": list(self.best or [])},
-                        keep_last=keep_last)
+    def _save(self, directory: Path, keep_last: int, what: str) -> None:
+        """Rank 0 writes the checkpoint; under FSDP every rank first gathers the full tensors (collectives), so
+        the files are those of one process (train/sharding.py: the resharding rule)."""
+        state = checkpoint_state(self.module, self.optimizer, self.scheduler, self.ema, full=self.sharded is not None,
+                                 keep=self.ctx.is_main)
+        self._on_main(lambda: write_checkpoint(directory, self.step, state, self.generators,
+                                               extra={"config": self.task.checkpoint_config(),
+                                                      "best": list(self.best or [])},
+                                               keep_last=keep_last), what)
 
     def _on_main(self, fn: Callable[[], object], what: str) -> None:
         self.ctx.on_main(fn, what)
@@ -310,7 +322,8 @@ class Trainer:
             loss, stats = float(loss_tensor.detach()), {k: float(v.detach().mean()) for k, v in out.stats.items()}
         else:
             loss, stats = self._sharded_backward(batch)
-        grad_norm = clip_gradients(self.module, self.config.train.grad_clip)
+        grad_norm = clip_gradients(self.module, self.config.train.grad_clip) if self.sharded is None else \
+            clip_sharded_gradients(self.module.parameters(), self.config.train.grad_clip, self.ctx)
         self.optimizer.step()
         self.scheduler.step()
         self.ema.update(self.module)
@@ -333,7 +346,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         for m in range(accum):
             a, b = shard_bounds(stop - start, m, accum)
-            sync = m == accum - 1 or not ctx.enabled
+            sync = m == accum - 1 or not ctx.enabled or self.sharded is not None   # FSDP reduce-scatters each
             with nullcontext() if sync else self.model.no_sync():
                 out = self.task.loss(self.model, batch, slice(start + a, start + b))
                 micro_loss = out.per_example.sum() * scale
@@ -357,13 +370,17 @@ class Trainer:
     def validate(self) -> dict:
         """The task's validation of the EMA weights (in eval mode; the raw weights are restored afterwards)."""
         self.module.eval()
-        with self.ema.swap_into(self.module):
+        with self.ema.swap_into(self.module), self._gathered():
             return {"step": self.step, **self.task.validate()}
+
+    def _gathered(self) -> AbstractContextManager:
+        """FSDP: the full (EMA) parameters on every rank while evaluating (train/sharding.py ``gathered``)."""
+        return nullcontext() if self.sharded is None else gathered(self.sharded)
 
     def sample_grid(self) -> Path | None:
         """The task's sample grid from the EMA weights, if it draws one (rank 0 writes it)."""
         self.module.eval()
-        with self.ema.swap_into(self.module):
+        with self.ema.swap_into(self.module), self._gathered():
             return self.task.sample_grid(self.step)
 
     def _record_data(self, resume: bool) -> None:
@@ -419,12 +436,11 @@ class Trainer:
                 say(f"step {self.step}: {task.describe(metrics)}")
                 if self.best is None or metrics[task.val_key] < self.best[0]:
                     self.best = (metrics[task.val_key], self.step)
-                    self._on_main(lambda: self._save(self.run_dir / "best", keep_last=1), "saving best/")
+                    self._save(self.run_dir / "best", keep_last=1, what="saving best/")
             if self.step % tc.sample_every == 0:
                 self.sample_grid()
             if self.step % tc.checkpoint_every == 0 or last:
-                self._on_main(lambda: self._save(self.run_dir / "checkpoints", keep_last=tc.keep_last),
-                              "saving a checkpoint")
+                self._save(self.run_dir / "checkpoints", keep_last=tc.keep_last, what="saving a checkpoint")
             if last:
                 break
         bar.close()
