@@ -5,8 +5,10 @@ Per setting (threshold sampler, the same seed and rows for every cache setting):
 - calls: batched network calls; positions: positions run through the network, relative to uncached (the
   token-linear FLOPs: projections and MLP); seconds: sampling wall time on this CPU (one thread);
 - max |dlogit|: the largest |logit difference| between a cached call and the uncached network at the same
-  tokens and noise level, over the block's positions (``track_deviation``, a separate run), and its median over
-  cached calls;
+  tokens and noise level, over the block's masked sites (``track_deviation``, a separate run; the samples are
+  checked equal), and its median over cached calls; max |dlog p|: the same for the log-probabilities; site TV:
+  the total variation between the cached and uncached p(x0^d | x_t) of a masked block site (max over the call's
+  sites; max and median over cached calls);
 - tokens differing: the fraction of sampled tokens that differ from uncached decoding with the same seed (a
   single early difference changes the rest of a row, so this is an upper-bound-style measure of divergence);
 - judge NLL (bits/char) and unigram entropy (bits) of the samples under the library's AR judge (when the run's
@@ -80,6 +82,8 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             calls, positions = sampler.network_calls, sampler.positions_evaluated
             deviations: list[float] = []
+            logp_dev: list[float] = []
+            tv_dev: list[float] = []
             if options:
                 tracker = build_sampler("threshold", tau=args.tau, block_size=block, **options)
                 tracker.track_deviation = True
@@ -87,6 +91,7 @@ def main() -> None:
                 assert torch.equal(again, samples), "tracking must not change the samples"
                 assert tracker.cache_state is not None
                 deviations = tracker.cache_state.deviations
+                logp_dev, tv_dev = tracker.cache_state.log_prob_deviations, tracker.cache_state.tv_deviations
             if base_samples is None:
                 base_samples, base_positions, base_seconds = samples, positions, seconds
             row: dict[str, Any] = {
@@ -95,6 +100,9 @@ def main() -> None:
                 "positions_ratio": positions / base_positions, "seconds": seconds, "time_ratio": seconds / base_seconds,
                 "max_dlogit": max(deviations) if deviations else 0.0,
                 "median_dlogit": statistics.median(deviations) if deviations else 0.0,
+                "max_dlogp": max(logp_dev) if logp_dev else 0.0,
+                "max_site_tv": max(tv_dev) if tv_dev else 0.0,
+                "median_site_tv": statistics.median(tv_dev) if tv_dev else 0.0,
                 "cached_calls_measured": len(deviations),
                 "tokens_differing": float((samples != base_samples).double().mean()),
             }
@@ -116,13 +124,15 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     judged = bool(rows) and "judge_nll_bits_per_char" in rows[0]
     head = ["block", "cache", "refresh_every", "calls", "positions (x uncached)", "time (x uncached)",
-            "max |dlogit|", "median |dlogit|", "tokens differing"] + (["judge NLL", "entropy"] if judged else [])
+            "max |dlogit|", "median |dlogit|", "max |dlog p|", "max site TV", "median site TV",
+            "tokens differing"] + (["judge NLL", "entropy"] if judged else [])
     lines = [f"# Approximate block caches vs uncached block decoding (threshold tau={args.tau}, {args.num} samples)",
              "", f"`{meta['command']}` ({meta['date']}, torch {meta['torch']}, 1 thread)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["block_size"], r["cache"], r["refresh_every"], r["calls"], f"{r['positions_ratio']:.3f}",
                  f"{r['time_ratio']:.2f}", f"{r['max_dlogit']:.3g}", f"{r['median_dlogit']:.3g}",
+                 f"{r['max_dlogp']:.3g}", f"{r['max_site_tv']:.3g}", f"{r['median_site_tv']:.3g}",
                  f"{r['tokens_differing']:.3f}"]
         if judged:
             cells += [f"{r['judge_nll_bits_per_char']:.4f}", f"{r['unigram_entropy_bits']:.4f}"]

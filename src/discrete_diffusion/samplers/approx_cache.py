@@ -28,7 +28,8 @@ depend on every other position's tokens, including the block's, which changed si
   sums run in another order / over other matrix shapes; tested to 1e-5, not bit for bit);
 - everything else, including a time-free network of depth >= 2 and the finished blocks' prefix, is approximate:
   deeper layers' keys/values of the prefix move when later positions change. The deviation is measured per call
-  (``track_deviation``: max |logit difference| against the uncached network on the block's positions) in
+  (``track_deviation``: max |logit difference|, |log-probability difference| and per-site TV against the
+  uncached network at the block's masked sites) in
   ``benchmarks/approx_cache.py`` and docs/samplers.md.
 
 Cost: ``positions_evaluated`` counts the positions run through the network (the refresh calls' S per row plus
@@ -84,8 +85,11 @@ class ApproxBlockCache:
         self.refresh_rows = 0
         self.cached_rows = 0
         self.track_deviation = bool(track_deviation)
-        #: per cached call of a group of rows: max |logit difference| against the uncached network on the block
+        #: per cached call of a group of rows, against the uncached network at the block's masked sites: the max
+        #: |logit difference|, the max |log p(x0^d) difference| and the max TV between the site distributions
         self.deviations: list[float] = []
+        self.log_prob_deviations: list[float] = []
+        self.tv_deviations: list[float] = []
 
     def __call__(self, xt: Tensor, lam: Tensor) -> Prediction:
         return self.predict(xt, lam, torch.arange(xt.shape[0]))
@@ -162,6 +166,18 @@ class ApproxBlockCache:
         self.positions_evaluated += int(rows.numel()) * int(run.numel())
         self.cached_rows += int(rows.numel())
         if self.track_deviation:
-            exact, _ = self.backbone.forward_positions(tokens, noise, torch.arange(self.sites, device=device))
-            self.deviations.append(float((exact[:, :, start:end] - full[:, :, start:end]).abs().max()))
+            self._track(tokens, noise, full, start, end)
         return full
+
+    def _track(self, tokens: Tensor, noise: Tensor, cached: Tensor, start: int, end: int) -> None:
+        """Compare a cached output (m, K, S) with the uncached network at the block's masked sites."""
+        exact, _ = self.backbone.forward_positions(tokens, noise, torch.arange(self.sites, device=tokens.device))
+        sites = (tokens[:, start:end] == self.mask)[:, None, :].expand(-1, exact.shape[1], -1)   # (m, K, L)
+        if not bool(sites.any()):
+            return
+        a, b = exact[:, :, start:end].double(), cached[:, :, start:end].double()
+        la, lb = a.log_softmax(1), b.log_softmax(1)
+        self.deviations.append(float((a - b).abs()[sites].max()))
+        self.log_prob_deviations.append(float((la - lb).abs()[sites].max()))
+        tv = 0.5 * (la.exp() - lb.exp()).abs().sum(1)                                   # (m, L)
+        self.tv_deviations.append(float(tv[sites[:, 0]].max()))
