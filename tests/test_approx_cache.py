@@ -84,15 +84,18 @@ def test_refresh_every_call_equals_uncached_decoding(name, variant):
 
 @pytest.mark.parametrize("variant", ["prefix", "dual"])
 def test_cached_calls_deviate_within_the_measured_bound(variant):
-    """Time-conditioned depth-2 network: cached calls are approximate (deviation > 0), bounded by the measured
-    value; the cost falls (dual < prefix < uncached positions)."""
+    """Time-conditioned depth-2 random network, 16 sites, blocks of 4, one site per call (3 cached calls per block):
+    cached calls are approximate (deviation > 0), bounded near the measured value; the cost falls (dual < prefix <
+    uncached positions: 896 < 1472 < 2048)."""
     proc, net = _network()
     exact, base = _sample(proc, net)
     sampler = build_sampler("threshold", tau=0.9, block_size=BLOCK, approx_cache=variant)
     sampler.track_deviation = True
     cached = sampler.sample(proc, net, SCHEDULE, (8, S), generator=_gen(1))
     deviations = sampler.cache_state.deviations
-    assert len(deviations) >= 10 and 1e-4 < max(deviations) < 1.0     # measured: 0.65 (prefix), 0.69 (dual)
+    # measured (max |logit difference| at the block's masked sites, max site TV): prefix 0.32, 0.081; dual 0.59, 0.13
+    assert len(deviations) >= 10 and 1e-4 < max(deviations) < 0.8
+    assert 0 < max(sampler.cache_state.tv_deviations) < 0.2
     assert int((cached == proc.mask_index).sum()) == 0
     assert sampler.positions_evaluated < base.positions_evaluated
     if variant == "dual":
