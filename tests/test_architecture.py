@@ -21,7 +21,7 @@ ROOT = Path(discrete_diffusion.__file__).resolve().parent
 LEVELS: list[list[str]] = [
     ["__init__", "schedules", "distributed"],            # math of the noise schedule; process-group plumbing
     ["config", "processes", "nn", "data"],                # config schema; forward processes; networks; datasets
-    ["denoiser", "oracle"],                               # what a model predicts; exact tables
+    ["denoiser", "oracle", "count_oracle"],               # what a model predicts; exact tables (finite; counts)
     ["blocks"],                                           # block diffusion: block denoiser, block bound, oracle
     ["losses"],                                           # the continuous-time ELBO
     ["likelihood", "samplers"],                           # the bound on a dataset; one file per sampler

@@ -4,6 +4,10 @@ Each registry name needs a factory in FACTORIES: a new process without one fails
 ``test_every_registered_process_has_a_factory`` (and its parametrised cases error). EXTRA_CASES adds
 variants of a registered process that take other code paths (a matrix process with an absorbing generator
 and a given prior, the uniformization expm, a Gaussian kernel).
+
+A process with no maximum count (``unbounded``: jump) has no marginal matrix or K^D table: the tests that
+enumerate values run over BOUNDED_CASES only, and tests/test_jump_process.py checks its marginals, bridge and
+ELBO directly; every other contract test runs over it with data values 0..UNBOUNDED_RANGE - 1.
 """
 
 from __future__ import annotations
@@ -14,14 +18,24 @@ from typing import Callable
 import pytest
 import torch
 
-from discrete_diffusion.processes import (PROCESSES, BlackoutProcess, ForwardProcess, MaskingProcess,
-                                          MatrixProcess, Prediction, UniformProcess, build_process)
+from discrete_diffusion.processes import (
+    PROCESSES,
+    BlackoutProcess,
+    ForwardProcess,
+    JumpProcess,
+    MaskingProcess,
+    MatrixProcess,
+    Prediction,
+    UniformProcess,
+    build_process,
+)
 
 FACTORIES: dict[str, Callable[[], ForwardProcess]] = {
     "blackout": lambda: BlackoutProcess(5),
     "masking": lambda: MaskingProcess(4),
     "uniform": lambda: UniformProcess(4),
     "matrix": lambda: MatrixProcess(4, "birth-death", rates_options={"birth": 2.0, "death": 1.0}, normalize=True),
+    "jump": lambda: JumpProcess(scale=2.0, mean_scale=5.0),
 }
 EXTRA_CASES: dict[str, Callable[[], ForwardProcess]] = {
     "matrix-absorbing": lambda: MatrixProcess(3, "absorbing", prior=[0.0, 0.0, 0.0, 1.0]),
@@ -29,6 +43,9 @@ EXTRA_CASES: dict[str, Callable[[], ForwardProcess]] = {
     "matrix-gaussian": lambda: MatrixProcess(5, "gaussian", rates_options={"variance": 0.5}),
 }
 CASES = sorted(PROCESSES) + sorted(EXTRA_CASES)
+BOUNDED_CASES = [c for c in CASES if not (FACTORIES.get(c) or EXTRA_CASES[c])().unbounded]
+#: Data values 0..UNBOUNDED_RANGE - 1 stand in for 0..K-1 for a process without a maximum count.
+UNBOUNDED_RANGE = 50
 LAMS = torch.tensor([-7.0, -2.0, -0.3, 0.0, 1.5, 4.0, 9.0, 16.0])
 
 
@@ -41,6 +58,16 @@ def _build(case: str) -> ForwardProcess:
     if factory is None:
         pytest.fail(f"process {case!r} is registered but has no factory in tests/test_process_contract.py")
     return factory()
+
+
+def _states(proc: ForwardProcess) -> int:
+    """How many data values the tests draw x0 from: K, or UNBOUNDED_RANGE for a process without a maximum."""
+    return UNBOUNDED_RANGE if proc.unbounded else proc.num_states
+
+
+def _in_range(proc: ForwardProcess, x: torch.Tensor) -> bool:
+    """x holds values the process's chain can take: 0..num_values-1, or any count >= 0 when unbounded."""
+    return int(x.min()) >= 0 and (proc.unbounded or int(x.max()) < proc.num_values)
 
 
 def _random_predictions(proc: ForwardProcess, xt: torch.Tensor, lam: torch.Tensor, seed: int = 0,
@@ -56,7 +83,7 @@ def test_every_registered_process_has_a_factory():
     assert set(FACTORIES) == set(PROCESSES), "add a factory for each new registry entry"
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", BOUNDED_CASES)
 def test_sample_marginal_in_range_and_matches_log_marginal_matrix(case):
     proc = _build(case)
     x0 = torch.randint(0, proc.num_states, (LAMS.shape[0], 3, 2), generator=_gen(1))
@@ -72,7 +99,7 @@ def test_sample_marginal_in_range_and_matches_log_marginal_matrix(case):
     assert torch.all((freq - expected).abs() <= 5 * torch.sqrt(expected * (1 - expected) / n) + 1e-12)
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", BOUNDED_CASES)
 def test_log_marginal_matrix_rows_normalised(case):
     proc = _build(case)
     lam = torch.cat([LAMS, torch.tensor([math.inf])])
@@ -84,7 +111,7 @@ def test_log_marginal_matrix_rows_normalised(case):
     assert torch.equal(log_q[-1].exp()[:, : proc.num_states], torch.eye(proc.num_states, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", BOUNDED_CASES)
 def test_bridge_to_alpha_one_returns_x0_and_composes(case):
     proc = _build(case)
     x0 = torch.randint(0, proc.num_states, (64, 5), generator=_gen(4))
@@ -104,7 +131,7 @@ def test_bridge_to_alpha_one_returns_x0_and_composes(case):
 @pytest.mark.parametrize("case", CASES)
 def test_elbo_integrand_nonnegative_with_finite_gradients(case):
     proc = _build(case)
-    x0 = torch.randint(0, proc.num_states, (LAMS.shape[0], 6), generator=_gen(9))
+    x0 = torch.randint(0, _states(proc), (LAMS.shape[0], 6), generator=_gen(9))
     xt = proc.sample_marginal(x0, LAMS, _gen(10))
     for param, out, pred in _random_predictions(proc, xt, LAMS, seed=11, requires_grad=True):
         value = proc.elbo_integrand(x0, xt, LAMS, pred)
@@ -116,7 +143,7 @@ def test_elbo_integrand_nonnegative_with_finite_gradients(case):
         assert nll.shape == (LAMS.shape[0],) and torch.all(nll >= 0)
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", BOUNDED_CASES)
 def test_elbo_integrand_vanishes_at_the_exact_posterior(case):
     """Point-mass data x0 = c at one site: p(x0 | x_t) = delta_c exactly, so every Bregman term is zero."""
     proc = _build(case)
@@ -134,7 +161,7 @@ def test_elbo_integrand_vanishes_at_the_exact_posterior(case):
 def test_prediction_and_feature_shapes(case, sites):
     proc = _build(case)
     batch = LAMS.shape[0]
-    xt = torch.randint(0, proc.num_values, (batch,) + sites, generator=_gen(13))
+    xt = torch.randint(0, proc.num_values or UNBOUNDED_RANGE, (batch,) + sites, generator=_gen(13))
     if isinstance(proc, (BlackoutProcess,)):
         xt = xt.clamp_max(proc.num_states - 1)
     features = proc.network_features(xt, LAMS)
@@ -156,10 +183,10 @@ def test_prior_samples_in_range_and_prior_kl(case):
     lam1 = math.log(1e-4 / (1 - 1e-4))
     x1 = proc.sample_prior((50, 2, 3), lam1, _gen(15))
     assert x1.shape == (50, 2, 3) and x1.dtype == torch.long
-    assert int(x1.min()) >= 0 and int(x1.max()) < proc.num_values
+    assert _in_range(proc, x1)
     again = proc.sample_prior((50, 2, 3), lam1, _gen(15))
     assert torch.equal(x1, again)
-    x0 = torch.randint(0, proc.num_states, (4, 6), generator=_gen(16))
+    x0 = torch.randint(0, _states(proc), (4, 6), generator=_gen(16))
     kl = proc.prior_kl(x0, torch.full((4,), lam1))
     assert kl.shape == (4,) and torch.all(kl >= 0)
 
@@ -167,7 +194,7 @@ def test_prior_samples_in_range_and_prior_kl(case):
 @pytest.mark.parametrize("case", CASES)
 def test_reverse_rates_contract(case):
     proc = _build(case)
-    x0 = torch.randint(0, proc.num_states, (LAMS.shape[0], 5), generator=_gen(17))
+    x0 = torch.randint(0, _states(proc), (LAMS.shape[0], 5), generator=_gen(17))
     xt = proc.sample_marginal(x0, LAMS, _gen(18))
     _, _, pred = next(_random_predictions(proc, xt, LAMS, seed=19))
     try:
@@ -195,4 +222,8 @@ def test_config_round_trips_through_build_process(case):
     assert type(again) is type(proc) and again.config() == config
     assert (again.num_states, again.num_values, again.feature_channels) == \
         (proc.num_states, proc.num_values, proc.feature_channels)
+    if proc.unbounded:      # no marginal matrix: the same draws instead
+        x0 = torch.randint(0, UNBOUNDED_RANGE, (LAMS.shape[0], 4), generator=_gen(20))
+        assert torch.equal(again.sample_marginal(x0, LAMS, _gen(21)), proc.sample_marginal(x0, LAMS, _gen(21)))
+        return
     torch.testing.assert_close(again.log_marginal_matrix(LAMS), proc.log_marginal_matrix(LAMS), rtol=0, atol=0)

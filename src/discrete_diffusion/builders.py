@@ -14,7 +14,7 @@ from .data import DiscreteDataset, dataset_options, load_dataset
 from .denoiser import NetworkDenoiser
 from .losses import LogitAlphaProposal, Objective, Weighting, build_weighting
 from .nn import MLP, SequenceTransformer, UNet
-from .processes import ForwardProcess, build_process
+from .processes import PROCESSES, ForwardProcess, build_process
 from .samplers import SAMPLERS, Sampler, build_sampler
 from .schedules import Schedule, build_schedule
 
@@ -36,6 +36,8 @@ def build_dataset(config: DictConfig, tokenizer_json: str | None = None) -> Disc
     for key in ("levels", "seq_len", "unknown", "val_path", "test_path"):
         if data[key] is not None:
             options[key] = data[key]
+    if data.counts and "counts" in dataset_options(data.name):  # a bounded dataset (digits) keeps its K
+        options["counts"] = True
     if data.max_bytes is not None and "max_bytes" in dataset_options(data.name):  # built-in data need no budget
         options["max_bytes"] = data.max_bytes
     if data.tokenizer != "char" or data.vocab_size is not None:  # subword tokens: text datasets only
@@ -58,9 +60,24 @@ def build_schedule_from(config: DictConfig) -> Schedule:
     return build_schedule(name)
 
 
-def build_process_from(config: DictConfig, num_states: int) -> ForwardProcess:
+def resolve_process_options(config: DictConfig, dataset: DiscreteDataset) -> None:
+    """Fill the process options that default from the training data into ``config.process.options`` (so that
+    config.yaml records them): for ``jump``, ``mean_scale`` = the training split's mean value (at least 1) when the
+    config leaves it out. Other processes have none; a given option is never changed."""
+    if config.process.name == "jump" and "mean_scale" not in config.process.options:
+        config.process.options["mean_scale"] = max(1.0, float(dataset.train.double().mean()))
+
+
+def build_process_from(config: DictConfig, num_states: int | None) -> ForwardProcess:
+    """The run's process; ``num_states`` None (count data without a maximum, ``data.counts``) is refused, naming
+    what to set, for every process that needs a number of states."""
     options = OmegaConf.to_container(config.process.options, resolve=True)
-    process = build_process(config.process.name, num_states, **options)
+    name = config.process.name
+    if num_states is None and name in PROCESSES and not PROCESSES[name].unbounded:
+        raise ValueError(f"process {name!r} needs a number of states K, but the data are counts without a maximum "
+                         "(data.counts=true): set data.num_states=K (more than the largest value), or use "
+                         "process.name=jump, which needs none")
+    process = build_process(name, num_states, **options)
     process.check_parameterization(config.process.parameterization)
     return process
 

@@ -29,6 +29,8 @@ class DataConfig:
     val_path: Optional[str] = None  # array / png-folder / text / fasta: a separate validation file (or folder)
     test_path: Optional[str] = None  # array / png-folder / text / fasta: a separate test file (or folder)
     max_bytes: Optional[int] = None  # memory budget of a load (default 1 GiB of int64 states; data/limits.py)
+    # array: counts without a maximum (no num_states inferred from the data); null = true for process.name=jump
+    counts: Optional[bool] = None
     tokenizer: str = "char"         # text / kjv: "char" (one state per character) or "bpe" (byte-level BPE)
     vocab_size: Optional[int] = None  # tokenizer=bpe: number of tokens (257..65536), e.g. 4096
 
@@ -36,11 +38,13 @@ class DataConfig:
 @dataclass
 class ProcessConfig:
     name: str = "blackout"
-    parameterization: str = "logits"   # blackout: "mean" (the paper's) or "logits"
+    # blackout: "mean" (the paper's) or "logits"; jump: "mean" only; null = the process's default
+    # (DEFAULT_PARAMETERIZATIONS), resolved by load_config like the schedule
+    parameterization: Optional[str] = None
     # alpha(t) family, used for the sampling grid and time input; null = the process's default
     # (DEFAULT_SCHEDULES), resolved by load_config so that config.yaml records the schedule a run used
     schedule: Optional[str] = None
-    t_end: float = 15.0                # blackout schedule only
+    t_end: float = 15.0                # blackout schedule only (also jump's default grid)
     eps: float = 1e-4                  # log-linear and cosine schedules only
     # extra constructor options of the process, e.g. for matrix: {rates: gaussian, rates_options: {...}}
     options: dict[str, Any] = field(default_factory=dict)
@@ -137,7 +141,10 @@ MODEL_SECTIONS = ("data", "process", "model")
 #: log-linear vs 0.050 on the Blackout grid, uniform 0.019 vs 0.062, matrix (gaussian) 0.017 vs 0.047 (cosine
 #: 0.019); Blackout keeps its paper's grid (logit alpha linear in t, t_end = 15).
 DEFAULT_SCHEDULES = {"blackout": "blackout", "masking": "log-linear", "uniform": "log-linear",
-                     "matrix": "log-linear"}
+                     "matrix": "log-linear", "jump": "blackout"}
+#: ``process.parameterization`` when none is given: logits for every process but jump, whose only one is the
+#: mean (it has no finite set of values to put logits on).
+DEFAULT_PARAMETERIZATIONS = {"jump": "mean"}
 #: Largest seed accepted (train.seed, data.split_seed, --seed): offsets per rank and per stream stay in int64.
 MAX_SEED = 2**62
 #: Largest number of sampler steps (sample.steps, --steps): a bound on the time grid, not on patience.
@@ -156,6 +163,17 @@ def default_schedule(process: str) -> str:
     """The ``process.schedule`` used when the config leaves it null (``DEFAULT_SCHEDULES``; "blackout" for a
     name outside it, which the process registry then refuses)."""
     return DEFAULT_SCHEDULES.get(process, "blackout")
+
+
+def default_parameterization(process: str) -> str:
+    """The ``process.parameterization`` used when the config leaves it null (``DEFAULT_PARAMETERIZATIONS``, else
+    "logits")."""
+    return DEFAULT_PARAMETERIZATIONS.get(process, "logits")
+
+
+def default_counts(process: str) -> bool:
+    """``data.counts`` when the config leaves it null: true for jump (counts without a maximum), else false."""
+    return process == "jump"
 
 
 def check_device(name: object, key: str = "device") -> None:
@@ -278,6 +296,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         OmegaConf.to_container(config, resolve=True, throw_on_missing=True)
         if config.process.schedule is None:  # the process's default, recorded in config.yaml
             config.process.schedule = default_schedule(config.process.name)
+        if config.process.parameterization is None:
+            config.process.parameterization = default_parameterization(config.process.name)
+        if config.data.counts is None:
+            config.data.counts = default_counts(config.process.name)
     except (OmegaConfBaseException, TypeError) as err:  # TypeError: e.g. a mapping for a list option in a file
         key = getattr(err, "full_key", None)
         where = f" at {key}" if key else ""

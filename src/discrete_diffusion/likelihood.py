@@ -37,6 +37,9 @@ class LikelihoodResult:
     num_examples: int
     t_samples: int
     prior: str
+    #: H(q(x_{t=0} | x0)) in bits/dim, part of the total for a process that encodes the data randomly (jump:
+    #: the bound is then on E[-log p(z_0)], z_0 ~ Poisson(lambda x0)); 0 for every finite process.
+    encoding_bits_per_dim: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,12 +56,13 @@ def evaluate_nll(process: ForwardProcess, denoiser: Denoiser, schedule: Schedule
     if data.shape[0] == 0:
         raise ValueError("cannot evaluate the likelihood of an empty split")
     device = denoiser_device(denoiser, generator) if device is None else torch.device(device)
-    totals, parts = [], torch.zeros(3, dtype=torch.float64)
+    totals, parts = [], torch.zeros(4, dtype=torch.float64)
     for start in range(0, data.shape[0], batch_size):
         x0 = data[start:start + batch_size].to(device)
         est = estimate_elbo(process, denoiser, x0, schedule, proposal, generator, num_samples=t_samples)
         totals.append(est.total.cpu())
-        parts += torch.stack([est.diffusion.sum(), est.prior.sum(), est.reconstruction.sum()]).cpu()
+        encoding = est.encoding.sum() if est.encoding is not None else est.prior.new_zeros(())
+        parts += torch.stack([est.diffusion.sum(), est.prior.sum(), est.reconstruction.sum(), encoding]).cpu()
         if progress is not None:
             progress(x0.shape[0])
     per_example = torch.cat(totals)
@@ -70,7 +74,8 @@ def evaluate_nll(process: ForwardProcess, denoiser: Denoiser, schedule: Schedule
         nll_bits_per_dim=float(per_example.mean()) * scale, nll_bits_per_dim_stderr=stderr * scale,
         diffusion_bits_per_dim=float(parts[0]), prior_bits_per_dim=float(parts[1]),
         reconstruction_bits_per_dim=float(parts[2]), num_examples=n, t_samples=t_samples,
-        prior=getattr(process, "prior_description", "the process's prior at t = 1"))
+        prior=getattr(process, "prior_description", "the process's prior at t = 1"),
+        encoding_bits_per_dim=float(parts[3]))
 
 
 def bits_per_char(bits_per_token: float, num_tokens: int, num_chars: int) -> float:
@@ -116,13 +121,15 @@ def evaluate_nll_sharded(ctx: DistContext, process, denoiser, schedule, data: to
 
 def likelihood_stats(result) -> torch.Tensor:
     """Summable statistics of a LikelihoodResult (float64): count, sum and sum of squares of the
-    per-example bound, sums of its three parts. ``None`` (an empty shard) gives zeros."""
+    per-example bound, sums of its four parts (the last the encoding entropy, jump). ``None`` (an empty shard)
+    gives zeros."""
     if result is None:
-        return torch.zeros(6, dtype=torch.float64)
+        return torch.zeros(7, dtype=torch.float64)
     n, mean = result.num_examples, result.nll_bits_per_dim
     sq = mean * mean if n == 1 else (n - 1) * result.nll_bits_per_dim_stderr ** 2 * n + n * mean * mean
     return torch.tensor([n, n * mean, sq, n * result.diffusion_bits_per_dim, n * result.prior_bits_per_dim,
-                         n * result.reconstruction_bits_per_dim], dtype=torch.float64)
+                         n * result.reconstruction_bits_per_dim, n * result.encoding_bits_per_dim],
+                        dtype=torch.float64)
 
 
 def pooled_likelihood(stats: torch.Tensor, t_samples: int, prior: str):
@@ -132,4 +139,4 @@ def pooled_likelihood(stats: torch.Tensor, t_samples: int, prior: str):
     return LikelihoodResult(nll_bits_per_dim=mean, nll_bits_per_dim_stderr=stderr,
                             diffusion_bits_per_dim=float(stats[3]) / n, prior_bits_per_dim=float(stats[4]) / n,
                             reconstruction_bits_per_dim=float(stats[5]) / n, num_examples=int(n),
-                            t_samples=t_samples, prior=prior)
+                            t_samples=t_samples, prior=prior, encoding_bits_per_dim=float(stats[6]) / n)

@@ -17,7 +17,9 @@ With lam = logit(alpha), every bound in this library is
     -log p(x0) <= int_{lam_1}^{lam_0} E_{x_t ~ q(.|x0)}[ f(x0, x_t, lam) ] dlam  + KL(q_1 || prior)
                   + E[-log p(x0 | x_{t=0})] (only when alpha(0) < 1)
 
-where f is the process's ``elbo_integrand``. The integral is estimated by importance sampling lam from a
+where f is the process's ``elbo_integrand``. A process whose chain starts from a random encoding z_0 of the data
+(jump: z_0 ~ Poisson(lambda x0)) bounds E_{z_0}[-log p(z_0)] instead, and adds H(q(z_0 | x0))
+(``encoding_entropy``; ``ElboEstimate.encoding``). The integral is estimated by importance sampling lam from a
 truncated logistic density g (most of the ELBO lies in a middle band of lam), stratified over the batch:
 estimate = f(lam) / g(lam).
 """
@@ -206,15 +208,18 @@ def x0_cross_entropy(process: ForwardProcess, x0: Tensor, xt: Tensor, prediction
 # ----- estimators ---------------------------------------------------------------------------------------
 @dataclass
 class ElboEstimate:
-    """Per-example terms of the negative ELBO in nats, each (B,)."""
+    """Per-example terms of the negative ELBO in nats, each (B,). ``encoding`` is H(q(x_{t=0} | x0)) for a process
+    whose chain starts from a random encoding of the data (jump), None otherwise (``encoding_entropy``)."""
 
     diffusion: Tensor
     prior: Tensor
     reconstruction: Tensor
+    encoding: Tensor | None = None
 
     @property
     def total(self) -> Tensor:
-        return self.diffusion + self.prior + self.reconstruction
+        total = self.diffusion + self.prior + self.reconstruction
+        return total if self.encoding is None else total + self.encoding
 
 
 @dataclass
@@ -337,5 +342,7 @@ def estimate_elbo(process: ForwardProcess, denoiser: Denoiser, x0: Tensor, sched
         reconstruction += _reconstruction(process, denoiser, x0, schedule, generator, block_size).double()
     lam_low, _ = logit_alpha_range(schedule)
     prior = process.prior_kl(x0, torch.full((x0.shape[0],), lam_low, device=x0.device)).double()
+    encoding = process.encoding_entropy(x0)
     return ElboEstimate(diffusion=diffusion / num_samples, prior=prior,
-                        reconstruction=reconstruction / num_samples)
+                        reconstruction=reconstruction / num_samples,
+                        encoding=None if encoding is None else encoding.double())

@@ -132,7 +132,7 @@ def generate_samples(run: LoadedRun, sampler: Sampler, num_samples: int, batch_s
                 rows = labels == label
                 x[rows] = draw(int(rows.sum()), int(label)).cpu()
             chunks.append(x)
-    return torch.cat(chunks)
+    return run.process.to_data(torch.cat(chunks))      # jump: the data value round(z_0 / lambda) of each latent count
 
 
 def save_samples(samples: torch.Tensor, run: LoadedRun, out_dir: Path, stem: str = "samples") -> dict[str, str]:
@@ -144,7 +144,8 @@ def save_samples(samples: torch.Tensor, run: LoadedRun, out_dir: Path, stem: str
     array = samples.numpy()
     atomic_write(npy, lambda f: np.save(f, array))
     paths = {"npy": str(npy)}
-    if run.dataset.kind == "image":
+    k = run.dataset.num_states
+    if run.dataset.kind == "image" and k is not None and (samples.numel() == 0 or int(samples.max()) < k):
         paths["png"] = str(save_image_grid(samples[:256], run.dataset.num_states, out_dir / f"{stem}.png"))
     vocab = run.dataset.metadata.get("vocab")
     if vocab is not None:  # text and DNA: one decoded sample per line
@@ -195,7 +196,7 @@ def pool_results(results: list[LikelihoodResult]) -> LikelihoodResult:
         nll_bits_per_dim=mean("nll_bits_per_dim"), nll_bits_per_dim_stderr=stderr,
         diffusion_bits_per_dim=mean("diffusion_bits_per_dim"), prior_bits_per_dim=mean("prior_bits_per_dim"),
         reconstruction_bits_per_dim=mean("reconstruction_bits_per_dim"), num_examples=n,
-        t_samples=results[0].t_samples, prior=results[0].prior)
+        t_samples=results[0].t_samples, prior=results[0].prior, encoding_bits_per_dim=mean("encoding_bits_per_dim"))
 
 
 def per_char_fields(dataset: DiscreteDataset, split: str, result: LikelihoodResult) -> dict[str, float]:

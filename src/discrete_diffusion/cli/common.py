@@ -66,7 +66,8 @@ def check_batch(run, batch_size: int, flag: str, rows: int | None = None) -> Non
 
     rows = batch_size if rows is None else rows
     sites = max(1, math.prod(tuple(run.dataset.site_shape)))
-    states = run.dataset.num_states + 1                          # a mask state at most
+    k = run.dataset.num_states          # None: counts without a maximum (jump), a mean and a missing count per site
+    states = (k if k is not None else 1) + 1                     # a mask state at most
     widest = max(1, MAX_BATCH_LOGIT_BYTES // (4 * sites * states))
     if rows * sites * states * 4 > MAX_BATCH_LOGIT_BYTES:
         raise ValueError(f"{flag} {batch_size}: one batch's predictions ({rows} x {sites} sites x {states} "

@@ -327,6 +327,9 @@ def cmd_posterior(args: argparse.Namespace) -> int:
     check_count(args.num, "--num")
     check_count(args.batch_size, "--batch-size")
     run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change)
+    if run.process.unbounded:
+        raise ValueError(f"ddiff posterior needs a process with a finite number of states; this run's process "
+                         f"{run.process.name!r} models counts without a maximum (docs/jump.md)")
     sampler = build_sampler_from(run.config, args.sampler or "tau-leaping", args.steps, sampler_options(args))
     sites = tuple(run.dataset.site_shape)
     observed = observed_mask(args, sites)

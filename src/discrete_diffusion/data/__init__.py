@@ -14,6 +14,7 @@ from .base import (
     validate_labels,
     validate_values,
 )
+from .count_synthetic import PAPER_MIXTURE, load_nbinom_mixture, negative_binomial_mixture
 from .digits import load_digits_binary, load_digits_dataset
 from .dna import decode_dna, encode_dna, load_ecoli, load_fasta, read_fasta
 from .fashion_mnist import (
@@ -24,12 +25,16 @@ from .fashion_mnist import (
 )
 from .idx import parse_idx, read_idx
 from .png_folder import load_png_folder
+from .randhie import load_randhie
 from .registry import DATASETS, dataset_options, load_dataset, register_dataset
 from .kjv import load_kjv
 from .text import decode_text, encode_text, load_text_file
 
 __all__ = [
     "KINDS",
+    "PAPER_MIXTURE",
+    "load_nbinom_mixture",
+    "negative_binomial_mixture",
     "DATASETS",
     "DEBIAN_PACKAGE",
     "DatasetUnavailableError",
@@ -50,6 +55,7 @@ __all__ = [
     "load_fashion_mnist_binary",
     "load_kjv",
     "load_png_folder",
+    "load_randhie",
     "load_text_file",
     "parse_idx",
     "quantize",

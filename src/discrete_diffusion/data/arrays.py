@@ -64,6 +64,7 @@ def dataset_from_arrays(
     test_labels: Any = None,
     metadata: dict[str, Any] | None = None,
     where: str = "",
+    counts: bool = False,
 ) -> DiscreteDataset:
     """Build a :class:`DiscreteDataset` from integer arrays of shape ``(N, *site_shape)``.
 
@@ -78,6 +79,9 @@ def dataset_from_arrays(
             If given, data values ``>= num_states`` raise ``ValueError``.
         kind: ``"image"``, ``"sequence"`` or ``"tabular"``; ``None`` uses :func:`infer_kind`.
         where: source description used in error messages (e.g. the file name).
+        counts: with ``num_states`` None, keep the data as counts without a maximum (the dataset's
+            ``num_states`` is None and no limit on the values applies beyond int64) instead of inferring
+            ``max + 1`` (config ``data.counts``; true by default for ``process.name=jump``).
     """
     check_num_states(num_states)
     src = f"{where} " if where else ""
@@ -93,10 +97,11 @@ def dataset_from_arrays(
 
     assert parts["train"] is not None
     needed = max(int(x.max()) for x in parts.values() if x is not None) + 1
-    if num_states is None and needed > MAX_NUM_STATES:
+    if num_states is None and needed > MAX_NUM_STATES and not counts:
         raise ValueError(f"data{' in ' + where if where else ''} has values up to {needed - 1}, so num_states would "
-                         f"be {needed}, over the limit of {MAX_NUM_STATES} states")
-    k = max(2, needed) if num_states is None else int(num_states)
+                         f"be {needed}, over the limit of {MAX_NUM_STATES} states; for counts without a maximum use "
+                         "process.name=jump (or data.counts=true with it)")
+    k = (None if counts else max(2, needed)) if num_states is None else int(num_states)
 
     x_tr, y_tr = parts["train"], labels["train"]
     n = x_tr.shape[0]
@@ -237,6 +242,7 @@ def load_array_file(
     val_path: str | os.PathLike | None = None,
     test_path: str | os.PathLike | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    counts: bool = False,
 ) -> DiscreteDataset:
     """Load integer data from a ``.npy`` or ``.npz`` file (registry name ``"array"``).
 
@@ -253,7 +259,7 @@ def load_array_file(
     :mod:`~discrete_diffusion.data.limits`) from the headers before anything large is allocated.
     Pickled (object) arrays are refused. Errors name the file and the array.
     ``metadata["files"]`` maps ``path`` / ``val_path`` / ``test_path`` to the file and its SHA-256.
-    See :func:`dataset_from_arrays` for ``num_states``, ``kind`` and the split options.
+    See :func:`dataset_from_arrays` for ``num_states``, ``counts``, ``kind`` and the split options.
     """
     max_bytes = check_max_bytes(max_bytes)
     check_num_states(num_states)
@@ -291,4 +297,5 @@ def load_array_file(
         test_labels=arrays.get("test_labels"),
         metadata=meta,
         where=str(p),
+        counts=counts,
     )

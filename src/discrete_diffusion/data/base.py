@@ -136,7 +136,8 @@ class DiscreteDataset:
     Attributes:
         train, val, test: ``torch.long`` tensors of shape ``(n, *site_shape)`` with
             values in ``0 .. num_states-1``. ``val``/``test`` may have ``n = 0``.
-        num_states: number of states ``K`` per site.
+        num_states: number of states ``K`` per site, or None for counts without a maximum (values 0, 1, 2, ...
+            of any size; only a process that needs no K, such as ``jump``, accepts them).
         name: dataset name (registry key or user-given).
         kind: ``"image"``, ``"sequence"`` or ``"tabular"``.
         metadata: JSON-serialisable facts (channels, source path, checksums, split).
@@ -158,10 +159,11 @@ class DiscreteDataset:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if not isinstance(self.num_states, (int, np.integer)) or self.num_states < 1:
-            raise ValueError(f"num_states must be a positive integer, got {self.num_states!r}")
-        self.num_states = int(self.num_states)
-        check_num_states(self.num_states, self.name)
+        if self.num_states is not None:      # None: counts 0, 1, 2, ... without a maximum (data.counts)
+            if not isinstance(self.num_states, (int, np.integer)) or self.num_states < 1:
+                raise ValueError(f"num_states must be a positive integer or None (counts), got {self.num_states!r}")
+            self.num_states = int(self.num_states)
+            check_num_states(self.num_states, self.name)
         shape = None
         for split in _SPLITS:
             x = getattr(self, split)
@@ -181,7 +183,7 @@ class DiscreteDataset:
                 )
             if x.numel():
                 lo, hi = int(x.min()), int(x.max())
-                if lo < 0 or hi >= self.num_states:
+                if lo < 0 or (self.num_states is not None and hi >= self.num_states):
                     raise ValueError(
                         f"{self.name}: split '{split}' has values in {lo}..{hi}, "
                         f"allowed range is 0..{self.num_states - 1}"

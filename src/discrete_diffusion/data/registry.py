@@ -7,11 +7,13 @@ from typing import Any, Callable
 
 from .arrays import load_array_file
 from .base import DiscreteDataset
+from .count_synthetic import load_nbinom_mixture
 from .digits import load_digits_binary, load_digits_dataset
 from .dna import load_ecoli, load_fasta
 from .fashion_mnist import load_fashion_mnist, load_fashion_mnist_binary
 from .png_folder import load_png_folder
 from .kjv import load_kjv
+from .randhie import load_randhie
 from .text import load_text_file
 
 __all__ = ["DATASETS", "load_dataset", "register_dataset", "dataset_options"]
@@ -28,6 +30,8 @@ DATASETS: dict[str, Callable[..., DiscreteDataset]] = {
     "kjv": load_kjv,
     "fasta": load_fasta,
     "ecoli": load_ecoli,
+    "nbinom-mixture": load_nbinom_mixture,
+    "randhie": load_randhie,
 }
 
 

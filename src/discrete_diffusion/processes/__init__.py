@@ -5,12 +5,13 @@ from __future__ import annotations
 from .base import ForwardProcess, Prediction, expand_to_sites, sample_categorical
 from .blackout import BlackoutProcess
 from .generators import GENERATORS, spectral_gap
+from .jump import JumpProcess
 from .masking import MaskingProcess
 from .matrix import MatrixProcess
 from .uniform import UniformProcess
 
 PROCESSES: dict[str, type[ForwardProcess]] = {
-    cls.name: cls for cls in (BlackoutProcess, MaskingProcess, UniformProcess, MatrixProcess)
+    cls.name: cls for cls in (BlackoutProcess, MaskingProcess, UniformProcess, MatrixProcess, JumpProcess)
 }
 
 
@@ -25,5 +26,5 @@ def build_process(name: str, num_states: int, **options) -> ForwardProcess:
 
 
 __all__ = ["ForwardProcess", "Prediction", "expand_to_sites", "sample_categorical", "BlackoutProcess",
-           "MaskingProcess", "UniformProcess", "MatrixProcess", "GENERATORS", "spectral_gap", "PROCESSES",
+           "MaskingProcess", "UniformProcess", "MatrixProcess", "JumpProcess", "GENERATORS", "spectral_gap", "PROCESSES",
            "build_process"]

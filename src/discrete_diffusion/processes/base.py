@@ -29,10 +29,16 @@ class Prediction:
     x0_log_probs: (B, *sites, K) normalised log p(x0^d = k | x_t), or None.
     mean_missing: (B, *sites) E[x0^d - x_t^d | x_t] for count processes (Blackout's mean
         parameterisation), or None. At least one of the two is set.
+    x0_mean: (B, *sites) E[x0^d | x_t] in data units, for a process whose chain runs on a latent count
+        rather than on x0 (jump: z_0 ~ Poisson(lambda x0)), or None.
+    lam: (B,) the noise level the prediction was made at, for a process whose draw of the chain's state at
+        alpha = 1 needs it (jump), or None.
     """
 
     x0_log_probs: Tensor | None = None
     mean_missing: Tensor | None = None
+    x0_mean: Tensor | None = None
+    lam: Tensor | None = None
 
 
 #: Rows x values of float64 work that ``sample_categorical`` holds at once (2^22 values: 32 MiB).
@@ -132,6 +138,9 @@ class ForwardProcess(ABC):
     #: that embeds indices (``accepts_tokens``) is given x_t itself, (B, *sites) long, and never sees the one-hot
     #: tensor (see ``denoiser.backbone_input``); a backbone that does not still gets the one-hot features.
     input_kind: str = "features"
+    #: Whether the state space is 0, 1, 2, ... with no maximum (jump): then ``num_states`` and ``num_values`` are
+    #: None and nothing that enumerates values (marginal matrices, exact tables over K^D, logits) applies.
+    unbounded: bool = False
 
     def __init__(self, num_states: int) -> None:
         if int(num_states) < 2:
@@ -157,6 +166,16 @@ class ForwardProcess(ABC):
     @abstractmethod
     def prior_kl(self, x0: Tensor, lam: Tensor) -> Tensor:
         """KL(q_1(. | x0) || prior) summed over sites, in nats: (B,)."""
+
+    def encoding_entropy(self, x0: Tensor) -> Tensor | None:
+        """H(q(x_{t=0} | x0)) summed over sites, (B,) in nats, for a process whose chain starts from a random
+        encoding of the data (jump: z_0 ~ Poisson(lambda x0)), whose bound then covers E[-log p(x_{t=0})]; None
+        (zero) when the chain starts at x0 itself, as for every finite process."""
+        return None
+
+    def to_data(self, x: Tensor) -> Tensor:
+        """The data value a generated state at t = 0 stands for (jump: round(z_0 / lambda)); the identity here."""
+        return x
 
     # ----- the denoiser's output -------------------------------------------------------------
     def output_channels(self, parameterization: str) -> int:

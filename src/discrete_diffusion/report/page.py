@@ -7,6 +7,8 @@ What it shows (docs/report.md):
 * training: ``loss`` and ``train_elbo_diffusion_bpd`` (one line per logged step) and ``val_nll_bits_per_dim``
   (one line per validation) against ``step``, from ``RUN/metrics.jsonl`` (keys written by
   :mod:`discrete_diffusion.train.trainer`);
+* count runs (``process.name=jump`` or ``data.counts=true``): instead of rows of numbers, histograms of the
+  samples and of the training data on log-log axes (:mod:`discrete_diffusion.report.counts`);
 * sample quality: for ``RUN/quality/*.json`` (written by ``ddiff evaluate --samples``), the chosen metric
   against NFE, one curve per sampler, and a table of every metric (samples vs reference).
 
@@ -29,12 +31,23 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import data as report_data
 from ..data.limits import human_bytes
-from .data import (CURVE_KEYS, MetricsLog, QualityRecord, SamplesView, default_metric, quality_reference,
-                   quality_series, read_metrics, read_quality, read_samples)
-from .plots import page_size, render_page
 from ..runs.atomic_io import atomic_write
+from . import data as report_data
+from .counts import count_series, is_count_run
+from .data import (
+    CURVE_KEYS,
+    MetricsLog,
+    QualityRecord,
+    SamplesView,
+    default_metric,
+    quality_reference,
+    quality_series,
+    read_metrics,
+    read_quality,
+    read_samples,
+)
+from .plots import Series, page_size, render_page
 
 __all__ = ["Report", "build_report", "render_png", "render_html", "write_report", "CURVE_KEYS", "MetricsLog",
            "QualityRecord", "SamplesView", "default_metric", "quality_reference", "quality_series", "read_metrics",
@@ -55,6 +68,8 @@ class Report:
     quality: list[QualityRecord]
     metric: str | None
     notes: list[str]
+    counts: Series | None = None
+    counts_summary: str = ""
 
 
 def build_report(run_dir: str | os.PathLike, samples: str | os.PathLike | None = None,
@@ -67,6 +82,12 @@ def build_report(run_dir: str | os.PathLike, samples: str | os.PathLike | None =
                          f"`ddiff train` or `ddiff demo`")
     view = read_samples(run, Path(samples) if samples is not None else None)
     notes = list(view.notes)
+    counts, counts_summary = None, ""
+    if view.kind == "array" and view.source is not None and is_count_run(run):
+        try:
+            counts, counts_summary = count_series(run, view.source, follow=samples is not None)
+        except ValueError as err:
+            notes.append(f"count histograms not shown: {err}")
     metrics = None
     if not (run / "metrics.jsonl").exists() and not (run / "metrics.jsonl").is_symlink():
         notes.append("missing: metrics.jsonl (no training curves)")
@@ -94,7 +115,7 @@ def build_report(run_dir: str | os.PathLike, samples: str | os.PathLike | None =
         metric = default_metric(records)
         if metric is None:
             notes.append("the quality files share no metric: pass --metric NAME for the NFE chart")
-    return Report(run, view, metrics, records, metric, notes)
+    return Report(run, view, metrics, records, metric, notes, counts, counts_summary)
 
 
 def render_png(report: Report) -> bytes:
@@ -112,7 +133,7 @@ def render_png(report: Report) -> bytes:
                         quality_reference(report.quality, report.metric) if report.metric else None,
                         None if report.metrics is not None else "no metrics.jsonl (see the notes)",
                         f"no quality file has both an NFE and a finite {report.metric}" if report.metric
-                        else "the quality files share no metric: pass --metric NAME")
+                        else "the quality files share no metric: pass --metric NAME", report.counts)
     assert image.size == page_size(quality is not None)
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -153,6 +174,8 @@ def render_html(report: Report, png: bytes) -> str:
              f' src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">']
     view = report.samples
     parts.append(f"<h2>Samples</h2><p>{_e(view.kind)}: {_e(view.source if view.source else 'none')}</p>")
+    if report.counts is not None:
+        parts.append(f"<p>count histograms (log-log axes, in the picture): {_e(report.counts_summary)}</p>")
     if view.grid is None and view.lines:
         parts.append("<pre>" + _e("\n".join(view.lines)) + "</pre>")
     parts.append("<h2>Training</h2>")

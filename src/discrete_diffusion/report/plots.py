@@ -225,18 +225,23 @@ def _samples_panel(image: Image.Image, top: int, grid: np.ndarray | None, lines:
 def render_page(title: str, samples_title: str, grid: np.ndarray | None, sample_lines: Sequence[str],
                 loss: Series, bits: Series, quality: Series | None, quality_metric: str,
                 quality_reference: float | None, curves_missing: str | None = None,
-                quality_empty: str = "no point to plot") -> Image.Image:
+                quality_empty: str = "no point to plot", histogram: Series | None = None) -> Image.Image:
     """The whole report PNG (RGB, :func:`page_size`). ``grid``: a ``uint8`` sample grid (H, W) or (H, W, 3),
     scaled down to fit the panel if larger, else ``sample_lines`` are printed there (text excerpts or what is
     missing). ``loss`` and ``bits``: the training charts (x = step). ``quality``: sampler -> [(NFE, value)],
     or None for no quality chart. ``curves_missing``: why there are no training curves, shown in their charts;
-    ``quality_empty``: what the quality chart says when it has no point."""
+    ``quality_empty``: what the quality chart says when it has no point. ``histogram`` (count runs): label ->
+    [(count + 1, share per unit count)], drawn on log-log axes in the samples panel instead of the grid / lines."""
     size = page_size(quality is not None)
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     draw.text((8, 8), _clip(title, 120), fill="black", font=_font(18))
     top = HEADER_H
-    _samples_panel(image, top, grid, sample_lines, samples_title)
+    if histogram is not None:
+        draw_chart(image, (0, top, WIDTH, top + SAMPLES_H), f"count histograms: {samples_title}", histogram,
+                   "count + 1", "share per unit count", xlog=True, ylog=True, empty="no count to plot")
+    else:
+        _samples_panel(image, top, grid, sample_lines, samples_title)
     top += SAMPLES_H
     half = WIDTH // 2
     draw_chart(image, (0, top, half, top + CURVES_H), "training loss", loss, "step", "loss (per example)",

@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..builders import (build_denoiser, build_process_from, build_schedule_from, build_dataset, resolve_device,
-                        resolve_num_classes)
+                        resolve_num_classes, resolve_process_options)
 from ..config import MODEL_SECTIONS, load_config, to_dict
 from ..data import DiscreteDataset
 from ..denoiser import NetworkDenoiser
@@ -63,6 +63,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto",
     dev = resolve_device(device)
     dataset = build_dataset(config, run_tokenizer_json(run_dir) if config.data.tokenizer == "bpe" else None)
     check_data_manifest(run_dir, dataset, allow_change=allow_data_change)
+    resolve_process_options(config, dataset)     # a no-op for a run trained here (config.yaml records them)
     process = build_process_from(config, dataset.num_states)
     denoiser = build_denoiser(config, process, dataset.site_shape, resolve_num_classes(config, dataset))
     checkpoint = find_weights(run_dir, which)

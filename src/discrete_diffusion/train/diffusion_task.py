@@ -26,6 +26,7 @@ from ..builders import (
     build_denoiser,
     build_objective_from,
     build_process_from,
+    resolve_process_options,
     build_proposal,
     build_sampler_from,
     build_schedule_from,
@@ -102,6 +103,7 @@ class DiffusionTask(Task):
             raise ValueError(f"the dataset has {self.dataset.train.shape[0]} training examples and none left for "
                              "validation or test (each split takes about 10% of a user array); validation and "
                              "best-checkpoint selection need at least one: use a larger dataset")
+        resolve_process_options(config, self.dataset)        # recorded in config.yaml (jump: mean_scale)
         self.process = build_process_from(config, self.dataset.num_states)
         self.schedule = build_schedule_from(config)
         self.proposal = build_proposal(config)
@@ -200,8 +202,8 @@ class DiffusionTask(Task):
                 "bits/dim")
 
     def sample_grid(self, step: int) -> Path | None:
-        """A grid of 64 samples (split over ranks; rank 0 writes it), for image data only."""
-        if self.dataset.kind != "image":
+        """A grid of 64 samples (split over ranks; rank 0 writes it), for image data of a bounded process only."""
+        if self.dataset.kind != "image" or self.process.unbounded:
             return None
         sampler = build_sampler_from(self.config)
         shape = tuple(self.dataset.site_shape)
