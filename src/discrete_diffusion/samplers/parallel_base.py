@@ -30,6 +30,11 @@ its first block that still has masked sites (LLaDA's semi-autoregressive decodin
 the network sees them as MASK). The decode of one block is the same loop on a sub-range of the sites: a block
 diffusion network with a KV cache plugs in at step 1.
 
+Approximate caches (opt-in, ``approx_cache`` = "prefix" | "dual" with ``block_size``; ``refresh_every`` = k): a
+plain masked transformer run is evaluated through ``ApproxBlockCache`` (samplers/approx_cache.py, Fast-dLLM's
+block-wise prefix / dual KV cache), which runs part of the sequence over keys/values kept from the block's last full
+call. APPROXIMATE (stale keys/values); refresh_every=1 is the uncached computation exactly. Default: no cache.
+
 Batch invariance: every row draws its prior and its values from its own generator, seeded from the caller's
 generator (the first B integers it yields, the same for row b whatever the batch size), and each row's calls, lam
 and choices depend on that row alone; rows that finish leave the batch. With a network whose output for a row does
