@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_classifier_guidance import D, PROCESSES, guided_samples  # noqa: E402  (the tests' tables and helpers)
+from test_classifier_guidance import PROCESSES, D, guided_samples  # noqa: E402  (the tests' tables and helpers)
 
 from discrete_diffusion.oracle import empirical_distribution, total_variation  # noqa: E402
 

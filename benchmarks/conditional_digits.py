@@ -17,8 +17,8 @@ import torch
 
 from discrete_diffusion.cli import main as ddiff
 from discrete_diffusion.pipeline import Conditioning, generate_samples, load_run
-from discrete_diffusion.samplers import build_sampler
 from discrete_diffusion.report.grids import save_image_grid
+from discrete_diffusion.samplers import build_sampler
 
 ROOT = Path(__file__).resolve().parents[1]
 

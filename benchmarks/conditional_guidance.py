@@ -66,12 +66,12 @@ from discrete_diffusion.config import load_config, to_dict
 from discrete_diffusion.denoiser import ConditionalDenoiser
 from discrete_diffusion.evaluate.feature_metrics import class_entropy_bits
 from discrete_diffusion.evaluate.image_quality import image_family, load_or_train_classifier
-from discrete_diffusion.likelihood import evaluate_nll
 from discrete_diffusion.guidance.classifier import GUIDED_SAMPLERS
 from discrete_diffusion.guidance.classifier_train import load_classifier
+from discrete_diffusion.likelihood import evaluate_nll
 from discrete_diffusion.pipeline import Conditioning, LoadedRun, evaluate_run, generate_samples, load_run
-from discrete_diffusion.samplers import build_sampler
 from discrete_diffusion.report.grids import save_image_grid
+from discrete_diffusion.samplers import build_sampler
 
 ROOT = Path(__file__).resolve().parents[1]
 PROCESSES = ("blackout", "masking")

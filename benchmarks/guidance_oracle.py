@@ -20,13 +20,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_guidance import (  # noqa: E402  (the tests' tables and helpers)
-    D, PROCESSES, conditional_given_known, every_state_and_level, joint_table, make_process)
+from test_guidance import PROCESSES, D, conditional_given_known, every_state_and_level, joint_table, make_process  # noqa: E402  (the tests' tables and helpers)
 
-from discrete_diffusion.guidance import (  # noqa: E402
-    ClassifierFreeDenoiser, geometric_mean_rates, guide_prediction, infill_sample)
+from discrete_diffusion.guidance import ClassifierFreeDenoiser, geometric_mean_rates, guide_prediction, infill_sample  # noqa: E402
 from discrete_diffusion.oracle import (  # noqa: E402
-    ConditionalOracle, OracleDenoiser, SharedLevelOracle, empirical_distribution, total_variation)
+    ConditionalOracle,
+    OracleDenoiser,
+    SharedLevelOracle,
+    empirical_distribution,
+    total_variation,
+)
 from discrete_diffusion.samplers import build_sampler  # noqa: E402
 from discrete_diffusion.schedules import build_schedule  # noqa: E402
 

@@ -37,12 +37,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from discrete_diffusion.runs.atomic_io import atomic_write_text as write_text
 from discrete_diffusion.denoiser import NetworkDenoiser
 from discrete_diffusion.losses import LogitAlphaProposal, training_loss
 from discrete_diffusion.nn import SequenceTransformer
 from discrete_diffusion.processes import base as process_base
 from discrete_diffusion.processes import build_process
+from discrete_diffusion.runs.atomic_io import atomic_write_text as write_text
 from discrete_diffusion.samplers import base as sampler_base
 from discrete_diffusion.samplers import build_sampler
 from discrete_diffusion.schedules import build_schedule

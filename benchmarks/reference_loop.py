@@ -60,11 +60,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from discrete_diffusion.runs.atomic_io import atomic_write_text as write_text
 from discrete_diffusion.denoiser import NetworkDenoiser
 from discrete_diffusion.losses import LogitAlphaProposal, NoiseDraw, diffusion_terms, training_loss
 from discrete_diffusion.nn import SequenceTransformer
 from discrete_diffusion.processes import build_process
+from discrete_diffusion.runs.atomic_io import atomic_write_text as write_text
 from discrete_diffusion.samplers import build_sampler
 from discrete_diffusion.schedules import build_schedule
 

@@ -34,9 +34,8 @@ from pathlib import Path
 
 import torch
 
-from discrete_diffusion.oracle import (SharedLevelOracle, OracleDenoiser, empirical_distribution, total_variation)
-from discrete_diffusion.processes import (BlackoutProcess, ForwardProcess, MaskingProcess, MatrixProcess,
-                                          UniformProcess)
+from discrete_diffusion.oracle import OracleDenoiser, SharedLevelOracle, empirical_distribution, total_variation
+from discrete_diffusion.processes import BlackoutProcess, ForwardProcess, MaskingProcess, MatrixProcess, UniformProcess
 from discrete_diffusion.samplers import SAMPLERS, build_sampler
 from discrete_diffusion.schedules import build_schedule
 

@@ -50,14 +50,14 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from discrete_diffusion.denoiser import NetworkDenoiser, noise_level_input
+from discrete_diffusion.nn import SequenceTransformer
 from discrete_diffusion.processes import (
     ForwardProcess,
     MaskingProcess,
     Prediction,
     UniformProcess,
 )
-from discrete_diffusion.denoiser import NetworkDenoiser, noise_level_input
-from discrete_diffusion.nn import SequenceTransformer
 from discrete_diffusion.samplers import SAMPLERS, build_sampler
 from discrete_diffusion.schedules import build_schedule
 

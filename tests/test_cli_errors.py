@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import with_overrides
+
 from discrete_diffusion import losses
 from discrete_diffusion.cli import main
 from discrete_diffusion.config import load_config

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, with_overrides
+
 from discrete_diffusion.cli import main
 from discrete_diffusion.config import load_config
 from discrete_diffusion.data.arrays import load_array_file

@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
+from test_sampler_suite import D, K, N, _gen, _sample, _table, _tv, monte_carlo_floor
 
 from discrete_diffusion.oracle import OracleDenoiser, SharedLevelOracle, empirical_distribution, total_variation
 from discrete_diffusion.processes import MaskingProcess, Prediction, UniformProcess
 from discrete_diffusion.samplers import build_sampler
 from discrete_diffusion.schedules import build_schedule
-from test_sampler_suite import D, K, N, _gen, _sample, _table, _tv, monte_carlo_floor
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import read_metrics
 from safetensors.torch import load_file
 from task_child import KINDS, make_trainer
 
-from conftest import read_metrics
 from discrete_diffusion.cli import main
 from discrete_diffusion.runs.weights import find_latest_checkpoint
 from discrete_diffusion.train.trainer import Trainer

@@ -18,8 +18,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .distributed import DistContext, pool_mean_stderr, rank_seed, shard_bounds
 from .denoiser import Denoiser, denoiser_device
+from .distributed import DistContext, pool_mean_stderr, rank_seed, shard_bounds
 from .losses import LogitAlphaProposal, estimate_elbo
 from .processes.base import ForwardProcess
 from .schedules import Schedule

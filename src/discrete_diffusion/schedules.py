@@ -17,8 +17,8 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 from torch import Tensor

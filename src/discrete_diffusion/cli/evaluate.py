@@ -7,13 +7,14 @@ from pathlib import Path
 
 from .common import check_batch, check_count, check_sample_sizes, sample_stem, sampler_options
 
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from ..builders import build_proposal
-    from ..pipeline import evaluate_run, likelihood_unit, load_run, per_char_fields
     from ..distributed import setup
     from ..likelihood import evaluate_nll_sharded
+    from ..pipeline import evaluate_run, likelihood_unit, load_run, per_char_fields
 
     if quality_requested(args):
         return cmd_evaluate_quality(args)
@@ -69,11 +70,11 @@ def cmd_evaluate_quality(args: argparse.Namespace) -> int:
     import json
 
     from ..builders import build_sampler_from
-    from ..evaluate.quality import evaluate_quality
-    from ..evaluate.text_quality import ARJudgeConfig
-    from ..evaluate.sample_files import read_sample_record, read_samples, sample_files, write_quality_record
-    from ..pipeline import generate_samples, load_run
     from ..distributed import env_world
+    from ..evaluate.quality import evaluate_quality
+    from ..evaluate.sample_files import read_sample_record, read_samples, sample_files, write_quality_record
+    from ..evaluate.text_quality import ARJudgeConfig
+    from ..pipeline import generate_samples, load_run
 
     if env_world()[1] > 1:
         raise ValueError("`ddiff evaluate` of sample quality runs in one process; run it without torchrun")

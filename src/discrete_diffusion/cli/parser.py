@@ -8,7 +8,6 @@ from .. import __version__
 from .posterior import add_posterior_parser
 
 
-
 def _datasets_help() -> str:
     from ..data import DATASETS
     from ..processes import PROCESSES

@@ -50,8 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import ForwardProcess, Prediction, expand_to_sites, sample_categorical
-from .generators import (GENERATORS, _unreachable_pair, spectral_gap, stationary_distribution,
-                         validate_rate_matrix)
+from .generators import GENERATORS, _unreachable_pair, spectral_gap, stationary_distribution, validate_rate_matrix
 from .matrix_window import bound_from_table, reachability, window_table
 
 RatesLike = str | os.PathLike | Tensor | np.ndarray | Sequence[Sequence[float]]
