@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from .baselines.fit import FitResult, FitSettings, fit_task
 from .builders import build_backbone
-from .config import load_config, to_dict
+from .config import load_run_config, to_dict
 from .data import DiscreteDataset
 from .denoiser import Denoiser, backbone_input, noise_level_input
 from .processes import ForwardProcess
@@ -264,7 +264,7 @@ def load_planner(planner_dir: str | Path, run) -> NoisePlanner:
     if not (planner_dir / "config.yaml").is_file() or not weights.is_file():
         raise ValueError(f"{planner_dir} is not a planner directory (expected config.yaml and {PLANNER_WEIGHTS}, "
                          "written by `ddiff train-planner RUN_DIR`)")
-    config = load_config(planner_dir / "config.yaml")
+    config = load_run_config(planner_dir / "config.yaml")
     for section in SHARED_SECTIONS:
         if to_dict(config)[section] != to_dict(run.config)[section]:
             raise ValueError(f"the planner in {planner_dir} was trained for another run: its {section} section "

@@ -23,7 +23,8 @@ def run_training(config_path: str | None, overrides: list[str], out: str, resume
         resumable_checkpoint(out_dir)
     if resume and config_path is None:
         config_path = str(out_dir / "config.yaml")
-    config = load_config(config_path, overrides)
+    # resuming: the run's architecture keys absent from its config.yaml mean the architecture it was trained with
+    config = load_config(config_path, overrides, legacy_from=out_dir / "config.yaml" if resume else None)
     trainer = Trainer(config, out_dir, progress=progress)
     return trainer.fit(resume=resume)
 

@@ -36,7 +36,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..builders import build_backbone
-from ..config import load_config, to_dict
+from ..config import load_run_config, to_dict
 from ..data import DiscreteDataset
 from ..runs.data_record import check_data_manifest
 from ..denoiser import backbone_input, noise_level_input
@@ -270,7 +270,7 @@ def load_classifier(classifier_dir: str | Path, run) -> NoisyClassifierNet:
     if not (classifier_dir / "config.yaml").is_file() or not weights.is_file() or weights.is_symlink():
         raise ValueError(f"{classifier_dir} is not a classifier directory (expected config.yaml and "
                          f"{CLASSIFIER_WEIGHTS}, written by `ddiff train-classifier RUN_DIR`)")
-    config = load_config(classifier_dir / "config.yaml")
+    config = load_run_config(classifier_dir / "config.yaml")
     for section in SHARED_SECTIONS:
         if to_dict(config)[section] != to_dict(run.config)[section]:
             raise ValueError(f"the classifier in {classifier_dir} was trained for another run: its {section} section "

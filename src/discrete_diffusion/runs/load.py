@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from ..builders import (build_denoiser, build_process_from, build_schedule_from, build_dataset, resolve_device,
                         resolve_num_classes, resolve_process_options)
-from ..config import MODEL_SECTIONS, load_config, to_dict
+from ..config import MODEL_SECTIONS, load_run_config, to_dict
 from ..data import DiscreteDataset
 from ..denoiser import NetworkDenoiser
 from ..processes import ForwardProcess
@@ -59,7 +59,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto",
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
-    config = load_config(run_dir / "config.yaml")
+    config = load_run_config(run_dir / "config.yaml")
     dev = resolve_device(device)
     dataset = build_dataset(config, run_tokenizer_json(run_dir) if config.data.tokenizer == "bpe" else None)
     check_data_manifest(run_dir, dataset, allow_change=allow_data_change)
