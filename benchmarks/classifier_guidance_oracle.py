@@ -46,7 +46,8 @@ def main() -> None:
                 cells[form] = (total_variation(empirical_distribution(x, 3), table),
                                float(oracle.class_log_probs(x)[:, label].mean()))
             fmt = lambda c, i: "-" if c is None else f"{c[i]:.4f}"  # noqa: E731
-            print(f"| {name} | {sampler} {steps if sampler != 'exact' else ''} | {gamma:g} | {fmt(cells['exact'], 0)} | "
+            print(f"| {name} | {sampler} {steps if sampler != 'exact' else ''} | {gamma:g} | "
+                  f"{fmt(cells['exact'], 0)} | "
                   f"{fmt(cells['taylor'], 0)} | {fmt(cells['exact'], 1)} | {fmt(cells['taylor'], 1)} |", flush=True)
 
 

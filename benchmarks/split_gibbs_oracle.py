@@ -60,7 +60,7 @@ FIXED_T = 0.6
 from discrete_diffusion.oracle import OracleDenoiser, SharedLevelOracle, empirical_distribution, total_variation  # noqa: E402
 from discrete_diffusion.posterior.oracle_prior import OraclePriorStep  # noqa: E402
 from discrete_diffusion.posterior.split_gibbs import split_gibbs_sample  # noqa: E402
-from discrete_diffusion.runs.atomic_io import atomic_write_text
+from discrete_diffusion.runs.atomic_io import atomic_write_text  # noqa: E402
 from discrete_diffusion.samplers import build_sampler  # noqa: E402
 
 T_MAX = 0.9

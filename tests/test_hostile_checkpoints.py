@@ -137,7 +137,8 @@ def _set(path: str, value: Any) -> Callable[[dict], None]:
 
 RAW_MANIFESTS: dict[str, Callable[[str], str]] = {
     "format_version=1e999": lambda text: text.replace('"format_version": 1', '"format_version": 1e999'),
-    "deep-nesting": lambda text: text.replace('"extra": {', '"extra": {"deep": ' + "[" * 100_000 + "]" * 100_000 + ", "),
+    "deep-nesting": lambda text: text.replace('"extra": {',
+                                              '"extra": {"deep": ' + "[" * 100_000 + "]" * 100_000 + ", "),
     "padded-past-the-bound": lambda text: text + " " * (MAX_MANIFEST_BYTES + 1),
 }
 FIELD_MANIFESTS: dict[str, tuple[str, Any]] = {

@@ -160,7 +160,8 @@ def test_cli_resume_continues_the_directory_exactly(command, run_dir, tmp_path, 
     assert [row[0] for row in a["val_curve"]] == [3, 6]
     # the exported weights are the best checkpoint's EMA weights
     best = json.loads(find_latest_checkpoint(straight / "best").read_text())
-    ema = {k[4:]: v for k, v in load_file(str(straight / "best" / best["tensors_file"])).items() if k.startswith("ema.")}
+    ema = {k[4:]: v for k, v in load_file(str(straight / "best" / best["tensors_file"])).items()
+           if k.startswith("ema.")}
     exported = load_file(str(straight / weights))
     assert best["step"] == a["best_step"] and ema and all(torch.equal(exported[k], v) for k, v in ema.items())
 

@@ -168,7 +168,8 @@ class ConditionalOracle:
 
 
 class ExactNoisyClassifier:
-    """The exact p_t(c | x_t) = sum_x0 p(x0 | x_t) p(c | x0) = sum_x0 pi(x0, c) q_t(x_t | x0) / sum_x0 pi(x0) q_t(x_t | x0)
+    """The exact p_t(c | x_t) = sum_x0 p(x0 | x_t) p(c | x0)
+    = sum_x0 pi(x0, c) q_t(x_t | x0) / sum_x0 pi(x0) q_t(x_t | x0)
     of a ``ConditionalOracle``'s joint table: ``(x_t (B, D), lam (B,)) -> (B, C)`` float64 log-probabilities.
 
     ``onehot_log_probs`` takes one_hot(x_t) (B, D, M) float and is differentiable in it (q_t(x_t^d | x0^d) =

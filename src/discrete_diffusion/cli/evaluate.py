@@ -30,7 +30,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.batch_size is not None:   # a batch of examples: its predictions bounded as sampling's are
         check_batch(run, args.batch_size, "--batch-size")
     if not ctx.enabled:
-        result = evaluate_run(run, args.split, args.t_samples, args.batch_size, args.seed, progress=not args.no_progress)
+        result = evaluate_run(run, args.split, args.t_samples, args.batch_size, args.seed,
+                              progress=not args.no_progress)
     else:
         t_samples = run.config.evaluate.t_samples if args.t_samples is None else args.t_samples
         batch_size = run.config.evaluate.batch_size if args.batch_size is None else args.batch_size

@@ -198,7 +198,8 @@ def _rgb(levels: "torch.Tensor", flagged: "torch.Tensor | None", num_states: int
 def posterior_grid(samples: "torch.Tensor", observation: tuple | None, truth: "torch.Tensor | None",
                    num_states: int, columns: int = GRID_COLUMNS, sample_rows: int = GRID_SAMPLES) -> "torch.Tensor":
     """The picture grid's tiles, (rows * columns, 3, H, W) levels, one column per observation (the first
-    ``columns``; a single observation is drawn as one row): observation (unobserved sites dark red), up to ``sample_rows`` samples, the posterior mean
+    ``columns``; a single observation is drawn as one row): observation (unobserved sites dark red), up to
+    ``sample_rows`` samples, the posterior mean
     (rounded), the clean image when known."""
     import torch
 

@@ -26,5 +26,5 @@ def build_process(name: str, num_states: int, **options) -> ForwardProcess:
 
 
 __all__ = ["ForwardProcess", "Prediction", "expand_to_sites", "sample_categorical", "BlackoutProcess",
-           "MaskingProcess", "UniformProcess", "MatrixProcess", "JumpProcess", "GENERATORS", "spectral_gap", "PROCESSES",
-           "build_process"]
+           "MaskingProcess", "UniformProcess", "MatrixProcess", "JumpProcess", "GENERATORS", "spectral_gap",
+           "PROCESSES", "build_process"]

@@ -132,7 +132,8 @@ class MatrixProcess(ForwardProcess):
         p = torch.as_tensor(np.asarray(prior, dtype=np.float64) if not isinstance(prior, Tensor) else prior)
         p = p.detach().to("cpu", torch.float64).reshape(-1)
         if p.numel() != self.num_values or not bool(torch.isfinite(p).all()) or bool((p < 0).any()):
-            raise ValueError(f"matrix process: prior must be {self.num_values} non-negative finite numbers, got {p.tolist()}")
+            raise ValueError(f"matrix process: prior must be {self.num_values} non-negative finite numbers, "
+                             f"got {p.tolist()}")
         if abs(float(p.sum()) - 1.0) > 1e-6:
             raise ValueError(f"matrix process: prior must sum to 1, got {float(p.sum())}")
         return p / p.sum()

@@ -247,7 +247,8 @@ class Trainer:
             mb = 1024 * 1024
             raise ValueError(f"not enough free disk space in {self.run_dir}: the run keeps {keep} checkpoints of "
                              f"about {each / mb:.1f} MB each plus best/ (about {need / mb:.1f} MB), but only "
-                             f"{free / mb:.1f} MB are free; free some space, lower train.keep_last or use another --out")
+                             f"{free / mb:.1f} MB are free; free some space, lower train.keep_last "
+                             f"or use another --out")
 
     def _resume(self) -> None:
         latest = find_latest_checkpoint(self.run_dir / "checkpoints")
