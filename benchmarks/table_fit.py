@@ -30,8 +30,8 @@ import torch
 
 from discrete_diffusion.builders import build_proposal
 from discrete_diffusion.config import load_config, validation_t_samples
-from discrete_diffusion.likelihood import evaluate_nll
 from discrete_diffusion.evaluate.reverse_law import reverse_chain_law
+from discrete_diffusion.likelihood import evaluate_nll
 from discrete_diffusion.oracle import all_configurations, configuration_index, total_variation
 from discrete_diffusion.pipeline import load_run
 from discrete_diffusion.train.trainer import Trainer
@@ -87,7 +87,7 @@ def write_table_data(folder: Path, probs: torch.Tensor, n: int, seed: int = 0) -
 
 
 def fit(row: list[str], data: Path, out: Path, extra: list[str]) -> dict:
-    config = load_config(None, [f"data.name=array", f"data.path={data}", "data.num_states=3", "train.device=cpu",
+    config = load_config(None, ["data.name=array", f"data.path={data}", "data.num_states=3", "train.device=cpu",
                                 "train.sample_every=100000", *row, *extra])
     start = time.time()
     result = Trainer(config, out, progress=False, log=lambda _: None).fit()
@@ -151,7 +151,8 @@ def main() -> None:
             tv = total_variation(r["law"], probs)
             tv_prod = total_variation(r["law"], product_of_marginals(probs))
             val = r["val"]
-            bound = f"{val.get('val_nll_bits_per_dim', math.nan):.4f} ± {val.get('val_nll_bits_per_dim_stderr', math.nan):.4f}"
+            mean, stderr = val.get("val_nll_bits_per_dim", math.nan), val.get("val_nll_bits_per_dim_stderr", math.nan)
+            bound = f"{mean:.4f} ± {stderr:.4f}"
             noise = r["validation_noise"]
             spread = (f"{noise['draws_4']['sd']:.4f} / {noise['draws_auto']['sd']:.4f} ({noise['auto_draws']}); "
                       f"128 draws: {noise['reference_128']:.4f}")
@@ -164,8 +165,8 @@ def main() -> None:
         results = Path(__file__).parent / "results"
         path = results / "table_fit.json"
         held = json.loads(path.read_text()) if path.exists() else {}
-        rows = {**held.get("rows", {}), **{r["row"]: r for r in records}} if held.get("header") == lines[:preamble] else \
-            {r["row"]: r for r in records}
+        kept = held.get("rows", {}) if held.get("header") == lines[:preamble] else {}
+        rows = {**kept, **{r["row"]: r for r in records}}
         path.write_text(json.dumps({"header": lines[:preamble], "product_tv": product_tv, "rows": rows}, indent=1))
         table = [rows[n]["line"] for n in ROWS if n in rows]
         (results / "table_fit.md").write_text("\n".join(lines[:preamble] + table) + "\n")

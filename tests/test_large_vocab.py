@@ -19,8 +19,8 @@ from discrete_diffusion.nn import MLP, SequenceTransformer
 from discrete_diffusion.processes import base as process_base
 from discrete_diffusion.processes import build_process
 from discrete_diffusion.processes.base import INPUT_KINDS, sample_categorical
-from discrete_diffusion.samplers import base as sampler_base
 from discrete_diffusion.samplers import SAMPLERS, build_sampler
+from discrete_diffusion.samplers import base as sampler_base
 from discrete_diffusion.samplers.base import transform_x0_log_probs
 from discrete_diffusion.schedules import build_schedule
 from discrete_diffusion.train import distributed, rng

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import with_overrides
+
 from discrete_diffusion import cli
 from discrete_diffusion.builders import build_denoiser, build_sampler_from
 from discrete_diffusion.config import load_config, load_run_config
@@ -37,7 +37,7 @@ def _old_run(tmp_path: Path, base: list[str]) -> Path:
     main writes."""
     run = tmp_path / "run"
     config = load_config(None, with_overrides(*base, f"data.path={_table_file(tmp_path)}",
-                                                   "model.noise_conditioning=additive", "model.position_embedding=none"))
+                                              "model.noise_conditioning=additive", "model.position_embedding=none"))
     Trainer(config, run, progress=False, log=lambda _: None).fit()
     text = (run / "config.yaml").read_text()
     stripped = re.sub(r"^  (noise_conditioning|position_embedding): .*\n", "", text, flags=re.M)

@@ -42,12 +42,12 @@ from .builders import build_backbone
 from .config import load_run_config, to_dict
 from .data import DiscreteDataset
 from .denoiser import Denoiser, backbone_input, noise_level_input
+from .distributed import DistContext, setup
 from .processes import ForwardProcess
+from .runs.results import export_weights, load_best_weights, validation_curve
+from .runs.tensors import compare_tensors
 from .schedules import Schedule
 from .train.companion import companion_config, companion_dir, train_companion
-from .distributed import DistContext, setup
-from .runs.tensors import compare_tensors
-from .runs.results import export_weights, load_best_weights, validation_curve
 from .train.task import Task, TaskLoss, TaskSetup, model_config, module_record, reduce_over_batches, tensor_dataset
 
 #: ``planner(x_t (B, *sites) long, lam (B,)) -> P(site is noise | x_t) (B, *sites)``, as the ddpd sampler takes it.

@@ -31,9 +31,9 @@ def run_training(config_path: str | None, overrides: list[str], out: str, resume
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..builders import build_sampler_from
+    from ..distributed import env_world
     from ..pipeline import evaluate_run, generate_samples, load_run, save_samples, write_json
     from ..runs.atomic_io import user_dir
-    from ..distributed import env_world
 
     if env_world()[1] > 1:
         raise ValueError("`ddiff demo` runs in one process; under torchrun use `ddiff train`, `ddiff sample` and "

@@ -38,14 +38,14 @@ from torch import Tensor, nn
 from ..builders import build_backbone
 from ..config import load_run_config, to_dict
 from ..data import DiscreteDataset
-from ..runs.data_record import check_data_manifest
 from ..denoiser import backbone_input, noise_level_input
+from ..distributed import DistContext, setup
 from ..processes import ForwardProcess
+from ..runs.data_record import check_data_manifest
+from ..runs.results import export_weights, load_best_weights, validation_curve
+from ..runs.tensors import compare_tensors
 from ..schedules import Schedule
 from ..train.companion import companion_config, companion_dir, train_companion
-from ..distributed import DistContext, setup
-from ..runs.tensors import compare_tensors
-from ..runs.results import export_weights, load_best_weights, validation_curve
 from ..train.task import Task, TaskLoss, TaskSetup, model_config, reduce_over_batches
 
 CLASSIFIER_WEIGHTS = "classifier.safetensors"

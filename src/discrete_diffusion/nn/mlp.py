@@ -179,7 +179,8 @@ class MLP(nn.Module):
             return picked + self.input_proj.bias
         return picked + F.linear(emb, weight[:, self.in_channels * sites:], self.input_proj.bias)
 
-    def _conditioning(self, noise_level: Tensor, labels: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
+    def _conditioning(self, noise_level: Tensor, labels: Tensor | None, batch: int,
+                      device: torch.device) -> Tensor | None:
         """The conditioning vector (B, hidden): noise-level embedding plus class embedding; None without either."""
         if self.noise_embedding is not None:
             return add_class_embedding(self.noise_embedding(noise_level), self.class_embedding, labels)

@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .embeddings import ClassEmbedding, NoiseLevelEmbedding, _prepare_inputs, add_class_embedding
-from .positions import AbsolutePositionEmbedding
 from .kv_cache import KVCache
+from .positions import AbsolutePositionEmbedding
 
 __all__ = [
     "PreNormBlock",
@@ -294,8 +294,8 @@ class SequenceTransformer(nn.Module):
         nn.init.zeros_(self.output_proj.bias)
 
     def forward(self, features: Tensor, noise_level: Tensor, labels: Tensor | None = None) -> Tensor:
-        """``(B, C_in, *site_shape)`` float or ``(B, *site_shape)`` long tokens, ``(B,)`` -> ``(B, C_out, *site_shape)``;
-        ``labels`` (B,) long (conditional backbones only; None = the null class)."""
+        """``(B, C_in, *site_shape)`` float or ``(B, *site_shape)`` long tokens, ``(B,)`` ->
+        ``(B, C_out, *site_shape)``; ``labels`` (B,) long (conditional backbones only; None = the null class)."""
         tokens = not features.is_floating_point()
         if tokens:
             if tuple(features.shape[1:]) != self.site_shape:

@@ -11,8 +11,15 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from ..builders import (build_denoiser, build_process_from, build_schedule_from, build_dataset, resolve_device,
-                        resolve_num_classes, resolve_process_options)
+from ..builders import (
+    build_dataset,
+    build_denoiser,
+    build_process_from,
+    build_schedule_from,
+    resolve_device,
+    resolve_num_classes,
+    resolve_process_options,
+)
 from ..config import MODEL_SECTIONS, load_run_config, to_dict
 from ..data import DiscreteDataset
 from ..denoiser import NetworkDenoiser

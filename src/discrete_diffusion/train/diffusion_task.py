@@ -26,24 +26,24 @@ from ..builders import (
     build_denoiser,
     build_objective_from,
     build_process_from,
-    resolve_process_options,
     build_proposal,
     build_sampler_from,
     build_schedule_from,
     build_weighting_from,
     resolve_num_classes,
+    resolve_process_options,
 )
 from ..config import validation_t_samples
-from ..runs.tokenizer_file import run_tokenizer_json
 from ..denoiser import ConditionalDenoiser, NetworkDenoiser, backbone_input, noise_level_input
+from ..distributed import sample_sharded
+from ..likelihood import evaluate_nll_sharded
 from ..losses import NoiseDraw, diffusion_terms, draw_noise
 from ..processes.base import Prediction
 from ..report.grids import save_image_grid
 from ..runs.atomic_io import ensure_dir
-from .augment import build_augmentation
+from ..runs.tokenizer_file import run_tokenizer_json
 from ..runs.weights import find_latest_checkpoint
-from ..distributed import sample_sharded
-from ..likelihood import evaluate_nll_sharded
+from .augment import build_augmentation
 from .task import Task, TaskLoss, TaskSetup
 
 __all__ = ["DiffusionTask", "DiffusionBatch", "AutocastDenoiser"]
@@ -191,7 +191,7 @@ class DiffusionTask(Task):
         split, labels = self.dataset.split(name), self.dataset.labels(name)
         parts = [(split, self.denoiser)] if not self.num_classes else [  # conditional: -log p(x | c), class by class
             (split[labels == c], ConditionalDenoiser(self.denoiser, int(c))) for c in torch.unique(labels).tolist()
-        ] if labels is not None else [(split, ConditionalDenoiser(self.denoiser, self.num_classes))]   # unlabelled: null
+        ] if labels is not None else [(split, ConditionalDenoiser(self.denoiser, self.num_classes))]  # unlabelled
         mean = var = 0.0
         draws = validation_t_samples(self.config.train.eval_t_samples, split.shape[0], self.dims)
         for data, denoiser in parts:
