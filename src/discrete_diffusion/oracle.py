@@ -97,6 +97,7 @@ class SharedLevelOracle:
             return self.oracle(xt, lam)
         pred = self.oracle(self.configs, lam[:1].expand(self.configs.shape[0]))
         index = configuration_index(xt, self.num_values)
+        assert pred.x0_log_probs is not None and pred.mean_missing is not None   # the oracle gives both
         return Prediction(pred.x0_log_probs[index], pred.mean_missing[index])
 
 
@@ -152,11 +153,13 @@ class ConditionalOracle:
     def __call__(self, xt: Tensor, lam: Tensor, labels: Tensor | None = None) -> Prediction:
         if labels is None:
             labels = torch.full((xt.shape[0],), self.num_classes, dtype=torch.long)
-        x0_log_probs, mean_missing = None, None
+        x0_log_probs: Tensor | None = None
+        mean_missing: Tensor | None = None
         for c in torch.unique(labels).tolist():
             rows = labels == c
             pred = self.oracles[c](xt[rows], lam[rows])
-            if x0_log_probs is None:
+            assert pred.x0_log_probs is not None and pred.mean_missing is not None   # the oracle gives both
+            if x0_log_probs is None or mean_missing is None:
                 x0_log_probs = pred.x0_log_probs.new_empty(xt.shape + pred.x0_log_probs.shape[-1:])
                 mean_missing = pred.mean_missing.new_empty(xt.shape)
             x0_log_probs[rows], mean_missing[rows] = pred.x0_log_probs, pred.mean_missing

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -80,6 +81,6 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto",
     return LoadedRun(config, dataset, process, build_schedule_from(config), denoiser, dev, checkpoint)
 
 
-def write_json(path: Path, payload: dict) -> None:
+def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` as indented JSON, atomically and never through a symbolic link."""
     atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
