@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_classifier_guidance import D, PROCESSES, guided_samples  # noqa: E402  (the tests' tables and helpers)
+from test_classifier_guidance import PROCESSES, D, guided_samples  # noqa: E402  (the tests' tables and helpers)
 
 from discrete_diffusion.oracle import empirical_distribution, total_variation  # noqa: E402
 
@@ -46,7 +46,8 @@ def main() -> None:
                 cells[form] = (total_variation(empirical_distribution(x, 3), table),
                                float(oracle.class_log_probs(x)[:, label].mean()))
             fmt = lambda c, i: "-" if c is None else f"{c[i]:.4f}"  # noqa: E731
-            print(f"| {name} | {sampler} {steps if sampler != 'exact' else ''} | {gamma:g} | {fmt(cells['exact'], 0)} | "
+            print(f"| {name} | {sampler} {steps if sampler != 'exact' else ''} | {gamma:g} | "
+                  f"{fmt(cells['exact'], 0)} | "
                   f"{fmt(cells['taylor'], 0)} | {fmt(cells['exact'], 1)} | {fmt(cells['taylor'], 1)} |", flush=True)
 
 

@@ -17,8 +17,8 @@ import torch
 
 from discrete_diffusion.cli import main as ddiff
 from discrete_diffusion.pipeline import Conditioning, generate_samples, load_run
-from discrete_diffusion.samplers import build_sampler
 from discrete_diffusion.report.grids import save_image_grid
+from discrete_diffusion.samplers import build_sampler
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,9 +29,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "runs" / "conditional_digits"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    overrides = ["process.name=masking", "model.num_classes=null", "train.cond_dropout=0.1", f"train.steps={args.steps}",
-                 "train.batch_size=64", "train.eval_every=500", "train.sample_every=100000",
-                 "train.checkpoint_every=500", "train.warmup_steps=100", "model.base_channels=32", "train.device=cpu"]
+    overrides = ["process.name=masking", "model.num_classes=null", "train.cond_dropout=0.1",
+                 f"train.steps={args.steps}", "train.batch_size=64", "train.eval_every=500",
+                 "train.sample_every=100000", "train.checkpoint_every=500", "train.warmup_steps=100",
+                 "model.base_channels=32", "train.device=cpu"]
     if not (Path(args.out) / "config.yaml").is_file():
         assert ddiff(["train", "--out", args.out, "--no-progress", *overrides]) == 0
     run = load_run(args.out, device="cpu")

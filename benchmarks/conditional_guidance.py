@@ -66,12 +66,12 @@ from discrete_diffusion.config import load_config, to_dict
 from discrete_diffusion.denoiser import ConditionalDenoiser
 from discrete_diffusion.evaluate.feature_metrics import class_entropy_bits
 from discrete_diffusion.evaluate.image_quality import image_family, load_or_train_classifier
-from discrete_diffusion.likelihood import evaluate_nll
 from discrete_diffusion.guidance.classifier import GUIDED_SAMPLERS
 from discrete_diffusion.guidance.classifier_train import load_classifier
+from discrete_diffusion.likelihood import evaluate_nll
 from discrete_diffusion.pipeline import Conditioning, LoadedRun, evaluate_run, generate_samples, load_run
-from discrete_diffusion.samplers import build_sampler
 from discrete_diffusion.report.grids import save_image_grid
+from discrete_diffusion.samplers import build_sampler
 
 ROOT = Path(__file__).resolve().parents[1]
 PROCESSES = ("blackout", "masking")
@@ -162,7 +162,8 @@ def matches(run_dir: Path, overrides: list[str], checkpoint: bool = True) -> boo
         key, value = item.split("=", 1)
         section, name = key.split(".")
         have = config[section][name]
-        if str(have).lower() != value.lower() and not (key == "model.num_classes" and value == "null" and have in (None, 10)):
+        if str(have).lower() != value.lower() and not (key == "model.num_classes" and value == "null"
+                                                       and have in (None, 10)):
             try:
                 if float(have) == float(value):
                     continue
@@ -398,11 +399,13 @@ def markdown(results: list[dict], args: argparse.Namespace, command: str, date: 
              f"CPU, 1 thread)", "",
              scope +
              f"{args.per_class} samples per class x 10 classes = {n} samples per gamma, {args.sampler} sampler, "
-             f"{args.sampler_steps} steps, seed {args.seed}. Accuracy: the quality classifier's (a small CNN trained on "
+             f"{args.sampler_steps} steps, seed {args.seed}. Accuracy: the quality classifier's "
+             f"(a small CNN trained on "
              f"the clean training split, test accuracy {results[0]['classifier']['test_accuracy']:.3f}) agreement with "
              f"the intended class. Within-class entropy: entropy (bits) of the predicted classes within one intended "
              f"class, mean over classes (0: every sample of a class is read as one class). All-class entropy: the "
-             f"same over all samples (log2 10 = 3.32 when balanced). L1: mean pairwise L1 distance of two samples of one class, levels per pixel, mean "
+             f"same over all samples (log2 10 = 3.32 when balanced). L1: mean pairwise L1 distance of two samples of "
+             f"one class, levels per pixel, mean "
              f"over classes. FD / KID / recall / coverage: classifier features against the training split. Mean level, "
              f"zero pixels: the mean pixel value (0..16) and the fraction of pixels at 0. The "
              f"reference row is the real test split ({results[0]['reference']['num_images']} images; its FD carries a "
@@ -416,18 +419,21 @@ def markdown(results: list[dict], args: argparse.Namespace, command: str, date: 
                   f"{nll['cond_bits_per_dim']:.4f} ± {nll['cond_stderr']:.4f} bits/dim, -log p(x) (null class) = "
                   f"{nll['null_bits_per_dim']:.4f} ± {nll['null_stderr']:.4f} bits/dim; gamma does not change them.",
                   "",
-                  "| gamma | accuracy | worst class | within-class entropy (bits) | all-class entropy (bits) | within-class L1 | FD | KID | recall | "
+                  "| gamma | accuracy | worst class | within-class entropy (bits) | all-class entropy (bits) | "
+                  "within-class L1 | FD | KID | recall | "
                   "coverage | mean level | zero pixels | sampling s |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in r["rows"]:
             lines.append(f"| {row['gamma']:g} | {row['accuracy']:.3f} | {row['worst_class_accuracy']:.2f} | "
-                         f"{row['within_class_entropy_bits']:.3f} | {row['class_entropy_bits']:.3f} | {row['within_class_l1']:.3f} | "
+                         f"{row['within_class_entropy_bits']:.3f} | {row['class_entropy_bits']:.3f} | "
+                         f"{row['within_class_l1']:.3f} | "
                          f"{row['frechet_distance']:.3f} | {row['kid']:.4f} | {row['recall']:.3f} | "
                          f"{row['coverage']:.3f} | {row['mean_level']:.2f} | {row['zero_fraction']:.3f} | "
                          f"{row['sample_seconds']:.0f} |")
         ref = r["reference"]
         lines += [f"| test images | {ref['accuracy']:.3f} | {ref['worst_class_accuracy']:.2f} | "
-                  f"{ref['within_class_entropy_bits']:.3f} | {ref['class_entropy_bits']:.3f} | {ref['within_class_l1']:.3f} | {ref['frechet_distance']:.3f} | "
+                  f"{ref['within_class_entropy_bits']:.3f} | {ref['class_entropy_bits']:.3f} | "
+                  f"{ref['within_class_l1']:.3f} | {ref['frechet_distance']:.3f} | "
                   f"{ref['kid']:.4f} | {ref['recall']:.3f} | {ref['coverage']:.3f} | {ref['mean_level']:.2f} | "
                   f"{ref['zero_fraction']:.3f} | |", "",
                   f"Picture: `{r['grid']}` at gamma = {r['grid_gamma']:g} (the smallest gamma reaching "
@@ -444,7 +450,8 @@ def comparison_markdown(process: str, comp: dict) -> list[str]:
     times = " / ".join(k.split("=")[1] for k in nc["val_accuracy_at"])
     lines = [f"### {process}: classifier-free and classifier guidance, {comp['sampler']} {comp['steps']} steps", "",
              f"{comp['per_class']} samples per class x 10 classes = {comp['per_class'] * 10} samples per row, seed as "
-             f"above, same sampler for both kinds. Classifier guidance: rates R(x -> y) [p_t(c | y) / p_t(c | x)]^gamma "
+             f"above, same sampler for both kinds. Classifier guidance: "
+             f"rates R(x -> y) [p_t(c | y) / p_t(c | x)]^gamma "
              f"on the run's null-class (unconditional) prediction; gamma 0 is the unconditional model for both kinds. "
              f"Noisy classifier (`ddiff train-classifier RUN {' '.join(nc['overrides'])}`; {nc['parameters']:,} "
              f"parameters, {nc['steps_done']} steps in {nc['train_seconds']:.0f} s, best at step {nc['best_step']}, "
@@ -452,14 +459,17 @@ def comparison_markdown(process: str, comp: dict) -> list[str]:
              f"Exact form: one classifier row per candidate move per step; Taylor form: one gradient per step. "
              f"Classifier rows per sample-step: rows the classifier evaluated (candidates and the current state) / "
              f"(samples x steps).", "",
-             "| guidance | form | gamma | accuracy | worst class | within-class entropy (bits) | all-class entropy (bits) | "
-             "within-class L1 | FD | KID | recall | coverage | mean level | zero pixels | sampling s | classifier rows per "
+             "| guidance | form | gamma | accuracy | worst class | "
+             "within-class entropy (bits) | all-class entropy (bits) | "
+             "within-class L1 | FD | KID | recall | coverage | mean level | zero pixels | sampling s | "
+             "classifier rows per "
              "sample-step |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in comp["rows"]:
         lines.append(f"| {row['guidance']} | {row['form'] or ''} | {row['gamma']:g} | {row['accuracy']:.3f} | "
                      f"{row['worst_class_accuracy']:.2f} | {row['within_class_entropy_bits']:.3f} | "
-                     f"{row['class_entropy_bits']:.3f} | {row['within_class_l1']:.3f} | {row['frechet_distance']:.3f} | "
+                     f"{row['class_entropy_bits']:.3f} | {row['within_class_l1']:.3f} | "
+                     f"{row['frechet_distance']:.3f} | "
                      f"{row['kid']:.4f} | {row['recall']:.3f} | {row['coverage']:.3f} | {row['mean_level']:.2f} | "
                      f"{row['zero_fraction']:.3f} | {row['sample_seconds']:.0f} | "
                      f"{row['classifier_rows_per_sample_step']:g} |")

@@ -9,7 +9,8 @@ architecture and recipe, ``--planner-steps`` steps) and then compares, at equal 
   and at fixed t;
 - the samples: ``ddpd`` with the derived planner, ``ddpd`` with the trained planner, both again paired with the
   table's masking model of the same data as the denoiser of the noisy sites (DDPD's pairing, ``masked_denoiser``),
-  the exact ``bridge`` sampler, and the masking model sampled on its own (bridge), ``--num-samples`` each, scored by the exact NLL of the likelihood table's autoregressive transformer
+  the exact ``bridge`` sampler, and the masking model sampled on its own (bridge), ``--num-samples`` each, scored
+  by the exact NLL of the likelihood table's autoregressive transformer
   on the same dataset (bits per dimension: lower means more plausible to an independent model, as in generative
   perplexity). The test split's own score under that model is the reference a faithful sampler aims at;
   distinct samples are counted to expose mode collapse. Wall time per sampler run is reported.

@@ -125,7 +125,8 @@ def run_pixelcnn(args: argparse.Namespace, config, dataset, run_dir: Path, devic
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
-        fit_settings = FitSettings(**{k: v for k, v in settings.items() if k not in ("channels", "num_layers", "dropout")})
+        fit_settings = FitSettings(**{k: v for k, v in settings.items()
+                                      if k not in ("channels", "num_layers", "dropout")})
         result = fit_exact_model(model, dataset.train, dataset.val, fit_settings, weights_path, device,
                                  log=lambda msg: print(f"[pixelcnn] {msg}", file=sys.stderr, flush=True))
         meta = {"best_val_bpd": result.best_val_bits_per_dim, "best_step": result.best_step,
@@ -281,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = (f"Digits 8x8, 17 levels: test NLL (297 images, ± standard error over images); "
               f"{args.steps} steps, batch {args.batch_size}, seed {args.seed}; {stamp}; "
-              f"{platform.machine()} CPU x{os.cpu_count()}, torch {torch.__version__}, {torch.get_num_threads()} threads\n\n")
+              f"{platform.machine()} CPU x{os.cpu_count()}, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads\n\n")
     print(header + table)
     out.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if args.quick else ("" if set(args.only) == set(MODELS) else "_" + "_".join(args.only))

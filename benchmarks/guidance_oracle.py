@@ -20,13 +20,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_guidance import (  # noqa: E402  (the tests' tables and helpers)
-    D, PROCESSES, conditional_given_known, every_state_and_level, joint_table, make_process)
+from test_guidance import PROCESSES, D, conditional_given_known, every_state_and_level, joint_table, make_process  # noqa: E402  (the tests' tables and helpers)
 
-from discrete_diffusion.guidance import (  # noqa: E402
-    ClassifierFreeDenoiser, geometric_mean_rates, guide_prediction, infill_sample)
+from discrete_diffusion.guidance import ClassifierFreeDenoiser, geometric_mean_rates, guide_prediction, infill_sample  # noqa: E402
 from discrete_diffusion.oracle import (  # noqa: E402
-    ConditionalOracle, OracleDenoiser, SharedLevelOracle, empirical_distribution, total_variation)
+    ConditionalOracle,
+    OracleDenoiser,
+    SharedLevelOracle,
+    empirical_distribution,
+    total_variation,
+)
 from discrete_diffusion.samplers import build_sampler  # noqa: E402
 from discrete_diffusion.schedules import build_schedule  # noqa: E402
 
@@ -59,7 +62,8 @@ def sharpening(lines: list[str], n: int, seed: int) -> None:
         schedule = build_schedule("blackout" if name == "blackout" else "log-linear")
         for gamma in (0.0, 1.0, 2.0, 4.0):
             x = build_sampler("tau-leaping", num_steps=64).sample(
-                process, ClassifierFreeDenoiser(oracle, 2, gamma), schedule, (n, D), torch.Generator().manual_seed(seed))
+                process, ClassifierFreeDenoiser(oracle, 2, gamma), schedule, (n, D),
+                torch.Generator().manual_seed(seed))
             tv = total_variation(empirical_distribution(x, process.num_states), oracle.table(2))
             lines.append(f"| {name} | {gamma:g} | {tv:.4f} | {float(oracle.class_log_probs(x)[:, 2].mean()):.4f} |")
 
@@ -81,8 +85,8 @@ def infilling(lines: list[str], n: int, seed: int) -> None:
         runs += [("tau-leaping", s) for s in (16, 64, 256)]
         for sampler_name, steps in runs:
             sampler = build_sampler(sampler_name) if steps is None else build_sampler(sampler_name, num_steps=steps)
-            x = infill_sample(sampler, process, oracle.oracle if steps is None else oracle, build_schedule("log-linear"),
-                              known, values, torch.Generator().manual_seed(seed))
+            x = infill_sample(sampler, process, oracle.oracle if steps is None else oracle,
+                              build_schedule("log-linear"), known, values, torch.Generator().manual_seed(seed))
             tv = total_variation(empirical_distribution(x, process.num_states), want)
             method = "exact (revealed start)" if name == "masking" else "replacement"
             lines.append(f"| {name} | {method} | {sampler_name} {steps or ''} | {tv:.4f} |")

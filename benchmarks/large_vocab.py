@@ -4,7 +4,8 @@ For a masking process and the same ``SequenceTransformer`` (same weights, seeded
 vocabulary K, side by side in one run:
 
 - **train step**: forward + backward + AdamW step of ``losses.training_loss`` on a random batch (B, L), median
-  wall time over the timed steps (the smaller of ``--repeats`` interleaved subprocesses), and the peak resident memory the step adds (``resource.getrusage`` max RSS
+  wall time over the timed steps (the smaller of ``--repeats`` interleaved subprocesses), and the peak resident
+  memory the step adds (``resource.getrusage`` max RSS
   after the steps minus before the first one, in a fresh subprocess per measurement so the peaks do not mix).
   "one-hot" is the input every backbone read before (``network_features``: a (B, K + 1, L) float tensor into
   ``input_proj``); "tokens" is the new path (x_t indexes the columns of the same ``input_proj`` weight).
@@ -37,12 +38,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from discrete_diffusion.runs.atomic_io import atomic_write_text as write_text
 from discrete_diffusion.denoiser import NetworkDenoiser
 from discrete_diffusion.losses import LogitAlphaProposal, training_loss
 from discrete_diffusion.nn import SequenceTransformer
 from discrete_diffusion.processes import base as process_base
 from discrete_diffusion.processes import build_process
+from discrete_diffusion.runs.atomic_io import atomic_write_text as write_text
 from discrete_diffusion.samplers import base as sampler_base
 from discrete_diffusion.samplers import build_sampler
 from discrete_diffusion.schedules import build_schedule
@@ -165,7 +166,8 @@ def main() -> None:
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__)] + sys.argv[1:])
     table = "\n".join([header, "|" + "---|" * 11, *rows])
     note = (f"masking, SequenceTransformer dim {args.dim} depth {args.depth}, {args.train_steps} timed train steps "
-            f"(median; best of {args.repeats} interleaved runs), bridge sampler {args.sample_steps} steps with temperature 0.9 and top-p 0.95; 1 CPU thread "
+            f"(median; best of {args.repeats} interleaved runs), bridge sampler {args.sample_steps} steps with "
+            f"temperature 0.9 and top-p 0.95; 1 CPU thread "
             f"({platform.processor() or platform.machine()}), torch {torch.__version__}")
     print("\n" + table + "\n\n" + note)
     out = Path(args.out)

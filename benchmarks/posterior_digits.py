@@ -50,14 +50,14 @@ import numpy as np
 import torch
 
 from discrete_diffusion.cli import main as ddiff
+from discrete_diffusion.cli.posterior import draw_posterior, observation_levels, posterior_grid
+from discrete_diffusion.cli.posterior_inputs import half_mask
 from discrete_diffusion.pipeline import LoadedRun, load_run
 from discrete_diffusion.posterior import POSTERIOR_METHODS, InpaintOperator, ThinningOperator, inpaint_observation
 from discrete_diffusion.posterior.metrics import estimate_scores, sample_scores
-from discrete_diffusion.cli.posterior import draw_posterior, observation_levels, posterior_grid
-from discrete_diffusion.cli.posterior_inputs import half_mask
-from discrete_diffusion.samplers import build_sampler
-from discrete_diffusion.runs.atomic_io import atomic_write, atomic_write_text, ensure_dir
 from discrete_diffusion.report.grids import image_grid
+from discrete_diffusion.runs.atomic_io import atomic_write, atomic_write_text, ensure_dir
+from discrete_diffusion.samplers import build_sampler
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Overrides of the priors trained when no run directory is given (the 8-minute limit keeps each under 10 min).

@@ -60,11 +60,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from discrete_diffusion.runs.atomic_io import atomic_write_text as write_text
 from discrete_diffusion.denoiser import NetworkDenoiser
 from discrete_diffusion.losses import LogitAlphaProposal, NoiseDraw, diffusion_terms, training_loss
 from discrete_diffusion.nn import SequenceTransformer
 from discrete_diffusion.processes import build_process
+from discrete_diffusion.runs.atomic_io import atomic_write_text as write_text
 from discrete_diffusion.samplers import build_sampler
 from discrete_diffusion.schedules import build_schedule
 
@@ -130,7 +130,8 @@ def reference_draw(x0: Tensor, generator: torch.Generator) -> tuple[Tensor, Tens
 
 
 @torch.no_grad()
-def reference_sample(net: nn.Module, batch: int, steps: int, generator: torch.Generator, device: torch.device) -> Tensor:
+def reference_sample(net: nn.Module, batch: int, steps: int, generator: torch.Generator,
+                     device: torch.device) -> Tensor:
     """MDLM's ancestral sampler from all MASK: (B, L) long with values in 0..K-1."""
     k, length = net.out_channels, net.seq_len
     x = torch.full((batch, length), k, dtype=torch.long, device=device)
@@ -312,7 +313,8 @@ def main() -> None:
         raw.append({"config": asdict(config), "median": med, "runs": got})
         rows.append(f"| {config.name}: K {config.k}, L {config.length}, dim {config.dim}, depth {config.depth}, "
                     f"B {config.batch} | "
-                    + ratio_cell(med["train-ours"]["seconds"], med["train-reference"]["seconds"], TARGETS["train"], ".3f")
+                    + ratio_cell(med["train-ours"]["seconds"], med["train-reference"]["seconds"],
+                                 TARGETS["train"], ".3f")
                     + " | " + ratio_cell(med["train-ours"]["peak_mib"], med["train-reference"]["peak_mib"],
                                          TARGETS["memory"], ".0f")
                     + " | " + ratio_cell(med["sample-ours"]["seconds"], med["sample-reference"]["seconds"],
@@ -320,11 +322,13 @@ def main() -> None:
         print(rows[-1], flush=True)
     header = ("| configuration | train step s, ours / reference (ratio) | peak MiB, ours / reference (ratio) | "
               "sampling s, ours / reference (ratio) |")
-    targets = (f"| target (issue 15) | <= {TARGETS['train']:.2f} at K = 50,257 | <= {TARGETS['memory']:.2f} at K = 50,257 | "
+    targets = (f"| target (issue 15) | <= {TARGETS['train']:.2f} at K = 50,257 | "
+               f"<= {TARGETS['memory']:.2f} at K = 50,257 | "
                f"<= {TARGETS['sample']:.2f} |")
     table = "\n".join([header, "|---|---|---|---|", *rows, targets])
     memory = "CUDA max_memory_allocated" if device.type == "cuda" else "growth of max RSS over the measured work"
-    note = (f"masking, SequenceTransformer (same seeded weights both sides), {args.train_steps} timed train steps after "
+    note = (f"masking, SequenceTransformer (same seeded weights both sides), "
+            f"{args.train_steps} timed train steps after "
             f"{args.warmup} untimed (median), bridge sampler; median of {args.repeats} interleaved subprocesses per "
             f"side; peak memory: {memory}; {'bf16 autocast' if bf16 else 'float32'}; device {device.type}"
             + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else

@@ -70,7 +70,8 @@ def markdown(rows: list[dict], args: argparse.Namespace, net_ms: float) -> str:
              "call here). calls = batched network calls; NFE = rows evaluated / batch. time ratio = cached / "
              "uncached wall time, per run side by side, then the median. identical = same seed gives the same "
              "samples with and without the cache (every repeat).", "",
-             "| sampler | steps | calls (no cache) | calls (cache) | NFE (no cache) | NFE (cache) | time cached / uncached | identical |",
+             "| sampler | steps | calls (no cache) | calls (cache) | NFE (no cache) | NFE (cache) | "
+             "time cached / uncached | identical |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r['sampler']} | {r['steps']} | {r['calls_plain']} | {r['calls_cached']} | "

@@ -11,7 +11,8 @@ theta methods), the distance of the empirical distribution to the exact table:
   multinomial noise subtracted (unbiased up to O(1/N^2)); it shrinks like bias^2, so an order-r sampler
   gives chi2 ~ NFE^(-2r) until it reaches the noise (about sqrt(2 (J - 1)) / N).
 The Monte-Carlo floor (N exact draws from the table) and the exact simulators ("exact" for masking and
-Blackout, "exact-thinning" for uniform, "exact-window" for the matrix process) are reference rows. The schedule is log-linear (alpha(1) = 1e-4).
+Blackout, "exact-thinning" for uniform, "exact-window" for the matrix process) are reference rows. The schedule
+is log-linear (alpha(1) = 1e-4).
 
 Writes ``sampler_error.md`` and ``sampler_error.json`` (raw numbers and the command) and a log-log plot
 ``sampler_error.png`` (PIL; matplotlib is not a dependency) to ``--out``.
@@ -34,9 +35,8 @@ from pathlib import Path
 
 import torch
 
-from discrete_diffusion.oracle import (SharedLevelOracle, OracleDenoiser, empirical_distribution, total_variation)
-from discrete_diffusion.processes import (BlackoutProcess, ForwardProcess, MaskingProcess, MatrixProcess,
-                                          UniformProcess)
+from discrete_diffusion.oracle import OracleDenoiser, SharedLevelOracle, empirical_distribution, total_variation
+from discrete_diffusion.processes import BlackoutProcess, ForwardProcess, MaskingProcess, MatrixProcess, UniformProcess
 from discrete_diffusion.samplers import SAMPLERS, build_sampler
 from discrete_diffusion.schedules import build_schedule
 
@@ -154,7 +154,8 @@ def markdown(result: dict, args: argparse.Namespace) -> str:
              "is the fitted log-log slope of chi2 against NFE over the points above 4x that noise.", ""]
     fitted = result["slopes"]
     for case in args.processes:
-        lines += [f"## {case}", "", "| sampler | steps | NFE | TV | KL | chi2 | seconds |", "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"## {case}", "", "| sampler | steps | NFE | TV | KL | chi2 | seconds |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             if r["process"] != case:
                 continue

@@ -18,7 +18,8 @@ problems) one measurement is: run the sampler for ``--steps`` steps (timed; the 
 sees), then time the bare network on exactly those recorded inputs, as many calls as the sampler made. The
 ratio of the two (sampler / network) is the loop overhead; the issue's target is <= 1.10. With ``--grid-steps G``
 only the first ``--steps`` steps of a G-step grid are timed: a coarse grid (the default, G = steps) moves a large
-share of the sites in every step, which is the worst case for the samplers' draws; a fine grid is real use. A second column
+share of the sites in every step, which is the worst case for the samplers' draws; a fine grid is real use. A
+second column
 divides by network + parameterisation (the denoiser), which isolates the sampler's own step code. Each
 measurement is repeated ``--repeats`` times, the two timings side by side, and the median ratio reported.
 Samplers above the target are profiled with cProfile (one extra run) and the top functions by own time saved.
@@ -50,14 +51,14 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from discrete_diffusion.denoiser import NetworkDenoiser, noise_level_input
+from discrete_diffusion.nn import SequenceTransformer
 from discrete_diffusion.processes import (
     ForwardProcess,
     MaskingProcess,
     Prediction,
     UniformProcess,
 )
-from discrete_diffusion.denoiser import NetworkDenoiser, noise_level_input
-from discrete_diffusion.nn import SequenceTransformer
 from discrete_diffusion.samplers import SAMPLERS, build_sampler
 from discrete_diffusion.schedules import build_schedule
 
@@ -163,7 +164,8 @@ def measure(process: ForwardProcess, name: str, args: argparse.Namespace, schedu
     denoiser, network = build_model(process, args)
     shape = (args.batch, args.sites)
     # warm-up (allocator, first-call costs): 2 steps
-    build_sampler(name, num_steps=2).sample(process, denoiser, schedule, shape, generator=torch.Generator().manual_seed(0))
+    build_sampler(name, num_steps=2).sample(process, denoiser, schedule, shape,
+                                            generator=torch.Generator().manual_seed(0))
     ratios, ratios_den, t_samp, t_net, t_den, calls = [], [], [], [], [], 0
     for rep in range(args.repeats):
         sampler = build_sampler(name, num_steps=args.grid_steps)
@@ -186,7 +188,8 @@ def measure(process: ForwardProcess, name: str, args: argparse.Namespace, schedu
            "network_ms_per_call": 1e3 * statistics.median(t_net) / max(calls, 1),
            "denoiser_ms_per_call": 1e3 * statistics.median(t_den) / max(calls, 1)}
     print(f"{process.name:8s} {name:18s} calls={calls:3d} ratio={row['ratio']:.2f} "
-          f"(min/min {row['ratio_of_minima']:.2f}; vs denoiser {row['ratio_vs_denoiser']:.2f}; runs {', '.join(f'{r:.2f}' for r in ratios)})", flush=True)
+          f"(min/min {row['ratio_of_minima']:.2f}; vs denoiser {row['ratio_vs_denoiser']:.2f}; "
+          f"runs {', '.join(f'{r:.2f}' for r in ratios)})", flush=True)
     return row
 
 
@@ -210,16 +213,20 @@ def markdown(rows: list[dict], args: argparse.Namespace, hot: dict) -> str:
             else f"the first {args.steps} steps of a {args.grid_steps}-step grid")
     lines = [f"# Sampler loop overhead (batch {args.batch}, {args.sites} sites, {args.states} states, "
              f"{grid}, median of {args.repeats})", "",
-             f"Network: {network_description(args)} (~{net_ms:.0f} ms per call here). ratio = sampler wall time / wall time of the bare network on the "
+             f"Network: {network_description(args)} (~{net_ms:.0f} ms per call here). ratio = sampler wall time / "
+             f"wall time of the bare network on the "
              f"same inputs (same number of calls), measured side by side; target <= {TARGET:.2f}. "
              "'min / min' is the fastest sampler run over the fastest network run (less sensitive to a shared "
-             "machine's load). 'vs denoiser' divides by network + the process's output parameterisation instead (first run only). "
+             "machine's load). 'vs denoiser' divides by network + the process's output parameterisation instead "
+             "(first run only). "
              f"Profiles ({min(args.steps, 4)} steps) of the samplers above the target follow the table.", "",
-             "| process | sampler | network calls | ratio (median) | min / min | ratio vs denoiser | runs | within 1.10 |",
+             "| process | sampler | network calls | ratio (median) | min / min | ratio vs denoiser | runs | "
+             "within 1.10 |",
              "|---|---|---:|---:|---:|---:|---|---|"]
     for r in rows:
         lines.append(f"| {r['process']} | {r['sampler']} | {r['network_calls']} | {r['ratio']:.2f} | "
-                     f"{r['ratio_of_minima']:.2f} | {r['ratio_vs_denoiser']:.2f} | {', '.join(f'{x:.2f}' for x in r['ratios'])} | "
+                     f"{r['ratio_of_minima']:.2f} | {r['ratio_vs_denoiser']:.2f} | "
+                     f"{', '.join(f'{x:.2f}' for x in r['ratios'])} | "
                      f"{'yes' if r['ratio'] <= TARGET else 'NO'} |")
     if hot:
         lines += ["", "## What dominates above the target (cProfile, top functions by own time)", ""]

@@ -218,7 +218,8 @@ def speed_table(rows: list[dict]) -> str:
     lines = [("| sampler | steps | network calls | wall s | samples/s | ms/step | backbone ms/call | wall / backbone | "
               "features+param. share | sampler math share |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['sampler']} | {r['steps']} | {r['network_calls']} | {r['wall_s']:.1f} | {r['samples_per_s']:.1f} "
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['network_calls']} | {r['wall_s']:.1f} | "
+                     f"{r['samples_per_s']:.1f} "
                      f"| {r['ms_per_step']:.1f} | {r['backbone_ms_per_call']:.1f} | {r['wall_over_backbone']:.3f} "
                      f"| {100 * r['parameterisation_share']:.1f}% | {100 * r['sampler_math_share']:.1f}% |")
     return "\n".join(lines) + "\n"
@@ -233,8 +234,9 @@ def oracle_benchmark(args: argparse.Namespace) -> tuple[list[dict], dict]:
     table = -torch.log(torch.rand(k ** d, dtype=torch.float64, generator=table_gen))   # Dirichlet(1) via
     table = table / table.sum()                                                          # normalised Exp(1)
     oracle = OracleDenoiser(process, table, d)
-    floors = [total_variation(empirical_distribution(oracle.sample(n, torch.Generator().manual_seed(args.seed + 100 + i)),
-                                                     k), table) for i in range(5)]
+    floors = [total_variation(empirical_distribution(
+                  oracle.sample(n, torch.Generator().manual_seed(args.seed + 100 + i)), k), table)
+              for i in range(5)]
     info = {"num_states": k, "num_sites": d, "samples": n, "table": table.tolist(), "schedule": "blackout t_end=15",
             "monte_carlo_floor_tv": statistics.mean(floors), "monte_carlo_floor_tv_runs": floors}
     names = args.oracle_samplers

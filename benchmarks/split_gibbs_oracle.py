@@ -37,7 +37,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_split_gibbs import (  # noqa: E402  (the tests' table, operators and enumerations)
-    CHANNEL, D, K, PROCESSES, SCHEDULE, SUMMOD, Y_CHANNEL, Y_SUMMOD, _floor, _posterior, _smoothed_marginal)
+    CHANNEL,
+    PROCESSES,
+    SCHEDULE,
+    SUMMOD,
+    Y_CHANNEL,
+    Y_SUMMOD,
+    D,
+    K,
+    _floor,
+    _posterior,
+    _smoothed_marginal,
+)
 
 from discrete_diffusion.posterior.operators import DownsampleOperator, ParityOperator  # noqa: E402
 
@@ -46,12 +57,11 @@ OPERATORS = {"channel": (CHANNEL, Y_CHANNEL), "summod": (SUMMOD, Y_SUMMOD),
              "downsample": (DownsampleOperator(K, 3), torch.tensor([[4]]))}
 FIXED_T = 0.6
 
-from discrete_diffusion.oracle import (  # noqa: E402
-    OracleDenoiser, SharedLevelOracle, empirical_distribution, total_variation)
+from discrete_diffusion.oracle import OracleDenoiser, SharedLevelOracle, empirical_distribution, total_variation  # noqa: E402
 from discrete_diffusion.posterior.oracle_prior import OraclePriorStep  # noqa: E402
 from discrete_diffusion.posterior.split_gibbs import split_gibbs_sample  # noqa: E402
+from discrete_diffusion.runs.atomic_io import atomic_write_text  # noqa: E402
 from discrete_diffusion.samplers import build_sampler  # noqa: E402
-from discrete_diffusion.runs.atomic_io import atomic_write_text
 
 T_MAX = 0.9
 

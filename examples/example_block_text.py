@@ -21,7 +21,8 @@ from discrete_diffusion.cli import main as ddiff
 torch.manual_seed(0)
 work = Path(tempfile.mkdtemp())
 g = torch.Generator().manual_seed(0)
-subjects, verbs, objects = ["the cat", "a dog", "the bird"], ["sees", "likes", "finds"], ["the mat", "a bone", "the tree"]
+subjects, verbs, objects = (["the cat", "a dog", "the bird"], ["sees", "likes", "finds"],
+                            ["the mat", "a bone", "the tree"])
 pick = lambda words: words[int(torch.randint(len(words), (1,), generator=g))]  # noqa: E731
 corpus = "".join(f"{pick(subjects)} {pick(verbs)} {pick(objects)}. " for _ in range(4000))
 (work / "corpus.txt").write_text(corpus)
@@ -44,8 +45,8 @@ assert ddiff(["evaluate", str(run), "--device", "cpu", "--no-progress", "--t-sam
 out = work / "samples"
 for flag in ([], ["--no-cache"]):
     assert ddiff(["sample", str(run), "--prompt", "the cat ", "--max-length", "64", "--num", "4", "--steps", "8",
-                  "--seed", "1", "--device", "cpu", "--no-progress", "--out", str(out / (flag[0] if flag else "cached")),
-                  *flag]) == 0
+                  "--seed", "1", "--device", "cpu", "--no-progress",
+                  "--out", str(out / (flag[0] if flag else "cached")), *flag]) == 0
 texts = {name: next((out / name).glob("*.txt")).read_text() for name in ("cached", "--no-cache")}
 print(texts["cached"])
 print("identical with and without the cache:", texts["cached"] == texts["--no-cache"])

@@ -11,8 +11,13 @@ is visible; both are measured against the enumerated posterior.
 # %%
 import torch
 
-from discrete_diffusion.oracle import (OracleDenoiser, SharedLevelOracle, all_configurations,
-                                       empirical_distribution, total_variation)
+from discrete_diffusion.oracle import (
+    OracleDenoiser,
+    SharedLevelOracle,
+    all_configurations,
+    empirical_distribution,
+    total_variation,
+)
 from discrete_diffusion.posterior import build_operator, posterior_sample
 from discrete_diffusion.processes import build_process
 from discrete_diffusion.samplers import build_sampler

@@ -3,8 +3,8 @@
 FAULT_LOCKSTEP=1: every ``os.fsync`` is announced on stdout as ``FSYNC <path>`` and waits for a line on
 stdin before it runs, so the parent can SIGKILL the child at an exact point of a checkpoint write (a temp
 file written but not renamed, a manifest renamed but its directory not yet synced, ...).
-FAULT_FSYNC_DELAY=seconds: announce every fsync (``FSYNCED <path>``) without waiting and sleep that long in it (widens the
-windows for random kills).
+FAULT_FSYNC_DELAY=seconds: announce every fsync (``FSYNCED <path>``) without waiting and sleep that long in it
+(widens the windows for random kills).
 """
 
 import os

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import TINY, with_overrides
+
 from discrete_diffusion.data import load_dataset
 from discrete_diffusion.data.fashion_mnist import FASHION_MNIST_FILES
 from discrete_diffusion.processes import PROCESSES

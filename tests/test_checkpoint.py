@@ -90,7 +90,8 @@ def test_resume_is_bit_identical(tmp_path: Path) -> None:
     np.random.seed(99)
     random.seed(99)
     torch.manual_seed(99)
-    meta = load_checkpoint(path, *run_b[:4], rng_generators={"data": run_b[4]}, expected_config={"model": config["model"]})
+    meta = load_checkpoint(path, *run_b[:4], rng_generators={"data": run_b[4]},
+                           expected_config={"model": config["model"]})
     assert meta["step"] == 5 and meta["extra"] == {"tokens": 120, "pair": (1, 2)}
     assert meta["config"]["train"]["betas"] == [0.9, 0.95] and len(meta["config_hash"]) == 64
     train(*run_b, steps=5)

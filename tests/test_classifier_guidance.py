@@ -172,7 +172,8 @@ def test_bad_input_one_line_errors():
         ClassifierGuidance(process, classifier, 0, 1.0, "second-order")
     for name in ("bridge", "theta-trapezoidal"):
         with pytest.raises(ValueError, match="use tau-leaping or euler"):
-            classifier_guided_sample(build_sampler(name, num_steps=4), process, den, schedule, (5, D), classifier, 0, 1.0)
+            classifier_guided_sample(build_sampler(name, num_steps=4), process, den, schedule, (5, D), classifier,
+                                     0, 1.0)
     with pytest.raises(ValueError, match="cache, temperature"):
         classifier_guided_sample(build_sampler("tau-leaping", num_steps=4, temperature=0.5), process, den, schedule,
                                  (5, D), classifier, 0, 1.0)
@@ -229,7 +230,8 @@ def labelled_run(tmp_path_factory):
 
 
 def test_trained_classifier_accuracy_and_cli_sampling(labelled_run, ddiff, tmp_path):
-    """A tiny classifier reaches > 90% validation accuracy at low noise (t = 0.1); `ddiff sample --class 1 --classifier DIR --guidance 3` (exact
+    """A tiny classifier reaches > 90% validation accuracy at low noise (t = 0.1);
+    `ddiff sample --class 1 --classifier DIR --guidance 3` (exact
     and taylor forms) pulls samples towards class 1's values {2, 3} against --guidance 0."""
     import json
 

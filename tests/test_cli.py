@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY, read_metrics, with_overrides
 from PIL import Image
 
-from conftest import TINY, read_metrics, with_overrides
-from discrete_diffusion.samplers import SAMPLERS
 from discrete_diffusion.runs.weights import find_latest_checkpoint
+from discrete_diffusion.samplers import SAMPLERS
 
 _NEXT_TO_PYTHON = Path(sys.executable).with_name("ddiff")
 DDIFF = str(_NEXT_TO_PYTHON) if _NEXT_TO_PYTHON.is_file() else shutil.which("ddiff")

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import with_overrides
+
 from discrete_diffusion import losses
 from discrete_diffusion.cli import main
 from discrete_diffusion.config import load_config
@@ -142,7 +142,8 @@ def test_ctrl_c_in_process_prints_one_line_and_exit_130(ddiff, tmp_path, monkeyp
     run = tmp_path / "run"
     res = ddiff("train", "--out", run, "--no-progress", *with_overrides("train.steps=8"))
     assert res.rc == 130, res
-    assert res.err == (f"ddiff train: interrupted; the last checkpoint is {run / 'checkpoints' / 'ckpt_00000003.json'}; "
+    assert res.err == (f"ddiff train: interrupted; the last checkpoint is "
+                       f"{run / 'checkpoints' / 'ckpt_00000003.json'}; "
                        f"resume with: ddiff train --out {run} --resume\n"), res
     monkeypatch.undo()
     assert ddiff("train", "--out", run, "--resume", "--no-progress", "train.steps=8").rc == 0
@@ -246,7 +247,8 @@ def test_exact_sampler_files_are_named_without_steps(ddiff, trained_run, tmp_pat
     from discrete_diffusion import pipeline
 
     monkeypatch.setattr(pipeline, "generate_samples",
-                        lambda run, sampler, num, *a, **k: torch.zeros((num, *run.dataset.site_shape), dtype=torch.long))
+                        lambda run, sampler, num, *a, **k: torch.zeros((num, *run.dataset.site_shape),
+                                                                       dtype=torch.long))
     for sampler, stem in (("exact", "exact_seed3"), ("bridge", "bridge_7steps_seed3")):
         res = ddiff("sample", trained_run, "--sampler", sampler, "--steps", 7, "--num", 2, "--seed", 3, "--out",
                     tmp_path, "--no-progress")

@@ -18,9 +18,10 @@ from discrete_diffusion.losses import training_loss
 from discrete_diffusion.train.trainer import Trainer
 
 #: A tiny masking MLP on 8x8 binary digits: a compile of a few seconds on a CPU with a warm inductor cache.
-SMALL = ["data.name=digits-binary", "process.name=masking", "model.backbone=mlp", "model.hidden=32", "model.depth=1", "model.dropout=0.0",
-         "train.batch_size=16", "train.warmup_steps=1", "train.eval_t_samples=1", "train.device=cpu",
-         "evaluate.batch_size=512", "train.eval_every=2", "train.checkpoint_every=2", "train.sample_every=1000"]
+SMALL = ["data.name=digits-binary", "process.name=masking", "model.backbone=mlp", "model.hidden=32", "model.depth=1",
+         "model.dropout=0.0", "train.batch_size=16", "train.warmup_steps=1", "train.eval_t_samples=1",
+         "train.device=cpu", "evaluate.batch_size=512", "train.eval_every=2", "train.checkpoint_every=2",
+         "train.sample_every=1000"]
 
 needs_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs g++")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, with_overrides
+
 from discrete_diffusion.cli import main
 from discrete_diffusion.config import load_config
 from discrete_diffusion.data.arrays import load_array_file
@@ -107,7 +107,8 @@ def test_conditional_resume_is_bit_exact(tmp_path):
     ref = with_overrides(*COND, "train.steps=8", "train.checkpoint_every=4", "train.eval_every=4",
                          "train.sample_every=100", "train.min_lr_ratio=1.0")
     assert main(["train", "--out", str(tmp_path / "a"), "--no-progress", *ref]) == 0
-    assert main(["train", "--out", str(tmp_path / "b"), "--no-progress", *with_overrides("train.steps=4", base=ref)]) == 0
+    assert main(["train", "--out", str(tmp_path / "b"), "--no-progress",
+                 *with_overrides("train.steps=4", base=ref)]) == 0
     assert main(["train", "--out", str(tmp_path / "b"), "--no-progress", "--resume", "train.steps=8"]) == 0
     a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
     assert sorted(a) == sorted(b) and "model.backbone.class_embedding.table.weight" in a

@@ -13,18 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import read_metrics, with_overrides
 from safetensors.torch import load_file
 
-from conftest import read_metrics, with_overrides
+from discrete_diffusion import distributed
+from discrete_diffusion.builders import build_sampler_from
 from discrete_diffusion.cli import main
 from discrete_diffusion.config import load_config
-from discrete_diffusion.likelihood import LikelihoodResult
-from discrete_diffusion.pipeline import evaluate_run, generate_samples, load_run
-from discrete_diffusion.builders import build_sampler_from
-from discrete_diffusion.runs.weights import find_latest_checkpoint
-from discrete_diffusion import distributed
 from discrete_diffusion.distributed import env_world, pool_mean_stderr, rank_seed, sample_sharded, shard_bounds
-from discrete_diffusion.likelihood import likelihood_stats, pooled_likelihood
+from discrete_diffusion.likelihood import LikelihoodResult, likelihood_stats, pooled_likelihood
+from discrete_diffusion.pipeline import evaluate_run, generate_samples, load_run
+from discrete_diffusion.runs.weights import find_latest_checkpoint
 from discrete_diffusion.train.trainer import Trainer, check_train_config
 
 # Dropout off: dropout masks are drawn per rank, so they cannot match a single process.

@@ -158,7 +158,8 @@ def test_no_weight_decay_grouping() -> None:
     assert decay["betas"] == (0.8, 0.9)
     ids = lambda group: {id(p) for p in group["params"]}  # noqa: E731
     assert ids(decay) == {id(net.proj.weight)}
-    assert ids(no_decay) == {id(net.emb.weight), id(net.proj.bias), id(net.norm.weight), id(net.norm.bias), id(net.scale)}
+    assert ids(no_decay) == {id(net.emb.weight), id(net.proj.bias), id(net.norm.weight), id(net.norm.bias),
+                             id(net.scale)}
     assert id(net.frozen) not in ids(decay) | ids(no_decay)
 
     groups = param_groups_for_weight_decay(net, 0.05, decay_embeddings=True)

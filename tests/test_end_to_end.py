@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, read_metrics, with_overrides
 from PIL import Image
 
-from conftest import TINY, read_metrics, with_overrides
 from discrete_diffusion import cli
-from discrete_diffusion.cli import train as cli_train
 from discrete_diffusion.builders import build_sampler_from
+from discrete_diffusion.cli import train as cli_train
 from discrete_diffusion.config import load_config
 from discrete_diffusion.pipeline import evaluate_run, generate_samples, load_run, save_samples
 from discrete_diffusion.runs.weights import find_latest_checkpoint

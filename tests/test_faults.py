@@ -18,17 +18,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import read_metrics, with_overrides
+from safetensors.torch import load_file
+from test_resume import assert_no_duplicate_steps, final_tensors
+
 from discrete_diffusion.cli import main
 from discrete_diffusion.config import load_config
+from discrete_diffusion.runs.weights import find_latest_checkpoint
 from discrete_diffusion.train import checkpoint as checkpoint_module
 from discrete_diffusion.train import trainer as trainer_module
-from discrete_diffusion.runs.weights import find_latest_checkpoint
 from discrete_diffusion.train.checkpoint import load_checkpoint
 from discrete_diffusion.train.trainer import Trainer, model_config
-from test_resume import assert_no_duplicate_steps, final_tensors
 
 CHILD = Path(__file__).with_name("fault_child.py")
 HAVE_PROC = Path("/proc/self/fd").is_dir()

@@ -19,7 +19,8 @@ from hypothesis.extra import numpy as hnp
 from discrete_diffusion.config import load_config
 from discrete_diffusion.data import dataset_from_arrays, load_array_file, parse_idx, validate_values
 
-FUZZ = settings(max_examples=int(__import__("os").environ.get("FUZZ_N", 150)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=int(__import__("os").environ.get("FUZZ_N", 150)), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 _IDX_CODES = [0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E]
 

@@ -211,7 +211,8 @@ def test_guidance_interval_schedule():
 
 
 # ----- infilling ------------------------------------------------------------------------------------------------
-def conditional_given_known(table: torch.Tensor, num_states: int, num_sites: int, site: int, value: int) -> torch.Tensor:
+def conditional_given_known(table: torch.Tensor, num_states: int, num_sites: int, site: int,
+                            value: int) -> torch.Tensor:
     configs = all_configurations(num_states, num_sites)
     out = torch.where(configs[:, site] == value, table, torch.zeros_like(table))
     return out / out.sum()

@@ -19,13 +19,13 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load, save
 from conftest import with_overrides
+from safetensors.torch import load, save
 from torch import nn
 
+from discrete_diffusion.runs.checkpoint_files import MAX_MANIFEST_BYTES, canonical_safetensors
 from discrete_diffusion.runs.weights import find_latest_checkpoint, load_model_weights
 from discrete_diffusion.train.checkpoint import load_checkpoint, save_checkpoint
-from discrete_diffusion.runs.checkpoint_files import MAX_MANIFEST_BYTES, canonical_safetensors
 from discrete_diffusion.train.ema import EMA
 from discrete_diffusion.train.optim import build_optimizer, warmup_cosine_schedule
 from discrete_diffusion.train.trainer import best_record
@@ -137,7 +137,8 @@ def _set(path: str, value: Any) -> Callable[[dict], None]:
 
 RAW_MANIFESTS: dict[str, Callable[[str], str]] = {
     "format_version=1e999": lambda text: text.replace('"format_version": 1', '"format_version": 1e999'),
-    "deep-nesting": lambda text: text.replace('"extra": {', '"extra": {"deep": ' + "[" * 100_000 + "]" * 100_000 + ", "),
+    "deep-nesting": lambda text: text.replace('"extra": {',
+                                              '"extra": {"deep": ' + "[" * 100_000 + "]" * 100_000 + ", "),
     "padded-past-the-bound": lambda text: text + " " * (MAX_MANIFEST_BYTES + 1),
 }
 FIELD_MANIFESTS: dict[str, tuple[str, Any]] = {

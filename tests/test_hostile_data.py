@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY
 from numpy.lib import format as npformat
 from PIL import Image
 
-from conftest import TINY
 from discrete_diffusion.data import load_dataset, read_fasta
 
 # The library's limits and manifest are imported inside the tests, so that on code without them each test

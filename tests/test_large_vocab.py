@@ -19,8 +19,8 @@ from discrete_diffusion.nn import MLP, SequenceTransformer
 from discrete_diffusion.processes import base as process_base
 from discrete_diffusion.processes import build_process
 from discrete_diffusion.processes.base import INPUT_KINDS, sample_categorical
-from discrete_diffusion.samplers import base as sampler_base
 from discrete_diffusion.samplers import SAMPLERS, build_sampler
+from discrete_diffusion.samplers import base as sampler_base
 from discrete_diffusion.samplers.base import transform_x0_log_probs
 from discrete_diffusion.schedules import build_schedule
 from discrete_diffusion.train import distributed, rng
@@ -89,8 +89,9 @@ def test_embedding_path_equals_one_hot_path(kind, name):
         finite = torch.isfinite(log_probs)
         (log_probs[finite] * torch.linspace(0.0, 1.0, int(finite.sum()))).sum().backward()
         outs.append((log_probs.detach(), net.input_proj.weight.grad.clone(), net.input_proj.bias.grad.clone()))
-    for a, b in zip(*outs):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(*outs):  # float32 rounding of sums taken in another order: 1e-6 of the largest entry
+        scale = max(1.0, float(b[torch.isfinite(b)].abs().max()))
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * scale)
 
 
 def test_checkpoint_of_the_one_hot_model_loads_into_the_token_model(tmp_path):

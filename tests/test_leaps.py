@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
+from test_sampler_suite import K, _gen, _tv, monte_carlo_floor
 
 from discrete_diffusion.processes import BlackoutProcess, ForwardProcess, MaskingProcess, Prediction, UniformProcess
 from discrete_diffusion.processes.base import jump_from_rates
-from test_sampler_suite import K, _gen, _tv, monte_carlo_floor
 
 
 @pytest.fixture(scope="module")
@@ -242,8 +242,7 @@ def test_theta_rk2_is_exact_on_independent_sites():
     """Where the sites are independent (a product table) every per-site law is exact, so theta-rk2 at 4 steps
     samples the table: TV within the Monte-Carlo noise of exact draws. (On dependent sites its error in the
     joint law stays first order: sites that unmask in the same step draw their values independently given y*.)"""
-    from discrete_diffusion.oracle import (OracleDenoiser, SharedLevelOracle, empirical_distribution,
-                                           total_variation)
+    from discrete_diffusion.oracle import OracleDenoiser, SharedLevelOracle, empirical_distribution, total_variation
     from discrete_diffusion.samplers import build_sampler
     from discrete_diffusion.schedules import build_schedule
     k, n = 3, 40_000

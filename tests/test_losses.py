@@ -13,8 +13,13 @@ from scipy import stats
 from scipy.special import expit
 
 from discrete_diffusion.denoiser import NetworkDenoiser
-from discrete_diffusion.losses import (LogitAlphaProposal, build_weighting, estimate_elbo, logit_alpha_range,
-                                       training_loss)
+from discrete_diffusion.losses import (
+    LogitAlphaProposal,
+    build_weighting,
+    estimate_elbo,
+    logit_alpha_range,
+    training_loss,
+)
 from discrete_diffusion.oracle import OracleDenoiser, all_configurations
 from discrete_diffusion.processes import BlackoutProcess, Prediction
 from discrete_diffusion.schedules import BlackoutSchedule, build_schedule

@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
+from test_sampler_suite import D, K, N, _gen, _sample, _table, _tv, monte_carlo_floor
 
 from discrete_diffusion.oracle import OracleDenoiser, SharedLevelOracle, empirical_distribution, total_variation
 from discrete_diffusion.processes import MaskingProcess, Prediction, UniformProcess
 from discrete_diffusion.samplers import build_sampler
 from discrete_diffusion.schedules import build_schedule
-from test_sampler_suite import D, K, N, _gen, _sample, _table, _tv, monte_carlo_floor
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,11 @@ def test_remdm_loop_holds_alpha_and_the_marginals_in_its_loop_phase(floor):
 def test_remdm_switch_remasks_only_after_t_on():
     proc = MaskingProcess(K)
     x0 = torch.zeros(4000, D, dtype=torch.long)
-    oracle = lambda xt, lam: Prediction(x0_log_probs=torch.log(torch.nn.functional.one_hot(
-        torch.zeros_like(xt), K).float().clamp_min(1e-30)))
+
+    def oracle(xt, lam):
+        return Prediction(x0_log_probs=torch.log(torch.nn.functional.one_hot(
+            torch.zeros_like(xt), K).float().clamp_min(1e-30)))
+
     seen = []
     sampler = build_sampler("remdm", num_steps=10, eta=0.5, t_on=0.5, final_denoise=True)
     sampler.sample(proc, oracle, build_schedule("log-linear"), tuple(x0.shape), generator=_gen(2),
@@ -175,7 +178,9 @@ def test_ddpd_learned_planner_is_used_and_network_skipped_when_done():
     proc = MaskingProcess(K)
     oracle = SharedLevelOracle(OracleDenoiser(proc, _table(K, D, seed=1), D), D)
     # a planner that only ever proposes site 0 leaves site 1 to the final denoising step
-    planner = lambda xt, lam: torch.tensor([1.0, 0.0]).expand(xt.shape) * (xt == proc.mask_index)
+    def planner(xt, lam):
+        return torch.tensor([1.0, 0.0]).expand(xt.shape) * (xt == proc.mask_index)
+
     seen = []
     sampler = build_sampler("ddpd", num_steps=8, planner=planner)
     sampler.sample(proc, oracle, build_schedule("log-linear"), (200, D), generator=_gen(1),

@@ -169,7 +169,8 @@ def test_uniform_elbo_integrand_matches_the_generic_definition():
     g = _gen(7)
     x0 = torch.randint(0, 4, (6, 5), generator=g)
     xt = proc.sample_marginal(x0, LAMS, g)
-    pred = Prediction(x0_log_probs=torch.from_numpy(log_softmax(2 * np.random.default_rng(0).normal(size=(6, 5, 4)), -1)))
+    pred = Prediction(x0_log_probs=torch.from_numpy(
+        log_softmax(2 * np.random.default_rng(0).normal(size=(6, 5, 4)), -1)))
     got = proc.elbo_integrand(x0, xt, LAMS, pred)
     expected = [_generic_uniform_integrand(4, x0[b].numpy(), xt[b].numpy(), float(LAMS[b]),
                                            pred.x0_log_probs[b].numpy()) for b in range(6)]

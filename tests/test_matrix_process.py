@@ -12,8 +12,12 @@ from scipy import stats
 from scipy.linalg import expm
 
 from discrete_diffusion.processes import GENERATORS, MatrixProcess, build_process, spectral_gap
-from discrete_diffusion.processes.generators import (birth_death_generator, ehrenfest_generator,
-                                                     gaussian_generator, pure_death_generator)
+from discrete_diffusion.processes.generators import (
+    birth_death_generator,
+    ehrenfest_generator,
+    gaussian_generator,
+    pure_death_generator,
+)
 
 SIGMAS = torch.tensor([0.0, 1e-12, 1e-5, 0.01, 0.3, 1.0, 4.0, 9.2, 40.0], dtype=torch.float64)
 

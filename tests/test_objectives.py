@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import read_metrics, with_overrides
+
 from discrete_diffusion.config import load_config
-from discrete_diffusion.losses import (LogitAlphaProposal, Objective, draw_noise, training_loss,
-                                       x0_cross_entropy)
+from discrete_diffusion.losses import LogitAlphaProposal, Objective, draw_noise, training_loss, x0_cross_entropy
 from discrete_diffusion.oracle import OracleDenoiser
 from discrete_diffusion.processes import MaskingProcess, Prediction, UniformProcess
 from discrete_diffusion.schedules import build_schedule

@@ -13,14 +13,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import with_overrides
 from PIL import Image
 
-from conftest import with_overrides
 from discrete_diffusion.cli import main
-from discrete_diffusion.posterior import DownsampleOperator, ThinningOperator
-from discrete_diffusion.posterior.metrics import posterior_mean, psnr, rounded_accuracy, sample_accuracy, sample_scores
 from discrete_diffusion.cli.posterior import observation_levels, posterior_grid
 from discrete_diffusion.cli.posterior_inputs import build_cli_operator, half_mask
+from discrete_diffusion.posterior import DownsampleOperator, ThinningOperator
+from discrete_diffusion.posterior.metrics import posterior_mean, psnr, rounded_accuracy, sample_accuracy, sample_scores
 
 #: A tiny masking run (the session's trained_run is Blackout).
 MASKING = with_overrides("process.name=masking")

@@ -23,10 +23,13 @@ from scipy import stats
 from scipy.special import expit
 
 from discrete_diffusion.oracle import OracleDenoiser
-from discrete_diffusion.processes import (BlackoutProcess, MaskingProcess, MatrixProcess, Prediction,
-                                          UniformProcess)
-from discrete_diffusion.processes.generators import (absorbing_generator, gaussian_generator,
-                                                     pure_death_generator, uniform_generator)
+from discrete_diffusion.processes import BlackoutProcess, MaskingProcess, MatrixProcess, Prediction, UniformProcess
+from discrete_diffusion.processes.generators import (
+    absorbing_generator,
+    gaussian_generator,
+    pure_death_generator,
+    uniform_generator,
+)
 from discrete_diffusion.processes.masking import unmask_probability
 
 LAMS = torch.tensor([-12.0, -5.0, -1.3, 0.0, 0.7, 3.0, 8.0, 14.0, 30.0])

@@ -22,8 +22,14 @@ import pytest
 import torch
 
 from discrete_diffusion.losses import estimate_elbo
-from discrete_diffusion.oracle import (SharedLevelOracle, OracleDenoiser, all_configurations, empirical_distribution, total_variation)
-from discrete_diffusion.processes import (ForwardProcess, MaskingProcess, MatrixProcess, UniformProcess)
+from discrete_diffusion.oracle import (
+    OracleDenoiser,
+    SharedLevelOracle,
+    all_configurations,
+    empirical_distribution,
+    total_variation,
+)
+from discrete_diffusion.processes import ForwardProcess, MaskingProcess, MatrixProcess, UniformProcess
 from discrete_diffusion.processes import masking as masking_module
 from discrete_diffusion.samplers import build_sampler
 from discrete_diffusion.schedules import build_schedule

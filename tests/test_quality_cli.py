@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import with_overrides
-from discrete_diffusion.report import data as report_data
+
 from discrete_diffusion.data.dna import encode_dna
+from discrete_diffusion.report import data as report_data
 
 #: A tiny masking transformer on 1-D windows of 32 symbols: seconds on a CPU.
 SEQ = ["data.seq_len=32", "process.name=masking", "model.backbone=transformer", "model.dim=32", "model.depth=1",

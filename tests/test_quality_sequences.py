@@ -242,8 +242,9 @@ def test_bad_samples_raise_one_line_value_errors(family, text_data, dna_data, tm
 @pytest.mark.slow
 def test_text_quality_of_a_trained_run(tmp_path):
     """A tiny masking run on a text file, loaded from its directory; its samples scored against the test split."""
-    from discrete_diffusion.builders import build_sampler_from
     from conftest import with_overrides
+
+    from discrete_diffusion.builders import build_sampler_from
     from discrete_diffusion.config import load_config
     from discrete_diffusion.pipeline import generate_samples, load_run
     from discrete_diffusion.train.trainer import Trainer

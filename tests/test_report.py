@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import read_metrics as parse_metrics_lines
 from PIL import Image
 
-from conftest import read_metrics as parse_metrics_lines
-from discrete_diffusion.report import page as rep
 from discrete_diffusion.report import data as report_data
+from discrete_diffusion.report import page as rep
 from discrete_diffusion.report.plots import page_size
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import read_metrics, with_overrides
 from safetensors.torch import load_file
 
-from conftest import read_metrics, with_overrides
 from discrete_diffusion.cli import main
 from discrete_diffusion.config import load_config
-from discrete_diffusion.train import diffusion_task
 from discrete_diffusion.runs.weights import find_latest_checkpoint
+from discrete_diffusion.train import diffusion_task
 from discrete_diffusion.train.checkpoint import load_checkpoint
 from discrete_diffusion.train.trainer import Trainer, model_config
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, with_overrides
 from omegaconf import OmegaConf
 
-from conftest import TINY, with_overrides
-from discrete_diffusion.runs.config_file import save_config
 from discrete_diffusion.pipeline import write_json
-from discrete_diffusion.train import atomic_io  # names looked up at call time: the module collects on old code
 from discrete_diffusion.report.grids import save_image_grid
+from discrete_diffusion.runs.config_file import save_config
+from discrete_diffusion.train import atomic_io  # names looked up at call time: the module collects on old code
 
 PRECIOUS = "precious content, must survive\n"
 SHORT = with_overrides("train.steps=3", "train.eval_every=3", "train.checkpoint_every=3", "train.sample_every=3")

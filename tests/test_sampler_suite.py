@@ -15,9 +15,8 @@ import math
 import pytest
 import torch
 
-from discrete_diffusion.oracle import (SharedLevelOracle, OracleDenoiser, empirical_distribution, total_variation)
-from discrete_diffusion.processes import (ForwardProcess, MaskingProcess, MatrixProcess, Prediction,
-                                          UniformProcess)
+from discrete_diffusion.oracle import OracleDenoiser, SharedLevelOracle, empirical_distribution, total_variation
+from discrete_diffusion.processes import ForwardProcess, MaskingProcess, MatrixProcess, Prediction, UniformProcess
 from discrete_diffusion.samplers import SAMPLERS, build_sampler
 from discrete_diffusion.samplers.base import transform_x0_log_probs
 from discrete_diffusion.schedules import build_schedule

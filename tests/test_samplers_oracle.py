@@ -13,8 +13,7 @@ import math
 import pytest
 import torch
 
-from discrete_diffusion.oracle import (OracleDenoiser, configuration_index, empirical_distribution,
-                                       total_variation)
+from discrete_diffusion.oracle import OracleDenoiser, configuration_index, empirical_distribution, total_variation
 from discrete_diffusion.processes import BlackoutProcess, Prediction
 from discrete_diffusion.samplers import SAMPLERS, build_sampler
 from discrete_diffusion.schedules import BlackoutSchedule, build_schedule

@@ -26,14 +26,31 @@ import pytest
 import torch
 from torch import Tensor
 
-from discrete_diffusion.oracle import (OracleDenoiser, SharedLevelOracle, all_configurations, configuration_index,
-                                       empirical_distribution, total_variation)
+from discrete_diffusion.oracle import (
+    OracleDenoiser,
+    SharedLevelOracle,
+    all_configurations,
+    configuration_index,
+    empirical_distribution,
+    total_variation,
+)
 from discrete_diffusion.posterior.measurement import MeasurementOperator
 from discrete_diffusion.posterior.oracle_prior import OraclePriorStep
-from discrete_diffusion.posterior.split_gibbs import (LikelihoodStep, SplitGibbsResult, annealing_levels,
-                                                      split_gibbs_method, split_gibbs_sample)
-from discrete_diffusion.processes import (BlackoutProcess, ForwardProcess, MaskingProcess, MatrixProcess,
-                                          UniformProcess, sample_categorical)
+from discrete_diffusion.posterior.split_gibbs import (
+    LikelihoodStep,
+    SplitGibbsResult,
+    annealing_levels,
+    split_gibbs_method,
+    split_gibbs_sample,
+)
+from discrete_diffusion.processes import (
+    BlackoutProcess,
+    ForwardProcess,
+    MaskingProcess,
+    MatrixProcess,
+    UniformProcess,
+    sample_categorical,
+)
 from discrete_diffusion.samplers import SAMPLERS, build_sampler
 from discrete_diffusion.schedules import build_schedule
 

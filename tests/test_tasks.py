@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import read_metrics
 from safetensors.torch import load_file
 from task_child import KINDS, make_trainer
 
-from conftest import read_metrics
 from discrete_diffusion.cli import main
 from discrete_diffusion.runs.weights import find_latest_checkpoint
 from discrete_diffusion.train.trainer import Trainer
@@ -160,7 +160,8 @@ def test_cli_resume_continues_the_directory_exactly(command, run_dir, tmp_path, 
     assert [row[0] for row in a["val_curve"]] == [3, 6]
     # the exported weights are the best checkpoint's EMA weights
     best = json.loads(find_latest_checkpoint(straight / "best").read_text())
-    ema = {k[4:]: v for k, v in load_file(str(straight / "best" / best["tensors_file"])).items() if k.startswith("ema.")}
+    ema = {k[4:]: v for k, v in load_file(str(straight / "best" / best["tensors_file"])).items()
+           if k.startswith("ema.")}
     exported = load_file(str(straight / weights))
     assert best["step"] == a["best_step"] and ema and all(torch.equal(exported[k], v) for k, v in ema.items())
 

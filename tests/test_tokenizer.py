@@ -15,9 +15,9 @@ pytest.importorskip("tokenizers")
 from discrete_diffusion.config import load_config  # noqa: E402
 from discrete_diffusion.data import load_text_file  # noqa: E402
 from discrete_diffusion.data.tokenizer import TOKENIZER_NAME, BpeTokenizer, TokenizerUnavailableError, train_bpe
-from discrete_diffusion.runs.tokenizer_file import run_tokenizer_json
 from discrete_diffusion.likelihood import LikelihoodResult, bits_per_char
 from discrete_diffusion.pipeline import per_char_fields  # noqa: E402
+from discrete_diffusion.runs.tokenizer_file import run_tokenizer_json
 
 WORDS = ["the", "lord", "said", "unto", "moses", "and", "he", "went", "out", "of", "land", "egypt", "city",
          "king", "day", "Ünïcödé", "☃", "日本語"]

@@ -9,8 +9,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+<<<<<<< HEAD
 from .config import MAX_SAMPLER_STEPS, check_device, default_schedule
 from .data import DATASETS, DiscreteDataset, dataset_options, load_dataset
+=======
+from .config import MAX_SAMPLER_STEPS, check_device, default_noise_conditioning, default_schedule
+from .data import DiscreteDataset, dataset_options, load_dataset
+>>>>>>> main
 from .denoiser import NetworkDenoiser
 from .losses import LogitAlphaProposal, Objective, Weighting, build_weighting
 from .nn import MLP, SequenceTransformer, UNet
@@ -174,10 +179,15 @@ def _backbone(config: DictConfig, process: ForwardProcess, site_shape: tuple[int
     if m.backbone == "transformer":
         return SequenceTransformer(c_in, c_out, seq_len=tuple(site_shape), dim=m.dim, depth=m.depth, heads=m.heads,
                                    mlp_ratio=m.mlp_ratio, dropout=m.dropout, num_classes=num_classes,
+                                   position_embedding=m.get("position_embedding", "none"),
                                    time_conditioning=time_conditioning)
     if m.backbone == "mlp":
+        conditioning = m.get("noise_conditioning", "additive")
+        if conditioning == "auto":
+            conditioning = default_noise_conditioning(config.process.name)
         return MLP(c_in, c_out, site_shape=tuple(site_shape), hidden=m.hidden, depth=m.depth, dropout=m.dropout,
-                   num_classes=num_classes)
+                   num_classes=num_classes, noise_conditioning="adaln-zero" if conditioning == "none" else conditioning,
+                   noise_input=conditioning != "none")
     raise ValueError(f"unknown backbone {m.backbone!r}; valid backbones: {', '.join(BACKBONE_NAMES)}")
 
 

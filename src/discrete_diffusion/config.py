@@ -60,7 +60,7 @@ class ModelConfig:
     channel_mults: list[int] = field(default_factory=lambda: [1, 2])
     num_res_blocks: int = 1
     attention_resolutions: list[int] = field(default_factory=list)
-    dropout: float = 0.1
+    dropout: Optional[float] = None    # null: the backbone's default (default_dropout), recorded in config.yaml
     hidden: int = 256                  # mlp only
     depth: int = 3                     # mlp and transformer
     dim: int = 256                     # transformer only
@@ -68,6 +68,13 @@ class ModelConfig:
     mlp_ratio: float = 4.0             # transformer only
     num_classes: Optional[int] = 0     # class-conditional with C classes (+ a null class); 0 = unconditional,
     #                                    null = C inferred from the dataset's labels (max label + 1)
+    # mlp only: how the noise level reaches the network (NOISE_CONDITIONINGS); "auto" is resolved by load_config:
+    # "none" where the process's posterior does not depend on the noise level (masking), else "adaln-zero".
+    # A run's config.yaml without this key was trained with "additive" (LEGACY_WHEN_ABSENT).
+    noise_conditioning: str = "auto"
+    # transformer only: absolute positions added to the input embedding, on top of rotary attention
+    # (POSITION_EMBEDDINGS); a run's config.yaml without this key has "none" (rotary only)
+    position_embedding: str = "sinusoidal"
     # block diffusion (BD3-LM; transformer + masking only): blocks of this many tokens, AR over blocks and masked
     # diffusion within one; null = the sequence length = plain masked diffusion (docs/block-diffusion.md)
     block_size: Optional[int] = None
@@ -98,7 +105,9 @@ class TrainConfig:
     augment: str = "none"              # none | shift (random +-1 pixel translation, integer levels kept)
     cond_dropout: float = 0.0          # conditional models: probability that a label is replaced by the null class
     eval_every: int = 500
-    eval_t_samples: int = 4            # lam draws per validation image at periodic evaluation
+    # lam draws per validation example at periodic evaluation; null = enough for VALIDATION_SITE_DRAWS site-draws
+    # (4..64: validation_t_samples), so a small split is not scored on a few draws that hide a plateau
+    eval_t_samples: Optional[int] = None
     sample_every: int = 1000
     checkpoint_every: int = 500
     keep_last: int = 3
@@ -159,6 +168,22 @@ MAX_DEPTH = 1_024
 MAX_CLASSES = 1 << 20
 #: Largest number of states K of user data (data.num_states): K output channels per site.
 MAX_STATES = 1 << 20
+#: ``model.noise_conditioning`` values (the MLP's; nn/mlp.py): adaLN-zero modulation after every LayerNorm, no
+#: noise input at all, or the embedding added ahead of the LayerNorms (the architecture before the key existed).
+NOISE_CONDITIONINGS = ("auto", "adaln-zero", "none", "additive")
+#: Processes whose exact posterior p(x0 | x_t) does not depend on the noise level (``posterior_depends_on_noise_level``
+#: False; a contract test keeps the two in step): an MLP for them gets no noise input by default.
+NOISE_FREE_PROCESSES = ("masking",)
+#: ``model.position_embedding`` values (the transformer's; nn/transformer.py).
+POSITION_EMBEDDINGS = ("sinusoidal", "learned", "none")
+#: Site-draws (examples x sites x lam draws) of one validation when ``train.eval_t_samples`` is null: a 4-site
+#: table with 600 validation examples gets 28 draws per example, 8x8 digits (150 images) 7, larger splits 4.
+VALIDATION_SITE_DRAWS = 1 << 16
+#: Bounds of the automatic number of validation draws per example.
+VALIDATION_T_SAMPLES = (4, 64)
+#: Architecture keys added after runs were written: a run's config.yaml that lacks one was trained with this
+#: value (``load_run_config``), while a new run gets the dataclass default.
+LEGACY_WHEN_ABSENT = {("model", "noise_conditioning"): "additive", ("model", "position_embedding"): "none"}
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:[0-9]{1,4})?)$")
 
 
@@ -258,6 +283,10 @@ def check_values(config: DictConfig) -> None:
              f"train.mask_rate_clip must be [low, high] with 0 <= low < high <= 1 (mask rates), got {list(clip)}")
     number("train.cond_dropout", 0.0, 1.0, high_open=True)
     number("model.mlp_ratio", 0.0, 64.0, low_open=True)
+    need(config.model.noise_conditioning in NOISE_CONDITIONINGS, f"model.noise_conditioning must be one of "
+         f"{', '.join(NOISE_CONDITIONINGS)}, got {config.model.noise_conditioning!r}")
+    need(config.model.position_embedding in POSITION_EMBEDDINGS, f"model.position_embedding must be one of "
+         f"{', '.join(POSITION_EMBEDDINGS)}, got {config.model.position_embedding!r}")
     # the ranges of lr, weight_decay, grad_clip, ema_decay, min_lr_ratio, time_limit_minutes and the counts of
     # train.* are checked by train.checks.check_train_config; here only that they are finite
     for key in ("lr", "weight_decay", "grad_clip", "ema_decay", "min_lr_ratio", "proposal_loc"):
@@ -282,12 +311,18 @@ def check_values(config: DictConfig) -> None:
         raise ValueError("invalid configuration: " + "; ".join(problems))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                legacy_from: str | Path | None = None) -> DictConfig:
     """Defaults, then the YAML/JSON file at ``path``, then ``section.key=value`` overrides.
 
-    Raises ValueError naming the bad key, value or override."""
+    ``legacy_from``: a run's config.yaml (usually ``path`` itself, see ``load_run_config``); every key of
+    ``LEGACY_WHEN_ABSENT`` that this file lacks takes its legacy value (the run was written before the key
+    existed) before ``path`` and the overrides are merged. Raises ValueError naming the bad key, value or
+    override."""
     config = OmegaConf.structured(RunConfig)
     try:
+        if legacy_from is not None:
+            config = OmegaConf.merge(config, _legacy_values(Path(legacy_from)))
         if path is not None:
             path = Path(path)
             if path.is_dir():
@@ -304,6 +339,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         OmegaConf.to_container(config, resolve=True, throw_on_missing=True)
         if config.process.schedule is None:  # the process's default, recorded in config.yaml
             config.process.schedule = default_schedule(config.process.name)
+        if config.model.dropout is None:  # the backbone's default, recorded in config.yaml
+            config.model.dropout = default_dropout(config.model.backbone)
+        if config.model.noise_conditioning == "auto" and config.model.backbone == "mlp":  # recorded in config.yaml
+            config.model.noise_conditioning = default_noise_conditioning(config.process.name)
         if config.process.parameterization is None:
             config.process.parameterization = default_parameterization(config.process.name)
         if config.data.counts is None:
@@ -314,6 +353,50 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ValueError(f"invalid configuration{where}: {_first_line(err)}") from None
     check_values(config)
     return config
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> DictConfig:
+    """A run directory's (or a planner's, a classifier's) config.yaml: ``load_config`` with the legacy value of
+    every architecture key the file lacks (``LEGACY_WHEN_ABSENT``), so runs written before a key existed rebuild
+    the network they were trained with."""
+    return load_config(path, overrides, legacy_from=path)
+
+
+def validation_t_samples(configured: int | None, examples: int, sites: int) -> int:
+    """Lam draws per validation example: ``train.eval_t_samples`` when set, else
+    ceil(VALIDATION_SITE_DRAWS / (examples * sites)) clamped to ``VALIDATION_T_SAMPLES``."""
+    if configured is not None:
+        return int(configured)
+    low, high = VALIDATION_T_SAMPLES
+    return min(high, max(low, math.ceil(VALIDATION_SITE_DRAWS / max(1, examples * sites))))
+
+
+def default_dropout(backbone: str) -> float:
+    """``model.dropout`` when unset: 0 for the MLP (with 0.1 a uniform-noise MLP stops at TV 0.059 from a small
+    correlated table, 0.032 without; benchmarks/table_fit.py, tests/test_backbone_fit.py), 0.1 for the U-Net and
+    the transformer (the value every earlier run recorded)."""
+    return 0.0 if backbone == "mlp" else 0.1
+
+
+def default_noise_conditioning(process: str) -> str:
+    """``model.noise_conditioning`` for "auto": "none" for the processes of ``NOISE_FREE_PROCESSES`` (their exact
+    p(x0 | x_t) does not depend on the noise level: masking, as MDLM trains), else "adaln-zero"."""
+    return "none" if process in NOISE_FREE_PROCESSES else "adaln-zero"
+
+
+def _legacy_values(path: Path) -> DictConfig:
+    """The ``LEGACY_WHEN_ABSENT`` values of the keys that the config file at ``path`` lacks (empty when it cannot
+    be read: ``load_config`` then reports the file itself)."""
+    try:
+        raw = _load_file(path) if path.is_file() else OmegaConf.create({})
+    except (ValueError, OmegaConfBaseException):
+        raw = OmegaConf.create({})
+    legacy: dict[str, dict[str, Any]] = {}
+    for (section, key), value in LEGACY_WHEN_ABSENT.items():
+        held = raw.get(section) if isinstance(raw, DictConfig) else None
+        if not isinstance(held, DictConfig) or key not in held:
+            legacy.setdefault(section, {})[key] = value
+    return OmegaConf.create(legacy)
 
 
 def _load_file(path: Path) -> DictConfig:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from .distributed import DistContext, pool_mean_stderr, rank_seed, shard_bounds
 from .denoiser import Denoiser, denoiser_device
+from .distributed import DistContext, pool_mean_stderr, rank_seed, shard_bounds
 from .losses import LogitAlphaProposal, estimate_elbo
 from .processes.base import ForwardProcess
 from .schedules import Schedule
@@ -41,7 +41,7 @@ class LikelihoodResult:
     #: the bound is then on E[-log p(z_0)], z_0 ~ Poisson(lambda x0)); 0 for every finite process.
     encoding_bits_per_dim: float = 0.0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -93,9 +93,10 @@ def bits_per_char(bits_per_token: float, num_tokens: int, num_chars: int) -> flo
 # --------------------------------------------------------------------------- sharded over ranks
 
 
-def evaluate_nll_sharded(ctx: DistContext, process, denoiser, schedule, data: torch.Tensor, proposal,
-                         t_samples: int, batch_size: int, seed: int, device: torch.device | str,
-                         progress: Callable[[int], None] | None = None):
+def evaluate_nll_sharded(ctx: DistContext, process: ForwardProcess, denoiser: Denoiser, schedule: Schedule,
+                         data: torch.Tensor, proposal: LogitAlphaProposal | None, t_samples: int, batch_size: int,
+                         seed: int, device: torch.device | str,
+                         progress: Callable[[int], None] | None = None) -> LikelihoodResult:
     """:func:`~discrete_diffusion.likelihood.evaluate_nll` with the examples split over ranks.
 
     Each rank evaluates its contiguous shard with its own generator (:func:`rank_seed`); the per-rank
@@ -103,7 +104,7 @@ def evaluate_nll_sharded(ctx: DistContext, process, denoiser, schedule, data: to
     every rank returns the mean and standard error over the whole split, pooled exactly as one process
     would pool them. With one process this is ``evaluate_nll`` with a generator seeded by ``seed``.
     """
-    def run(part: torch.Tensor, rank: int):
+    def run(part: torch.Tensor, rank: int) -> LikelihoodResult:
         generator = torch.Generator(device=device).manual_seed(rank_seed(seed, rank))
         return evaluate_nll(process, denoiser, schedule, part, proposal, t_samples, batch_size, generator,
                             device, progress=progress)
@@ -119,7 +120,7 @@ def evaluate_nll_sharded(ctx: DistContext, process, denoiser, schedule, data: to
     return pooled_likelihood(stats, t_samples, prior)
 
 
-def likelihood_stats(result) -> torch.Tensor:
+def likelihood_stats(result: LikelihoodResult | None) -> torch.Tensor:
     """Summable statistics of a LikelihoodResult (float64): count, sum and sum of squares of the
     per-example bound, sums of its four parts (the last the encoding entropy, jump). ``None`` (an empty shard)
     gives zeros."""
@@ -132,7 +133,7 @@ def likelihood_stats(result) -> torch.Tensor:
                         dtype=torch.float64)
 
 
-def pooled_likelihood(stats: torch.Tensor, t_samples: int, prior: str):
+def pooled_likelihood(stats: torch.Tensor, t_samples: int, prior: str) -> LikelihoodResult:
     """The LikelihoodResult of the union of the shards whose :func:`likelihood_stats` summed to ``stats``."""
     n = float(stats[0])
     mean, stderr = pool_mean_stderr(n, float(stats[1]), float(stats[2]))

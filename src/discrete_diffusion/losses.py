@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -115,7 +115,7 @@ class Weighting:
     def __call__(self, lam: Tensor) -> Tensor:
         return torch.ones_like(lam)
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         return {"name": self.name}
 
 
@@ -146,7 +146,7 @@ class FiniteTimeWeighting(Weighting):
     def __call__(self, lam: Tensor) -> Tensor:
         return (torch.sigmoid(lam + self.step) - torch.sigmoid(lam)) / (self.step * torch.sigmoid(lam))
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         return {"name": self.name, "num_steps": self.num_steps, "t_end": self.t_end}
 
 
@@ -157,7 +157,7 @@ WEIGHTINGS: dict[str, type[Weighting]] = {
 }
 
 
-def build_weighting(name: str, **options) -> Weighting:
+def build_weighting(name: str, **options: Any) -> Weighting:
     """Build a training weighting by name; unknown names raise ValueError listing the valid ones."""
     if name not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {name!r}; valid weightings: {', '.join(sorted(WEIGHTINGS))}")

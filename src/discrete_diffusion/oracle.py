@@ -97,6 +97,7 @@ class SharedLevelOracle:
             return self.oracle(xt, lam)
         pred = self.oracle(self.configs, lam[:1].expand(self.configs.shape[0]))
         index = configuration_index(xt, self.num_values)
+        assert pred.x0_log_probs is not None and pred.mean_missing is not None   # the oracle gives both
         return Prediction(pred.x0_log_probs[index], pred.mean_missing[index])
 
 
@@ -152,11 +153,13 @@ class ConditionalOracle:
     def __call__(self, xt: Tensor, lam: Tensor, labels: Tensor | None = None) -> Prediction:
         if labels is None:
             labels = torch.full((xt.shape[0],), self.num_classes, dtype=torch.long)
-        x0_log_probs, mean_missing = None, None
+        x0_log_probs: Tensor | None = None
+        mean_missing: Tensor | None = None
         for c in torch.unique(labels).tolist():
             rows = labels == c
             pred = self.oracles[c](xt[rows], lam[rows])
-            if x0_log_probs is None:
+            assert pred.x0_log_probs is not None and pred.mean_missing is not None   # the oracle gives both
+            if x0_log_probs is None or mean_missing is None:
                 x0_log_probs = pred.x0_log_probs.new_empty(xt.shape + pred.x0_log_probs.shape[-1:])
                 mean_missing = pred.mean_missing.new_empty(xt.shape)
             x0_log_probs[rows], mean_missing[rows] = pred.x0_log_probs, pred.mean_missing
@@ -168,7 +171,8 @@ class ConditionalOracle:
 
 
 class ExactNoisyClassifier:
-    """The exact p_t(c | x_t) = sum_x0 p(x0 | x_t) p(c | x0) = sum_x0 pi(x0, c) q_t(x_t | x0) / sum_x0 pi(x0) q_t(x_t | x0)
+    """The exact p_t(c | x_t) = sum_x0 p(x0 | x_t) p(c | x0)
+    = sum_x0 pi(x0, c) q_t(x_t | x0) / sum_x0 pi(x0) q_t(x_t | x0)
     of a ``ConditionalOracle``'s joint table: ``(x_t (B, D), lam (B,)) -> (B, C)`` float64 log-probabilities.
 
     ``onehot_log_probs`` takes one_hot(x_t) (B, D, M) float and is differentiable in it (q_t(x_t^d | x0^d) =

@@ -24,10 +24,10 @@ from .data.tokenizer import BpeTokenizer
 from .denoiser import ConditionalDenoiser, Denoiser, check_labels
 from .guidance import ClassifierFreeDenoiser, check_infill, classifier_guided_sample, infill_sample
 from .likelihood import LikelihoodResult, bits_per_char, evaluate_nll
-from .samplers import Sampler
+from .report.grids import save_image_grid
 from .runs.atomic_io import atomic_write, atomic_write_text, ensure_dir
 from .runs.load import LoadedRun, find_weights, load_run, write_json  # noqa: F401  (public names)
-from .report.grids import save_image_grid
+from .samplers import Sampler
 
 
 @dataclass

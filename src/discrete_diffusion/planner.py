@@ -39,15 +39,15 @@ from torch import Tensor, nn
 
 from .baselines.fit import FitResult, FitSettings, fit_task
 from .builders import build_backbone
-from .config import load_config, to_dict
+from .config import load_run_config, to_dict
 from .data import DiscreteDataset
 from .denoiser import Denoiser, backbone_input, noise_level_input
+from .distributed import DistContext, setup
 from .processes import ForwardProcess
+from .runs.results import export_weights, load_best_weights, validation_curve
+from .runs.tensors import compare_tensors
 from .schedules import Schedule
 from .train.companion import companion_config, companion_dir, train_companion
-from .distributed import DistContext, setup
-from .runs.tensors import compare_tensors
-from .runs.results import export_weights, load_best_weights, validation_curve
 from .train.task import Task, TaskLoss, TaskSetup, model_config, module_record, reduce_over_batches, tensor_dataset
 
 #: ``planner(x_t (B, *sites) long, lam (B,)) -> P(site is noise | x_t) (B, *sites)``, as the ddpd sampler takes it.
@@ -264,7 +264,7 @@ def load_planner(planner_dir: str | Path, run) -> NoisePlanner:
     if not (planner_dir / "config.yaml").is_file() or not weights.is_file():
         raise ValueError(f"{planner_dir} is not a planner directory (expected config.yaml and {PLANNER_WEIGHTS}, "
                          "written by `ddiff train-planner RUN_DIR`)")
-    config = load_config(planner_dir / "config.yaml")
+    config = load_run_config(planner_dir / "config.yaml")
     for section in SHARED_SECTIONS:
         if to_dict(config)[section] != to_dict(run.config)[section]:
             raise ValueError(f"the planner in {planner_dir} was trained for another run: its {section} section "

@@ -17,8 +17,8 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -147,7 +147,8 @@ class BlackoutSchedule(Schedule):
 
     def __init__(self, t_end: float = 15.0) -> None:
         if t_end < 3.0:
-            raise ValueError(f"blackout schedule: t_end must be >= 3 so that alpha(1) = exp(-t_end) is near 0, got {t_end}")
+            raise ValueError(f"blackout schedule: t_end must be >= 3 so that alpha(1) = exp(-t_end) is near 0, "
+                             f"got {t_end}")
         self.t_end = float(t_end)
         a_end = math.exp(-self.t_end)
         self.half_range = -math.log(a_end / (1.0 - a_end))

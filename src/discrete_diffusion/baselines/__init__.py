@@ -9,4 +9,5 @@ from .fit import FitResult, FitSettings, fit_exact_model
 from .gaussian_ddpm import GaussianDDPM
 from .pixelcnn import GatedPixelCNN
 
-__all__ = ["ARTransformer", "FitResult", "FitSettings", "GatedPixelCNN", "GaussianDDPM", "IndependentCategorical", "fit_exact_model"]
+__all__ = ["ARTransformer", "FitResult", "FitSettings", "GatedPixelCNN", "GaussianDDPM", "IndependentCategorical",
+           "fit_exact_model"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+
 def cmd_train_planner(args: argparse.Namespace) -> int:
     from ..planner import train_planner
 

@@ -60,7 +60,8 @@ def conditioning_from_args(args: argparse.Namespace, run):
                 else:
                     raise ValueError(f"--class takes integers, lists such as 3,5, or 'all'; got {part!r}")
         if not run.denoiser.num_classes and getattr(args, "classifier", None) is None:
-            raise ValueError("--class needs a class-conditional run; this run is unconditional (model.num_classes = 0): "
+            raise ValueError("--class needs a class-conditional run; this run is unconditional "
+                             "(model.num_classes = 0): "
                              "train one, or guide with --classifier DIR from `ddiff train-classifier`")
     known = values = None
     if args.prompt is not None:

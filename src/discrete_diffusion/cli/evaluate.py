@@ -7,13 +7,14 @@ from pathlib import Path
 
 from .common import check_batch, check_count, check_sample_sizes, sample_stem, sampler_options
 
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from ..builders import build_proposal
-    from ..pipeline import evaluate_run, likelihood_unit, load_run, per_char_fields
     from ..distributed import setup
     from ..likelihood import evaluate_nll_sharded
+    from ..pipeline import evaluate_run, likelihood_unit, load_run, per_char_fields
 
     if quality_requested(args):
         return cmd_evaluate_quality(args)
@@ -29,7 +30,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.batch_size is not None:   # a batch of examples: its predictions bounded as sampling's are
         check_batch(run, args.batch_size, "--batch-size")
     if not ctx.enabled:
-        result = evaluate_run(run, args.split, args.t_samples, args.batch_size, args.seed, progress=not args.no_progress)
+        result = evaluate_run(run, args.split, args.t_samples, args.batch_size, args.seed,
+                              progress=not args.no_progress)
     else:
         t_samples = run.config.evaluate.t_samples if args.t_samples is None else args.t_samples
         batch_size = run.config.evaluate.batch_size if args.batch_size is None else args.batch_size
@@ -69,11 +71,11 @@ def cmd_evaluate_quality(args: argparse.Namespace) -> int:
     import json
 
     from ..builders import build_sampler_from
-    from ..evaluate.quality import evaluate_quality
-    from ..evaluate.text_quality import ARJudgeConfig
-    from ..evaluate.sample_files import read_sample_record, read_samples, sample_files, write_quality_record
-    from ..pipeline import generate_samples, load_run
     from ..distributed import env_world
+    from ..evaluate.quality import evaluate_quality
+    from ..evaluate.sample_files import read_sample_record, read_samples, sample_files, write_quality_record
+    from ..evaluate.text_quality import ARJudgeConfig
+    from ..pipeline import generate_samples, load_run
 
     if env_world()[1] > 1:
         raise ValueError("`ddiff evaluate` of sample quality runs in one process; run it without torchrun")

@@ -13,7 +13,6 @@ from .report import cmd_report
 from .sample import cmd_sample
 from .train import cmd_demo, cmd_train
 
-
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
             "train-planner": cmd_train_planner, "train-classifier": cmd_train_classifier, "report": cmd_report,
             "posterior": cmd_posterior}

@@ -8,7 +8,6 @@ from .. import __version__
 from .posterior import add_posterior_parser
 
 
-
 def _datasets_help() -> str:
     from ..data import DATASETS
     from ..processes import PROCESSES
@@ -57,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="train Blackout on the bundled digits, sample, and evaluate (about 5 min on CPU)",
+    demo = sub.add_parser("demo",
+                          help="train Blackout on the bundled digits, sample, and evaluate (about 5 min on CPU)",
                           description="Train a Blackout diffusion model on scikit-learn's 8x8 digits (17 levels, "
                                       "1350/150/297 train/val/test split), draw a sample grid with the exact bridge "
                                       "sampler, and report the test NLL bound in bits per dimension. Writes "

@@ -25,8 +25,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .posterior_inputs import (CLI_OPERATORS, HALF_MASKS, build_cli_operator, check_method, method_options_from_args,
-                               name_part, observed_mask, read_observation)
+from .posterior_inputs import (
+    CLI_OPERATORS,
+    HALF_MASKS,
+    build_cli_operator,
+    check_method,
+    method_options_from_args,
+    name_part,
+    observed_mask,
+    read_observation,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -190,7 +198,8 @@ def _rgb(levels: "torch.Tensor", flagged: "torch.Tensor | None", num_states: int
 def posterior_grid(samples: "torch.Tensor", observation: tuple | None, truth: "torch.Tensor | None",
                    num_states: int, columns: int = GRID_COLUMNS, sample_rows: int = GRID_SAMPLES) -> "torch.Tensor":
     """The picture grid's tiles, (rows * columns, 3, H, W) levels, one column per observation (the first
-    ``columns``; a single observation is drawn as one row): observation (unobserved sites dark red), up to ``sample_rows`` samples, the posterior mean
+    ``columns``; a single observation is drawn as one row): observation (unobserved sites dark red), up to
+    ``sample_rows`` samples, the posterior mean
     (rounded), the clean image when known."""
     import torch
 
@@ -304,11 +313,11 @@ def cmd_posterior(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..builders import build_sampler_from
-    from .common import check_count, check_sample_sizes, sample_stem, sampler_options
     from ..pipeline import load_run, write_json
     from ..posterior.metrics import posterior_mean, sample_scores
-    from ..runs.atomic_io import atomic_write, ensure_dir, unlink_quietly, user_dir
     from ..report.grids import save_image_grid
+    from ..runs.atomic_io import atomic_write, ensure_dir, unlink_quietly, user_dir
+    from .common import check_count, check_sample_sizes, sample_stem, sampler_options
 
     check_method(args.method)
     options = method_options_from_args(args)

@@ -258,7 +258,6 @@ def method_options_from_args(args: argparse.Namespace) -> dict:
     """--method-option KEY=VALUE pairs (numbers as numbers, else YAML values) checked against the method's options;
     the size-bearing ones (:data:`OPTION_LIMITS`) bounded before anything is allocated."""
     from ..posterior import method_options
-
     from .common import parse_option_value
 
     allowed = method_options(args.method)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+
 def cmd_report(args: argparse.Namespace) -> int:
     from ..report import write_report
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from .common import check_count, check_sample_sizes, sample_stem, sampler_options
 from .conditioning import conditioning_from_args, conditioning_suffix
 
+
 def ddpd_networks(args: argparse.Namespace, run, device: str) -> dict:
     """The ddpd sampler's extra networks named on the command line: --planner and --masked-denoiser."""
     if args.planner is None and args.masked_denoiser is None:
@@ -37,9 +38,9 @@ def ddpd_networks(args: argparse.Namespace, run, device: str) -> dict:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from ..builders import build_sampler_from
+    from ..distributed import sample_sharded, setup
     from ..pipeline import generate_samples, load_run, save_samples, write_json
     from ..runs.atomic_io import user_dir
-    from ..distributed import sample_sharded, setup
 
     ctx, device = setup(args.device)  # under torchrun the samples are split over the ranks
     run = load_run(args.run_dir, args.checkpoint, str(device), args.allow_data_change)

@@ -23,16 +23,17 @@ def run_training(config_path: str | None, overrides: list[str], out: str, resume
         resumable_checkpoint(out_dir)
     if resume and config_path is None:
         config_path = str(out_dir / "config.yaml")
-    config = load_config(config_path, overrides)
+    # resuming: the run's architecture keys absent from its config.yaml mean the architecture it was trained with
+    config = load_config(config_path, overrides, legacy_from=out_dir / "config.yaml" if resume else None)
     trainer = Trainer(config, out_dir, progress=progress)
     return trainer.fit(resume=resume)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..builders import build_sampler_from
+    from ..distributed import env_world
     from ..pipeline import evaluate_run, generate_samples, load_run, save_samples, write_json
     from ..runs.atomic_io import user_dir
-    from ..distributed import env_world
 
     if env_world()[1] > 1:
         raise ValueError("`ddiff demo` runs in one process; under torchrun use `ddiff train`, `ddiff sample` and "

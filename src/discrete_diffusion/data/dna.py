@@ -5,7 +5,8 @@ Alphabet: ``A, C, G, T -> 0, 1, 2, 3`` (case-insensitive; soft-masked lower case
 
 File format: plain or gzip-compressed FASTA (gzip is recognised by its magic bytes ``1f 8b``, not by the
 file name). Lines may end in ``\\n``, ``\\r\\n`` or a lone ``\\r`` (classic Mac OS). The first non-blank line
-must be a ``>`` header; lines starting with ``;`` are comments; whitespace inside sequence lines is ignored. A record's name is the first word of its header.
+must be a ``>`` header; lines starting with ``;`` are comments; whitespace inside sequence lines is ignored. A
+record's name is the first word of its header.
 
 Windows: each record is cut into non-overlapping windows of ``seq_len`` bases, in order; windows never
 span two records (a junction between records is not biology) and the last ``len % seq_len`` bases of a

@@ -120,7 +120,8 @@ def _class_folders(folder: Path) -> list[Path] | None:
 
 
 def _read_labelled(folder: Path, mode: str, max_bytes: int, used_states: int = 0,
-                   classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray | None, str, int, list[str] | None]:
+                   classes: list[str] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None, str, int, list[str] | None]:
     """``_read_folder`` of a folder of PNGs, or of a folder of class subfolders (one class per subfolder, labels in
     sorted name order, or in the order of ``classes`` when given): (images, labels or None, SHA-256, number of
     files, class names or None)."""

@@ -130,8 +130,10 @@ def prdc(real: Tensor, fake: Tensor, k: int = 5) -> dict[str, float]:
     With r_i the distance of real x_i to its k-th nearest real neighbour, r'_j that of fake y_j among fakes,
     and B(c, r) the closed ball:
 
-        precision = 1/M sum_j 1[y_j in some B(x_i, r_i)]          recall   = 1/N sum_i 1[x_i in some B(y_j, r'_j)]
-        density   = 1/(k M) sum_j sum_i 1[y_j in B(x_i, r_i)]     coverage = 1/N sum_i 1[nearest fake to x_i in B(x_i, r_i)]
+        precision = 1/M sum_j 1[y_j in some B(x_i, r_i)]
+        recall    = 1/N sum_i 1[x_i in some B(y_j, r'_j)]
+        density   = 1/(k M) sum_j sum_i 1[y_j in B(x_i, r_i)]
+        coverage  = 1/N sum_i 1[nearest fake to x_i in B(x_i, r_i)]
 
     Shapes: ``real`` ``(N, d)``, ``fake`` ``(M, d)``; both need more than ``k`` rows. A set against itself
     gives precision = recall = coverage = 1 exactly. Distances are computed in blocks of at most 2^24 entries.

@@ -9,14 +9,6 @@ every process works with every sampler.
 
 from __future__ import annotations
 
-from .classifier_free import (
-    ClassifierFreeDenoiser,
-    GuidanceInterval,
-    geometric_mean_rates,
-    guide_mean,
-    guide_prediction,
-    guide_x0_log_probs,
-)
 from .classifier import (
     GUIDED_SAMPLERS,
     ClassifierGuidance,
@@ -24,6 +16,14 @@ from .classifier import (
     GuidedProcess,
     check_guided_sampler,
     classifier_guided_sample,
+)
+from .classifier_free import (
+    ClassifierFreeDenoiser,
+    GuidanceInterval,
+    geometric_mean_rates,
+    guide_mean,
+    guide_prediction,
+    guide_x0_log_probs,
 )
 from .infill import check_infill, impose_known, infill_sample
 

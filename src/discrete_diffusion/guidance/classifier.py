@@ -111,7 +111,8 @@ def taylor_log_ratios(classifier: NoisyClassifier, process: ForwardProcess, xt: 
     (B, *sites, M) float64, 0 where not a candidate."""
     if not hasattr(classifier, "onehot_log_probs") or process.input_kind != "tokens":
         raise ValueError("the taylor guidance form needs a classifier with a one-hot input (onehot_log_probs) on a "
-                         f"process whose input is one_hot(x_t) (masking, uniform, matrix), got process {process.name!r}; "
+                         f"process whose input is one_hot(x_t) (masking, uniform, matrix), "
+                         f"got process {process.name!r}; "
                          "use --guidance-form exact")
     with torch.enable_grad():
         onehot = torch.nn.functional.one_hot(xt, process.num_values).double().requires_grad_(True)
@@ -249,7 +250,8 @@ class GuidedProcess:
     def reverse_rate_bound(self, xt: Tensor) -> Tensor:
         """Masking with a noise-level-free classifier only: c(x) * max over candidate moves of the weight (the
         weights do not change with lam until the next jump). Otherwise no bound holds until the next jump."""
-        if not isinstance(self.base, MaskingProcess) or not getattr(self.guidance.classifier, "noise_level_free", False):
+        if (not isinstance(self.base, MaskingProcess)
+                or not getattr(self.guidance.classifier, "noise_level_free", False)):
             raise ValueError("exact simulation with classifier guidance needs a rate bound that holds until the next "
                              "jump: only masking with a classifier that does not depend on the noise level has one; "
                              "use tau-leaping or euler")

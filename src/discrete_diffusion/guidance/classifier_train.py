@@ -36,16 +36,16 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..builders import build_backbone
-from ..config import load_config, to_dict
+from ..config import load_run_config, to_dict
 from ..data import DiscreteDataset
-from ..runs.data_record import check_data_manifest
 from ..denoiser import backbone_input, noise_level_input
+from ..distributed import DistContext, setup
 from ..processes import ForwardProcess
+from ..runs.data_record import check_data_manifest
+from ..runs.results import export_weights, load_best_weights, validation_curve
+from ..runs.tensors import compare_tensors
 from ..schedules import Schedule
 from ..train.companion import companion_config, companion_dir, train_companion
-from ..distributed import DistContext, setup
-from ..runs.tensors import compare_tensors
-from ..runs.results import export_weights, load_best_weights, validation_curve
 from ..train.task import Task, TaskLoss, TaskSetup, model_config, reduce_over_batches
 
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
@@ -270,7 +270,7 @@ def load_classifier(classifier_dir: str | Path, run) -> NoisyClassifierNet:
     if not (classifier_dir / "config.yaml").is_file() or not weights.is_file() or weights.is_symlink():
         raise ValueError(f"{classifier_dir} is not a classifier directory (expected config.yaml and "
                          f"{CLASSIFIER_WEIGHTS}, written by `ddiff train-classifier RUN_DIR`)")
-    config = load_config(classifier_dir / "config.yaml")
+    config = load_run_config(classifier_dir / "config.yaml")
     for section in SHARED_SECTIONS:
         if to_dict(config)[section] != to_dict(run.config)[section]:
             raise ValueError(f"the classifier in {classifier_dir} was trained for another run: its {section} section "

@@ -29,7 +29,8 @@ from ..samplers.base import ProgressCallback, Sampler
 from ..schedules import Schedule
 
 
-def check_infill(process: ForwardProcess, shape: tuple[int, ...], known: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+def check_infill(process: ForwardProcess, shape: tuple[int, ...], known: Tensor,
+                 values: Tensor) -> tuple[Tensor, Tensor]:
     """(known bool, values long) validated against the sample shape (B, *sites) and the data values 0..K-1 at the
     known sites; ValueError with one line saying what was wrong."""
     known, values = torch.as_tensor(known), torch.as_tensor(values)

@@ -12,6 +12,7 @@ Layout, for features ``(B, C_in, L)`` or token indices ``(B, L)`` long in ``0..C
 
     h = Linear(C_in -> dim)(features.transpose)              (B, L, dim)
       = W[:, tokens].T + b   for tokens, features = one_hot(tokens)  (an embedding lookup; no one-hot tensor)
+    h = h + p[:L]            absolute positions (nn/positions.py; position_embedding="none": rotary only)
     c = NoiseLevelEmbedding(dim)(noise_level)                (B, dim)
     depth x  h = h + gate1(c) * Attn(LN(h) * (1 + scale1(c)) + shift1(c))      rotary q/k, SDPA
              h = h + gate2(c) * MLP (LN(h) * (1 + scale2(c)) + shift2(c))
@@ -45,6 +46,7 @@ from torch import Tensor, nn
 
 from .embeddings import ClassEmbedding, NoiseLevelEmbedding, _prepare_inputs, add_class_embedding
 from .kv_cache import KVCache
+from .positions import AbsolutePositionEmbedding
 
 __all__ = [
     "PreNormBlock",
@@ -229,6 +231,9 @@ class SequenceTransformer(nn.Module):
         dropout: dropout in attention, MLP and on the residual branches.
         num_classes: C > 0 adds a class embedding (C + 1 rows, the last the null class) to the noise-level
             embedding; 0 (default) is unconditional.
+        position_embedding: "sinusoidal" (default), "learned" or "none": an absolute position embedding added
+            to the input embedding (nn/positions.py); "none" is rotary only, the architecture of runs written
+            before the option, which cannot tell apart sites that hold the same token (all masked).
         time_conditioning: False drops the noise-level input (no ``noise_embedding``; the conditioning vector is
             0, plus the class embedding): the network then predicts p(x0 | x_t) from x_t alone (MDLM, BD3-LM).
 
@@ -253,6 +258,7 @@ class SequenceTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         dropout: float = 0.1,
         num_classes: int = 0,
+        position_embedding: str = "sinusoidal",
         time_conditioning: bool = True,
     ) -> None:
         super().__init__()
@@ -272,6 +278,8 @@ class SequenceTransformer(nn.Module):
         self.site_shape = site_shape
         self.seq_len = math.prod(site_shape)
         self.input_proj = nn.Linear(in_channels, dim)
+        self.positions = (None if position_embedding == "none"
+                          else AbsolutePositionEmbedding(position_embedding, self.seq_len, dim, in_channels))
         self.dim = dim
         self.time_conditioning = bool(time_conditioning)
         self.noise_embedding = NoiseLevelEmbedding(dim) if self.time_conditioning else None
@@ -286,8 +294,8 @@ class SequenceTransformer(nn.Module):
         nn.init.zeros_(self.output_proj.bias)
 
     def forward(self, features: Tensor, noise_level: Tensor, labels: Tensor | None = None) -> Tensor:
-        """``(B, C_in, *site_shape)`` float or ``(B, *site_shape)`` long tokens, ``(B,)`` -> ``(B, C_out, *site_shape)``;
-        ``labels`` (B,) long (conditional backbones only; None = the null class)."""
+        """``(B, C_in, *site_shape)`` float or ``(B, *site_shape)`` long tokens, ``(B,)`` ->
+        ``(B, C_out, *site_shape)``; ``labels`` (B,) long (conditional backbones only; None = the null class)."""
         tokens = not features.is_floating_point()
         if tokens:
             if tuple(features.shape[1:]) != self.site_shape:
@@ -307,6 +315,8 @@ class SequenceTransformer(nn.Module):
             h = embed_tokens(self.input_proj, features.reshape(batch, self.seq_len))
         else:
             h = self.input_proj(features.reshape(batch, self.in_channels, self.seq_len).transpose(1, 2).to(c.dtype))
+        if self.positions is not None:
+            h = self.positions(h)
         for block in self.blocks:
             h = block(h, c)
         shift, scale = self.final_modulation(F.silu(c)).chunk(2, dim=-1)
@@ -350,6 +360,8 @@ class SequenceTransformer(nn.Module):
         batch = tokens.shape[0]
         c = self._conditioning(noise_level, labels, batch, tokens.device)
         h = embed_tokens(self.input_proj, tokens)
+        if self.positions is not None:
+            h = self.positions(h, positions)
         mask = None if mask is None else mask.to(h.device)
         keys, values = [], []
         for i, block in enumerate(self.blocks):

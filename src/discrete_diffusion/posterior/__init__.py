@@ -30,8 +30,8 @@ from .operators import (
     inpaint_observation,
 )
 from .oracle_prior import OraclePriorStep
-from .split_gibbs import LikelihoodStep, SplitGibbsResult, split_gibbs_method, split_gibbs_sample
 from .sample import POSTERIOR_METHODS, method_options, posterior_sample, register_method
+from .split_gibbs import LikelihoodStep, SplitGibbsResult, split_gibbs_method, split_gibbs_sample
 
 __all__ = ["MeasurementOperator", "OPERATORS", "UNOBSERVED", "CallableOperator", "ChannelOperator",
            "DownsampleOperator", "InpaintOperator", "ParityOperator", "ThinningOperator", "build_operator",

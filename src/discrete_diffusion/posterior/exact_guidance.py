@@ -183,7 +183,10 @@ class _SiteShaped:
 
     def __call__(self, xt: Tensor, lam: Tensor) -> Prediction:
         pred = self.denoiser(xt.reshape(xt.shape[0], -1), lam)
-        reshape = (lambda t: None if t is None else t.reshape(xt.shape + t.shape[2:]))
+
+        def reshape(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.reshape(xt.shape + t.shape[2:])
+
         return Prediction(reshape(pred.x0_log_probs), reshape(pred.mean_missing))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import ForwardProcess, Prediction, expand_to_sites, sample_categorical
 from .blackout import BlackoutProcess
 from .generators import GENERATORS, spectral_gap
@@ -15,7 +17,7 @@ PROCESSES: dict[str, type[ForwardProcess]] = {
 }
 
 
-def build_process(name: str, num_states: int, **options) -> ForwardProcess:
+def build_process(name: str, num_states: int, **options: Any) -> ForwardProcess:
     """Build a forward process by registry name; unknown names raise ValueError listing the valid ones."""
     if name not in PROCESSES:
         raise ValueError(f"unknown process {name!r}; valid processes: {', '.join(sorted(PROCESSES))}")
@@ -26,5 +28,5 @@ def build_process(name: str, num_states: int, **options) -> ForwardProcess:
 
 
 __all__ = ["ForwardProcess", "Prediction", "expand_to_sites", "sample_categorical", "BlackoutProcess",
-           "MaskingProcess", "UniformProcess", "MatrixProcess", "JumpProcess", "GENERATORS", "spectral_gap", "PROCESSES",
-           "build_process"]
+           "MaskingProcess", "UniformProcess", "MatrixProcess", "JumpProcess", "GENERATORS", "spectral_gap",
+           "PROCESSES", "build_process"]

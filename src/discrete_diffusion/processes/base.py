@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -88,7 +89,8 @@ def jump_from_rates(xt: Tensor, expected_jumps: Tensor, generator: torch.Generat
     check_jump_rule(rule)
     rates = expected_jumps.double().clamp_min(0.0)
     total = rates.sum(-1)
-    move = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=xt.device) < move_probability(total, rule)
+    move = (torch.rand(total.shape, generator=generator, dtype=torch.float64, device=xt.device)
+            < move_probability(total, rule))
     if not bool(move.any()):
         return xt
     out = xt.clone()
@@ -257,7 +259,8 @@ class ForwardProcess(ABC):
         (c_i, x_i, prediction_i, lam_i, lam_from_i): the second stage of the theta methods. Processes whose
         rates are sparse (masking: only masked sites) override it to work on the sites that can move; masking and
         Blackout combine per channel (MASK -> y out of base's MASK; the birth nu = +1, Poisson), see theirs."""
-        combined = sum(c * self.integrated_reverse_rates(x, p, lam, lam_from, lam_to) for c, x, p, lam, lam_from in terms)
+        combined = torch.stack([c * self.integrated_reverse_rates(x, p, lam, lam_from, lam_to)
+                                for c, x, p, lam, lam_from in terms]).sum(0)
         return jump_from_rates(base, combined.clamp_min(0.0).scatter(-1, base[..., None], 0.0), generator, rule)
 
     def reverse_rates(self, xt: Tensor, prediction: Prediction, lam: Tensor) -> Tensor:
@@ -286,6 +289,6 @@ class ForwardProcess(ABC):
             raise ValueError(f"process {self.name!r} needs a prediction with x0_log_probs")
         return prediction.x0_log_probs
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         """JSON-able constructor arguments (with the registry name under "name")."""
         return {"name": self.name, "num_states": self.num_states}

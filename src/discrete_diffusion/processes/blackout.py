@@ -174,7 +174,8 @@ class BlackoutProcess(ForwardProcess):
 
     def integrated_reverse_rates(self, xt: Tensor, prediction: Prediction, lam: Tensor, lam_from: Tensor,
                                  lam_to: Tensor) -> Tensor:
-        """Births at alpha(lam) * yhat with yhat frozen: yhat * (softplus(lam_to) - softplus(lam_from)), exact in lam."""
+        """Births at alpha(lam) * yhat with yhat frozen: yhat * (softplus(lam_to) - softplus(lam_from)),
+        exact in lam."""
         rates = self.reverse_rates(xt, prediction, torch.full_like(lam.double(), torch.inf))   # alpha = 1: yhat
         hazard = (F.softplus(lam_to.double()) - F.softplus(lam_from.double())).clamp_min(0.0)
         return rates * expand_to_sites(hazard, xt)[..., None]

@@ -104,7 +104,8 @@ class SubsPrediction(Prediction):
                 carried[unmasked] = -torch.inf
             kept = carried.gather(-1, index)
             # log-prob 0 on x_t at unmasked sites; masked sites get their own value back
-            self._log_probs = carried.scatter_(-1, index, torch.where(unmasked[..., None], torch.zeros_like(kept), kept))
+            self._log_probs = carried.scatter_(
+                -1, index, torch.where(unmasked[..., None], torch.zeros_like(kept), kept))
         return self._log_probs
 
     def masked_log_probs(self, xt: Tensor, where: Tensor) -> Tensor | None:

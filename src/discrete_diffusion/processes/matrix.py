@@ -50,8 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import ForwardProcess, Prediction, expand_to_sites, sample_categorical
-from .generators import (GENERATORS, _unreachable_pair, spectral_gap, stationary_distribution,
-                         validate_rate_matrix)
+from .generators import GENERATORS, _unreachable_pair, spectral_gap, stationary_distribution, validate_rate_matrix
 from .matrix_window import bound_from_table, reachability, window_table
 
 RatesLike = str | os.PathLike | Tensor | np.ndarray | Sequence[Sequence[float]]
@@ -133,7 +132,8 @@ class MatrixProcess(ForwardProcess):
         p = torch.as_tensor(np.asarray(prior, dtype=np.float64) if not isinstance(prior, Tensor) else prior)
         p = p.detach().to("cpu", torch.float64).reshape(-1)
         if p.numel() != self.num_values or not bool(torch.isfinite(p).all()) or bool((p < 0).any()):
-            raise ValueError(f"matrix process: prior must be {self.num_values} non-negative finite numbers, got {p.tolist()}")
+            raise ValueError(f"matrix process: prior must be {self.num_values} non-negative finite numbers, "
+                             f"got {p.tolist()}")
         if abs(float(p.sum()) - 1.0) > 1e-6:
             raise ValueError(f"matrix process: prior must sum to 1, got {float(p.sum())}")
         return p / p.sum()

@@ -42,7 +42,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-
 class UniformizedGenerator(Protocol):
     """What the bounds read from a :class:`~discrete_diffusion.processes.matrix.MatrixProcess` (structural type,
     so this module does not import the process that imports it)."""

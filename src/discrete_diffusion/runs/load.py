@@ -7,13 +7,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-from ..builders import (build_denoiser, build_process_from, build_schedule_from, build_dataset, resolve_device,
-                        resolve_num_classes, resolve_process_options)
-from ..config import MODEL_SECTIONS, load_config, to_dict
+from ..builders import (
+    build_dataset,
+    build_denoiser,
+    build_process_from,
+    build_schedule_from,
+    resolve_device,
+    resolve_num_classes,
+    resolve_process_options,
+)
+from ..config import MODEL_SECTIONS, load_run_config, to_dict
 from ..data import DiscreteDataset
 from ..denoiser import NetworkDenoiser
 from ..processes import ForwardProcess
@@ -59,7 +67,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto",
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
-    config = load_config(run_dir / "config.yaml")
+    config = load_run_config(run_dir / "config.yaml")
     dev = resolve_device(device)
     dataset = build_dataset(config, run_tokenizer_json(run_dir) if config.data.tokenizer == "bpe" else None)
     check_data_manifest(run_dir, dataset, allow_change=allow_data_change)
@@ -73,6 +81,6 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto",
     return LoadedRun(config, dataset, process, build_schedule_from(config), denoiser, dev, checkpoint)
 
 
-def write_json(path: Path, payload: dict) -> None:
+def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` as indented JSON, atomically and never through a symbolic link."""
     atomic_write_text(path, json.dumps(payload, indent=2) + "\n")

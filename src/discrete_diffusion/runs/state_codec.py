@@ -38,7 +38,8 @@ def encode_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any
         if all(isinstance(k, str) and not k.startswith("__") for k in obj):
             return {k: encode_state(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}
         return {
-            "__items__": [[encode_state(k, f"{prefix}.key", {}), encode_state(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()]
+            "__items__": [[encode_state(k, f"{prefix}.key", {}), encode_state(v, f"{prefix}.{k}", tensors)]
+                          for k, v in obj.items()]
         }
     raise TypeError(f"cannot store a {type(obj).__name__} at {prefix!r} without pickle")
 

@@ -114,7 +114,8 @@ def _decode(obj: Any, tensors: Mapping[str, torch.Tensor], manifest: Path) -> An
 def _check_finite(tensors: Mapping[str, torch.Tensor], manifest: Path) -> None:
     """Refuse NaN / inf in any model, EMA or optimizer tensor (they would train or sample garbage silently)."""
     bad = [name for name, t in tensors.items()
-           if name.startswith(("model.", "ema.", "optim.")) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+           if name.startswith(("model.", "ema.", "optim.")) and t.is_floating_point()
+           and not bool(torch.isfinite(t).all())]
     if bad:
         raise ValueError(f"checkpoint {manifest} holds non-finite values (NaN or inf) in {len(bad)} tensor(s): "
                          f"{', '.join(sorted(bad)[:5])}{' ...' if len(bad) > 5 else ''}")

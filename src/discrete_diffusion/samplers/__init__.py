@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 from .base import ProgressCallback, Sampler, check_top_k
 from .bridge import BridgeSampler
@@ -30,7 +31,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
 BASE_OPTIONS = ("top_k",)
 
 
-def build_sampler(name: str, **options) -> Sampler:
+def build_sampler(name: str, **options: Any) -> Sampler:
     """Build a sampler by registry name; unknown names raise ValueError listing the valid ones."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(sorted(SAMPLERS))}")

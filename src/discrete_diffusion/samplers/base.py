@@ -167,7 +167,8 @@ class _CachingDenoiser:
             rows = changed.nonzero()[:, 0]
             fresh = self.denoiser.call_rows(xt[rows], lam[rows], rows)
             merged: list[Tensor | None] = []
-            for old, new in ((self.last.x0_log_probs, fresh.x0_log_probs), (self.last.mean_missing, fresh.mean_missing)):
+            for old, new in ((self.last.x0_log_probs, fresh.x0_log_probs),
+                             (self.last.mean_missing, fresh.mean_missing)):
                 if old is None or new is None:
                     merged.append(None)
                 else:

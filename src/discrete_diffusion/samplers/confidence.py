@@ -36,7 +36,8 @@ def top_k_mask(scores: Tensor, k: Tensor) -> Tensor:
     batch = scores.shape[0]
     flat = scores.reshape(batch, -1)
     order = torch.argsort(flat, dim=1, descending=True, stable=True)
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(flat.shape[1], device=scores.device).expand(batch, -1))
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(flat.shape[1], device=scores.device).expand(batch, -1))
     return (rank < k[:, None]).reshape(scores.shape)
 
 

@@ -12,7 +12,8 @@ lam_stop (alpha = 1 - 1e-11 by default). ``num_steps`` is not used.
 
 The bound must hold for every prediction the denoiser can give. An acceptance probability above 1 (beyond the
 prediction's rounding, ``acceptance_tolerance``) means it did not, and capping it at 1 would silently simulate
-another chain: the sampler raises ValueError (one line naming the samplers that work) instead (``check_acceptance``, shared with ``exact-window``). A
+another chain: the sampler raises ValueError (one line naming the samplers that work) instead (``check_acceptance``,
+shared with ``exact-window``). A
 denoiser that knows its rates can leave the process's bound (Blackout's classifier-free guidance at gamma outside
 {0, 1}, whose guided mean m_c^gamma m_u^(1 - gamma) can exceed N - x_t) says so through a method
 ``thinning_refusal(process) -> str | None``; the sampler raises that ValueError before it starts.

@@ -30,6 +30,11 @@ its first block that still has masked sites (LLaDA's semi-autoregressive decodin
 the network sees them as MASK). The decode of one block is the same loop on a sub-range of the sites: a block
 diffusion network with a KV cache plugs in at step 1.
 
+Approximate caches (opt-in, ``approx_cache`` = "prefix" | "dual" with ``block_size``; ``refresh_every`` = k): a
+plain masked transformer run is evaluated through ``ApproxBlockCache`` (samplers/approx_cache.py, Fast-dLLM's
+block-wise prefix / dual KV cache), which runs part of the sequence over keys/values kept from the block's last full
+call. APPROXIMATE (stale keys/values); refresh_every=1 is the uncached computation exactly. Default: no cache.
+
 Batch invariance: every row draws its prior and its values from its own generator, seeded from the caller's
 generator (the first B integers it yields, the same for row b whatever the batch size), and each row's calls, lam
 and choices depend on that row alone; rows that finish leave the batch. With a network whose output for a row does
@@ -51,6 +56,7 @@ from torch import Tensor
 from ..denoiser import Denoiser
 from ..processes.base import CATEGORICAL_CHUNK, ForwardProcess, Prediction
 from ..schedules import Schedule
+from .approx_cache import APPROX_CACHES, ApproxBlockCache
 from .base import ProgressCallback, Sampler, check_start, transform_x0_log_probs
 
 #: Confidence of a masked site from its predicted distribution p over the K values.
@@ -113,15 +119,33 @@ class ParallelDecodingSampler(Sampler):
     rejects_steps = True
 
     def __init__(self, num_steps: int = 1, confidence: str = "probability", block_size: int = 0,
-                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0) -> None:
+                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, approx_cache: str | None = None,
+                 refresh_every: int = 0) -> None:
         super().__init__(num_steps, True, temperature, top_p, False, None, top_k)
         if confidence not in CONFIDENCES:
             raise ValueError(f"{self.name}: unknown confidence {confidence!r}; valid: {', '.join(CONFIDENCES)}")
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 0:
             raise ValueError(f"{self.name}: block_size must be an integer >= 0 (0 = the whole sequence), "
                              f"got {block_size!r}")
+        if approx_cache is not None and approx_cache not in APPROX_CACHES:
+            raise ValueError(f"{self.name}: unknown approx_cache {approx_cache!r}; valid: {', '.join(APPROX_CACHES)}")
+        if approx_cache is not None and not block_size:
+            raise ValueError(f"{self.name}: approx_cache needs block_size > 0 (the cache is kept per block)")
+        if isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 0:
+            raise ValueError(f"{self.name}: refresh_every must be an integer >= 0 (0 = at each block only), "
+                             f"got {refresh_every!r}")
+        if refresh_every and approx_cache is None:
+            raise ValueError(f"{self.name}: refresh_every needs approx_cache=prefix or dual (it would have no effect)")
         self.confidence = confidence
         self.block_size = int(block_size)
+        self.approx_cache = approx_cache
+        self.refresh_every = int(refresh_every)
+        #: with approx_cache: record each cached call's max |logit difference| against the uncached network
+        #: (costs a full network call each; for measurements)
+        self.track_deviation = False
+        self.cache_state: ApproxBlockCache | None = None
+        #: positions run through the network (rows evaluated x S without a cache)
+        self.positions_evaluated = 0
         self.calls_per_row = torch.zeros(0, dtype=torch.long)
 
     @abstractmethod
@@ -178,6 +202,11 @@ class ParallelDecodingSampler(Sampler):
         else:
             x, _ = check_start(process, shape, start, device)
             x = x.clone()
+        self.cache_state = None
+        if self.approx_cache is not None:        # APPROXIMATE (samplers/approx_cache.py)
+            self.cache_state = ApproxBlockCache(denoiser, self.approx_cache, self.block_size, self.refresh_every,
+                                                batch, self.track_deviation)
+            denoiser = self.cache_state
         self.wrap_denoiser(process, denoiser, batch)         # counts the calls (self._counter)
         flat = x.reshape(batch, sites)
         blocks = block_ids(sites, self.block_size, device)
@@ -213,6 +242,8 @@ class ParallelDecodingSampler(Sampler):
             if callback is not None:
                 callback(calls, 0, flat.reshape(shape))
         self._record_cost()
+        self.positions_evaluated = self.network_evaluations * sites if self.cache_state is None \
+            else self.cache_state.positions_evaluated
         return flat.reshape(shape)
 
     def predict_masked(self, process: ForwardProcess, xt: Tensor, lam: Tensor, rows: Tensor, batch: int,
@@ -251,6 +282,8 @@ class ParallelDecodingSampler(Sampler):
             tag += f"-{self.confidence}"
         if self.block_size:
             tag += f"-block{self.block_size}"
+        if self.approx_cache is not None:
+            tag += f"-{self.approx_cache}cache" + (f"{self.refresh_every}" if self.refresh_every else "")
         return tag
 
     @abstractmethod
@@ -261,6 +294,9 @@ class ParallelDecodingSampler(Sampler):
         out: dict[str, Any] = {"name": self.name, "confidence": self.confidence}
         if self.block_size:
             out["block_size"] = self.block_size
+        if self.approx_cache is not None:
+            out["approx_cache"] = self.approx_cache
+            out["refresh_every"] = self.refresh_every
         for key, default in (("temperature", 1.0), ("top_p", 1.0), ("top_k", 0)):
             if getattr(self, key) != default:
                 out[key] = getattr(self, key)

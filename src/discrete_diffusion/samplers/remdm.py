@@ -4,7 +4,8 @@ Reference: Wang, Schiff, Sahoo, Kuleshov, "Remasking Discrete Diffusion Models w
 Scaling", 2025.
 
 Each step draws x_s from the process's ReMDM posterior (``remasking_step``: ``remasking_bridge`` with x0 ~
-p(x0 | x_t) drawn only at the sites that unmask): unmasked sites are remasked with probability sigma_t, masked sites unmask with the probability that keeps the
+p(x0 | x_t) drawn only at the sites that unmask): unmasked sites are remasked with probability sigma_t, masked sites
+unmask with the probability that keeps the
 marginals q_s(. | x0). sigma_t <= sigma_max(t) = min(1, (1 - alpha_s) / alpha_t) (the process's
 ``max_remask_probability``). Strategies (the paper's names):
 - "cap":     sigma_t = min(eta, sigma_max(t));
@@ -15,7 +16,8 @@ marginals q_s(. | x0). sigma_t <= sigma_max(t) = min(1, (1 - alpha_s) / alpha_t)
   with sigma = min(eta, sigma_max) while unmasking as many sites in expectation (the marginals stay q(alpha_on)):
   the model revises its own tokens; for t < t_off plain MDLM steps take alpha from alpha_on to 1. The paper's
   scripts use eta = 0.02, t_on = 0.55, t_off = 0.05, alpha_on = 0.9 (the defaults here); the alpha path within
-  the first and last phases (linear in t) is this library's choice, and neither ``schedule`` nor ``grid`` is used by "loop".
+  the first and last phases (linear in t) is this library's choice, and neither ``schedule`` nor ``grid`` is used
+  by "loop".
 - "conf": remasking by confidence. Each unmasked site keeps the probability psi that p(x0 | x_t) gave its value
   when it unmasked; the remasking probability is spread over a sequence's unmasked sites in proportion to
   softmax(-psi) (least confident first): sigma_d = softmax_d(-psi) sigma_max(t), so the sites' sigmas sum to

@@ -40,6 +40,7 @@ class ThetaRK2Sampler(ThetaSampler):
     def second_stage(self, process: ForwardProcess, xt: Tensor, lam_t: Tensor, lam_s: Tensor, stage: FirstStage,
                      generator: torch.Generator | None) -> Tensor:
         w = 1.0 / (2.0 * self.theta)
-        terms = [(1.0 - w, xt, stage.prediction, lam_t, lam_t), (w, stage.mid, stage.prediction_mid, stage.lam_m, lam_t)]
+        terms = [(1.0 - w, xt, stage.prediction, lam_t, lam_t),
+                 (w, stage.mid, stage.prediction_mid, stage.lam_m, lam_t)]
         terms = [term for term in terms if term[0] != 0.0]         # theta = 1/2 (the default) needs the midpoint only
         return process.combined_leap(xt, terms, lam_s, self.multi_jump, generator)

@@ -50,16 +50,31 @@ from safetensors.torch import save
 from torch import nn
 
 from ..runs.atomic_io import atomic_write
-from ..runs.checkpoint_files import (FORMAT, FORMAT_VERSION, _load_tensors, _prune, _read_manifest,
-                                     _storable, _strip, canonical_safetensors)
-from .ema import EMA
-from ..runs.weights import (_check_finite, _decode, _raise_on_mismatch, _resolve, find_latest_checkpoint,
-                            load_model_weights, safe_torch_load)
+from ..runs.checkpoint_files import (
+    FORMAT,
+    FORMAT_VERSION,
+    _load_tensors,
+    _prune,
+    _read_manifest,
+    _storable,
+    _strip,
+    canonical_safetensors,
+)
+from ..runs.state_codec import check_config, config_hash, encode_state, plain_json
 from ..runs.tensors import unwrap_model
+from ..runs.weights import (
+    _check_finite,
+    _decode,
+    _raise_on_mismatch,
+    _resolve,
+    find_latest_checkpoint,
+    load_model_weights,
+    safe_torch_load,
+)
+from .ema import EMA
 from .optim import check_optimizer_state, check_scheduler_state
 from .rng import capture_rng_state, check_rng_state, restore_rng_state
 from .sharding import full_tensors, is_sharded, like_layout
-from ..runs.state_codec import check_config, config_hash, encode_state, plain_json
 
 __all__ = ["save_checkpoint", "write_checkpoint", "checkpoint_state", "CheckpointState", "load_checkpoint",
            "find_latest_checkpoint", "load_model_weights", "CheckpointWriteError", "safe_torch_load"]

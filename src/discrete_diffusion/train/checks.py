@@ -34,7 +34,7 @@ def check_train_config(config: DictConfig, world_size: int = 1) -> None:
 
     for key in ("steps", "batch_size", "grad_accumulation", "eval_every", "checkpoint_every", "sample_every",
                 "keep_last", "eval_t_samples"):
-        need(tc[key] >= 1, f"train.{key} must be >= 1, got {tc[key]}")
+        need(tc[key] is None and key == "eval_t_samples" or tc[key] >= 1, f"train.{key} must be >= 1, got {tc[key]}")
     need(config.evaluate.batch_size >= 1, f"evaluate.batch_size must be >= 1, got {config.evaluate.batch_size}")
     need(tc.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {tc.warmup_steps}")
     need(math.isfinite(tc.lr) and tc.lr > 0, f"train.lr must be > 0, got {tc.lr}")

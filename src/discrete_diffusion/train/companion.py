@@ -21,7 +21,7 @@ from typing import Callable
 
 from omegaconf import DictConfig
 
-from ..config import load_config, to_dict
+from ..config import load_config, load_run_config, to_dict
 from ..runs.atomic_io import refuse_link, user_dir
 from .task import Task
 from .trainer import Trainer, TrainResult, resumable_checkpoint
@@ -51,8 +51,11 @@ def companion_config(run_dir: Path, overrides: list[str] | None, out: Path, resu
         raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
     if resume:
         resumable_checkpoint(out, f"{command} {run_dir}")
-    config = load_config((out if resume else run_dir) / "config.yaml", overrides)
-    mine, run = to_dict(config), to_dict(load_config(run_dir / "config.yaml"))
+    # resuming: the companion's own config.yaml, with the legacy architecture of keys it lacks; a new companion
+    # gets today's defaults for the model.* keys its run's config.yaml lacks
+    config = load_config((out if resume else run_dir) / "config.yaml", overrides, legacy_from=out / "config.yaml"
+                         if resume else None)
+    mine, run = to_dict(config), to_dict(load_run_config(run_dir / "config.yaml"))
     for section in mine:
         if section not in OWN_SECTIONS and mine[section] != run[section]:
             changed = f"not {section}.*" if not resume else f"but {out / 'config.yaml'} differs in {section}.*"

@@ -149,7 +149,8 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: s
         raise ValueError(f"optimizer state in {where} must hold 'state' and a list 'param_groups'")
     groups, saved_groups = optimizer.param_groups, state["param_groups"]
     if len(groups) != len(saved_groups):
-        raise ValueError(f"optimizer in {where} has {len(saved_groups)} parameter groups, the given one has {len(groups)}")
+        raise ValueError(f"optimizer in {where} has {len(saved_groups)} parameter groups, "
+                         f"the given one has {len(groups)}")
     params: dict[int, torch.Tensor] = {}
     for i, (g, sg) in enumerate(zip(groups, saved_groups)):
         if not isinstance(sg, Mapping) or not isinstance(sg.get("params"), list):
@@ -196,7 +197,8 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: s
                 param = params[idx]
                 if key in _SHAPED_KEYS and (value.shape != param.shape or value.dtype != param.dtype):
                     raise ValueError(f"optimizer state {name} in {where} is {value.dtype} of shape "
-                                     f"{list(value.shape)}; the parameter is {param.dtype} of shape {list(param.shape)}")
+                                     f"{list(value.shape)}; the parameter is {param.dtype} "
+                                     f"of shape {list(param.shape)}")
                 if key == "step" and (value.numel() != 1 or value.dtype == torch.bool or value.is_complex()
                                       or float(value) < 0):
                     raise ValueError(f"optimizer state {name} in {where} must be one number >= 0")

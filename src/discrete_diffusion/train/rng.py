@@ -198,7 +198,8 @@ def check_rng_state(state: Any, generators: Mapping[str, torch.Generator] | None
 
 def _check_bytes(x: Any, where: str, length: int | None) -> None:
     if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 1:
-        shown = f"a {x.dtype} tensor of shape {list(x.shape)}" if isinstance(x, torch.Tensor) else f"of type {type(x).__name__}"
+        shown = (f"a {x.dtype} tensor of shape {list(x.shape)}" if isinstance(x, torch.Tensor)
+                 else f"of type {type(x).__name__}")
         raise ValueError(f"RNG state {where} is {shown}; expected a 1-D uint8 tensor")
     if length is not None and x.numel() != length:
         raise ValueError(f"RNG state {where} has {x.numel()} bytes; expected {length}")

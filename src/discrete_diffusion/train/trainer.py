@@ -47,21 +47,28 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..distributed import env_world, setup, shard_bounds
+from ..runs.atomic_io import (
+    append_text,
+    atomic_write_text,
+    ensure_dir,
+    probe_writable,
+    read_text_nofollow,
+    refuse_link,
+    user_dir,
+)
 from ..runs.config_file import save_config
-from ..runs.json_reader import loads_bounded
 from ..runs.data_record import MANIFEST_NAME, DataChangedError, check_data_manifest, write_data_manifest
+from ..runs.json_reader import loads_bounded
+from ..runs.lock import RunLock
 from ..runs.tokenizer_file import write_run_tokenizer
-from ..runs.atomic_io import (append_text, atomic_write_text, ensure_dir, probe_writable, read_text_nofollow,
-                              refuse_link, user_dir)
 from ..runs.weights import find_latest_checkpoint
 from .checkpoint import checkpoint_state, load_checkpoint, write_checkpoint
 from .checks import check_train_config
 from .diffusion_task import AutocastDenoiser, DiffusionTask
-from ..distributed import env_world, setup, shard_bounds
 from .ema import EMA
 from .optim import build_optimizer, clip_gradients, warmup_cosine_schedule
 from .sharding import clip_sharded_gradients, gathered, shard_module
-from ..runs.lock import RunLock
 from .task import Task, TaskSetup, model_config, seed_everything
 
 __all__ = ["Trainer", "TrainResult", "resumable_checkpoint", "best_record", "model_config", "check_train_config",
@@ -240,7 +247,8 @@ class Trainer:
             mb = 1024 * 1024
             raise ValueError(f"not enough free disk space in {self.run_dir}: the run keeps {keep} checkpoints of "
                              f"about {each / mb:.1f} MB each plus best/ (about {need / mb:.1f} MB), but only "
-                             f"{free / mb:.1f} MB are free; free some space, lower train.keep_last or use another --out")
+                             f"{free / mb:.1f} MB are free; free some space, lower train.keep_last "
+                             f"or use another --out")
 
     def _resume(self) -> None:
         latest = find_latest_checkpoint(self.run_dir / "checkpoints")
