@@ -9,13 +9,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-<<<<<<< HEAD
-from .config import MAX_SAMPLER_STEPS, check_device, default_schedule
-from .data import DATASETS, DiscreteDataset, dataset_options, load_dataset
-=======
 from .config import MAX_SAMPLER_STEPS, check_device, default_noise_conditioning, default_schedule
-from .data import DiscreteDataset, dataset_options, load_dataset
->>>>>>> main
+from .data import DATASETS, DiscreteDataset, dataset_options, load_dataset
 from .denoiser import NetworkDenoiser
 from .losses import LogitAlphaProposal, Objective, Weighting, build_weighting
 from .nn import MLP, SequenceTransformer, UNet
