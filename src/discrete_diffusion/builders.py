@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from .config import MAX_SAMPLER_STEPS, check_device, default_noise_conditioning, default_schedule
-from .data import DiscreteDataset, dataset_options, load_dataset
+from .data import DATASETS, DiscreteDataset, dataset_options, load_dataset
 from .denoiser import NetworkDenoiser
 from .losses import LogitAlphaProposal, Objective, Weighting, build_weighting
 from .nn import MLP, SequenceTransformer, UNet
@@ -46,6 +46,14 @@ def build_dataset(config: DictConfig, tokenizer_json: str | None = None) -> Disc
         options.update(tokenizer=data.tokenizer, vocab_size=data.vocab_size)
         if tokenizer_json is not None:
             options["tokenizer_json"] = tokenizer_json
+    # text options: passed only when set away from their defaults, so loaders without them (and old runs) are unchanged
+    for key, default in (("normalize", None), ("format", "plain"), ("packing", "pack")):
+        value = data.get(key, default)
+        if value != default and not (key == "normalize" and value == "none"):
+            if key not in dataset_options(data.name):
+                takers = [n for n in sorted(DATASETS) if key in dataset_options(n)]
+                raise ValueError(f"data.{key} applies to the datasets {', '.join(takers)}, not {data.name!r}")
+            options[key] = value
     return load_dataset(data.name, **options)
 
 

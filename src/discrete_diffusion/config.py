@@ -33,6 +33,9 @@ class DataConfig:
     counts: Optional[bool] = None
     tokenizer: str = "char"         # text / kjv: "char" (one state per character) or "bpe" (byte-level BPE)
     vocab_size: Optional[int] = None  # tokenizer=bpe: number of tokens (257..65536), e.g. 4096
+    normalize: Optional[str] = None  # text / kjv: null (as read) or "text8" (a-z and space, 27 symbols) before the split
+    format: str = "plain"            # text: plain | text8 (Mahoney's file, 90/5/5) | lines (LM1B) | documents (JSONL)
+    packing: str = "pack"            # text, format=lines: pack (lines + EOS, cut into windows) | pad (one line a row)
 
 
 @dataclass
@@ -249,6 +252,11 @@ def check_values(config: DictConfig) -> None:
         integer("data.vocab_size", 257, 1 << 16, optional=True)
     else:
         need(config.data.vocab_size is None, "data.vocab_size applies to data.tokenizer=bpe only")
+    need(config.data.normalize in (None, "none", "text8"),
+         f"data.normalize must be null, none or text8, got {config.data.normalize!r}")
+    need(config.data.format in ("plain", "text8", "lines", "documents"),
+         f"data.format must be plain, text8, lines or documents, got {config.data.format!r}")
+    need(config.data.packing in ("pack", "pad"), f"data.packing must be pack or pad, got {config.data.packing!r}")
     number("process.t_end", 0.0, 700.0, low_open=True)  # exp(-700) is still a normal float64
     number("process.eps", 0.0, 1.0, low_open=True, high_open=True)
     integer("model.base_channels", 1, MAX_WIDTH)

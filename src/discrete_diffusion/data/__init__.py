@@ -29,6 +29,8 @@ from .randhie import load_randhie
 from .registry import DATASETS, dataset_options, load_dataset, register_dataset
 from .kjv import load_kjv
 from .text import decode_text, encode_text, load_text_file
+from .text_formats import EOS, load_text
+from .normalize import TEXT8_VOCAB, normalize_text
 
 __all__ = [
     "KINDS",
@@ -57,6 +59,10 @@ __all__ = [
     "load_png_folder",
     "load_randhie",
     "load_text_file",
+    "load_text",
+    "EOS",
+    "TEXT8_VOCAB",
+    "normalize_text",
     "parse_idx",
     "quantize",
     "read_fasta",

@@ -119,18 +119,22 @@ def load_kjv(
     tokenizer: str = "char",
     vocab_size: int | None = None,
     tokenizer_json: str | None = None,
+    normalize: str | None = None,
 ) -> DiscreteDataset:
     """The King James Bible at character level (registry name ``"kjv"``; about 4.1 MB, 63 symbols), or in
     byte-level BPE tokens with ``tokenizer="bpe"`` and ``vocab_size`` (e.g. 4096).
 
     Split and vocabulary rules as in :func:`load_text_file`; the last 5% of the Bible (the end of the New
     Testament) is the test block. Needs the Debian package ``bible-kjv`` the first time (then cached).
+    ``normalize="text8"`` gives "KJV-27" (27 symbols, 4,013,873 characters;
+    :mod:`~discrete_diffusion.data.normalize`).
     """
     text = kjv_text()
     return dataset_from_text(
         text, seq_len=seq_len, val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
         vocab=vocab, name="kjv", where="kjv", tokenizer=tokenizer, vocab_size=vocab_size,
-        tokenizer_json=tokenizer_json,
+        tokenizer_json=tokenizer_json, normalize=normalize,
         metadata={"source": f"Debian package {KJV_DEBIAN_PACKAGE}: bible -f off Gen1:1-Rev22:21",
-                  "cache": str(kjv_cache_path())},
+                  "cache": str(kjv_cache_path()),
+                  **({"label": "KJV-27"} if normalize == "text8" and tokenizer == "char" else {})},
     )

@@ -14,7 +14,7 @@ from .fashion_mnist import load_fashion_mnist, load_fashion_mnist_binary
 from .png_folder import load_png_folder
 from .kjv import load_kjv
 from .randhie import load_randhie
-from .text import load_text_file
+from .text_formats import load_text
 
 __all__ = ["DATASETS", "load_dataset", "register_dataset", "dataset_options"]
 
@@ -26,7 +26,7 @@ DATASETS: dict[str, Callable[..., DiscreteDataset]] = {
     "fashion-mnist-binary": load_fashion_mnist_binary,
     "array": load_array_file,
     "png-folder": load_png_folder,
-    "text": load_text_file,
+    "text": load_text,
     "kjv": load_kjv,
     "fasta": load_fasta,
     "ecoli": load_ecoli,

@@ -37,14 +37,18 @@ import torch
 from torch import Tensor
 
 from .base import DiscreteDataset, split_counts
-from .limits import DEFAULT_MAX_BYTES, check_decoded, check_max_bytes
 from .bpe_text import bpe_dataset, token_windows
+from .limits import DEFAULT_MAX_BYTES, check_decoded, check_max_bytes
+from .normalize import TEXT8_VOCAB, check_normalize, normalize_text
 from .tokenizer import TOKENIZER_KINDS
 
-__all__ = ["UNK", "load_text_file", "dataset_from_text", "read_utf8", "encode_text", "decode_text"]
+__all__ = ["UNK", "EOS", "load_text_file", "dataset_from_text", "read_utf8", "encode_text", "decode_text"]
 
 #: Vocabulary entry for characters not in the vocabulary (multi-character, so it cannot clash).
 UNK = "<unk>"
+#: Vocabulary entry of the end-of-sequence token of line / document datasets (:mod:`.text_formats`).
+EOS = "<eos>"
+_SPECIAL = (UNK, EOS)
 
 _BOM = "\ufeff"
 _ENCODE_CHUNK = 1 << 20
@@ -92,8 +96,8 @@ def _vocab_list(vocab: str | Sequence[str]) -> list[str]:
     if not symbols:
         raise ValueError("vocab must not be empty")
     for s in symbols:
-        if not isinstance(s, str) or (len(s) != 1 and s != UNK):
-            raise ValueError(f"vocab entries must be single characters (or {UNK!r}), got {s!r}")
+        if not isinstance(s, str) or (len(s) != 1 and s not in _SPECIAL):
+            raise ValueError(f"vocab entries must be single characters (or {UNK!r}, {EOS!r}), got {s!r}")
     if len(set(symbols)) != len(symbols):
         raise ValueError("vocab entries must be distinct")
     return symbols
@@ -106,8 +110,8 @@ def encode_text(text: str, vocab: str | Sequence[str]) -> Tensor:
     otherwise they raise ``ValueError`` naming the first one and its position.
     """
     symbols = _vocab_list(vocab)
-    table = np.array(sorted(ord(s) for s in symbols if s != UNK), dtype=np.int64)
-    index_of = {ord(s): i for i, s in enumerate(symbols) if s != UNK}
+    table = np.array(sorted(ord(s) for s in symbols if s not in _SPECIAL), dtype=np.int64)
+    index_of = {ord(s): i for i, s in enumerate(symbols) if s not in _SPECIAL}
     order = np.array([index_of[int(c)] for c in table], dtype=np.int64)
     out = np.empty(len(text), dtype=np.int64)
     for start in range(0, len(text), _ENCODE_CHUNK):  # in chunks: temporaries stay small for long texts
@@ -160,8 +164,13 @@ def dataset_from_text(
     tokenizer: str = "char",
     vocab_size: int | None = None,
     tokenizer_json: str | None = None,
+    normalize: str | None = None,
 ) -> DiscreteDataset:
     """Character-level :class:`DiscreteDataset` from a string (see the module docstring for the rules).
+
+    ``normalize="text8"`` (:mod:`~discrete_diffusion.data.normalize`) rewrites ``text`` (and ``val_text`` /
+    ``test_text``) to 27 symbols *before* the split; the character vocabulary is then :data:`TEXT8_VOCAB` (unless
+    ``vocab`` is given) and ``metadata["normalize"]`` records the rule (``"none"`` when not normalised).
 
     ``val_text`` / ``test_text``, when given, are the validation / test blocks instead of a fraction of
     ``text`` (their fraction is then ignored and ``text`` is split only into the remaining blocks).
@@ -173,8 +182,19 @@ def dataset_from_text(
     if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
         raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
     seq_len = int(seq_len)
-    if not text:
-        raise ValueError(f"{where}: the text is empty")
+    normalize = check_normalize(normalize)
+    if normalize != "none":
+        raw_chars = len(text)
+        text = normalize_text(text, normalize)
+        val_text = None if val_text is None else normalize_text(val_text, normalize)
+        test_text = None if test_text is None else normalize_text(test_text, normalize)
+        if vocab is None and tokenizer == "char":
+            vocab = TEXT8_VOCAB
+        metadata = {**(metadata or {}), "normalized_from_chars": raw_chars}
+    metadata = {**(metadata or {}), "normalize": normalize}
+    if not text or (normalize != "none" and not text.strip()):
+        after = f" after data.normalize={normalize}" if normalize != "none" else ""
+        raise ValueError(f"{where}: the text is empty{after}")
     n = len(text)
     if val_text is not None:
         val_fraction = 0.0
@@ -254,6 +274,7 @@ def load_text_file(
     tokenizer: str = "char",
     vocab_size: int | None = None,
     tokenizer_json: str | None = None,
+    normalize: str | None = None,
 ) -> DiscreteDataset:
     """Character-level dataset from any UTF-8 text file (registry name ``"text"``).
 
@@ -272,6 +293,7 @@ def load_text_file(
             (config ``data.tokenizer`` / ``data.vocab_size``; see the module docstring).
         tokenizer_json: with ``"bpe"``, a trained tokenizer to use instead of training one (a run's
             ``tokenizer.json``, after its checksum was checked).
+        normalize: ``"text8"`` to reduce the text to 27 symbols before the split (config ``data.normalize``).
 
     ``metadata["files"]`` maps ``path`` / ``val_path`` / ``test_path`` to the file and its SHA-256.
 
@@ -298,5 +320,5 @@ def load_text_file(
         split_seed=split_seed, vocab=vocab, name=name, where=str(p),
         metadata={"source": str(p.resolve()), "files": files},
         val_text=extra.get("val"), test_text=extra.get("test"),
-        tokenizer=tokenizer, vocab_size=vocab_size, tokenizer_json=tokenizer_json,
+        tokenizer=tokenizer, vocab_size=vocab_size, tokenizer_json=tokenizer_json, normalize=normalize,
     )

@@ -4,6 +4,9 @@
 (``files``: ``path`` / ``val_path`` / ``test_path`` -> file and SHA-256, as the loaders record them in
 ``metadata["files"]``) and one SHA-256 over the loaded splits (``splits_sha256``: shapes, dtypes and
 values of train, val and test), which also covers built-in datasets that have no user file.
+Text read with a normalisation or a format other than the plain file (``data.normalize=text8``,
+``data.format=lines|documents|text8``) also records ``text``: the rule, the format, the packing and the EOS id; a
+manifest without that key (every run written before it existed) means plain, unnormalised text.
 
 ``ddiff evaluate`` and ``ddiff sample`` (through :func:`~discrete_diffusion.pipeline.load_run`) load the
 data again and call :func:`check_data_manifest`: a file whose checksum differs is refused with a one-line
@@ -29,7 +32,7 @@ from .atomic_io import atomic_write_text
 from .json_reader import read_run_json
 
 __all__ = ["MANIFEST_NAME", "DataChangedError", "DataChangedWarning", "data_manifest", "write_data_manifest",
-           "check_data_manifest"]
+           "check_data_manifest", "text_record"]
 
 #: File name of the manifest inside a run directory.
 MANIFEST_NAME = "data.json"
@@ -48,7 +51,7 @@ class DataChangedWarning(UserWarning):
 def data_manifest(dataset: DiscreteDataset) -> dict[str, Any]:
     """The manifest of ``dataset``: ``{"format", "dataset", "files", "splits_sha256", "sizes", "num_states"}``."""
     files = dataset.metadata.get("files") or {}
-    return {
+    record = {
         "format": _FORMAT,
         "dataset": dataset.name,
         "files": {key: {"file": str(v["file"]), "sha256": str(v["sha256"])} for key, v in files.items()},
@@ -56,6 +59,25 @@ def data_manifest(dataset: DiscreteDataset) -> dict[str, Any]:
         "sizes": {split: int(dataset.split(split).shape[0]) for split in ("train", "val", "test")},
         "num_states": dataset.num_states,
     }
+    text = text_record(dataset.metadata)
+    if text != _PLAIN_TEXT:
+        record["text"] = text
+    return record
+
+
+_PLAIN_TEXT = {"normalize": "none", "format": "plain"}
+
+
+def text_record(metadata: dict[str, Any]) -> dict[str, Any]:
+    """How a text dataset was read: ``{"normalize", "format"}`` plus ``packing`` / ``eos`` where they apply;
+    ``{"normalize": "none", "format": "plain"}`` for plain text and for every other dataset."""
+    record: dict[str, Any] = {"normalize": str(metadata.get("normalize") or "none"),
+                              "format": str(metadata.get("text_format") or "plain")}
+    if metadata.get("packing") is not None:
+        record["packing"] = str(metadata["packing"])
+    if metadata.get("eos") is not None:
+        record["eos"] = int(metadata["eos"])
+    return record
 
 
 def write_data_manifest(run_dir: str | os.PathLike, dataset: DiscreteDataset) -> Path:
@@ -110,6 +132,11 @@ def check_data_manifest(run_dir: str | os.PathLike, dataset: DiscreteDataset, al
             moved = "" if old["file"] == new["file"] else f" (trained on {old['file']})"
             problems.append(f"data file {new['file']}{moved} changed since training: sha256 {old['sha256']} "
                             f"recorded, {new['sha256']} now")
+    old_text, new_text = recorded.get("text", _PLAIN_TEXT), now.get("text", _PLAIN_TEXT)
+    if old_text != new_text:
+        problems.append(f"the text of dataset {dataset.name!r} was read as {json.dumps(old_text, sort_keys=True)} in "
+                        f"training and as {json.dumps(new_text, sort_keys=True)} now (data.normalize / data.format / "
+                        f"data.packing)")
     if not problems and recorded["splits_sha256"] != now["splits_sha256"]:
         problems.append(f"the loaded data of dataset {dataset.name!r} changed since training: splits sha256 "
                         f"{recorded['splits_sha256']} recorded, {now['splits_sha256']} now")
