@@ -33,7 +33,8 @@ class DataConfig:
     counts: Optional[bool] = None
     tokenizer: str = "char"         # text / kjv: "char" (one state per character) or "bpe" (byte-level BPE)
     vocab_size: Optional[int] = None  # tokenizer=bpe: number of tokens (257..65536), e.g. 4096
-    normalize: Optional[str] = None  # text / kjv: null (as read) or "text8" (a-z and space, 27 symbols) before the split
+    # text / kjv: null (as read) or "text8" (a-z and space, 27 symbols), applied before the split
+    normalize: Optional[str] = None
     format: str = "plain"            # text: plain | text8 (Mahoney's file, 90/5/5) | lines (LM1B) | documents (JSONL)
     packing: str = "pack"            # text, format=lines: pack (lines + EOS, cut into windows) | pad (one line a row)
 
@@ -115,7 +116,7 @@ class TrainConfig:
     device: str = "auto"               # auto | cpu | cuda | cuda:N
     time_limit_minutes: Optional[float] = None  # stop early (evaluate + checkpoint) once training took this long
     compile: bool = False              # torch.compile the backbone (checkpoints keep the eager parameter names)
-    sharding: str = "none"             # none (DDP under torchrun) | fsdp (FSDP2 fully_shard per block; docs/distributed.md)
+    sharding: str = "none"             # none (DDP under torchrun) | fsdp (FSDP2 per block; docs/distributed.md)
 
 
 @dataclass
@@ -233,7 +234,8 @@ def check_values(config: DictConfig) -> None:
             return
         ok = isinstance(value, (int, float)) and math.isfinite(value) and (low < value if low_open else low <= value) \
             and (value < high if high_open else value <= high)
-        need(ok, f"{key} must be a finite number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        need(ok, f"{key} must be a finite number in {interval}"
                  f", got {value}")
 
     def integer(key: str, low: int, high: int, optional: bool = False) -> None:
@@ -426,7 +428,8 @@ def _parse_override(item: str) -> DictConfig:
     except OmegaConfBaseException:
         raise
     except Exception as err:  # YAML syntax errors in the value, control characters, ...
-        raise ValueError(f"malformed override {item!r}: cannot parse the value {value!r} ({_first_line(err)})") from None
+        raise ValueError(f"malformed override {item!r}: cannot parse the value {value!r} "
+                         f"({_first_line(err)})") from None
 
 
 def _first_line(err: BaseException) -> str:

@@ -24,13 +24,13 @@ from .fashion_mnist import (
     load_fashion_mnist_binary,
 )
 from .idx import parse_idx, read_idx
+from .kjv import load_kjv
+from .normalize import TEXT8_VOCAB, normalize_text
 from .png_folder import load_png_folder
 from .randhie import load_randhie
 from .registry import DATASETS, dataset_options, load_dataset, register_dataset
-from .kjv import load_kjv
 from .text import decode_text, encode_text, load_text_file
 from .text_formats import EOS, load_text
-from .normalize import TEXT8_VOCAB, normalize_text
 
 __all__ = [
     "KINDS",

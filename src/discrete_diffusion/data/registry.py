@@ -11,8 +11,8 @@ from .count_synthetic import load_nbinom_mixture
 from .digits import load_digits_binary, load_digits_dataset
 from .dna import load_ecoli, load_fasta
 from .fashion_mnist import load_fashion_mnist, load_fashion_mnist_binary
-from .png_folder import load_png_folder
 from .kjv import load_kjv
+from .png_folder import load_png_folder
 from .randhie import load_randhie
 from .text_formats import load_text
 

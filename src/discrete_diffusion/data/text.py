@@ -215,7 +215,8 @@ def dataset_from_text(
                             name=name, metadata=metadata, where=where, split={
                                 "method": "contiguous blocks by position: train | val | test",
                                 "chars": {split: len(b) for split, b in blocks.items()},
-                                "separate_files": [s for s, t in (("val", val_text), ("test", test_text)) if t is not None],
+                                "separate_files": [s for s, t in (("val", val_text), ("test", test_text))
+                                                   if t is not None],
                                 "val_fraction": float(val_fraction), "test_fraction": float(test_fraction),
                                 "split_seed": int(split_seed)})
     if vocab_size is not None or tokenizer_json is not None:
