@@ -155,7 +155,7 @@ def main() -> None:
     command = "python benchmarks/blackout_guidance_exactness.py " + " ".join(sys.argv[1:])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from discrete_diffusion.train.atomic_io import atomic_write_text
+    from discrete_diffusion.runs.atomic_io import atomic_write_text
     name = "blackout_guidance_exactness" + (f"_{args.tag}" if args.tag else "")
     atomic_write_text(out / f"{name}.json",
                       json.dumps({"command": command.strip(), "samples": args.samples, "rows": rows}, indent=1) + "\n")
