@@ -204,3 +204,14 @@ def test_text_run_without_the_new_keys_loads_unchanged(tmp_path: Path) -> None:
     ds = build_dataset(load_config(str(run / "config.yaml"), []))
     assert ds.metadata["normalize"] == "none" and torch.equal(ds.train, load_dataset(
         "text", path=str(tmp_path / "t.txt"), seq_len=16).train)
+
+
+def test_documents_lines_are_parsed_within_bounds():
+    """A JSON Lines document with a 5000-digit number or deep nesting is one ValueError naming the file and line
+    (json alone raises Python's digit-limit error without the file, or a RecursionError)."""
+    from discrete_diffusion.data.text_formats import read_documents
+
+    assert read_documents('{"text": "ab"}\n"cd"\n', "f.jsonl") == ["ab", "cd"]
+    for bad in ['{"text": ' + "1" * 5000 + "}", "[" * 100_000 + "]" * 100_000]:
+        with pytest.raises(ValueError, match=r"^f\.jsonl: line 1 is not valid JSON"):
+            read_documents(bad, "f.jsonl")

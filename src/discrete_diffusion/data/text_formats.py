@@ -33,7 +33,6 @@ which is not built. Every file is bounded by ``data.max_bytes`` as for every loa
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +41,7 @@ import torch
 from torch import Tensor
 
 from .base import DiscreteDataset, split_counts
+from .bounded_json import loads_bounded
 from .bpe_text import token_windows
 from .limits import DEFAULT_MAX_BYTES, check_decoded, check_max_bytes, check_states
 from .normalize import TEXT8_VOCAB, check_normalize, normalize_text
@@ -74,10 +74,11 @@ def read_documents(text: str, where: str) -> list[str]:
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
-        try:
-            value = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise ValueError(f"{where}: line {number} is not valid JSON ({str(exc)[:80]}); data.format=documents "
+        try:  # bounded: depth and number length checked before json sees the line (a file is user input)
+            value = loads_bounded(line, "line", max_bytes=len(line))
+        except ValueError as exc:
+            detail = str(exc).removeprefix("line: ")
+            raise ValueError(f"{where}: line {number} is not valid JSON ({detail[:120]}); data.format=documents "
                              f"expects JSON Lines, one {{\"text\": ...}} object a line") from None
         if isinstance(value, dict):
             value = value.get("text")
