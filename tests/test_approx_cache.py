@@ -41,9 +41,9 @@ def _sample(proc, net, batch: int = 8, seed: int = 1, name: str = "threshold", *
 
 
 def test_option_errors():
-    with pytest.raises(ValueError, match="unknown approx_cache 'suffix'; valid: prefix, dual"):
+    with pytest.raises(ValueError, match="unknown approx_cache 'suffix'; valid: prefix, dual, partial"):
         build_sampler("threshold", block_size=4, approx_cache="suffix")
-    with pytest.raises(ValueError, match="approx_cache needs block_size > 0"):
+    with pytest.raises(ValueError, match="approx_cache=prefix needs block_size > 0"):
         build_sampler("factor", approx_cache="prefix")
     with pytest.raises(ValueError, match="refresh_every needs approx_cache"):
         build_sampler("threshold", block_size=4, refresh_every=2)

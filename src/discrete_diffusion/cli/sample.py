@@ -81,9 +81,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if conditioning.classifier is not None:
             record["conditioning"].update(classifier=str(Path(args.classifier).resolve()),
                                           guidance_form=conditioning.guidance_form)
+    cost = {"network_calls_last_batch": sampler.network_calls, "nfe_last_batch": sampler.nfe}
+    cache = getattr(sampler, "cache_state", None)
+    if cache is not None:       # an approximate cache: its work, in whole-network positions (docs/samplers.md)
+        cost["positions_evaluated_last_batch"] = cache.positions_evaluated
     write_json(out / f"{stem}.json", {"sampler": record, "num_samples": num, "seed": args.seed,
-                                      "batch_size": batch_size, "network_calls_last_batch": sampler.network_calls,
-                                      "nfe_last_batch": sampler.nfe, "run_dir": str(Path(args.run_dir).resolve()),
+                                      "batch_size": batch_size, **cost,
+                                      "run_dir": str(Path(args.run_dir).resolve()),
                                       "checkpoint": str(run.checkpoint), "files": dict(paths)})
     for kind, path in paths.items():
         print(f"{kind}: {path}")

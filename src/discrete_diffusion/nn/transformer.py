@@ -81,7 +81,8 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", angles.sin().to(torch.float32), persistent=False)
 
     def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
-        """Rotate ``x`` (B, heads, L, head_dim) at positions 0..L-1, or at ``positions`` (L,) long (< max_len)."""
+        """Rotate ``x`` (B, heads, L, head_dim) at positions 0..L-1, or at ``positions`` (L,) long (< max_len), or
+        at per-row positions (B, L) long."""
         length = x.shape[-2]
         if positions is None:
             if length > self.max_len:
@@ -91,6 +92,8 @@ class RotaryEmbedding(nn.Module):
             if positions.numel() and int(positions.max()) >= self.max_len:
                 raise ValueError(f"position {int(positions.max())} exceeds the rotary table size {self.max_len}")
             cos, sin = self.cos[positions].to(x.dtype), self.sin[positions].to(x.dtype)
+            if positions.dim() == 2:                        # (B, L, head_dim) -> (B, 1, L, head_dim)
+                cos, sin = cos[:, None], sin[:, None]
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
@@ -176,11 +179,18 @@ class AdaLNZeroBlock(nn.Module):
                    past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The block with an attention mask, positions and cached keys/values (``SelfAttention.attend``); ``c``
         (B, dim) or per position (B, S, dim). Returns h (B, S, dim) and this layer's keys and values of h."""
+        return self.forward_parts(h, c, mask, positions, past)[:3]
+
+    def forward_parts(self, h: Tensor, c: Tensor, mask: Tensor | None = None, positions: Tensor | None = None,
+                      past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``forward_kv`` that also returns the two residual branches before their gates: the attention output y
+        and the MLP output m, each (B, S, dim) (what the partial-refresh cache keeps, nn/partial_refresh.py)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(c)).chunk(6, dim=-1)
         y, k, v = self.attn.attend(_modulate(self.norm1(h), shift1, scale1), mask, positions, past)
         h = h + _per_position(gate1) * self.dropout(y)
-        h = h + _per_position(gate2) * self.dropout(self.mlp(_modulate(self.norm2(h), shift2, scale2)))
-        return h, k, v
+        m = self.mlp(_modulate(self.norm2(h), shift2, scale2))
+        h = h + _per_position(gate2) * self.dropout(m)
+        return h, k, v, y, m
 
 
 class PreNormBlock(nn.Module):
@@ -319,9 +329,13 @@ class SequenceTransformer(nn.Module):
             h = self.positions(h)
         for block in self.blocks:
             h = block(h, c)
-        shift, scale = self.final_modulation(F.silu(c)).chunk(2, dim=-1)
-        out = self.output_proj(_modulate(self.norm_out(h), shift, scale))     # (B, L, C_out)
+        out = self.head(h, c)                                                 # (B, L, C_out)
         return out.transpose(1, 2).reshape(batch, self.out_channels, *self.site_shape)
+
+    def head(self, h: Tensor, c: Tensor) -> Tensor:
+        """The final adaLN layer and output projection: h (B, L, dim), c (B, dim) or (B, L, dim) -> (B, L, C_out)."""
+        shift, scale = self.final_modulation(F.silu(c)).chunk(2, dim=-1)
+        return self.output_proj(_modulate(self.norm_out(h), shift, scale))
 
     # ----- conditioning, masks, positions and the KV cache (block diffusion) ------------------------------------
     def _conditioning(self, noise_level: Tensor | None, labels: Tensor | None, batch: int,
@@ -372,8 +386,7 @@ class SequenceTransformer(nn.Module):
         if outputs is not None:
             h = h[:, :outputs]
             c = c[:, :outputs] if c.dim() == 3 else c
-        shift, scale = self.final_modulation(F.silu(c)).chunk(2, dim=-1)
-        out = self.output_proj(_modulate(self.norm_out(h), shift, scale)).transpose(1, 2)    # (B, C_out, S)
+        out = self.head(h, c).transpose(1, 2)                               # (B, C_out, S)
         if not keep:
             return out, None
         fresh = KVCache(keys, values, positions)

@@ -46,13 +46,55 @@ from torch import Tensor
 
 from ..denoiser import NetworkDenoiser, noise_level_input
 from ..nn.kv_cache import KVCache
+from ..nn.transformer import SequenceTransformer
 from ..processes.base import Prediction
 
 #: The variants of ``approx_cache``.
 APPROX_CACHES = ("prefix", "dual")
 
 
-class ApproxBlockCache:
+def cacheable(denoiser: object, any_site_shape: bool = False) -> tuple[NetworkDenoiser, SequenceTransformer]:
+    """The denoiser and its backbone when an approximate cache can run it (a network denoiser of a plain masked run
+    over a ``SequenceTransformer`` on 1-D token sequences, or on any site shape, flattened in raster order, with
+    ``any_site_shape``); otherwise a ValueError that says what is needed."""
+    if getattr(denoiser, "block_size", None) is not None:
+        raise ValueError("approx_cache is for plain masked runs; a block-diffusion run (model.block_size) "
+                         "decodes with its own exact KV cache")
+    backbone = getattr(denoiser, "backbone", None)
+    if not isinstance(denoiser, NetworkDenoiser) or not isinstance(backbone, SequenceTransformer) \
+            or (len(backbone.site_shape) != 1 and not any_site_shape):
+        raise ValueError("approx_cache needs a network denoiser over a sequence transformer "
+                         f"(model.backbone=transformer{'' if any_site_shape else ' on 1-D sequences'})")
+    if denoiser.process.input_kind != "tokens":
+        raise ValueError(f"approx_cache needs a token-input process, got {denoiser.process.name!r}")
+    return denoiser, backbone
+
+
+class DeviationLog:
+    """Per cached call, against the uncached network at the sites that matter (the masked sites the sampler may
+    commit): the max |logit difference|, the max |log p(x0^d) difference| and the max TV between the site
+    distributions (``track_deviation`` of the approximate caches; for measurements)."""
+
+    def __init__(self) -> None:
+        self.deviations: list[float] = []
+        self.log_prob_deviations: list[float] = []
+        self.tv_deviations: list[float] = []
+
+    def record_deviation(self, exact: Tensor, cached: Tensor, sites: Tensor) -> None:
+        """Compare an uncached output ``exact`` (m, K, L) with a cached one (m, K, L) at ``sites`` (m, L) bool
+        (nothing is recorded when there is none)."""
+        if not bool(sites.any()):
+            return
+        expanded = sites[:, None, :].expand(-1, exact.shape[1], -1)                     # (m, K, L)
+        a, b = exact.double(), cached.double()
+        la, lb = a.log_softmax(1), b.log_softmax(1)
+        self.deviations.append(float((a - b).abs()[expanded].max()))
+        self.log_prob_deviations.append(float((la - lb).abs()[expanded].max()))
+        tv = 0.5 * (la.exp() - lb.exp()).abs().sum(1)                                   # (m, L)
+        self.tv_deviations.append(float(tv[sites].max()))
+
+
+class ApproxBlockCache(DeviationLog):
     """A denoiser (x_t, lam) -> Prediction over a ``NetworkDenoiser`` whose backbone has ``forward_positions``,
     keeping per batch row the keys/values of its last refresh call (module docstring). Rows are addressed by their
     index in the sampler's batch (``rows(index)``; a plain call is rows 0..n-1), so each row's state is its own
@@ -62,19 +104,11 @@ class ApproxBlockCache:
                  track_deviation: bool = False) -> None:
         if variant not in APPROX_CACHES:
             raise ValueError(f"unknown approx_cache {variant!r}; valid: {', '.join(APPROX_CACHES)}")
-        backbone = getattr(denoiser, "backbone", None)
-        if getattr(denoiser, "block_size", None) is not None:
-            raise ValueError("approx_cache is for plain masked runs; a block-diffusion run (model.block_size) "
-                             "decodes with its own exact KV cache")
-        if not isinstance(denoiser, NetworkDenoiser) or not hasattr(backbone, "forward_positions") \
-                or len(getattr(backbone, "site_shape", ())) != 1 or not getattr(backbone, "accepts_tokens", False):
-            raise ValueError("approx_cache needs a network denoiser over a sequence transformer "
-                             "(model.backbone=transformer on 1-D sequences)")
-        if denoiser.process.input_kind != "tokens":
-            raise ValueError(f"approx_cache needs a token-input process, got {denoiser.process.name!r}")
-        self.denoiser, self.backbone, self.process = denoiser, backbone, denoiser.process
+        super().__init__()
+        self.denoiser, self.backbone = cacheable(denoiser)
+        self.process = denoiser.process
         self.variant, self.block_size, self.refresh_every = variant, int(block_size), int(refresh_every)
-        self.sites = int(backbone.seq_len)
+        self.sites = int(self.backbone.seq_len)
         self.mask = int(self.process.mask_index)
         self.block_of = torch.full((batch,), -1, dtype=torch.long)
         self.since = torch.zeros(batch, dtype=torch.long)
@@ -85,11 +119,6 @@ class ApproxBlockCache:
         self.refresh_rows = 0
         self.cached_rows = 0
         self.track_deviation = bool(track_deviation)
-        #: per cached call of a group of rows, against the uncached network at the block's masked sites: the max
-        #: |logit difference|, the max |log p(x0^d) difference| and the max TV between the site distributions
-        self.deviations: list[float] = []
-        self.log_prob_deviations: list[float] = []
-        self.tv_deviations: list[float] = []
 
     def __call__(self, xt: Tensor, lam: Tensor) -> Prediction:
         return self.predict(xt, lam, torch.arange(xt.shape[0]))
@@ -172,12 +201,4 @@ class ApproxBlockCache:
     def _track(self, tokens: Tensor, noise: Tensor, cached: Tensor, start: int, end: int) -> None:
         """Compare a cached output (m, K, S) with the uncached network at the block's masked sites."""
         exact, _ = self.backbone.forward_positions(tokens, noise, torch.arange(self.sites, device=tokens.device))
-        sites = (tokens[:, start:end] == self.mask)[:, None, :].expand(-1, exact.shape[1], -1)   # (m, K, L)
-        if not bool(sites.any()):
-            return
-        a, b = exact[:, :, start:end].double(), cached[:, :, start:end].double()
-        la, lb = a.log_softmax(1), b.log_softmax(1)
-        self.deviations.append(float((a - b).abs()[sites].max()))
-        self.log_prob_deviations.append(float((la - lb).abs()[sites].max()))
-        tv = 0.5 * (la.exp() - lb.exp()).abs().sum(1)                                   # (m, L)
-        self.tv_deviations.append(float(tv[sites[:, 0]].max()))
+        self.record_deviation(exact[:, :, start:end], cached[:, :, start:end], tokens[:, start:end] == self.mask)

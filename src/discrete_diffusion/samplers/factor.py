@@ -40,10 +40,13 @@ class FactorSampler(ParallelDecodingSampler):
 
     def __init__(self, num_steps: int = 1, factor: float = 1.0, confidence: str = "probability",
                  block_size: int = 0, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-                 approx_cache: str | None = None, refresh_every: int = 0) -> None:
+                 approx_cache: str | None = None, refresh_every: int = 0,
+                 refresh_ratio: float | None = None) -> None:
         """``factor``: f > 0 of the rule (n + 1)(1 - c_(n)) < f; larger commits more sites per call.
-        ``approx_cache`` / ``refresh_every``: the APPROXIMATE block-wise KV cache (samplers/approx_cache.py)."""
-        super().__init__(num_steps, confidence, block_size, temperature, top_p, top_k, approx_cache, refresh_every)
+        ``approx_cache`` / ``refresh_every`` / ``refresh_ratio``: the APPROXIMATE block-wise KV cache
+        (samplers/approx_cache.py) or partial-refresh cache (samplers/partial_cache.py)."""
+        super().__init__(num_steps, confidence, block_size, temperature, top_p, top_k, approx_cache, refresh_every,
+                         refresh_ratio)
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) \
                 or not factor > 0:
             raise ValueError(f"factor: factor must be a finite number > 0, got {factor!r}")

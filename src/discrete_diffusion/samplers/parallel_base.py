@@ -30,10 +30,13 @@ its first block that still has masked sites (LLaDA's semi-autoregressive decodin
 the network sees them as MASK). The decode of one block is the same loop on a sub-range of the sites: a block
 diffusion network with a KV cache plugs in at step 1.
 
-Approximate caches (opt-in, ``approx_cache`` = "prefix" | "dual" with ``block_size``; ``refresh_every`` = k): a
-plain masked transformer run is evaluated through ``ApproxBlockCache`` (samplers/approx_cache.py, Fast-dLLM's
-block-wise prefix / dual KV cache), which runs part of the sequence over keys/values kept from the block's last full
-call. APPROXIMATE (stale keys/values); refresh_every=1 is the uncached computation exactly. Default: no cache.
+Approximate caches (opt-in; default: none). ``approx_cache`` = "prefix" | "dual" (with ``block_size``;
+``refresh_every`` = k): a plain masked transformer run is evaluated through ``ApproxBlockCache``
+(samplers/approx_cache.py, Fast-dLLM's block-wise prefix / dual KV cache), which runs part of the sequence over
+keys/values kept from the block's last full call. ``approx_cache`` = "partial" (``refresh_ratio`` = rho, default 0.25;
+``refresh_every`` = k; ``block_size`` optional): ``PartialRefreshCache`` (samplers/partial_cache.py, dLLM-Cache's
+adaptive partial update) recomputes in each layer only the rho S positions whose input moved most. Both APPROXIMATE;
+refresh_every=1 (and refresh_ratio=1) is the uncached computation exactly.
 
 Batch invariance: every row draws its prior and its values from its own generator, seeded from the caller's
 generator (the first B integers it yields, the same for row b whatever the batch size), and each row's calls, lam
@@ -58,9 +61,14 @@ from ..processes.base import CATEGORICAL_CHUNK, ForwardProcess, Prediction
 from ..schedules import Schedule
 from .approx_cache import APPROX_CACHES, ApproxBlockCache
 from .base import ProgressCallback, Sampler, check_start, transform_x0_log_probs
+from .partial_cache import PartialRefreshCache
 
 #: Confidence of a masked site from its predicted distribution p over the K values.
 CONFIDENCES = ("probability", "margin", "entropy")
+#: The ``approx_cache`` values: the block-wise caches and the partial-refresh cache.
+CACHES = (*APPROX_CACHES, "partial")
+#: ``refresh_ratio`` of the partial-refresh cache when none is given (dLLM-Cache's default, 25 %).
+DEFAULT_REFRESH_RATIO = 0.25
 #: Upper bound of the seeds drawn for the per-row generators.
 _SEED_RANGE = 2**62
 
@@ -120,32 +128,42 @@ class ParallelDecodingSampler(Sampler):
 
     def __init__(self, num_steps: int = 1, confidence: str = "probability", block_size: int = 0,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, approx_cache: str | None = None,
-                 refresh_every: int = 0) -> None:
+                 refresh_every: int = 0, refresh_ratio: float | None = None) -> None:
         super().__init__(num_steps, True, temperature, top_p, False, None, top_k)
         if confidence not in CONFIDENCES:
             raise ValueError(f"{self.name}: unknown confidence {confidence!r}; valid: {', '.join(CONFIDENCES)}")
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 0:
             raise ValueError(f"{self.name}: block_size must be an integer >= 0 (0 = the whole sequence), "
                              f"got {block_size!r}")
-        if approx_cache is not None and approx_cache not in APPROX_CACHES:
-            raise ValueError(f"{self.name}: unknown approx_cache {approx_cache!r}; valid: {', '.join(APPROX_CACHES)}")
-        if approx_cache is not None and not block_size:
-            raise ValueError(f"{self.name}: approx_cache needs block_size > 0 (the cache is kept per block)")
+        if approx_cache is not None and approx_cache not in CACHES:
+            raise ValueError(f"{self.name}: unknown approx_cache {approx_cache!r}; valid: {', '.join(CACHES)}")
+        if approx_cache in APPROX_CACHES and not block_size:
+            raise ValueError(f"{self.name}: approx_cache={approx_cache} needs block_size > 0 (the cache is kept "
+                             "per block)")
         if isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 0:
             raise ValueError(f"{self.name}: refresh_every must be an integer >= 0 (0 = at each block only), "
                              f"got {refresh_every!r}")
         if refresh_every and approx_cache is None:
-            raise ValueError(f"{self.name}: refresh_every needs approx_cache=prefix or dual (it would have no effect)")
+            raise ValueError(f"{self.name}: refresh_every needs approx_cache={'|'.join(CACHES)} (it would have no "
+                             "effect)")
+        if refresh_ratio is not None and approx_cache != "partial":
+            raise ValueError(f"{self.name}: refresh_ratio needs approx_cache=partial (it would have no effect)")
+        if refresh_ratio is not None and (isinstance(refresh_ratio, bool) or not isinstance(refresh_ratio, (int, float))
+                                          or not 0 < refresh_ratio <= 1):
+            raise ValueError(f"{self.name}: refresh_ratio must be a number in (0, 1], got {refresh_ratio!r}")
         self.confidence = confidence
         self.block_size = int(block_size)
         self.approx_cache = approx_cache
         self.refresh_every = int(refresh_every)
+        self.refresh_ratio = None if approx_cache != "partial" else \
+            float(DEFAULT_REFRESH_RATIO if refresh_ratio is None else refresh_ratio)
         #: with approx_cache: record each cached call's max |logit difference| against the uncached network
         #: (costs a full network call each; for measurements)
         self.track_deviation = False
-        self.cache_state: ApproxBlockCache | None = None
-        #: positions run through the network (rows evaluated x S without a cache)
-        self.positions_evaluated = 0
+        self.cache_state: ApproxBlockCache | PartialRefreshCache | None = None
+        #: positions run through the network (rows evaluated x S without a cache; the caches' own count, a float
+        #: weighted by linear-layer work for the partial-refresh cache)
+        self.positions_evaluated: float = 0
         self.calls_per_row = torch.zeros(0, dtype=torch.long)
 
     @abstractmethod
@@ -203,7 +221,11 @@ class ParallelDecodingSampler(Sampler):
             x, _ = check_start(process, shape, start, device)
             x = x.clone()
         self.cache_state = None
-        if self.approx_cache is not None:        # APPROXIMATE (samplers/approx_cache.py)
+        if self.refresh_ratio is not None:       # APPROXIMATE (samplers/partial_cache.py)
+            self.cache_state = PartialRefreshCache(denoiser, self.refresh_ratio, self.refresh_every, self.block_size,
+                                                   batch, self.track_deviation)
+            denoiser = self.cache_state
+        elif self.approx_cache is not None:      # APPROXIMATE (samplers/approx_cache.py)
             self.cache_state = ApproxBlockCache(denoiser, self.approx_cache, self.block_size, self.refresh_every,
                                                 batch, self.track_deviation)
             denoiser = self.cache_state
@@ -284,6 +306,8 @@ class ParallelDecodingSampler(Sampler):
             tag += f"-block{self.block_size}"
         if self.approx_cache is not None:
             tag += f"-{self.approx_cache}cache" + (f"{self.refresh_every}" if self.refresh_every else "")
+            if self.refresh_ratio is not None:
+                tag += f"-r{self.refresh_ratio:g}"
         return tag
 
     @abstractmethod
@@ -297,6 +321,8 @@ class ParallelDecodingSampler(Sampler):
         if self.approx_cache is not None:
             out["approx_cache"] = self.approx_cache
             out["refresh_every"] = self.refresh_every
+            if self.refresh_ratio is not None:
+                out["refresh_ratio"] = self.refresh_ratio
         for key, default in (("temperature", 1.0), ("top_p", 1.0), ("top_k", 0)):
             if getattr(self, key) != default:
                 out[key] = getattr(self, key)

@@ -26,12 +26,15 @@ class ThresholdSampler(ParallelDecodingSampler):
 
     def __init__(self, num_steps: int = 1, tau: float = 0.9, confidence: str = "probability", block_size: int = 0,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-                 approx_cache: str | None = None, refresh_every: int = 0) -> None:
+                 approx_cache: str | None = None, refresh_every: int = 0,
+                 refresh_ratio: float | None = None) -> None:
         """``tau``: the confidence a masked site needs to be committed beside the most confident one, in (0, 1]
         (confidences lie in [0, 1]; tau = 1 is the exact one-uncertain-site-per-call limit). ``approx_cache``
         ("prefix" | "dual", needs ``block_size``) and ``refresh_every``: the APPROXIMATE block-wise KV cache of
-        samplers/approx_cache.py (default: none)."""
-        super().__init__(num_steps, confidence, block_size, temperature, top_p, top_k, approx_cache, refresh_every)
+        samplers/approx_cache.py; ("partial") with ``refresh_ratio`` and ``refresh_every``: the APPROXIMATE
+        partial-refresh cache of samplers/partial_cache.py (default: none)."""
+        super().__init__(num_steps, confidence, block_size, temperature, top_p, top_k, approx_cache, refresh_every,
+                         refresh_ratio)
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or not 0 < tau <= 1:
             raise ValueError(f"threshold: tau must be a number in (0, 1], got {tau!r}")
         self.tau = float(tau)

@@ -1,0 +1,151 @@
+"""The partial-refresh cache of threshold / factor decoding on a plain masked transformer run
+(``-o approx_cache=partial -o refresh_ratio=rho``): each call recomputes, in every layer, only the rho S positions
+whose input moved most and reuses the kept features of the rest. APPROXIMATE: see below.
+
+Reference: Liu et al., "dLLM-Cache: Accelerating Diffusion Large Language Models with Adaptive Caching", 2025
+(arXiv:2506.06295), section 3 (adaptive partial update with V-verify); the network-level algorithm, and how it
+departs from the paper, is in nn/partial_refresh.py.
+
+For each row of the sampler's batch (its own state, so rows do not depend on their batch-mates):
+
+- a **refresh call** runs the whole network (``full_pass``): its output is the uncached network's bit for bit, and it
+  keeps every layer's features. A row's call is a refresh call when the row has no features yet (its first call),
+  when ``refresh_every`` = k > 0 calls have passed since its last refresh, and, with ``block_size``, at the first
+  call of each block (Fast-dLLM's per-block refresh);
+- any other call is a **partial call** (``partial_pass``): r = ceil(rho S) positions per layer are recomputed, the
+  rest reuse their kept attention and MLP outputs.
+
+Exact: refresh calls (bit for bit), hence ``refresh_ratio=1`` (every call is a refresh call) and ``refresh_every=1``
+are uncached decoding bit for bit (tested). Everything else is approximate: a position that is not refreshed in a
+layer keeps attention and MLP outputs computed from older inputs (tokens committed since, another noise level). The
+deviation is measured per call (``track_deviation``: max |logit difference|, |log-probability difference| and site TV
+against the uncached network at the masked sites the sampler may commit) in benchmarks/approx_cache.py and
+docs/samplers.md.
+
+Cost: ``positions_evaluated`` counts positions in units of one position through the whole network, weighted by
+the multiply-accumulates of the linear layers (``linear_macs``): S per refresh call;
+(r (full - check) + S check) / full per partial call, where full = 4 dim^2 + 2 dim hidden and check = dim^2 (the
+value projection every position gets). So it is comparable with the other caches' positions (the token-linear part
+of the FLOPs); attention costs r x S scores per layer instead of S x S.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..denoiser import noise_level_input
+from ..nn.partial_refresh import LayerFeatures, full_pass, linear_macs, partial_pass
+from ..processes.base import Prediction
+from .approx_cache import DeviationLog, cacheable
+
+_FIELDS = ("keys", "values", "attn_out", "mlp_out")
+
+
+class PartialRefreshCache(DeviationLog):
+    """A denoiser (x_t, lam) -> Prediction over a masked run's ``NetworkDenoiser`` with a ``SequenceTransformer``
+    backbone, keeping per batch row the features of its last calls (module docstring). ``refresh_ratio`` rho in
+    (0, 1]; ``refresh_every`` k >= 0 (0: refresh only at a row's first call and, with ``block_size`` > 0, at each
+    new block); ``batch``: the sampler's batch size (rows are addressed by their index in it, ``rows(index)``)."""
+
+    def __init__(self, denoiser: object, refresh_ratio: float, refresh_every: int, block_size: int, batch: int,
+                 track_deviation: bool = False) -> None:
+        if isinstance(refresh_ratio, bool) or not isinstance(refresh_ratio, (int, float)) \
+                or not 0 < refresh_ratio <= 1:
+            raise ValueError(f"refresh_ratio must be a number in (0, 1], got {refresh_ratio!r}")
+        super().__init__()
+        self.denoiser, self.backbone = cacheable(denoiser, any_site_shape=True)
+        self.process = self.denoiser.process
+        self.sites = int(self.backbone.seq_len)
+        self.count = min(self.sites, math.ceil(float(refresh_ratio) * self.sites))
+        self.refresh_every, self.block_size = int(refresh_every), int(block_size)
+        self.mask = int(self.process.mask_index)
+        full, check = linear_macs(self.backbone)
+        #: one partial call of one row, in whole-network positions (module docstring)
+        self.partial_cost = (self.count * (full - check) + self.sites * check) / full
+        self.has_features = torch.zeros(batch, dtype=torch.bool)
+        self.block_of = torch.full((batch,), -1, dtype=torch.long)
+        self.since = torch.zeros(batch, dtype=torch.long)
+        self.features: list[LayerFeatures] | None = None      # per layer, (batch, ...) storage
+        self.positions_evaluated = 0.0
+        self.refresh_rows = 0
+        self.cached_rows = 0
+        self.track_deviation = bool(track_deviation)
+
+    def __call__(self, xt: Tensor, lam: Tensor) -> Prediction:
+        return self.predict(xt, lam, torch.arange(xt.shape[0]))
+
+    def rows(self, index: Tensor) -> Callable[[Tensor, Tensor], Prediction]:
+        """The cache restricted to batch rows ``index`` (the sampler's unfinished rows)."""
+        return lambda xt, lam: self.predict(xt, lam, index)
+
+    def _store(self, rows: Tensor, features: list[LayerFeatures]) -> None:
+        if self.features is None:
+            n = self.has_features.shape[0]
+            self.features = [LayerFeatures(*(getattr(f, name).new_zeros((n, *getattr(f, name).shape[1:]))
+                                             for name in _FIELDS)) for f in features]
+        for kept, fresh in zip(self.features, features):
+            for name in _FIELDS:
+                getattr(kept, name)[rows] = getattr(fresh, name)
+
+    def _kept(self, rows: Tensor) -> list[LayerFeatures]:
+        assert self.features is not None
+        return [LayerFeatures(*(getattr(f, name)[rows] for name in _FIELDS)) for f in self.features]
+
+    @torch.no_grad()
+    def predict(self, xt: Tensor, lam: Tensor, rows: Tensor) -> Prediction:
+        """x_t (n, S) long and lam (n,) of batch rows ``rows`` (n,) -> the Prediction (refresh or partial calls)."""
+        rows = rows.cpu()
+        tokens = xt.reshape(xt.shape[0], self.sites)
+        noise = noise_level_input(lam).to(tokens.device)
+        masked = tokens == self.mask
+        refresh = ~self.has_features[rows]
+        if self.count >= self.sites:
+            refresh[:] = True
+        if self.refresh_every > 0:
+            refresh |= self.since[rows] >= self.refresh_every
+        current = torch.zeros(len(rows), dtype=torch.long)
+        if self.block_size > 0:
+            first = torch.where(masked, torch.arange(self.sites, device=tokens.device), self.sites).min(1).values
+            current = (first // self.block_size).cpu()
+            refresh |= current != self.block_of[rows]
+        output: Tensor | None = None
+        for is_refresh in (True, False):
+            group = (refresh == is_refresh).nonzero()[:, 0]
+            if group.numel() == 0:
+                continue
+            at = group.to(tokens.device)
+            if is_refresh:
+                out, features = full_pass(self.backbone, tokens[at], noise[at])
+                self.positions_evaluated += int(group.numel()) * self.sites
+                self.refresh_rows += int(group.numel())
+                self.since[rows[group]] = 0
+                self.has_features[rows[group]] = True
+            else:
+                out, features = partial_pass(self.backbone, tokens[at], noise[at], self._kept(rows[group]), self.count)
+                self.positions_evaluated += int(group.numel()) * self.partial_cost
+                self.cached_rows += int(group.numel())
+                if self.track_deviation:
+                    self._track(tokens[at], noise[at], out, current[group])
+            self._store(rows[group], features)
+            if output is None:
+                output = out.new_empty((tokens.shape[0], *out.shape[1:]))
+            output[at] = out
+        self.block_of[rows] = current
+        self.since[rows] += 1
+        assert output is not None
+        output = output.reshape(tokens.shape[0], output.shape[1], *xt.shape[1:])
+        return self.process.prediction_from_output(output.float(), xt, lam, self.denoiser.parameterization)
+
+    def _track(self, tokens: Tensor, noise: Tensor, cached: Tensor, blocks: Tensor) -> None:
+        """Compare partial-call outputs (m, K, S) with the uncached network at the masked sites the sampler may
+        commit (those of each row's current block when ``block_size`` is set)."""
+        exact, _ = full_pass(self.backbone, tokens, noise)
+        sites = tokens == self.mask
+        if self.block_size > 0:
+            block = torch.arange(self.sites, device=tokens.device) // self.block_size
+            sites &= block[None, :] == blocks.to(tokens.device)[:, None]
+        self.record_deviation(exact, cached, sites)
