@@ -1,14 +1,17 @@
-"""Approximate block-wise KV caches (samplers/approx_cache.py, Fast-dLLM prefix / dual) measured against uncached
-block-by-block threshold decoding of a trained masking text run, side by side in one process.
+"""Approximate caches measured against uncached threshold decoding of a trained masking text run, side by side in
+one process: the block-wise KV caches (samplers/approx_cache.py, Fast-dLLM prefix / dual; block-by-block decoding)
+and the partial-refresh caches (samplers/partial_cache.py: dLLM-Cache's V-verify rule "vverify" and this library's
+"partial"; with and without blocks; block 0 = the whole sequence).
 
 Per setting (threshold sampler, the same seed and rows for every cache setting):
 - calls: batched network calls; positions: positions run through the network, relative to uncached (the
-  token-linear FLOPs: projections and MLP); seconds: sampling wall time on this CPU (one thread);
+  token-linear FLOPs: projections and MLP; the partial-refresh cache counts its value check and its refreshed
+  positions by their linear-layer work); seconds: sampling wall time on this CPU (one thread);
 - max |dlogit|: the largest |logit difference| between a cached call and the uncached network at the same
   tokens and noise level, over the block's masked sites (``track_deviation``, a separate run; the samples are
   checked equal), and its median over cached calls; max |dlog p|: the same for the log-probabilities; site TV:
-  the total variation between the cached and uncached p(x0^d | x_t) of a masked block site (max over the call's
-  sites; max and median over cached calls);
+  the total variation between the cached and uncached p(x0^d | x_t) of a masked site the sampler may commit (max
+  over the call's sites; max and median over cached calls);
 - tokens differing: the fraction of sampled tokens that differ from uncached decoding with the same seed (a
   single early difference changes the rest of a row, so this is an upper-bound-style measure of divergence);
 - judge NLL (bits/char) and unigram entropy (bits) of the samples under the library's AR judge (when the run's
@@ -48,7 +51,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--run", required=True, help="a trained masking transformer run on 1-D sequences")
     p.add_argument("--num", type=int, default=128, help="samples per setting")
     p.add_argument("--tau", type=float, default=0.9)
-    p.add_argument("--block-sizes", type=int, nargs="+", default=[8, 16])
+    p.add_argument("--block-sizes", type=int, nargs="+", default=[0, 8, 16],
+                   help="0: no blocks (only the partial-refresh cache applies)")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5], help="refresh_ratio of the partial cache")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--judge", action="store_true", help="score samples with the AR judge (quality/ of the run)")
     p.add_argument("--judge-steps", type=int, default=ARJudgeConfig.steps)
@@ -57,25 +62,29 @@ def parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def settings(block: int) -> list[dict[str, Any]]:
+def settings(block: int, ratios: list[float]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [{}]
-    for variant in ("prefix", "dual"):
+    for variant in ("prefix", "dual") if block else ():
         for refresh in (0, 4, 2):
             out.append({"approx_cache": variant, "refresh_every": refresh})
+    for variant in ("partial", "vverify"):
+        for ratio in ratios:
+            for refresh in (0, 4):
+                out.append({"approx_cache": variant, "refresh_ratio": ratio, "refresh_every": refresh})
     return out
 
 
 def main() -> None:
     args = parse()
     if args.quick:
-        args.num, args.block_sizes = 8, [8]
+        args.num, args.block_sizes = 8, [0, 8]
     torch.set_num_threads(1)
     run = load_run(args.run, "best", "cpu")
     judge = ARJudgeConfig(steps=args.judge_steps)
     rows = []
     for block in args.block_sizes:
         base_samples: torch.Tensor | None = None
-        for options in settings(block):
+        for options in settings(block, args.ratios):
             sampler = build_sampler("threshold", tau=args.tau, block_size=block, **options)
             t0 = time.perf_counter()
             samples = generate_samples(run, sampler, args.num, batch_size=args.num, seed=args.seed, progress=False)
@@ -96,7 +105,8 @@ def main() -> None:
                 base_samples, base_positions, base_seconds = samples, positions, seconds
             row: dict[str, Any] = {
                 "block_size": block, "cache": options.get("approx_cache", "none"),
-                "refresh_every": options.get("refresh_every", "-"), "calls": calls, "nfe": float(sampler.nfe),
+                "refresh_every": options.get("refresh_every", "-"), "refresh_ratio": options.get("refresh_ratio", "-"),
+                "calls": calls, "nfe": float(sampler.nfe),
                 "positions_ratio": positions / base_positions, "seconds": seconds, "time_ratio": seconds / base_seconds,
                 "max_dlogit": max(deviations) if deviations else 0.0,
                 "median_dlogit": statistics.median(deviations) if deviations else 0.0,
@@ -123,14 +133,15 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
             "run": args.run, "num": args.num, "tau": args.tau, "seed": args.seed}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     judged = bool(rows) and "judge_nll_bits_per_char" in rows[0]
-    head = ["block", "cache", "refresh_every", "calls", "positions (x uncached)", "time (x uncached)",
+    head = ["block", "cache", "refresh_every", "refresh_ratio", "calls", "positions (x uncached)", "time (x uncached)",
             "max |dlogit|", "median |dlogit|", "max |dlog p|", "max site TV", "median site TV",
             "tokens differing"] + (["judge NLL", "entropy"] if judged else [])
-    lines = [f"# Approximate block caches vs uncached block decoding (threshold tau={args.tau}, {args.num} samples)",
+    lines = [f"# Approximate caches vs uncached decoding (threshold tau={args.tau}, {args.num} samples)",
              "", f"`{meta['command']}` ({meta['date']}, torch {meta['torch']}, 1 thread)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["block_size"], r["cache"], r["refresh_every"], r["calls"], f"{r['positions_ratio']:.3f}",
+        cells = [r["block_size"], r["cache"], r["refresh_every"], r.get("refresh_ratio", "-"), r["calls"],
+                 f"{r['positions_ratio']:.3f}",
                  f"{r['time_ratio']:.2f}", f"{r['max_dlogit']:.3g}", f"{r['median_dlogit']:.3g}",
                  f"{r['max_dlogp']:.3g}", f"{r['max_site_tv']:.3g}", f"{r['median_site_tv']:.3g}",
                  f"{r['tokens_differing']:.3f}"]

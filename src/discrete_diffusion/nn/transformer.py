@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,7 @@ __all__ = [
     "SelfAttention",
     "FeedForward",
     "AdaLNZeroBlock",
+    "BlockParts",
     "SequenceTransformer",
     "embed_tokens",
 ]
@@ -123,6 +125,12 @@ class SelfAttention(nn.Module):
         [past ; x], under ``mask`` (S, P + S) bool (True = attend; None = all, or causal for a causal layer).
         ``past``: cached (keys, values), each (B, heads, P, head_dim), keys already rotated. Returns the output
         (B, S, dim) and the rotated keys and values of ``x``, each (B, heads, S, head_dim) (what a cache keeps)."""
+        out, _, k, v = self.attend_parts(x, mask, positions, past)
+        return out, k, v
+
+    def attend_parts(self, x: Tensor, mask: Tensor | None = None, positions: Tensor | None = None,
+                     past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``attend`` that also returns the rotated queries (B, heads, S, head_dim): (output, q, k, v)."""
         b, length, dim = x.shape
         q, k, v = self.qkv(x).view(b, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         q, k = self.rotary(q, positions), self.rotary(k, positions)
@@ -130,7 +138,7 @@ class SelfAttention(nn.Module):
         causal = self.causal and mask is None and past is None
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
                                            dropout_p=self.dropout if self.training else 0.0, is_causal=causal)
-        return self.proj(y.transpose(1, 2).reshape(b, length, dim)), k, v
+        return self.proj(y.transpose(1, 2).reshape(b, length, dim)), q, k, v
 
 
 class FeedForward(nn.Module):
@@ -153,6 +161,21 @@ def _per_position(t: Tensor) -> Tensor:
 
 def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + _per_position(scale)) + _per_position(shift)
+
+
+class BlockParts(NamedTuple):
+    """An ``AdaLNZeroBlock``'s output and intermediates for B rows, S positions: ``out`` (B, S, dim); ``queries``,
+    ``keys`` (rotated) and ``values`` (B, heads, S, head_dim); ``attn_out`` y and ``mlp_out`` m (B, S, dim), the
+    residual branches before their gates; ``mid`` (B, S, dim), the residual stream between them (the MLP's input
+    before its LayerNorm): out = mid + gate2 m, mid = h + gate1 y."""
+
+    out: Tensor
+    queries: Tensor
+    keys: Tensor
+    values: Tensor
+    attn_out: Tensor
+    mid: Tensor
+    mlp_out: Tensor
 
 
 class AdaLNZeroBlock(nn.Module):
@@ -179,18 +202,18 @@ class AdaLNZeroBlock(nn.Module):
                    past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The block with an attention mask, positions and cached keys/values (``SelfAttention.attend``); ``c``
         (B, dim) or per position (B, S, dim). Returns h (B, S, dim) and this layer's keys and values of h."""
-        return self.forward_parts(h, c, mask, positions, past)[:3]
+        parts = self.forward_parts(h, c, mask, positions, past)
+        return parts.out, parts.keys, parts.values
 
     def forward_parts(self, h: Tensor, c: Tensor, mask: Tensor | None = None, positions: Tensor | None = None,
-                      past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """``forward_kv`` that also returns the two residual branches before their gates: the attention output y
-        and the MLP output m, each (B, S, dim) (what the partial-refresh cache keeps, nn/partial_refresh.py)."""
+                      past: tuple[Tensor, Tensor] | None = None) -> BlockParts:
+        """``forward_kv`` with the block's intermediate tensors (``BlockParts``; what the partial-refresh cache
+        keeps, nn/partial_refresh.py)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(c)).chunk(6, dim=-1)
-        y, k, v = self.attn.attend(_modulate(self.norm1(h), shift1, scale1), mask, positions, past)
-        h = h + _per_position(gate1) * self.dropout(y)
-        m = self.mlp(_modulate(self.norm2(h), shift2, scale2))
-        h = h + _per_position(gate2) * self.dropout(m)
-        return h, k, v, y, m
+        y, q, k, v = self.attn.attend_parts(_modulate(self.norm1(h), shift1, scale1), mask, positions, past)
+        mid = h + _per_position(gate1) * self.dropout(y)
+        m = self.mlp(_modulate(self.norm2(mid), shift2, scale2))
+        return BlockParts(mid + _per_position(gate2) * self.dropout(m), q, k, v, y, mid, m)
 
 
 class PreNormBlock(nn.Module):

@@ -44,7 +44,7 @@ class FactorSampler(ParallelDecodingSampler):
                  refresh_ratio: float | None = None) -> None:
         """``factor``: f > 0 of the rule (n + 1)(1 - c_(n)) < f; larger commits more sites per call.
         ``approx_cache`` / ``refresh_every`` / ``refresh_ratio``: the APPROXIMATE block-wise KV cache
-        (samplers/approx_cache.py) or partial-refresh cache (samplers/partial_cache.py)."""
+        (samplers/approx_cache.py) or partial-refresh caches (samplers/partial_cache.py)."""
         super().__init__(num_steps, confidence, block_size, temperature, top_p, top_k, approx_cache, refresh_every,
                          refresh_ratio)
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) \

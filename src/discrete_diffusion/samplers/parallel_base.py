@@ -33,10 +33,10 @@ diffusion network with a KV cache plugs in at step 1.
 Approximate caches (opt-in; default: none). ``approx_cache`` = "prefix" | "dual" (with ``block_size``;
 ``refresh_every`` = k): a plain masked transformer run is evaluated through ``ApproxBlockCache``
 (samplers/approx_cache.py, Fast-dLLM's block-wise prefix / dual KV cache), which runs part of the sequence over
-keys/values kept from the block's last full call. ``approx_cache`` = "partial" (``refresh_ratio`` = rho, default 0.25;
-``refresh_every`` = k; ``block_size`` optional): ``PartialRefreshCache`` (samplers/partial_cache.py, dLLM-Cache's
-adaptive partial update) recomputes in each layer only the rho S positions whose input moved most. Both APPROXIMATE;
-refresh_every=1 (and refresh_ratio=1) is the uncached computation exactly.
+keys/values kept from the block's last full call. ``approx_cache`` = "partial" | "vverify" (``refresh_ratio`` = rho,
+default 0.25; ``refresh_every`` = k; ``block_size`` optional): ``PartialRefreshCache`` (samplers/partial_cache.py,
+after dLLM-Cache's adaptive partial update) recomputes in each layer the linear maps of only the rho S positions
+whose input moved most. All APPROXIMATE; refresh_every=1 (and refresh_ratio=1) is the uncached computation exactly.
 
 Batch invariance: every row draws its prior and its values from its own generator, seeded from the caller's
 generator (the first B integers it yields, the same for row b whatever the batch size), and each row's calls, lam
@@ -61,12 +61,12 @@ from ..processes.base import CATEGORICAL_CHUNK, ForwardProcess, Prediction
 from ..schedules import Schedule
 from .approx_cache import APPROX_CACHES, ApproxBlockCache
 from .base import ProgressCallback, Sampler, check_start, transform_x0_log_probs
-from .partial_cache import PartialRefreshCache
+from .partial_cache import PARTIAL_CACHES, PartialRefreshCache
 
 #: Confidence of a masked site from its predicted distribution p over the K values.
 CONFIDENCES = ("probability", "margin", "entropy")
-#: The ``approx_cache`` values: the block-wise caches and the partial-refresh cache.
-CACHES = (*APPROX_CACHES, "partial")
+#: The ``approx_cache`` values: the block-wise caches and the partial-refresh caches.
+CACHES = (*APPROX_CACHES, *PARTIAL_CACHES)
 #: ``refresh_ratio`` of the partial-refresh cache when none is given (dLLM-Cache's default, 25 %).
 DEFAULT_REFRESH_RATIO = 0.25
 #: Upper bound of the seeds drawn for the per-row generators.
@@ -146,8 +146,9 @@ class ParallelDecodingSampler(Sampler):
         if refresh_every and approx_cache is None:
             raise ValueError(f"{self.name}: refresh_every needs approx_cache={'|'.join(CACHES)} (it would have no "
                              "effect)")
-        if refresh_ratio is not None and approx_cache != "partial":
-            raise ValueError(f"{self.name}: refresh_ratio needs approx_cache=partial (it would have no effect)")
+        if refresh_ratio is not None and approx_cache not in PARTIAL_CACHES:
+            raise ValueError(f"{self.name}: refresh_ratio needs approx_cache={'|'.join(PARTIAL_CACHES)} (it would "
+                             "have no effect)")
         if refresh_ratio is not None and (isinstance(refresh_ratio, bool) or not isinstance(refresh_ratio, (int, float))
                                           or not 0 < refresh_ratio <= 1):
             raise ValueError(f"{self.name}: refresh_ratio must be a number in (0, 1], got {refresh_ratio!r}")
@@ -155,7 +156,7 @@ class ParallelDecodingSampler(Sampler):
         self.block_size = int(block_size)
         self.approx_cache = approx_cache
         self.refresh_every = int(refresh_every)
-        self.refresh_ratio = None if approx_cache != "partial" else \
+        self.refresh_ratio = None if approx_cache not in PARTIAL_CACHES else \
             float(DEFAULT_REFRESH_RATIO if refresh_ratio is None else refresh_ratio)
         #: with approx_cache: record each cached call's max |logit difference| against the uncached network
         #: (costs a full network call each; for measurements)
@@ -222,8 +223,9 @@ class ParallelDecodingSampler(Sampler):
             x = x.clone()
         self.cache_state = None
         if self.refresh_ratio is not None:       # APPROXIMATE (samplers/partial_cache.py)
-            self.cache_state = PartialRefreshCache(denoiser, self.refresh_ratio, self.refresh_every, self.block_size,
-                                                   batch, self.track_deviation)
+            assert self.approx_cache is not None
+            self.cache_state = PartialRefreshCache(denoiser, self.approx_cache, self.refresh_ratio, self.refresh_every,
+                                                   self.block_size, batch, self.track_deviation)
             denoiser = self.cache_state
         elif self.approx_cache is not None:      # APPROXIMATE (samplers/approx_cache.py)
             self.cache_state = ApproxBlockCache(denoiser, self.approx_cache, self.block_size, self.refresh_every,

@@ -1,10 +1,12 @@
-"""The partial-refresh cache of threshold / factor decoding on a plain masked transformer run
-(``-o approx_cache=partial -o refresh_ratio=rho``): each call recomputes, in every layer, only the rho S positions
-whose input moved most and reuses the kept features of the rest. APPROXIMATE: see below.
+"""The partial-refresh caches of threshold / factor decoding on a plain masked transformer run
+(``-o approx_cache=partial|vverify -o refresh_ratio=rho``): each call recomputes, in every layer, the linear maps of
+only the rho S positions whose input moved most and reuses the kept features of the rest. APPROXIMATE: see below.
 
 Reference: Liu et al., "dLLM-Cache: Accelerating Diffusion Large Language Models with Adaptive Caching", 2025
-(arXiv:2506.06295), section 3 (adaptive partial update with V-verify); the network-level algorithm, and how it
-departs from the paper, is in nn/partial_refresh.py.
+(arXiv:2506.06295), section 3 (adaptive partial update with V-verify). The network-level algorithm is in
+nn/partial_refresh.py: ``vverify`` is dLLM-Cache's rule (only the selected positions attend; the others keep their
+attention output), ``partial`` this library's variant (every position attends over the new values, so a masked site
+sees a neighbour committed since; queries, keys and the MLP only at the selected positions).
 
 For each row of the sampler's batch (its own state, so rows do not depend on their batch-mates):
 
@@ -23,10 +25,10 @@ against the uncached network at the masked sites the sampler may commit) in benc
 docs/samplers.md.
 
 Cost: ``positions_evaluated`` counts positions in units of one position through the whole network, weighted by
-the multiply-accumulates of the linear layers (``linear_macs``): S per refresh call;
-(r (full - check) + S check) / full per partial call, where full = 4 dim^2 + 2 dim hidden and check = dim^2 (the
-value projection every position gets). So it is comparable with the other caches' positions (the token-linear part
-of the FLOPs); attention costs r x S scores per layer instead of S x S.
+the multiply-accumulates of the linear layers: S per refresh call, S x ``relative_cost`` per partial call
+(nn/partial_refresh.py: for dim 128 and MLP ratio 4, rho = 0.25 costs 0.31 (vverify) or 0.38 (partial) of a full
+call). So it is comparable with the other caches' positions (the token-linear part of the FLOPs); attention scores
+are not counted (S x S per layer for ``partial``, r x S for ``vverify``).
 """
 
 from __future__ import annotations
@@ -38,21 +40,26 @@ import torch
 from torch import Tensor
 
 from ..denoiser import noise_level_input
-from ..nn.partial_refresh import LayerFeatures, full_pass, linear_macs, partial_pass
+from ..nn.partial_refresh import LayerFeatures, full_pass, partial_pass, relative_cost
 from ..processes.base import Prediction
 from .approx_cache import DeviationLog, cacheable
 
-_FIELDS = ("keys", "values", "attn_out", "mlp_out")
+_FIELDS = ("queries", "keys", "values", "attn_out", "mid", "mlp_out")
+#: ``approx_cache`` name -> the attention rule of nn/partial_refresh.py
+PARTIAL_CACHES = {"partial": "all", "vverify": "selected"}
 
 
 class PartialRefreshCache(DeviationLog):
     """A denoiser (x_t, lam) -> Prediction over a masked run's ``NetworkDenoiser`` with a ``SequenceTransformer``
-    backbone, keeping per batch row the features of its last calls (module docstring). ``refresh_ratio`` rho in
-    (0, 1]; ``refresh_every`` k >= 0 (0: refresh only at a row's first call and, with ``block_size`` > 0, at each
-    new block); ``batch``: the sampler's batch size (rows are addressed by their index in it, ``rows(index)``)."""
+    backbone, keeping per batch row the features of its last calls (module docstring). ``variant``: "partial" or
+    "vverify"; ``refresh_ratio`` rho in (0, 1]; ``refresh_every`` k >= 0 (0: refresh only at a row's first call
+    and, with ``block_size`` > 0, at each new block); ``batch``: the sampler's batch size (rows are addressed by
+    their index in it, ``rows(index)``)."""
 
-    def __init__(self, denoiser: object, refresh_ratio: float, refresh_every: int, block_size: int, batch: int,
-                 track_deviation: bool = False) -> None:
+    def __init__(self, denoiser: object, variant: str, refresh_ratio: float, refresh_every: int, block_size: int,
+                 batch: int, track_deviation: bool = False) -> None:
+        if variant not in PARTIAL_CACHES:
+            raise ValueError(f"unknown partial cache {variant!r}; valid: {', '.join(PARTIAL_CACHES)}")
         if isinstance(refresh_ratio, bool) or not isinstance(refresh_ratio, (int, float)) \
                 or not 0 < refresh_ratio <= 1:
             raise ValueError(f"refresh_ratio must be a number in (0, 1], got {refresh_ratio!r}")
@@ -63,9 +70,9 @@ class PartialRefreshCache(DeviationLog):
         self.count = min(self.sites, math.ceil(float(refresh_ratio) * self.sites))
         self.refresh_every, self.block_size = int(refresh_every), int(block_size)
         self.mask = int(self.process.mask_index)
-        full, check = linear_macs(self.backbone)
+        self.attend = PARTIAL_CACHES[variant]
         #: one partial call of one row, in whole-network positions (module docstring)
-        self.partial_cost = (self.count * (full - check) + self.sites * check) / full
+        self.partial_cost = self.sites * relative_cost(self.backbone, self.count, self.attend)
         self.has_features = torch.zeros(batch, dtype=torch.bool)
         self.block_of = torch.full((batch,), -1, dtype=torch.long)
         self.since = torch.zeros(batch, dtype=torch.long)
@@ -125,7 +132,8 @@ class PartialRefreshCache(DeviationLog):
                 self.since[rows[group]] = 0
                 self.has_features[rows[group]] = True
             else:
-                out, features = partial_pass(self.backbone, tokens[at], noise[at], self._kept(rows[group]), self.count)
+                out, features = partial_pass(self.backbone, tokens[at], noise[at], self._kept(rows[group]), self.count,
+                                             self.attend)
                 self.positions_evaluated += int(group.numel()) * self.partial_cost
                 self.cached_rows += int(group.numel())
                 if self.track_deviation:

@@ -31,7 +31,7 @@ class ThresholdSampler(ParallelDecodingSampler):
         """``tau``: the confidence a masked site needs to be committed beside the most confident one, in (0, 1]
         (confidences lie in [0, 1]; tau = 1 is the exact one-uncertain-site-per-call limit). ``approx_cache``
         ("prefix" | "dual", needs ``block_size``) and ``refresh_every``: the APPROXIMATE block-wise KV cache of
-        samplers/approx_cache.py; ("partial") with ``refresh_ratio`` and ``refresh_every``: the APPROXIMATE
+        samplers/approx_cache.py; ("partial" | "vverify") with ``refresh_ratio`` and ``refresh_every``: the APPROXIMATE
         partial-refresh cache of samplers/partial_cache.py (default: none)."""
         super().__init__(num_steps, confidence, block_size, temperature, top_p, top_k, approx_cache, refresh_every,
                          refresh_ratio)
