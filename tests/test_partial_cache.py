@@ -38,6 +38,8 @@ def test_option_errors_config_and_tag():
     for bad in (0, 1.5, -0.1, True, "half"):
         with pytest.raises(ValueError, match=r"refresh_ratio must be a number in \(0, 1\]"):
             build_sampler("threshold", approx_cache="partial", refresh_ratio=bad)
+    with pytest.raises(ValueError, match="refresh_every has no effect with refresh_ratio=1"):
+        build_sampler("threshold", approx_cache="vverify", refresh_ratio=1, refresh_every=2)
     sampler = build_sampler("threshold", tau=0.8, approx_cache="partial")       # no block_size needed
     assert sampler.config() == {"name": "threshold", "confidence": "probability", "approx_cache": "partial",
                                 "refresh_every": 0, "refresh_ratio": 0.25, "tau": 0.8}

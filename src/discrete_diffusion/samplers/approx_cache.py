@@ -70,15 +70,33 @@ def cacheable(denoiser: object, any_site_shape: bool = False) -> tuple[NetworkDe
     return denoiser, backbone
 
 
-class DeviationLog:
-    """Per cached call, against the uncached network at the sites that matter (the masked sites the sampler may
-    commit): the max |logit difference|, the max |log p(x0^d) difference| and the max TV between the site
-    distributions (``track_deviation`` of the approximate caches; for measurements)."""
+class ApproxCache:
+    """What the approximate caches share: a denoiser (x_t, lam) -> Prediction whose rows are addressed by their index
+    in the sampler's batch (``rows(index)``; a plain call is rows 0..n-1), so each row's state is its own (batch
+    invariant); cost counters; and, with ``track_deviation``, per cached call against the uncached network at the
+    sites that matter (the masked sites the sampler may commit): the max |logit difference|, the max
+    |log p(x0^d) difference| and the max TV between the site distributions (for measurements)."""
 
-    def __init__(self) -> None:
+    def __init__(self, track_deviation: bool) -> None:
+        self.track_deviation = bool(track_deviation)
         self.deviations: list[float] = []
         self.log_prob_deviations: list[float] = []
         self.tv_deviations: list[float] = []
+        #: positions run through the network (see each cache), rows of refresh calls, rows of cached calls
+        self.positions_evaluated: float = 0
+        self.refresh_rows = 0
+        self.cached_rows = 0
+
+    def __call__(self, xt: Tensor, lam: Tensor) -> Prediction:
+        return self.predict(xt, lam, torch.arange(xt.shape[0]))
+
+    def rows(self, index: Tensor) -> Callable[[Tensor, Tensor], Prediction]:
+        """The cache restricted to batch rows ``index`` (the sampler's unfinished rows)."""
+        return lambda xt, lam: self.predict(xt, lam, index)
+
+    def predict(self, xt: Tensor, lam: Tensor, rows: Tensor) -> Prediction:
+        """x_t (n, *sites) long and lam (n,) of batch rows ``rows`` (n,) -> the Prediction."""
+        raise NotImplementedError
 
     def record_deviation(self, exact: Tensor, cached: Tensor, sites: Tensor) -> None:
         """Compare an uncached output ``exact`` (m, K, L) with a cached one (m, K, L) at ``sites`` (m, L) bool
@@ -94,17 +112,15 @@ class DeviationLog:
         self.tv_deviations.append(float(tv[sites].max()))
 
 
-class ApproxBlockCache(DeviationLog):
+class ApproxBlockCache(ApproxCache):
     """A denoiser (x_t, lam) -> Prediction over a ``NetworkDenoiser`` whose backbone has ``forward_positions``,
-    keeping per batch row the keys/values of its last refresh call (module docstring). Rows are addressed by their
-    index in the sampler's batch (``rows(index)``; a plain call is rows 0..n-1), so each row's state is its own
-    (batch invariant)."""
+    keeping per batch row the keys/values of its last refresh call (module docstring; rows: ``ApproxCache``)."""
 
     def __init__(self, denoiser: object, variant: str, block_size: int, refresh_every: int, batch: int,
                  track_deviation: bool = False) -> None:
         if variant not in APPROX_CACHES:
             raise ValueError(f"unknown approx_cache {variant!r}; valid: {', '.join(APPROX_CACHES)}")
-        super().__init__()
+        super().__init__(track_deviation)
         self.denoiser, self.backbone = cacheable(denoiser)
         self.process = denoiser.process
         self.variant, self.block_size, self.refresh_every = variant, int(block_size), int(refresh_every)
@@ -115,17 +131,6 @@ class ApproxBlockCache(DeviationLog):
         self.keys: list[Tensor] | None = None       # per layer (batch, heads, S, head_dim)
         self.values: list[Tensor] | None = None
         self.last_output: Tensor | None = None     # (batch, C_out, S): each row's latest output
-        self.positions_evaluated = 0
-        self.refresh_rows = 0
-        self.cached_rows = 0
-        self.track_deviation = bool(track_deviation)
-
-    def __call__(self, xt: Tensor, lam: Tensor) -> Prediction:
-        return self.predict(xt, lam, torch.arange(xt.shape[0]))
-
-    def rows(self, index: Tensor) -> Callable[[Tensor, Tensor], Prediction]:
-        """The cache restricted to batch rows ``index`` (the sampler's unfinished rows)."""
-        return lambda xt, lam: self.predict(xt, lam, index)
 
     def _store(self, rows: Tensor, cache: KVCache, output: Tensor) -> None:
         if self.keys is None or self.values is None or self.last_output is None:

@@ -59,7 +59,7 @@ from torch import Tensor
 from ..denoiser import Denoiser
 from ..processes.base import CATEGORICAL_CHUNK, ForwardProcess, Prediction
 from ..schedules import Schedule
-from .approx_cache import APPROX_CACHES, ApproxBlockCache
+from .approx_cache import APPROX_CACHES, ApproxBlockCache, ApproxCache
 from .base import ProgressCallback, Sampler, check_start, transform_x0_log_probs
 from .partial_cache import PARTIAL_CACHES, PartialRefreshCache
 
@@ -152,6 +152,8 @@ class ParallelDecodingSampler(Sampler):
         if refresh_ratio is not None and (isinstance(refresh_ratio, bool) or not isinstance(refresh_ratio, (int, float))
                                           or not 0 < refresh_ratio <= 1):
             raise ValueError(f"{self.name}: refresh_ratio must be a number in (0, 1], got {refresh_ratio!r}")
+        if refresh_ratio == 1 and refresh_every:
+            raise ValueError(f"{self.name}: refresh_every has no effect with refresh_ratio=1 (every call refreshes)")
         self.confidence = confidence
         self.block_size = int(block_size)
         self.approx_cache = approx_cache
@@ -161,7 +163,7 @@ class ParallelDecodingSampler(Sampler):
         #: with approx_cache: record each cached call's max |logit difference| against the uncached network
         #: (costs a full network call each; for measurements)
         self.track_deviation = False
-        self.cache_state: ApproxBlockCache | PartialRefreshCache | None = None
+        self.cache_state: ApproxCache | None = None
         #: positions run through the network (rows evaluated x S without a cache; the caches' own count, a float
         #: weighted by linear-layer work for the partial-refresh cache)
         self.positions_evaluated: float = 0

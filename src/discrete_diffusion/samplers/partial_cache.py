@@ -34,7 +34,6 @@ are not counted (S x S per layer for ``partial``, r x S for ``vverify``).
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -42,19 +41,19 @@ from torch import Tensor
 from ..denoiser import noise_level_input
 from ..nn.partial_refresh import LayerFeatures, full_pass, partial_pass, relative_cost
 from ..processes.base import Prediction
-from .approx_cache import DeviationLog, cacheable
+from .approx_cache import ApproxCache, cacheable
 
 _FIELDS = ("queries", "keys", "values", "attn_out", "mid", "mlp_out")
 #: ``approx_cache`` name -> the attention rule of nn/partial_refresh.py
 PARTIAL_CACHES = {"partial": "all", "vverify": "selected"}
 
 
-class PartialRefreshCache(DeviationLog):
+class PartialRefreshCache(ApproxCache):
     """A denoiser (x_t, lam) -> Prediction over a masked run's ``NetworkDenoiser`` with a ``SequenceTransformer``
     backbone, keeping per batch row the features of its last calls (module docstring). ``variant``: "partial" or
     "vverify"; ``refresh_ratio`` rho in (0, 1]; ``refresh_every`` k >= 0 (0: refresh only at a row's first call
     and, with ``block_size`` > 0, at each new block); ``batch``: the sampler's batch size (rows are addressed by
-    their index in it, ``rows(index)``)."""
+    their index in it: ``ApproxCache``)."""
 
     def __init__(self, denoiser: object, variant: str, refresh_ratio: float, refresh_every: int, block_size: int,
                  batch: int, track_deviation: bool = False) -> None:
@@ -63,7 +62,7 @@ class PartialRefreshCache(DeviationLog):
         if isinstance(refresh_ratio, bool) or not isinstance(refresh_ratio, (int, float)) \
                 or not 0 < refresh_ratio <= 1:
             raise ValueError(f"refresh_ratio must be a number in (0, 1], got {refresh_ratio!r}")
-        super().__init__()
+        super().__init__(track_deviation)
         self.denoiser, self.backbone = cacheable(denoiser, any_site_shape=True)
         self.process = self.denoiser.process
         self.sites = int(self.backbone.seq_len)
@@ -77,17 +76,6 @@ class PartialRefreshCache(DeviationLog):
         self.block_of = torch.full((batch,), -1, dtype=torch.long)
         self.since = torch.zeros(batch, dtype=torch.long)
         self.features: list[LayerFeatures] | None = None      # per layer, (batch, ...) storage
-        self.positions_evaluated = 0.0
-        self.refresh_rows = 0
-        self.cached_rows = 0
-        self.track_deviation = bool(track_deviation)
-
-    def __call__(self, xt: Tensor, lam: Tensor) -> Prediction:
-        return self.predict(xt, lam, torch.arange(xt.shape[0]))
-
-    def rows(self, index: Tensor) -> Callable[[Tensor, Tensor], Prediction]:
-        """The cache restricted to batch rows ``index`` (the sampler's unfinished rows)."""
-        return lambda xt, lam: self.predict(xt, lam, index)
 
     def _store(self, rows: Tensor, features: list[LayerFeatures]) -> None:
         if self.features is None:
