@@ -122,7 +122,7 @@ class ApproxBlockCache(ApproxCache):
             raise ValueError(f"unknown approx_cache {variant!r}; valid: {', '.join(APPROX_CACHES)}")
         super().__init__(track_deviation)
         self.denoiser, self.backbone = cacheable(denoiser)
-        self.process = denoiser.process
+        self.process = self.denoiser.process
         self.variant, self.block_size, self.refresh_every = variant, int(block_size), int(refresh_every)
         self.sites = int(self.backbone.seq_len)
         self.mask = int(self.process.mask_index)
