@@ -77,7 +77,13 @@ class PartialRefreshCache(ApproxCache):
         self.since = torch.zeros(batch, dtype=torch.long)
         self.features: list[LayerFeatures] | None = None      # per layer, (batch, ...) storage
 
+    def _whole_batch(self, rows: Tensor) -> bool:
+        return rows.numel() == self.has_features.numel() and bool((rows == torch.arange(rows.numel())).all())
+
     def _store(self, rows: Tensor, features: list[LayerFeatures]) -> None:
+        if self._whole_batch(rows):      # every row, in order: keep the new tensors themselves (no copy)
+            self.features = features
+            return
         if self.features is None:
             n = self.has_features.shape[0]
             self.features = [LayerFeatures(*(getattr(f, name).new_zeros((n, *getattr(f, name).shape[1:]))
@@ -88,6 +94,8 @@ class PartialRefreshCache(ApproxCache):
 
     def _kept(self, rows: Tensor) -> list[LayerFeatures]:
         assert self.features is not None
+        if self._whole_batch(rows):      # partial_pass does not modify its inputs
+            return self.features
         return [LayerFeatures(*(getattr(f, name)[rows] for name in _FIELDS)) for f in self.features]
 
     @torch.no_grad()
