@@ -115,7 +115,7 @@ def test_unknown_name_lists_valid_ones(ddiff, tmp_path, override, kind, registry
     ("train.keep_last=0", "train.keep_last must be >= 1"),
     ("train.lr=0", "train.lr must be > 0"),
     ("train.ema_decay=1.5", "train.ema_decay must lie in [0, 1]"),
-    ("sample.steps=0", "num_steps must be >= 1"),
+    ("sample.steps=0", "num_steps must be an integer in 1..1000000, got 0"),
 ])
 def test_impossible_setting_is_refused_before_anything_is_written(ddiff, tmp_path, override, fragment):
     err = refused(ddiff, tmp_path / "run", override)

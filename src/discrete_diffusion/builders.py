@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -225,17 +225,26 @@ def build_weighting_from(config: DictConfig) -> Weighting:
 def build_sampler_from(config: DictConfig, name: str | None = None, steps: int | None = None,
                        options: dict[str, Any] | None = None) -> Sampler:
     """The run's sampler, or sampler ``name``; ``sample.options`` apply only to the configured sampler (they
-    belong to it) and ``options`` are added on top."""
+    belong to it) and ``options`` are added on top. A ``num_steps`` among them is the step count, as ``steps``
+    (both, different: ValueError); every size option is bounded by the sampler (samplers/base.py ``check_size``)."""
     configured = name is None or name == config.sample.sampler
-    merged = OmegaConf.to_container(config.sample.options, resolve=True) if configured else {}
+    merged: dict[str, Any] = dict(cast(dict[str, Any], OmegaConf.to_container(config.sample.options, resolve=True))) \
+        if configured else {}
     merged.update(options or {})
+    source = "sample.steps" if steps is None else "--steps"
+    if "num_steps" in merged:       # the step count as an option (-o num_steps=N): the same as steps (--steps N)
+        given = merged.pop("num_steps")
+        if steps is not None and given != steps:
+            raise ValueError(f"two step counts: {steps} (--steps) and the sampler option num_steps={given!r}; "
+                             "give one")
+        steps, source = given, "the sampler option num_steps"
     chosen = config.sample.sampler if name is None else name
     if steps is not None and getattr(SAMPLERS.get(chosen), "rejects_steps", False):
         raise ValueError(f"sampler {chosen!r} has no time grid: a step count would have no effect (its number of "
                          f"network calls follows from its rule: -o tau=... or -o factor=...)")
     num_steps = config.sample.steps if steps is None else steps
     if isinstance(num_steps, int) and num_steps > MAX_SAMPLER_STEPS:
-        raise ValueError(f"{num_steps} sampler steps requested; at most {MAX_SAMPLER_STEPS} are allowed "
+        raise ValueError(f"{num_steps} sampler steps requested ({source}); at most {MAX_SAMPLER_STEPS} are allowed "
                          "(exact samplers need none: --sampler exact)")
     return build_sampler(chosen, num_steps=num_steps, **merged)
 

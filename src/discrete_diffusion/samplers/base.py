@@ -38,6 +38,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from ..config import MAX_SAMPLER_STEPS
 from ..denoiser import Denoiser, denoiser_device
 from ..processes.base import ForwardProcess, Prediction
 from ..schedules import SCHEDULES, Schedule, build_schedule
@@ -117,13 +118,43 @@ def check_start(process: ForwardProcess, shape: tuple[int, ...], start: tuple[Te
     return x.to(device=device, dtype=torch.long), float(t)
 
 
+#: Largest value of a size option that only has to reach a size of the data (top_k, block_size, refresh_every):
+#: beyond the data's size it changes nothing (k >= K keeps every value, a block of L >= S sites is the whole
+#: sequence, a period longer than the decode never comes round); the bound keeps such values in int64 for torch.
+#: The same bound as the CLI's count flags (``cli.common.MAX_COUNT``).
+MAX_OPTION_SIZE = 10**9
+
+
+def check_size(value: object, option: str, who: str, low: int, high: int, note: str = "",
+               integral_floats: bool = False) -> int:
+    """``value`` of an integer size or count option as an int in ``low..high``: a one-line ValueError naming
+    ``who``, the option, the value and the range otherwise (``note``, e.g. " (0 = off)", follows the range).
+    ``integral_floats``: 4.0 counts as 4 (bool never counts)."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif integral_floats and isinstance(value, float) and value.is_integer():
+        number = int(value)
+    if number is None or not low <= number <= high:
+        raise ValueError(f"{who}: {option} must be an integer in {low}..{high}{note}, got {value!r}")
+    return number
+
+
 def check_top_k(top_k: int, who: str) -> int:
-    """top_k as an int >= 0 (0 = off); a ValueError naming ``who`` otherwise."""
-    if isinstance(top_k, bool) or not isinstance(top_k, int) and not (isinstance(top_k, float) and top_k.is_integer()):
-        raise ValueError(f"{who}: top_k must be an integer >= 0 (0 = off), got {top_k!r}")
-    if int(top_k) < 0:
-        raise ValueError(f"{who}: top_k must be an integer >= 0 (0 = off), got {top_k}")
-    return int(top_k)
+    """top_k as an int in 0..MAX_OPTION_SIZE (0 = off; k >= K keeps every value); a ValueError naming ``who``
+    otherwise."""
+    return check_size(top_k, "top_k", who, 0, MAX_OPTION_SIZE, " (0 = off)", integral_floats=True)
+
+
+def check_num_steps(num_steps: Any, who: str) -> int:
+    """num_steps as an int in 1..MAX_SAMPLER_STEPS (the bound of sample.steps and --steps: every sampler builds a
+    grid of num_steps + 1 levels, exact ones too); anything ``int()`` reads counts (2.5 -> 2), a ValueError naming
+    ``who`` otherwise."""
+    try:
+        steps = int(num_steps)
+    except (TypeError, ValueError, OverflowError):      # "abc", nan, inf: refused by name below
+        steps = num_steps
+    return check_size(steps, "num_steps", who, 1, MAX_SAMPLER_STEPS)
 
 
 class _CountingDenoiser:
@@ -212,13 +243,11 @@ class Sampler(ABC):
 
     def __init__(self, num_steps: int = 100, final_denoise: bool = True, temperature: float = 1.0,
                  top_p: float = 1.0, cache: bool = False, grid: str | None = None, top_k: int = 0) -> None:
-        if int(num_steps) < 1:
-            raise ValueError(f"{type(self).__name__}: num_steps must be >= 1, got {num_steps}")
+        self.num_steps = check_num_steps(num_steps, type(self).__name__)
         if not float(temperature) > 0:
             raise ValueError(f"{type(self).__name__}: temperature must be > 0, got {temperature}")
         if not 0.0 < float(top_p) <= 1.0:
             raise ValueError(f"{type(self).__name__}: top_p must lie in (0, 1], got {top_p}")
-        self.num_steps = int(num_steps)
         self.final_denoise = bool(final_denoise)
         self.temperature = float(temperature)
         self.top_p = float(top_p)

@@ -21,6 +21,8 @@ denoiser that knows its rates can leave the process's bound (Blackout's classifi
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -72,6 +74,12 @@ def apply_jumps(x: Tensor, rows: Tensor, flat_rates: Tensor, num_values: int,
     return x_flat.reshape(x.shape)
 
 
+#: Largest ``lam_stop`` of the thinning samplers. Their events per sample grow with the simulated range of lam
+#: (about S per unit lam for exact-thinning), and from lam ~ 37 on alpha = 1 - sigmoid(-lam) is 1 in float64, so
+#: no further noise is left to remove: the bound stops a hostile lam_stop from running for hours.
+MAX_LAM_STOP = 50.0
+
+
 class ExactSimulationSampler(Sampler):
     name = "exact"
     supported_processes: tuple[str, ...] | None = ("masking", "blackout")
@@ -81,6 +89,9 @@ class ExactSimulationSampler(Sampler):
                  temperature: float = 1.0, top_p: float = 1.0, cache: bool = False,
                  grid: str | None = None, top_k: int = 0) -> None:
         super().__init__(num_steps, final_denoise, temperature, top_p, cache, grid, top_k)
+        if not math.isfinite(float(lam_stop)) or float(lam_stop) > MAX_LAM_STOP:
+            raise ValueError(f"{self.name}: lam_stop must be a finite number <= {MAX_LAM_STOP:g} (alpha = 1 in "
+                             f"float64 from lam ~ 37 on), got {lam_stop!r}")
         self.lam_stop = float(lam_stop)
 
     @torch.no_grad()

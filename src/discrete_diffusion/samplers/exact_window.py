@@ -37,6 +37,11 @@ from .exact import (
     check_acceptance,
 )
 
+#: Smallest ``window``: the sampler walks lam in windows of at most this width (one rate table each), so the loop
+#: runs (lam_stop - lam(1)) / window times at least; the table bisects each window itself until its bound is within
+#: a factor 2, so a narrower window gains nothing.
+MIN_WINDOW = 0.01
+
 
 class WindowThinningSampler(ExactSimulationSampler):
     name = "exact-window"
@@ -46,8 +51,9 @@ class WindowThinningSampler(ExactSimulationSampler):
                  temperature: float = 1.0, top_p: float = 1.0, cache: bool = False,
                  grid: str | None = None) -> None:
         super().__init__(num_steps, final_denoise, lam_stop, temperature, top_p, cache, grid)
-        if not window > 0:
-            raise ValueError(f"exact-window: window must be > 0, got {window}")
+        if not window >= MIN_WINDOW:
+            raise ValueError(f"exact-window: window must be a number >= {MIN_WINDOW:g} (each window is bisected "
+                             f"until its bound is tight; narrower ones only add loop iterations), got {window!r}")
         self.window = float(window)
 
     @torch.no_grad()

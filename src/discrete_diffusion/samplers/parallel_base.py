@@ -60,7 +60,7 @@ from ..denoiser import Denoiser
 from ..processes.base import CATEGORICAL_CHUNK, ForwardProcess, Prediction
 from ..schedules import Schedule
 from .approx_cache import APPROX_CACHES, ApproxBlockCache, ApproxCache
-from .base import ProgressCallback, Sampler, check_start, transform_x0_log_probs
+from .base import MAX_OPTION_SIZE, ProgressCallback, Sampler, check_size, check_start, transform_x0_log_probs
 from .partial_cache import PARTIAL_CACHES, PartialRefreshCache
 
 #: Confidence of a masked site from its predicted distribution p over the K values.
@@ -132,17 +132,14 @@ class ParallelDecodingSampler(Sampler):
         super().__init__(num_steps, True, temperature, top_p, False, None, top_k)
         if confidence not in CONFIDENCES:
             raise ValueError(f"{self.name}: unknown confidence {confidence!r}; valid: {', '.join(CONFIDENCES)}")
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 0:
-            raise ValueError(f"{self.name}: block_size must be an integer >= 0 (0 = the whole sequence), "
-                             f"got {block_size!r}")
+        block_size = check_size(block_size, "block_size", self.name, 0, MAX_OPTION_SIZE, " (0 = the whole sequence)")
         if approx_cache is not None and approx_cache not in CACHES:
             raise ValueError(f"{self.name}: unknown approx_cache {approx_cache!r}; valid: {', '.join(CACHES)}")
         if approx_cache in APPROX_CACHES and not block_size:
             raise ValueError(f"{self.name}: approx_cache={approx_cache} needs block_size > 0 (the cache is kept "
                              "per block)")
-        if isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 0:
-            raise ValueError(f"{self.name}: refresh_every must be an integer >= 0 (0 = at each block only), "
-                             f"got {refresh_every!r}")
+        refresh_every = check_size(refresh_every, "refresh_every", self.name, 0, MAX_OPTION_SIZE,
+                                   " (0 = at each block only)")
         if refresh_every and approx_cache is None:
             raise ValueError(f"{self.name}: refresh_every needs approx_cache={'|'.join(CACHES)} (it would have no "
                              "effect)")
