@@ -152,7 +152,8 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
             "max |dlogit|", "median |dlogit|", "max |dlog p|", "max site TV", "median site TV",
             "tokens differing"] + (["judge NLL", "entropy"] if judged else [])
     lines = [f"# Approximate caches vs uncached decoding (threshold tau={args.tau}, {args.num} samples)",
-             "", f"`{meta['command']}` ({meta['date']}, torch {meta['torch']}, 1 thread, time: the least of {args.repeats} runs)", "",
+             "", f"`{meta['command']}` ({meta['date']}, torch {meta['torch']}, 1 thread, time: the least of "
+             f"{args.repeats} runs)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["block_size"], r["cache"], r["refresh_every"], r.get("refresh_ratio", "-"), r["calls"],
