@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_approx_cache import BLOCK, SCHEDULE, S, _gen, _network
+from test_approx_cache import BLOCK, SCHEDULE, K, S, _gen, _network
 
 from discrete_diffusion.cli import main
 from discrete_diffusion.denoiser import noise_level_input
 from discrete_diffusion.nn.partial_refresh import full_pass, partial_pass, relative_cost
+from discrete_diffusion.nn.transformer import SequenceTransformer
 from discrete_diffusion.oracle import OracleDenoiser, markov_chain_table
 from discrete_diffusion.processes import MaskingProcess
 from discrete_diffusion.samplers import build_sampler
@@ -40,6 +41,8 @@ def test_option_errors_config_and_tag():
             build_sampler("threshold", approx_cache="partial", refresh_ratio=bad)
     with pytest.raises(ValueError, match="refresh_every has no effect with refresh_ratio=1"):
         build_sampler("threshold", approx_cache="vverify", refresh_ratio=1, refresh_every=2)
+    with pytest.raises(ValueError, match="refresh_ratio has no effect with refresh_every=1"):
+        build_sampler("threshold", approx_cache="partial", refresh_ratio=0.5, refresh_every=1)
     sampler = build_sampler("threshold", tau=0.8, approx_cache="partial")       # no block_size needed
     assert sampler.config() == {"name": "threshold", "confidence": "probability", "approx_cache": "partial",
                                 "refresh_every": 0, "refresh_ratio": 0.25, "tau": 0.8}
@@ -50,9 +53,18 @@ def test_option_errors_config_and_tag():
     assert "refresh_ratio" not in build_sampler("threshold", block_size=4, approx_cache="dual").config()
 
 
-def test_full_pass_is_the_network_and_a_full_budget_matches_it():
-    proc, net = _network()
-    backbone = net.backbone
+@pytest.mark.parametrize("attend", ["all", "selected"])
+@pytest.mark.parametrize("position_embedding", ["sinusoidal", "learned", "none"])
+@pytest.mark.parametrize("time_conditioning", [True, False])
+def test_full_pass_is_the_network_and_a_full_budget_matches_it(attend, position_embedding, time_conditioning):
+    proc = MaskingProcess(K)
+    torch.manual_seed(0)
+    backbone = SequenceTransformer(proc.feature_channels, proc.output_channels("logits"), seq_len=S, dim=32, depth=2,
+                                   heads=2, dropout=0.0, position_embedding=position_embedding,
+                                   time_conditioning=time_conditioning).eval()
+    with torch.no_grad():
+        for param in backbone.parameters():
+            param.copy_(torch.randn(param.shape) * 0.15)
     x = torch.randint(0, proc.mask_index + 1, (3, S))
     lam = torch.tensor([-1.0, 0.0, 0.5])
     noise = noise_level_input(lam)
@@ -60,14 +72,14 @@ def test_full_pass_is_the_network_and_a_full_budget_matches_it():
         reference = backbone(x, noise)
         out, features = full_pass(backbone, x, noise)
         assert torch.equal(out, reference)
-        same, _ = partial_pass(backbone, x, noise, features, 4)          # nothing moved: the same output
+        same, _ = partial_pass(backbone, x, noise, features, 4, attend)   # nothing moved: the same output
         torch.testing.assert_close(same, reference, rtol=0, atol=1e-6)
         x2 = x.clone()
         x2[:, 5] = (x2[:, 5] + 1) % proc.mask_index
         moved = noise_level_input(lam + 0.3)
-        everything, _ = partial_pass(backbone, x2, moved, features, S)  # every position refreshed
+        everything, _ = partial_pass(backbone, x2, moved, features, S, attend)    # every position refreshed
         torch.testing.assert_close(everything, backbone(x2, moved), rtol=0, atol=1e-5)
-        approx, _ = partial_pass(backbone, x2, moved, features, 4)
+        approx, _ = partial_pass(backbone, x2, moved, features, 4, attend)
         assert (approx - backbone(x2, moved)).abs().max() > 1e-3       # an approximation, not secretly exact
 
 
@@ -94,12 +106,13 @@ def test_the_refreshed_positions_are_those_whose_input_moved_most():
 def test_full_ratio_and_refresh_every_call_equal_uncached_decoding(name, block_size):
     proc, net = _network()
     exact, base = _sample(proc, net, name=name, block_size=block_size)
-    for options in ({"refresh_ratio": 1.0}, {"refresh_ratio": 0.25, "refresh_every": 1}):
-        variant = "partial" if "refresh_every" in options else "vverify"
-        cached, sampler = _sample(proc, net, name=name, block_size=block_size, approx_cache=variant, **options)
-        assert torch.equal(cached, exact) and sampler.network_calls == base.network_calls
-        assert sampler.cache_state.cached_rows == 0
-        assert sampler.positions_evaluated == base.positions_evaluated == base.network_evaluations * S
+    for variant in ("partial", "vverify"):
+        for options in ({"refresh_ratio": 1.0}, {"refresh_every": 1}):
+            cached, sampler = _sample(proc, net, name=name, block_size=block_size, approx_cache=variant, **options)
+            assert torch.equal(cached, exact) and sampler.network_calls == base.network_calls
+            assert sampler.cache_state.cached_rows == 0
+            assert sampler.positions_evaluated == base.positions_evaluated == base.network_evaluations * S
+            assert sampler.cache_state.features is None              # released when sampling ends
 
 
 def test_vverify_leaves_unchanged_inputs_stale_and_partial_updates_them():
@@ -131,7 +144,7 @@ def test_partial_calls_deviate_within_the_measured_bound_and_cost_less(variant, 
     """Time-conditioned depth-2 random network, 16 sites, one site per call: partial calls are approximate
     (deviation > 0), bounded near the measured values, and the cost is the linear-layer work of the module
     docstring. Measured max |logit difference| / max site TV at rho 0.25 and 0.75: partial 1.06 / 0.20, 0.80 / 0.16
-    (blocks of 4: 0.74 / 0.17, 0.57 / 0.09); vverify 1.20 / 0.23, 0.96 / 0.25 (blocks: 0.79 / 0.18, 0.66 / 0.11)."""
+    (blocks of 4: 0.74 / 0.17, 0.57 / 0.09); vverify 1.20 / 0.23, 0.96 / 0.25 (blocks: 0.79 / 0.17, 0.66 / 0.11)."""
     proc, net = _network()
     _, base = _sample(proc, net, block_size=block_size)
     for ratio in (0.25, 0.75):
@@ -143,10 +156,11 @@ def test_partial_calls_deviate_within_the_measured_bound_and_cost_less(variant, 
         assert int((out == proc.mask_index).sum()) == 0
         assert len(cache.deviations) >= 10 and 1e-4 < max(cache.deviations) < 2.0
         assert 0 < max(cache.tv_deviations) < 0.5
-        dim, hidden = 32, 128
+        dim, hidden, depth, head = 32, 128, 2, 32 * K          # head: dim x C_out (K logits for masking)
         full, everywhere = 4 * dim * dim + 2 * dim * hidden, dim * dim * (2 if variant == "partial" else 1)
         count = math.ceil(ratio * S)
-        assert cache.partial_cost == pytest.approx((S * everywhere + count * (full - everywhere)) / full)
+        partial = depth * (S * everywhere + count * (full - everywhere)) + S * head
+        assert cache.partial_cost == pytest.approx(partial / (depth * full + head))
         assert cache.partial_cost == pytest.approx(S * relative_cost(net.backbone, count, cache.attend))
         assert sampler.positions_evaluated == pytest.approx(cache.refresh_rows * S + cache.cached_rows
                                                             * cache.partial_cost)
@@ -174,6 +188,9 @@ def test_refused_for_networks_it_cannot_run():
     _, net = _network()
     with pytest.raises(ValueError, match="unknown partial cache 'v'; valid: partial, vverify"):
         PartialRefreshCache(net, "v", 0.5, 0, 0, 2)
+    with pytest.raises(ValueError, match=r"refresh_ratio=0.97 recomputes all 16 positions .* at most 0.9375"):
+        PartialRefreshCache(net, "partial", 0.97, 0, 0, 2)      # ceil(0.97 x 16) = 16: no effect
+    assert PartialRefreshCache(net, "partial", 0.9375, 0, 0, 2).count == 15
 
 
 def test_cli_full_ratio_is_uncached_and_the_cost_is_recorded(tmp_path):

@@ -73,15 +73,17 @@ def cacheable(denoiser: object, any_site_shape: bool = False) -> tuple[NetworkDe
 class ApproxCache:
     """What the approximate caches share: a denoiser (x_t, lam) -> Prediction whose rows are addressed by their index
     in the sampler's batch (``rows(index)``; a plain call is rows 0..n-1), so each row's state is its own (batch
-    invariant); cost counters; and, with ``track_deviation``, per cached call against the uncached network at the
-    sites that matter (the masked sites the sampler may commit): the max |logit difference|, the max
-    |log p(x0^d) difference| and the max TV between the site distributions (for measurements)."""
+    invariant); cost counters; and, with ``track_deviation``, per cached call (a batched call over the rows that take
+    it) against the uncached network at the sites that matter (the masked sites the sampler may commit): the max
+    |logit difference|, the max |log p(x0^d) difference|, and the max and the median over those sites of the TV
+    between the cached and uncached site distributions (for measurements; the maxima grow with the batch)."""
 
     def __init__(self, track_deviation: bool) -> None:
         self.track_deviation = bool(track_deviation)
         self.deviations: list[float] = []
         self.log_prob_deviations: list[float] = []
         self.tv_deviations: list[float] = []
+        self.median_tv_deviations: list[float] = []
         #: positions run through the network (see each cache), rows of refresh calls, rows of cached calls
         self.positions_evaluated: float = 0
         self.refresh_rows = 0
@@ -98,6 +100,9 @@ class ApproxCache:
         """x_t (n, *sites) long and lam (n,) of batch rows ``rows`` (n,) -> the Prediction."""
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Free the kept tensors (sampling has ended); the counters and deviations stay."""
+
     def record_deviation(self, exact: Tensor, cached: Tensor, sites: Tensor) -> None:
         """Compare an uncached output ``exact`` (m, K, L) with a cached one (m, K, L) at ``sites`` (m, L) bool
         (nothing is recorded when there is none)."""
@@ -110,6 +115,7 @@ class ApproxCache:
         self.log_prob_deviations.append(float((la - lb).abs()[expanded].max()))
         tv = 0.5 * (la.exp() - lb.exp()).abs().sum(1)                                   # (m, L)
         self.tv_deviations.append(float(tv[sites].max()))
+        self.median_tv_deviations.append(float(tv[sites].median()))
 
 
 class ApproxBlockCache(ApproxCache):
@@ -142,6 +148,9 @@ class ApproxBlockCache(ApproxCache):
             self.keys[i][rows] = cache.keys[i]
             self.values[i][rows] = cache.values[i]
         self.last_output[rows] = output
+
+    def release(self) -> None:
+        self.keys = self.values = self.last_output = None
 
     @torch.no_grad()
     def predict(self, xt: Tensor, lam: Tensor, rows: Tensor) -> Prediction:

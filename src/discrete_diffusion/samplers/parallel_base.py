@@ -151,6 +151,8 @@ class ParallelDecodingSampler(Sampler):
             raise ValueError(f"{self.name}: refresh_ratio must be a number in (0, 1], got {refresh_ratio!r}")
         if refresh_ratio == 1 and refresh_every:
             raise ValueError(f"{self.name}: refresh_every has no effect with refresh_ratio=1 (every call refreshes)")
+        if refresh_ratio is not None and refresh_every == 1:
+            raise ValueError(f"{self.name}: refresh_ratio has no effect with refresh_every=1 (every call refreshes)")
         self.confidence = confidence
         self.block_size = int(block_size)
         self.approx_cache = approx_cache
@@ -267,6 +269,8 @@ class ParallelDecodingSampler(Sampler):
         self._record_cost()
         self.positions_evaluated = self.network_evaluations * sites if self.cache_state is None \
             else self.cache_state.positions_evaluated
+        if self.cache_state is not None:
+            self.cache_state.release()
         return flat.reshape(shape)
 
     def predict_masked(self, process: ForwardProcess, xt: Tensor, lam: Tensor, rows: Tensor, batch: int,

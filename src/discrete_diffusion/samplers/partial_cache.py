@@ -15,20 +15,21 @@ For each row of the sampler's batch (its own state, so rows do not depend on the
   when ``refresh_every`` = k > 0 calls have passed since its last refresh, and, with ``block_size``, at the first
   call of each block (Fast-dLLM's per-block refresh);
 - any other call is a **partial call** (``partial_pass``): r = ceil(rho S) positions per layer are recomputed, the
-  rest reuse their kept attention and MLP outputs.
+  rest reuse their kept features.
 
 Exact: refresh calls (bit for bit), hence ``refresh_ratio=1`` (every call is a refresh call) and ``refresh_every=1``
 are uncached decoding bit for bit (tested). Everything else is approximate: a position that is not refreshed in a
-layer keeps attention and MLP outputs computed from older inputs (tokens committed since, another noise level). The
-deviation is measured per call (``track_deviation``: max |logit difference|, |log-probability difference| and site TV
-against the uncached network at the masked sites the sampler may commit) in benchmarks/approx_cache.py and
-docs/samplers.md.
+layer keeps features computed from older inputs (tokens committed since, another noise level). The deviation is
+measured per call (``track_deviation``, ``ApproxCache``) in benchmarks/approx_cache.py and docs/samplers.md.
 
 Cost: ``positions_evaluated`` counts positions in units of one position through the whole network, weighted by
-the multiply-accumulates of the linear layers: S per refresh call, S x ``relative_cost`` per partial call
-(nn/partial_refresh.py: for dim 128 and MLP ratio 4, rho = 0.25 costs 0.31 (vverify) or 0.38 (partial) of a full
-call). So it is comparable with the other caches' positions (the token-linear part of the FLOPs); attention scores
+the multiply-accumulates of the linear maps (blocks and output head): S per refresh call, S x ``relative_cost`` per
+partial call (nn/partial_refresh.py; at MLP ratio 4 and a small head, rho = 0.25 costs about 0.31 (vverify) or 0.38
+(partial) of a full call, whatever the width). So it is comparable with the other caches' positions; attention scores
 are not counted (S x S per layer for ``partial``, r x S for ``vverify``).
+
+Memory: per row and layer the kept features of the rule (``KEPT_FIELDS``): five (partial) or four (vverify)
+S x dim tensors, against two for the block caches' keys and values; released when sampling ends.
 """
 
 from __future__ import annotations
@@ -39,21 +40,22 @@ import torch
 from torch import Tensor
 
 from ..denoiser import noise_level_input
-from ..nn.partial_refresh import LayerFeatures, full_pass, partial_pass, relative_cost
+from ..nn.partial_refresh import KEPT_FIELDS, LayerFeatures, full_pass, partial_pass, relative_cost
 from ..processes.base import Prediction
 from .approx_cache import ApproxCache, cacheable
 
-_FIELDS = ("queries", "keys", "values", "attn_out", "mid", "mlp_out")
 #: ``approx_cache`` name -> the attention rule of nn/partial_refresh.py
 PARTIAL_CACHES = {"partial": "all", "vverify": "selected"}
+_ALL_FIELDS = ("queries", "keys", "values", "attn_out", "mid", "mlp_out")
 
 
 class PartialRefreshCache(ApproxCache):
     """A denoiser (x_t, lam) -> Prediction over a masked run's ``NetworkDenoiser`` with a ``SequenceTransformer``
     backbone, keeping per batch row the features of its last calls (module docstring). ``variant``: "partial" or
-    "vverify"; ``refresh_ratio`` rho in (0, 1]; ``refresh_every`` k >= 0 (0: refresh only at a row's first call
-    and, with ``block_size`` > 0, at each new block); ``batch``: the sampler's batch size (rows are addressed by
-    their index in it: ``ApproxCache``)."""
+    "vverify"; ``refresh_ratio`` rho in (0, 1] (1: every call is a refresh call; below 1 it must leave at least
+    one position out); ``refresh_every`` k >= 0 (0: refresh only at a row's first call and, with ``block_size`` > 0,
+    at each new block); ``batch``: the sampler's batch size (rows are addressed by their index in it:
+    ``ApproxCache``)."""
 
     def __init__(self, denoiser: object, variant: str, refresh_ratio: float, refresh_every: int, block_size: int,
                  batch: int, track_deviation: bool = False) -> None:
@@ -66,10 +68,15 @@ class PartialRefreshCache(ApproxCache):
         self.denoiser, self.backbone = cacheable(denoiser, any_site_shape=True)
         self.process = self.denoiser.process
         self.sites = int(self.backbone.seq_len)
-        self.count = min(self.sites, math.ceil(float(refresh_ratio) * self.sites))
+        self.count = min(self.sites, math.ceil(round(float(refresh_ratio) * self.sites, 9)))
+        if refresh_ratio < 1 and self.count >= self.sites:
+            raise ValueError(f"refresh_ratio={refresh_ratio} recomputes all {self.sites} positions "
+                             f"(ceil({refresh_ratio} x {self.sites}) = {self.count}), so it would have no effect; "
+                             f"use refresh_ratio=1 (uncached) or at most {(self.sites - 1) / self.sites:.4g}")
         self.refresh_every, self.block_size = int(refresh_every), int(block_size)
         self.mask = int(self.process.mask_index)
         self.attend = PARTIAL_CACHES[variant]
+        self.fields = KEPT_FIELDS[self.attend]
         #: one partial call of one row, in whole-network positions (module docstring)
         self.partial_cost = self.sites * relative_cost(self.backbone, self.count, self.attend)
         self.has_features = torch.zeros(batch, dtype=torch.bool)
@@ -77,37 +84,45 @@ class PartialRefreshCache(ApproxCache):
         self.since = torch.zeros(batch, dtype=torch.long)
         self.features: list[LayerFeatures] | None = None      # per layer, (batch, ...) storage
 
+    def release(self) -> None:
+        self.features = None
+
     def _whole_batch(self, rows: Tensor) -> bool:
         return rows.numel() == self.has_features.numel() and bool((rows == torch.arange(rows.numel())).all())
 
+    def _layer(self, get: dict[str, Tensor]) -> LayerFeatures:
+        return LayerFeatures(**{name: get.get(name) for name in _ALL_FIELDS})
+
     def _store(self, rows: Tensor, features: list[LayerFeatures]) -> None:
+        """Keep the rule's fields of ``features`` (of batch rows ``rows``)."""
+        kept = [self._layer({name: getattr(f, name) for name in self.fields}) for f in features]
         if self._whole_batch(rows):      # every row, in order: keep the new tensors themselves (no copy)
-            self.features = features
+            self.features = kept
             return
         if self.features is None:
             n = self.has_features.shape[0]
-            self.features = [LayerFeatures(*(getattr(f, name).new_zeros((n, *getattr(f, name).shape[1:]))
-                                             for name in _FIELDS)) for f in features]
-        for kept, fresh in zip(self.features, features):
-            for name in _FIELDS:
-                getattr(kept, name)[rows] = getattr(fresh, name)
+            self.features = [self._layer({name: getattr(f, name).new_zeros((n, *getattr(f, name).shape[1:]))
+                                          for name in self.fields}) for f in kept]
+        for storage, fresh in zip(self.features, kept):
+            for name in self.fields:
+                getattr(storage, name)[rows] = getattr(fresh, name)
 
     def _kept(self, rows: Tensor) -> list[LayerFeatures]:
         assert self.features is not None
         if self._whole_batch(rows):      # partial_pass does not modify its inputs
             return self.features
-        return [LayerFeatures(*(getattr(f, name)[rows] for name in _FIELDS)) for f in self.features]
+        return [self._layer({name: getattr(f, name)[rows] for name in self.fields}) for f in self.features]
 
     @torch.no_grad()
     def predict(self, xt: Tensor, lam: Tensor, rows: Tensor) -> Prediction:
-        """x_t (n, S) long and lam (n,) of batch rows ``rows`` (n,) -> the Prediction (refresh or partial calls)."""
+        """x_t (n, *sites) long and lam (n,) of batch rows ``rows`` (n,) -> the Prediction (refresh or partial
+        calls)."""
         rows = rows.cpu()
         tokens = xt.reshape(xt.shape[0], self.sites)
         noise = noise_level_input(lam).to(tokens.device)
         masked = tokens == self.mask
-        refresh = ~self.has_features[rows]
-        if self.count >= self.sites:
-            refresh[:] = True
+        every_call = self.count >= self.sites                 # refresh_ratio = 1: the uncached network, no state
+        refresh = torch.ones(len(rows), dtype=torch.bool) if every_call else ~self.has_features[rows]
         if self.refresh_every > 0:
             refresh |= self.since[rows] >= self.refresh_every
         current = torch.zeros(len(rows), dtype=torch.long)
@@ -134,7 +149,8 @@ class PartialRefreshCache(ApproxCache):
                 self.cached_rows += int(group.numel())
                 if self.track_deviation:
                     self._track(tokens[at], noise[at], out, current[group])
-            self._store(rows[group], features)
+            if not every_call:
+                self._store(rows[group], features)
             if output is None:
                 output = out.new_empty((tokens.shape[0], *out.shape[1:]))
             output[at] = out
