@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
@@ -153,9 +154,43 @@ def setup(device_name: str = "auto") -> tuple[DistContext, torch.device]:
 
 
 def teardown() -> None:
-    """Leave the default process group if this process joined one."""
+    """Leave the default process group if this process joined one (with gloo: then wait until its worker
+    threads are idle, :func:`_wait_for_gloo_workers`)."""
     if dist.is_available() and dist.is_initialized():
+        gloo = dist.get_backend() == "gloo"
         dist.destroy_process_group()
+        if gloo:
+            _wait_for_gloo_workers()
+
+
+def _wait_for_gloo_workers(timeout: float = 5.0, poll: float = 0.002) -> None:
+    """Return once no gloo worker thread of this process is runnable, polling with the GIL released
+    (at most ``timeout`` seconds; at once where there is no ``/proc/self/task``).
+
+    Why: a gloo worker thread (``pt_gloo_runloop``) drops the last collective's Work after the caller's ``wait()``
+    has returned; freeing the Python-owned tensors it holds takes the GIL. ``destroy_process_group`` does not join
+    these threads (the backend lives on while anything refers to it; after FSDP2, DTensor's caches of its
+    DeviceMesh do). If the main thread keeps the GIL until ``Py_FinalizeEx`` starts, the worker waiting for it is
+    ended by ``pthread_exit`` inside a noexcept destructor: "terminate called without an active exception", then
+    SIGABRT (exit code -6) once the run's work is done, in about one 2-process CPU run in 30 (seen with FSDP and
+    with DDP). Sleeping releases the GIL; the workers are done once all of them sleep (state S) at two polls in a
+    row. PyTorch PR #179291 describes the same abort (gloo workers freeing Work tensors during finalization)."""
+    tasks = "/proc/self/task"
+    if not os.path.isdir(tasks):
+        return
+    deadline, quiet = time.monotonic() + timeout, 0
+    while quiet < 2 and time.monotonic() < deadline:
+        time.sleep(poll)
+        busy = False
+        for tid in os.listdir(tasks):
+            try:
+                with open(f"{tasks}/{tid}/stat") as f:
+                    stat = f.read()
+            except OSError:   # the thread ended
+                continue
+            name, state = stat[stat.find("(") + 1:stat.rfind(")")], stat[stat.rfind(")") + 2:][:1]
+            busy = busy or (name == "pt_gloo_runloop" and state != "S")
+        quiet = 0 if busy else quiet + 1
 
 
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
