@@ -90,10 +90,7 @@ def main() -> None:
     for block in args.block_sizes:
         base_samples: torch.Tensor | None = None
         block_settings = settings(block, args.ratios)
-        times = timings(run, args, block, block_settings)
-        for options, seconds in zip(block_settings, times):
-            sampler = build_sampler("threshold", tau=args.tau, block_size=block, **options)
-            samples = generate_samples(run, sampler, args.num, batch_size=args.num, seed=args.seed, progress=False)
+        for options, (seconds, samples, sampler) in zip(block_settings, timings(run, args, block, block_settings)):
             calls, positions = sampler.network_calls, sampler.positions_evaluated
             deviations: list[float] = []
             logp_dev: list[float] = []
@@ -133,16 +130,21 @@ def main() -> None:
     write(args, rows)
 
 
-def timings(run: Any, args: argparse.Namespace, block: int, block_settings: list[dict[str, Any]]) -> list[float]:
-    """The least sampling time of each setting over ``args.repeats`` rounds (each round runs every setting once)."""
+def timings(run: Any, args: argparse.Namespace, block: int,
+            block_settings: list[dict[str, Any]]) -> list[tuple[float, torch.Tensor, Any]]:
+    """Per setting: the least sampling time over ``args.repeats`` rounds (each round runs every setting once), and
+    the samples and sampler of its last round (the same seed every round)."""
     best = [float("inf")] * len(block_settings)
-    for _ in range(args.repeats):
+    last: list[tuple[torch.Tensor, Any]] = []
+    for _ in range(max(1, args.repeats)):
+        last = []
         for i, options in enumerate(block_settings):
             sampler = build_sampler("threshold", tau=args.tau, block_size=block, **options)
             t0 = time.perf_counter()
-            generate_samples(run, sampler, args.num, batch_size=args.num, seed=args.seed, progress=False)
+            samples = generate_samples(run, sampler, args.num, batch_size=args.num, seed=args.seed, progress=False)
             best[i] = min(best[i], time.perf_counter() - t0)
-    return best
+            last.append((samples, sampler))
+    return [(seconds, samples, sampler) for seconds, (samples, sampler) in zip(best, last)]
 
 
 def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:

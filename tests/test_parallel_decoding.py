@@ -244,6 +244,7 @@ def test_cli_sample_with_threshold_and_factor(tmp_path, ddiff):
     record = json.loads((out / "threshold-tau0.8_seed0.json").read_text())
     assert record["sampler"] == {"name": "threshold", "confidence": "probability", "tau": 0.8}
     assert 1 <= record["nfe_last_batch"] <= 8 and 1 <= record["network_calls_last_batch"] <= 8
+    assert record["nfe_last_batch"] <= record["network_calls_last_batch"]     # the mean row <= the longest row
     assert len((out / "threshold-tau0.8_seed0.txt").read_text().splitlines()) == 5
     res = ddiff("sample", run, "--sampler", "factor", "-o", "factor=2", "-o", "confidence=margin", "-o", "block_size=4",
                 "--num", 3, "--out", out, "--no-progress")

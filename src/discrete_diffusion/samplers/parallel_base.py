@@ -61,7 +61,7 @@ from ..processes.base import CATEGORICAL_CHUNK, ForwardProcess, Prediction
 from ..schedules import Schedule
 from .approx_cache import APPROX_CACHES, ApproxBlockCache, ApproxCache
 from .base import MAX_OPTION_SIZE, ProgressCallback, Sampler, check_size, check_start, transform_x0_log_probs
-from .partial_cache import PARTIAL_CACHES, PartialRefreshCache
+from .partial_cache import PARTIAL_CACHES, PartialRefreshCache, check_refresh_ratio
 
 #: Confidence of a masked site from its predicted distribution p over the K values.
 CONFIDENCES = ("probability", "margin", "entropy")
@@ -146,9 +146,8 @@ class ParallelDecodingSampler(Sampler):
         if refresh_ratio is not None and approx_cache not in PARTIAL_CACHES:
             raise ValueError(f"{self.name}: refresh_ratio needs approx_cache={'|'.join(PARTIAL_CACHES)} (it would "
                              "have no effect)")
-        if refresh_ratio is not None and (isinstance(refresh_ratio, bool) or not isinstance(refresh_ratio, (int, float))
-                                          or not 0 < refresh_ratio <= 1):
-            raise ValueError(f"{self.name}: refresh_ratio must be a number in (0, 1], got {refresh_ratio!r}")
+        if refresh_ratio is not None:
+            refresh_ratio = check_refresh_ratio(refresh_ratio, f"{self.name}: ")
         if refresh_ratio == 1 and refresh_every:
             raise ValueError(f"{self.name}: refresh_every has no effect with refresh_ratio=1 (every call refreshes)")
         if refresh_ratio is not None and refresh_every == 1:
@@ -158,7 +157,7 @@ class ParallelDecodingSampler(Sampler):
         self.approx_cache = approx_cache
         self.refresh_every = int(refresh_every)
         self.refresh_ratio = None if approx_cache not in PARTIAL_CACHES else \
-            float(DEFAULT_REFRESH_RATIO if refresh_ratio is None else refresh_ratio)
+            (DEFAULT_REFRESH_RATIO if refresh_ratio is None else refresh_ratio)
         #: with approx_cache: record each cached call's max |logit difference| against the uncached network
         #: (costs a full network call each; for measurements)
         self.track_deviation = False

@@ -34,6 +34,7 @@ S x dim tensors, against two for the block caches' keys and values; released whe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -46,7 +47,14 @@ from .approx_cache import ApproxCache, cacheable
 
 #: ``approx_cache`` name -> the attention rule of nn/partial_refresh.py
 PARTIAL_CACHES = {"partial": "all", "vverify": "selected"}
-_ALL_FIELDS = ("queries", "keys", "values", "attn_out", "mid", "mlp_out")
+_ALL_FIELDS = tuple(field.name for field in dataclasses.fields(LayerFeatures))
+
+
+def check_refresh_ratio(refresh_ratio: object, who: str) -> float:
+    """``refresh_ratio`` as a float in (0, 1]; a one-line ValueError naming ``who`` otherwise."""
+    if isinstance(refresh_ratio, bool) or not isinstance(refresh_ratio, (int, float)) or not 0 < refresh_ratio <= 1:
+        raise ValueError(f"{who}refresh_ratio must be a number in (0, 1], got {refresh_ratio!r}")
+    return float(refresh_ratio)
 
 
 class PartialRefreshCache(ApproxCache):
@@ -61,14 +69,12 @@ class PartialRefreshCache(ApproxCache):
                  batch: int, track_deviation: bool = False) -> None:
         if variant not in PARTIAL_CACHES:
             raise ValueError(f"unknown partial cache {variant!r}; valid: {', '.join(PARTIAL_CACHES)}")
-        if isinstance(refresh_ratio, bool) or not isinstance(refresh_ratio, (int, float)) \
-                or not 0 < refresh_ratio <= 1:
-            raise ValueError(f"refresh_ratio must be a number in (0, 1], got {refresh_ratio!r}")
+        refresh_ratio = check_refresh_ratio(refresh_ratio, "")
         super().__init__(track_deviation)
         self.denoiser, self.backbone = cacheable(denoiser, any_site_shape=True)
         self.process = self.denoiser.process
         self.sites = int(self.backbone.seq_len)
-        self.count = min(self.sites, math.ceil(round(float(refresh_ratio) * self.sites, 9)))
+        self.count = min(self.sites, math.ceil(round(refresh_ratio * self.sites, 9)))
         if refresh_ratio < 1 and self.count >= self.sites:
             raise ValueError(f"refresh_ratio={refresh_ratio} recomputes all {self.sites} positions "
                              f"(ceil({refresh_ratio} x {self.sites}) = {self.count}), so it would have no effect; "
